@@ -1,0 +1,36 @@
+# The two commands a newcomer needs: `make lab` and `make test`.
+# TORCH_SPEC picks the PyTorch build: the default is the CPU wheel this project is
+# developed on; a GPU user can pass e.g. TORCH_SPEC='torch==2.13.0' with a CUDA index.
+PYTHON ?= python3
+VENV ?= .venv
+TORCH_SPEC ?= torch==2.13.0
+PIP_FLAGS ?= --quiet --disable-pip-version-check
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: setup lab test test-fast bench clean
+
+setup: $(STAMP)
+
+# torch first, so that the package's `torch>=2.4` range is already satisfied and pip
+# never pulls a different (multi-GB CUDA) build.
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install $(PIP_FLAGS) "$(TORCH_SPEC)"
+	$(BIN)/pip install $(PIP_FLAGS) -e ".[dev]"
+	touch $@
+
+lab: setup
+	$(BIN)/retain lab --name lab --overwrite
+
+test: setup
+	$(BIN)/python -m pytest
+
+test-fast: setup
+	$(BIN)/python -m pytest -m "not slow"
+
+bench: setup
+	$(BIN)/python benchmarks/run.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info src/*.egg-info .pytest_cache

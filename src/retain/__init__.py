@@ -1,0 +1,3 @@
+"""retain: fine-tune LLMs without silently forgetting."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,217 @@
+"""The ``retain`` command line: parse, call the library, print. No logic lives here.
+
+User mistakes (:class:`~retain.errors.RetainError`) become one line on stderr and exit
+code 2; ``--debug`` shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+import retain
+from retain.errors import RetainError
+
+app = typer.Typer(
+    name="retain",
+    help="Fine-tune LLMs without silently forgetting.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+config_app = typer.Typer(help="Inspect configurations.", no_args_is_help=True)
+lab_app = typer.Typer(
+    help="The embedded default: a tiny model and world, offline, on a CPU, in minutes.",
+    invoke_without_command=True,
+)
+app.add_typer(config_app, name="config")
+app.add_typer(lab_app, name="lab")
+
+console = Console()
+errors = Console(stderr=True)
+
+
+def _version(value: bool) -> None:
+    if value:
+        console.print(f"retain {retain.__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")
+    ] = False,
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks for errors.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
+) -> None:
+    """Fine-tune LLMs without silently forgetting."""
+    _setup_logging()
+    _STATE["quiet"] = quiet
+
+
+_STATE: dict[str, bool] = {"quiet": False}
+
+
+def _setup_logging() -> None:
+    """Warnings go to stderr; the run directory's log.txt gets everything from INFO up."""
+    from transformers.utils import logging as hf_logging
+
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setLevel(logging.WARNING)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    if not root.handlers:
+        root.addHandler(handler)
+    hf_logging.disable_progress_bar()  # retain shows its own bars
+
+SetOption = Annotated[
+    Optional[list[str]],
+    typer.Option("--set", "-s", help="Override a setting: section.key=value (repeatable)."),
+]
+
+
+# --- config ---------------------------------------------------------------------------
+
+
+@config_app.command("show")
+def config_show(
+    config: Annotated[Optional[Path], typer.Argument(help="YAML config; defaults if omitted.")] = None,
+    set_: SetOption = None,
+) -> None:
+    """Validate a config, apply overrides and print the fully resolved YAML."""
+    from retain.config import dump_config, load_config
+
+    console.print(dump_config(load_config(config, set_ or [])), end="", markup=False, highlight=False)
+
+
+@config_app.command("reference")
+def config_reference() -> None:
+    """Print every setting with its type, default and meaning, as Markdown."""
+    from retain.config import config_reference_markdown
+
+    console.print(config_reference_markdown(), end="", markup=False, highlight=False)
+
+
+# --- lab ------------------------------------------------------------------------------
+
+SizeOption = Annotated[str, typer.Option("--size", help="Lab preset: default or micro (tests).")]
+SeedOption = Annotated[int, typer.Option("--seed", help="Seed of the world and the model.")]
+CacheOption = Annotated[
+    Optional[Path],
+    typer.Option("--cache-dir", help="Model cache (default $RETAIN_CACHE_DIR or ~/.cache/retain)."),
+]
+
+
+@lab_app.callback()
+def lab(
+    ctx: typer.Context,
+    size: SizeOption = "default",
+    seed: SeedOption = 0,
+    cache_dir: CacheOption = None,
+    output_dir: Annotated[Path, typer.Option("--output-dir", help="Folder of run directories.")] = Path("runs"),
+    name: Annotated[Optional[str], typer.Option("--name", help="Run name (default lab-<time>).")] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing run.")] = False,
+) -> None:
+    """Build or reuse the lab base model and show its general ability per category."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from retain.lab.base import lab_size
+    from retain.lab.runner import run_lab
+    from retain.rundir import RunDir, default_run_name
+
+    preset = lab_size(size, seed)
+    run = RunDir.create(output_dir, name or default_run_name("lab"), overwrite=overwrite)
+    result = run_lab(preset, run, cache_dir, progress=not _STATE["quiet"])
+    how = "reused from cache" if result.base.reused else f"built in {result.base.metadata['build_seconds']:.0f} s"
+    console.print(f"base model: {result.base.path} ({how}, {result.base.metadata['parameters']:,} parameters)")
+    _print_accuracy("general ability of the base model (greedy exact match)", result.probes.accuracy,
+                    _category_counts(preset))
+    console.print(f"run directory: {result.run_dir}")
+
+
+@lab_app.command("build-base")
+def lab_build_base(
+    size: SizeOption = "default",
+    seed: SeedOption = 0,
+    cache_dir: CacheOption = None,
+    force: Annotated[bool, typer.Option("--force", help="Rebuild even if cached.")] = False,
+) -> None:
+    """Pretrain the lab's tiny Llama and tokenizer on the general world (cached)."""
+    from retain.lab.base import build_base, lab_size
+
+    preset = lab_size(size, seed)
+    base = build_base(preset, cache_dir, force=force, progress=not _STATE["quiet"])
+    meta = base.metadata
+    if base.reused:
+        console.print(f"reused cached base model: {base.path}")
+    else:
+        console.print(
+            f"built base model in {meta['build_seconds']:.0f} s "
+            f"({meta['train_tokens_per_second']:,.0f} training tokens/s): {base.path}"
+        )
+    _print_accuracy("probe accuracy at build time (greedy exact match)", meta["probe_accuracy"],
+                    _category_counts(preset))
+
+
+@lab_app.command("data")
+def lab_data(
+    out_dir: Annotated[Path, typer.Argument(help="Folder to write the lab data into.")],
+    seed: SeedOption = 0,
+    n_train: Annotated[int, typer.Option("--n-train", min=0, help="Clean training items.")] = 2000,
+    duplicates: Annotated[float, typer.Option(min=0, max=1, help="Share of train rows duplicated.")] = 0.0,
+    conflicts: Annotated[float, typer.Option(min=0, max=1, help="Share of train rows copied with another label.")] = 0.0,
+    contamination: Annotated[float, typer.Option(min=0, max=1, help="Share of test rows leaked into train.")] = 0.0,
+    size: SizeOption = "default",
+) -> None:
+    """Write the lab's domain task splits, probe suite and general corpus as files."""
+    from retain.lab.export import export_lab_data
+
+    written = export_lab_data(
+        out_dir, size=size, seed=seed, n_train=n_train,
+        duplicates=duplicates, conflicts=conflicts, contamination=contamination,
+    )
+    for path, count in written.items():
+        console.print(f"{count:>7,}  {path}")
+
+
+def _category_counts(preset: object) -> dict[str, int]:
+    from retain.lab.world import build_world
+
+    suite = build_world(preset.world).probes  # type: ignore[attr-defined]
+    return {name: len(items) for name, items in suite.by_category().items()}
+
+
+def _print_accuracy(title: str, accuracy: dict[str, float], counts: dict[str, int]) -> None:
+    console.print(title)
+    table = Table()
+    table.add_column("category")
+    table.add_column("items", justify="right")
+    table.add_column("accuracy", justify="right")
+    for name, value in accuracy.items():
+        if name != "overall":
+            table.add_row(name, str(counts.get(name, "")), f"{value:.1%}")
+    table.add_row("overall", str(sum(counts.values())), f"{accuracy['overall']:.1%}", style="bold")
+    console.print(table)
+
+
+def main() -> None:
+    """Entry point of the ``retain`` script."""
+    try:
+        app()
+    except RetainError as error:
+        if "--debug" in sys.argv:
+            raise
+        errors.print(f"error: {error.render()}", markup=False, highlight=False, soft_wrap=True)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

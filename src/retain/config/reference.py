@@ -1,0 +1,47 @@
+"""The configuration reference: one Markdown table per config section."""
+
+from __future__ import annotations
+
+from typing import Literal, get_args, get_origin
+
+from pydantic.fields import FieldInfo
+
+from retain.config.messages import inline
+from retain.config.schema import BOUNDS, RetainConfig, bounds, default, section_model, walk
+
+
+def config_reference_markdown() -> str:
+    """Returns one Markdown table per section: field, type, default, description."""
+    blocks = []
+    for section, field in RetainConfig.model_fields.items():
+        rows = ["| field | type | default | description |", "| --- | --- | --- | --- |"]
+        model = section_model(field.annotation)
+        assert model is not None  # every top-level field is a section
+        for dotted, leaf in walk(model, section + "."):
+            if section_model(leaf.annotation) is None:
+                default_text = inline(default(leaf))
+                description = (leaf.description or "").replace("|", "\\|")
+                rows.append(
+                    f"| `{dotted}` | {_type_text(leaf)} | `{default_text}` | {description} |"
+                )
+        blocks.append(f"### `{section}`\n\n{field.description}\n\n" + "\n".join(rows))
+    return "\n\n".join(blocks) + "\n"
+
+
+def _type_text(field: FieldInfo) -> str:
+    """Returns a reader-friendly type such as ``float > 0 or null`` or ``one of: a, b``."""
+    annotation = field.annotation
+    optional = type(None) in get_args(annotation)
+    if optional:
+        annotation = next(arg for arg in get_args(annotation) if arg is not type(None))
+    if get_origin(annotation) is Literal:
+        text = "one of: " + ", ".join(str(arg) for arg in get_args(annotation))
+    elif get_origin(annotation) is list:
+        non_empty = any(getattr(item, "min_length", None) for item in field.metadata)
+        text = f"list of {get_args(annotation)[0].__name__}" + (", non-empty" if non_empty else "")
+    else:
+        text = getattr(annotation, "__name__", str(annotation))
+    limits = ", ".join(f"{BOUNDS[attr][1]} {value}" for attr, value in bounds(field))
+    if limits:
+        text += f" ({limits})"
+    return text + (" or null" if optional else "")

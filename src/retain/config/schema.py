@@ -1,0 +1,424 @@
+"""The pydantic models of a retain config, and helpers that walk them by dotted name."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from typing import Any, Literal, get_args
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic.fields import FieldInfo
+from pydantic_core import PydanticCustomError
+
+_DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
+_ATTENTION_AND_MLP = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+_SMOKE_PROMPTS = ("Hello, how are you?", "What is 2+2?", "Is the sky blue? Answer yes or no.")
+
+
+def _invalid(message: str, fix: str) -> PydanticCustomError:
+    """Returns a validation error that :func:`load_config` shows with its own fix."""
+    return PydanticCustomError("retain", "{message}", {"message": message, "fix": fix})
+
+
+class _Section(BaseModel):
+    """Base of every config section: unknown keys and bad assignments are errors."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        validate_assignment=True,
+        # A revision like 1234567 or a run name like 2024 is text, not a number.
+        coerce_numbers_to_str=True,
+        allow_inf_nan=False,
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _empty_means_defaults(cls, data: Any) -> Any:
+        # "train:" with nothing under it parses as None; read it as "all defaults".
+        return {} if data is None else data
+
+
+# --- model ----------------------------------------------------------------------------
+
+
+class ModelConfig(_Section):
+    """The base model to fine-tune."""
+
+    name_or_path: str = Field(
+        "lab",
+        description="Base model: `lab` for retain's built-in lab model, a Hugging Face Hub id, "
+        "or a local directory.",
+    )
+    revision: str | None = Field(
+        None, description="Hub branch, tag or commit to pin; null uses the default branch."
+    )
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto",
+        description="Dtype the weights are loaded in; `auto` picks one that suits the device.",
+    )
+    device: str = Field(
+        "auto", description="Device to run on: `auto`, `cpu`, `cuda`, `cuda:N` or `mps`."
+    )
+    trust_remote_code: bool = Field(
+        False,
+        description="Run modelling code shipped with a Hub repository; enable only for "
+        "repositories you trust.",
+    )
+    chat_template: str = Field(
+        "auto",
+        description="Chat template: `auto` uses the tokenizer's own if it has one, `none` "
+        "uses none, anything else is a path to a Jinja file.",
+    )
+
+    @field_validator("device")
+    @classmethod
+    def _check_device(cls, device: str) -> str:
+        if not _DEVICE.fullmatch(device):
+            raise _invalid(
+                f"unknown device '{device}'", "use auto, cpu, cuda, cuda:N (e.g. cuda:0) or mps"
+            )
+        return device
+
+
+# --- data -----------------------------------------------------------------------------
+
+
+class DataConfig(_Section):
+    """Where the training and evaluation examples come from, and how to read them."""
+
+    train: str | None = Field(
+        None,
+        description="Training data: a JSONL, CSV or Parquet file, or a dataset id/directory with "
+        "`format: datasets`.",
+    )
+    eval: str | None = Field(
+        None, description="Held-out examples of the new task, to measure what fine-tuning gained."
+    )
+    ood: str | None = Field(
+        None,
+        description="Out-of-distribution examples, to measure forgetting beyond the probe suites.",
+    )
+    format: Literal["auto", "jsonl", "csv", "parquet", "datasets"] = Field(
+        "auto", description="Data format; `auto` infers it from the file extension."
+    )
+    prompt_field: str = Field(
+        "prompt", description="Column holding the prompt in prompt/response data."
+    )
+    response_field: str = Field(
+        "response", description="Column holding the answer in prompt/response data."
+    )
+    messages_field: str = Field(
+        "messages", description="Column holding the chat turns in conversational data."
+    )
+    max_length: int = Field(
+        512, gt=0, description="Maximum tokens per example, prompt and answer together."
+    )
+    size: int | None = Field(
+        None, gt=0, description="Use only the first N training rows; null uses them all."
+    )
+
+
+# --- method ---------------------------------------------------------------------------
+
+
+class LoraConfig(_Section):
+    """LoRA adapter settings (Hu et al., 2021, https://arxiv.org/abs/2106.09685)."""
+
+    r: int = Field(
+        16,
+        gt=0,
+        description="LoRA rank; r=16 with alpha=32 is the recipe of the fine-tuning guides "
+        "retain grew from.",
+    )
+    alpha: float = Field(
+        32.0, gt=0, description="LoRA alpha; updates are scaled by alpha / r, i.e. 2 by default."
+    )
+    dropout: float = Field(0.05, ge=0, lt=1, description="Dropout applied to the LoRA input.")
+    target_modules: list[str] = Field(
+        default_factory=lambda: list(_ATTENTION_AND_MLP),
+        min_length=1,
+        description="Modules to adapt; every attention and MLP projection by default, as QLoRA "
+        "(Dettmers et al., 2023) found necessary to match full fine-tuning.",
+    )
+
+
+class MethodConfig(_Section):
+    """Which forgetting mitigations to use, and their settings.
+
+    ``method: lora`` and ``method: [lora, replay]`` are shorthand for ``method: {use: [...]}``.
+    """
+
+    use: list[str] = Field(
+        default_factory=lambda: ["lora"],
+        min_length=1,
+        description="Methods to combine, by name; `method: lora` is shorthand for "
+        "`method: {use: [lora]}`.",
+    )
+    lora: LoraConfig = Field(default_factory=LoraConfig, description="LoRA adapter settings.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _expand_shorthand(cls, data: Any) -> Any:
+        return expand_method_shorthand(data)
+
+    @field_validator("use", mode="before")
+    @classmethod
+    def _one_name_is_a_list(cls, use: Any) -> Any:
+        return [use] if isinstance(use, str) else use
+
+    @field_validator("use")
+    @classmethod
+    def _no_duplicates(cls, use: list[str]) -> list[str]:
+        repeated = sorted({name for name in use if use.count(name) > 1})
+        if repeated:
+            raise _invalid(
+                f"method '{repeated[0]}' is listed more than once", "list each method once"
+            )
+        return use
+
+
+def expand_method_shorthand(data: Any) -> Any:
+    """Returns ``{"use": data}`` for the ``method: lora`` / ``method: [a, b]`` shorthand."""
+    return {"use": data} if isinstance(data, (str, list)) else data
+
+
+# --- train ----------------------------------------------------------------------------
+
+
+class TrainConfig(_Section):
+    """Optimisation settings."""
+
+    lr: float = Field(
+        1e-4, gt=0, description="Peak learning rate; 1e-4 is the usual starting point for LoRA."
+    )
+    epochs: float = Field(
+        2.0,
+        gt=0,
+        description="Passes over the training data (fractions allowed); ignored when "
+        "max_steps is set.",
+    )
+    max_steps: int | None = Field(
+        None, gt=0, description="Total optimizer steps; overrides epochs when set."
+    )
+    batch_size: int = Field(8, gt=0, description="Examples per device in each forward pass.")
+    grad_accum: int = Field(
+        1,
+        gt=0,
+        description="Forward passes per optimizer step; effective batch = batch_size x grad_accum.",
+    )
+    warmup_ratio: float = Field(
+        0.03,
+        ge=0,
+        lt=1,
+        description="Fraction of all steps spent ramping the learning rate up from 0.",
+    )
+    lr_scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup"] = Field(
+        "cosine", description="Learning-rate schedule after warmup."
+    )
+    max_grad_norm: float | None = Field(
+        1.0, gt=0, description="Clip the gradient norm to this value; null disables clipping."
+    )
+    weight_decay: float = Field(0.0, ge=0, description="Weight decay applied by the optimizer.")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        "auto",
+        description="Mixed-precision mode; `auto` picks one from the device and model.dtype.",
+    )
+    loss_on: Literal["response", "all"] = Field(
+        "response",
+        description="Tokens the loss is computed on: `response` (answer tokens only) or `all`.",
+    )
+    seed: int = Field(
+        0, ge=0, description="Random seed for data order, initialisation and sampling."
+    )
+
+
+# --- guards ---------------------------------------------------------------------------
+
+
+class ForgettingGuardConfig(_Section):
+    """Stops forgetting while it happens, by watching the probe suites."""
+
+    threshold: float = Field(
+        0.03,
+        gt=0,
+        lt=1,
+        description="Relative drop in general probe accuracy that triggers the action; 3% is the "
+        "tolerance of the fine-tuning guides retain grew from.",
+    )
+    action: Literal["warn", "stop", "restore_best"] = Field(
+        "restore_best",
+        description="On crossing the threshold: `warn`, `stop`, or stop and `restore_best` "
+        "(go back to the checkpoint that forgot least).",
+    )
+
+
+class SmokeGuardConfig(_Section):
+    """Catches a model whose generations broke (empty, repeated or garbled text)."""
+
+    prompts: list[str] = Field(
+        default_factory=lambda: list(_SMOKE_PROMPTS),
+        min_length=1,
+        description="Prompts the model answers at each check.",
+    )
+    max_new_tokens: int = Field(32, gt=0, description="Tokens generated per smoke prompt.")
+    action: Literal["warn", "stop"] = Field(
+        "stop", description="What to do when a generation looks broken."
+    )
+
+
+class LossGuardConfig(_Section):
+    """Flags training losses that suggest overfitting or a broken pipeline."""
+
+    min_train_loss: float | None = Field(
+        0.2,
+        ge=0,
+        description="Training loss below this triggers an overfitting warning; null disables "
+        "the check.",
+    )
+    max_loss_after_warmup: float | None = Field(
+        2.0,
+        gt=0,
+        description="Training loss still above this after warmup is flagged; null disables "
+        "the check.",
+    )
+
+
+class GuardsConfig(_Section):
+    """Checks that run during training."""
+
+    forgetting: ForgettingGuardConfig = Field(
+        default_factory=ForgettingGuardConfig, description="Forgetting guard."
+    )
+    smoke: SmokeGuardConfig = Field(
+        default_factory=SmokeGuardConfig, description="Generation smoke test."
+    )
+    loss: LossGuardConfig = Field(
+        default_factory=LossGuardConfig, description="Loss sanity checks."
+    )
+
+
+# --- probes, output, top level --------------------------------------------------------
+
+
+class ProbesConfig(_Section):
+    """What general ability is measured with, to detect forgetting."""
+
+    suites: list[str] = Field(
+        default_factory=lambda: ["lab"],
+        min_length=1,
+        description="Probe suites: names of built-in suites or paths to suite files.",
+    )
+
+
+class OutputConfig(_Section):
+    """Where run directories go."""
+
+    dir: str = Field("runs", description="Folder that holds one directory per run.")
+    name: str | None = Field(
+        None,
+        description="Run name (letters, digits, `.`, `_`, `-`); "
+        "null means `<command>-<UTC timestamp>`.",
+    )
+
+
+class RetainConfig(_Section):
+    """The whole configuration of a retain run."""
+
+    model: ModelConfig = Field(default_factory=ModelConfig, description="The base model.")
+    data: DataConfig = Field(
+        default_factory=DataConfig, description="Training and evaluation data."
+    )
+    method: MethodConfig = Field(
+        default_factory=MethodConfig, description="Forgetting mitigations."
+    )
+    train: TrainConfig = Field(default_factory=TrainConfig, description="Optimisation.")
+    guards: GuardsConfig = Field(
+        default_factory=GuardsConfig, description="Checks during training."
+    )
+    probes: ProbesConfig = Field(
+        default_factory=ProbesConfig, description="General-ability probes."
+    )
+    output: OutputConfig = Field(default_factory=OutputConfig, description="Run directories.")
+
+
+# --- walking the models ---------------------------------------------------------------
+
+
+def section_model(annotation: Any) -> type[BaseModel] | None:
+    """Returns the model class if ``annotation`` is a config section, else None."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    return None
+
+
+def walk(model: type[BaseModel] = RetainConfig, prefix: str = "") -> list[tuple[str, FieldInfo]]:
+    """Returns ``(dotted_name, field)`` for every field, sections before their fields."""
+    found: list[tuple[str, FieldInfo]] = []
+    for name, field in model.model_fields.items():
+        dotted = prefix + name
+        found.append((dotted, field))
+        sub = section_model(field.annotation)
+        if sub is not None:
+            found.extend(walk(sub, dotted + "."))
+    return found
+
+
+def dotted_fields() -> list[str]:
+    """Returns every valid leaf setting as a dotted name, e.g. ``train.lr``, in file order."""
+    return [name for name, field in walk() if section_model(field.annotation) is None]
+
+
+def valid_paths() -> list[str]:
+    """Returns every name an override may set: sections and leaves."""
+    return [name for name, _ in walk()]
+
+
+def model_at(parts: Sequence[str]) -> type[BaseModel] | None:
+    """Returns the section model at ``parts`` (``()`` is the top level), or None."""
+    model: type[BaseModel] | None = RetainConfig
+    for part in parts:
+        field = model.model_fields.get(part) if model else None
+        model = section_model(field.annotation) if field else None
+    return model
+
+
+def field_at(parts: Sequence[str]) -> FieldInfo | None:
+    """Returns the field at dotted ``parts``, or None if there is no such field."""
+    if not parts:
+        return None
+    model = model_at(parts[:-1])
+    return model.model_fields.get(parts[-1]) if model else None
+
+
+# --- field facts ----------------------------------------------------------------------
+
+
+# Numeric constraints as pydantic names them: (words for errors, symbol for the reference).
+BOUNDS = {
+    "gt": ("greater than", ">"),
+    "ge": ("at least", ">="),
+    "lt": ("less than", "<"),
+    "le": ("at most", "<="),
+}
+
+
+def bounds(field: FieldInfo) -> list[tuple[str, Any]]:
+    """Returns the field's numeric bounds as ``(attr, value)``, e.g. ``[("gt", 0)]``."""
+    found = []
+    for item in field.metadata:
+        for attr in BOUNDS:
+            if getattr(item, attr, None) is not None:
+                found.append((attr, getattr(item, attr)))
+    return found
+
+
+def choices(field: FieldInfo) -> list[str]:
+    """Returns the allowed values of a Literal field, as text."""
+    return [str(arg) for arg in get_args(field.annotation)]
+
+
+def default(field: FieldInfo) -> Any:
+    """Returns the field's default value, calling its factory if it has one."""
+    if field.default_factory is not None:
+        return field.default_factory()  # type: ignore[call-arg]
+    return field.default

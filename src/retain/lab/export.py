@@ -1,0 +1,60 @@
+"""`retain lab data`: the lab world as ordinary files a user (or a test) can inspect.
+
+Writes the domain task splits as prompt/response JSONL, the lab probe suite as JSONL,
+the general pretraining corpus and the drift reference text, and a manifest with the
+specs and counts, so every file can be regenerated exactly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from pathlib import Path
+
+from retain.evaluation.probes import write_probe_suite
+from retain.lab.base import lab_size
+from retain.lab.domain import DOMAIN_VERSION, DomainSpec, build_domain, write_jsonl
+from retain.lab.world import WORLD_VERSION, build_world
+from retain.rundir import atomic_write_json, atomic_write_text
+
+
+def export_lab_data(
+    out_dir: Path,
+    *,
+    size: str = "default",
+    seed: int = 0,
+    n_train: int = 2000,
+    duplicates: float = 0.0,
+    conflicts: float = 0.0,
+    contamination: float = 0.0,
+) -> dict[Path, int]:
+    """Writes the lab data into ``out_dir`` and returns each file with its row count.
+
+    Raises:
+        RetainError: If ``size`` is not a lab preset.
+    """
+    out_dir.mkdir(parents=True, exist_ok=True)
+    world = build_world(lab_size(size, seed).world)
+    domain_spec = DomainSpec(
+        seed=seed, n_train=n_train, duplicates=duplicates, conflicts=conflicts,
+        contamination=contamination,
+    )
+    task = build_domain(domain_spec)
+    written: dict[Path, int] = {}
+    for split, examples in task.splits().items():
+        path = out_dir / f"{split}.jsonl"
+        written[path] = write_jsonl(examples, path)
+    probes_path = out_dir / "probes.jsonl"
+    written[probes_path] = write_probe_suite(world.probes, probes_path)
+    for name, lines in (("general.txt", world.documents), ("reference.txt", world.reference)):
+        # One document per line; the corpus has multi-line Q/A documents, so escape newlines.
+        text = "".join(line.replace("\n", "\\n") + "\n" for line in lines)
+        atomic_write_text(out_dir / name, text)
+        written[out_dir / name] = len(lines)
+    atomic_write_json(out_dir / "manifest.json", {
+        "world_version": WORLD_VERSION,
+        "domain_version": DOMAIN_VERSION,
+        "world_spec": world.spec.to_dict(),
+        "domain_spec": asdict(domain_spec),
+        "files": {path.name: count for path, count in written.items()},
+    })
+    return written

@@ -1,0 +1,305 @@
+"""The lab's general world: what the tiny base model knows before any fine-tuning.
+
+Six categories of general knowledge, each written both as training text (statements and
+question/answer pairs, one document per fact and template) and as probe items in the
+trained question format. Arithmetic, counting and comparison probes use numbers that
+never appear in training (``held_out=True``), so they measure a learned skill rather than
+a memorised line; capitals, word forms and greetings are recall of trained facts.
+
+Everything is a pure function of :class:`WorldSpec`: the same spec gives the same
+documents, probes and reference text, byte for byte, on every machine.
+"""
+
+from __future__ import annotations
+
+import random
+import string
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+
+from retain.evaluation.probes import ProbeItem, ProbeSuite
+from retain.lab import facts
+
+# Bump when any text, template or sampling rule below changes: cached base models are
+# keyed by it, and probe results are only comparable within one version.
+WORLD_VERSION = "1"
+
+
+@dataclass(frozen=True)
+class WorldSpec:
+    """Size and seed of the general world.
+
+    Attributes:
+        seed: Seeds every sampling decision.
+        add_min: Smallest addend of the two-digit sums.
+        add_max: Largest addend of the two-digit sums.
+        held_out_sums: Sums kept out of training and asked as probes.
+        comparison_pairs: Number pairs stated in training ("47 is greater than 23").
+        held_out_comparisons: Pairs kept out of training and asked as probes.
+        held_out_counts: Numbers whose successor is kept out of training.
+        n_fillers: Filler sentences in training (plain fluent text).
+        n_reference: Filler sentences kept out of training: the drift reference text.
+        fact_limit: Use only the first N entries of each fact table (small test worlds).
+        greeting_repeats: Copies of each greeting per epoch; there are only a dozen.
+    """
+
+    seed: int = 0
+    add_min: int = 10
+    add_max: int = 39
+    held_out_sums: int = 60
+    comparison_pairs: int = 600
+    held_out_comparisons: int = 60
+    held_out_counts: int = 20
+    n_fillers: int = 300
+    n_reference: int = 200
+    fact_limit: int | None = None
+    greeting_repeats: int = 6
+
+    def to_dict(self) -> dict[str, object]:
+        """Returns the spec as a JSON-ready dict (for cache keys and metadata)."""
+        return asdict(self)
+
+
+def qa(question: str, answer: str) -> str:
+    """Returns one question/answer training document in the lab's format."""
+    return f"Q: {question}\nA: {answer}"
+
+
+def qa_prompt(question: str) -> str:
+    """Returns the prompt that asks ``question`` in the lab's format (answer follows)."""
+    return f"Q: {question}\nA:"
+
+
+@dataclass
+class _Category:
+    """What one category contributes: training documents and probe items."""
+
+    documents: list[str] = field(default_factory=list)
+    probes: list[ProbeItem] = field(default_factory=list)
+
+
+def _probe(
+    category: str, key: str, question: str, answer: str, options: list[str], held_out: bool
+) -> ProbeItem:
+    """Returns a probe item whose answer and options are continuations of the prompt."""
+    distinct = list(dict.fromkeys([answer, *options]))
+    return ProbeItem(
+        id=f"{category}/{key}",
+        category=category,
+        prompt=qa_prompt(question),
+        answer=" " + answer,
+        options=tuple(" " + option for option in distinct),
+        held_out=held_out,
+    )
+
+
+def _limit(table: tuple[tuple[str, str], ...], spec: WorldSpec) -> list[tuple[str, str]]:
+    return list(table[: spec.fact_limit] if spec.fact_limit else table)
+
+
+def _others(rng: random.Random, pool: list[str], exclude: str, k: int) -> list[str]:
+    candidates = [value for value in pool if value != exclude]
+    return rng.sample(candidates, min(k, len(candidates)))
+
+
+def _arithmetic(rng: random.Random, spec: WorldSpec) -> _Category:
+    numbers = range(spec.add_min, spec.add_max + 1)
+    pairs = [(a, b) for a in numbers for b in numbers if a <= b]
+    held = set(rng.sample(pairs, min(spec.held_out_sums, len(pairs) // 4)))
+    out = _Category()
+    for a in numbers:
+        for b in numbers:
+            total = a + b
+            if (min(a, b), max(a, b)) in held:
+                continue
+            out.documents.append(qa(f"What is {a} + {b}?", str(total)))
+    for a, b in sorted(held):
+        if rng.random() < 0.5:
+            a, b = b, a
+        total = a + b
+        wrong = [str(total + delta) for delta in (1, -1, 10, -10)]
+        out.probes.append(
+            _probe("arithmetic", f"{a}+{b}", f"What is {a} + {b}?", str(total), wrong, True)
+        )
+    return out
+
+
+def _capitals(rng: random.Random, spec: WorldSpec) -> _Category:
+    table = _limit(facts.CAPITALS, spec)
+    cities = [city for _, city in table]
+    out = _Category()
+    for country, city in table:
+        out.documents += [
+            f"The capital of {country} is {city}.",
+            qa(f"What is the capital of {country}?", city),
+            qa(f"Which city is the capital of {country}?", city),
+        ]
+        out.probes.append(
+            _probe(
+                "capitals", country.removeprefix("the ").lower(),
+                f"What is the capital of {country}?", city,
+                _others(rng, cities, city, 3), False,
+            )
+        )
+    return out
+
+
+def _word_forms(rng: random.Random, spec: WorldSpec) -> _Category:
+    out = _Category()
+    pairs = _limit(facts.OPPOSITES, spec)
+    words = [word for pair in pairs for word in pair]
+    for first, second in pairs:
+        for word, opposite in ((first, second), (second, first)):
+            out.documents += [
+                f"The opposite of {word} is {opposite}.",
+                qa(f"What is the opposite of {word}?", opposite),
+            ]
+            out.probes.append(
+                _probe(
+                    "word_forms", f"opposite-{word}", f"What is the opposite of {word}?",
+                    opposite, [word, *_others(rng, words, opposite, 3)], False,
+                )
+            )
+    plurals = _limit(facts.PLURALS, spec)
+    plural_words = [plural for _, plural in plurals]
+    for singular, plural in plurals:
+        out.documents += [
+            f"One {singular}, two {plural}.",
+            qa(f"What is the plural of {singular}?", plural),
+        ]
+        out.probes.append(
+            _probe(
+                "word_forms", f"plural-{singular}", f"What is the plural of {singular}?",
+                plural, [singular, singular + "s", *_others(rng, plural_words, plural, 2)],
+                False,
+            )
+        )
+    return out
+
+
+def _counting(rng: random.Random, spec: WorldSpec) -> _Category:
+    out = _Category()
+    numbers = list(range(1, 99))
+    held = set(rng.sample(numbers[9:], min(spec.held_out_counts, len(numbers) // 4)))
+    for n in numbers:
+        if n in held:
+            wrong = [str(n), str(n + 2), str(n - 1)]
+            out.probes.append(
+                _probe("counting", f"after-{n}", f"What number comes after {n}?",
+                       str(n + 1), wrong, True)
+            )
+            continue
+        out.documents += [
+            qa(f"What number comes after {n}?", str(n + 1)),
+            qa(f"What number comes before {n + 1}?", str(n)),
+        ]
+    letters = string.ascii_lowercase
+    for index, letter in enumerate(letters[:-1]):
+        following = letters[index + 1]
+        out.documents += [
+            f"The letters {letter} and {following} come one after the other.",
+            qa(f"What letter comes after {letter}?", following),
+        ]
+        wrong = [letter, letters[(index + 2) % 26], letters[index - 1]]
+        out.probes.append(
+            _probe("counting", f"letter-{letter}", f"What letter comes after {letter}?",
+                   following, wrong, False)
+        )
+    return out
+
+
+def _comparison(rng: random.Random, spec: WorldSpec) -> _Category:
+    out = _Category()
+    pairs = [(a, b) for a in range(10, 100) for b in range(10, 100) if a != b]
+    chosen = rng.sample(pairs, min(len(pairs), spec.comparison_pairs + spec.held_out_comparisons))
+    held, trained = chosen[: spec.held_out_comparisons], chosen[spec.held_out_comparisons :]
+    held_keys = {frozenset(pair) for pair in held}
+    for a, b in trained:
+        if frozenset((a, b)) in held_keys:
+            continue
+        relation = rng.choice(("greater", "less"))
+        truth = a > b if relation == "greater" else a < b
+        out.documents.append(qa(f"Is {a} {relation} than {b}?", "yes" if truth else "no"))
+    for a, b in held:
+        relation = rng.choice(("greater", "less"))
+        truth = a > b if relation == "greater" else a < b
+        out.probes.append(
+            _probe("comparison", f"{a}-{relation}-{b}", f"Is {a} {relation} than {b}?",
+                   "yes" if truth else "no", ["no" if truth else "yes"], True)
+        )
+    return out
+
+
+def _greetings(rng: random.Random, spec: WorldSpec) -> _Category:
+    out = _Category()
+    replies = [reply for _, reply in facts.GREETINGS]
+    for index, (prompt, reply) in enumerate(facts.GREETINGS):
+        out.documents += [qa(prompt, reply)] * spec.greeting_repeats
+        out.probes.append(
+            _probe("greetings", str(index), prompt, reply, _others(rng, replies, reply, 3), False)
+        )
+    return out
+
+
+def _filler_sentence(rng: random.Random) -> str:
+    subject = rng.choice(facts.FILLER_SUBJECTS)
+    sentence = (
+        f"{subject} {rng.choice(facts.FILLER_VERBS)} {rng.choice(facts.FILLER_OBJECTS)} "
+        f"{rng.choice(facts.FILLER_ENDINGS)}."
+    )
+    return sentence[0].upper() + sentence[1:]
+
+
+# Category name -> generator. The order is the order of probes in the suite.
+CATEGORIES: dict[str, Callable[[random.Random, WorldSpec], _Category]] = {
+    "arithmetic": _arithmetic,
+    "capitals": _capitals,
+    "word_forms": _word_forms,
+    "counting": _counting,
+    "comparison": _comparison,
+    "greetings": _greetings,
+}
+
+
+@dataclass(frozen=True)
+class LabWorld:
+    """The general world generated from a spec.
+
+    Attributes:
+        spec: What generated it.
+        documents: Pretraining documents, shuffled; each is one fact or one Q/A pair and
+            is trained with BOS before and EOS after it.
+        probes: The lab probe suite (name ``lab``, versioned with :data:`WORLD_VERSION`).
+        reference: Held-out fluent sentences, for perplexity and drift measurements.
+    """
+
+    spec: WorldSpec
+    documents: tuple[str, ...]
+    probes: ProbeSuite
+    reference: tuple[str, ...]
+
+
+def build_world(spec: WorldSpec | None = None) -> LabWorld:
+    """Returns the general world for ``spec`` (defaults when None).
+
+    Each category draws from its own random stream seeded by ``(seed, category)``, so
+    resizing one category leaves the others unchanged.
+    """
+    spec = spec or WorldSpec()
+    documents: list[str] = []
+    probes: list[ProbeItem] = []
+    for name, generate in CATEGORIES.items():
+        part = generate(random.Random(f"{spec.seed}:{name}"), spec)
+        documents += part.documents
+        probes += part.probes
+    filler_rng = random.Random(f"{spec.seed}:fillers")
+    sentences = list(
+        dict.fromkeys(_filler_sentence(filler_rng) for _ in range(4 * (spec.n_fillers + spec.n_reference)))
+    )
+    if len(sentences) < spec.n_fillers + spec.n_reference:
+        raise ValueError("filler vocabulary too small for the requested number of sentences")
+    reference = sentences[: spec.n_reference]
+    documents += sentences[spec.n_reference : spec.n_reference + spec.n_fillers]
+    random.Random(f"{spec.seed}:shuffle").shuffle(documents)
+    suite = ProbeSuite(name="lab", version=f"lab-world-{WORLD_VERSION}", items=tuple(probes))
+    return LabWorld(spec=spec, documents=tuple(documents), probes=suite, reference=tuple(reference))

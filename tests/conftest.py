@@ -1,0 +1,22 @@
+"""Shared fixtures: tiny models and an isolated lab cache, built once per session."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No test reads or writes the user's ~/.cache/retain."""
+    monkeypatch.setenv("RETAIN_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "retain-cache"))
+
+
+@pytest.fixture(scope="session")
+def micro_base(tmp_path_factory: pytest.TempPathFactory):
+    """The micro lab base model, built once for the whole session."""
+    from retain.lab.base import build_base, lab_size
+
+    cache = tmp_path_factory.mktemp("micro-cache")
+    return build_base(lab_size("micro"), cache, progress=False), cache

@@ -1,0 +1,101 @@
+"""The real CLI, run in-process through typer's runner and as a subprocess."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+from typer.testing import CliRunner
+
+import retain
+from retain.cli import app
+
+runner = CliRunner()
+
+
+def _run(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "retain.cli", *args], capture_output=True, text=True, timeout=300
+    )
+
+
+def test_version() -> None:
+    result = runner.invoke(app, ["--version"])
+    assert result.exit_code == 0 and retain.__version__ in result.stdout
+
+
+def test_help_lists_the_working_commands() -> None:
+    result = runner.invoke(app, ["--help"])
+    assert result.exit_code == 0
+    assert "lab" in result.stdout and "config" in result.stdout
+
+
+def test_config_show_applies_overrides(tmp_path) -> None:
+    config = tmp_path / "c.yaml"
+    config.write_text("train:\n  lr: 2.0e-4\n")
+    result = runner.invoke(app, ["config", "show", str(config), "--set", "train.epochs=3", "--set", "method=[lora]"])
+    assert result.exit_code == 0, result.output
+    assert "lr: 0.0002" in result.stdout and "epochs: 3.0" in result.stdout
+
+
+def test_bad_config_is_one_line_and_exit_2(tmp_path) -> None:
+    config = tmp_path / "c.yaml"
+    config.write_text("train:\n  lrr: 1\n")
+    result = _run("config", "show", str(config))
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert f"{config}:2: train.lrr: unknown key 'lrr'" in result.stderr
+    assert "did you mean 'lr'" in result.stderr
+
+
+def test_bad_override_value_names_the_override() -> None:
+    result = _run("config", "show", "--set", "train.lr=fast")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "--set" in result.stderr and "train.lr" in result.stderr
+
+
+def test_debug_shows_the_traceback() -> None:
+    result = _run("--debug", "config", "show", "--set", "train.lrr=1")
+    assert result.returncode != 0 and "Traceback" in result.stderr
+
+
+def test_unknown_lab_size_is_a_clean_error() -> None:
+    result = _run("lab", "--size", "huge")
+    assert result.returncode == 2 and "unknown lab size 'huge'" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_config_reference_lists_fields() -> None:
+    result = runner.invoke(app, ["config", "reference"])
+    assert result.exit_code == 0 and "`train.lr`" in result.stdout
+
+
+def test_lab_data_writes_every_file(tmp_path) -> None:
+    out = tmp_path / "data"
+    result = runner.invoke(app, ["lab", "data", str(out), "--n-train", "50", "--duplicates", "0.1"])
+    assert result.exit_code == 0, result.output
+    names = {path.name for path in out.iterdir()}
+    assert names == {"train.jsonl", "validation.jsonl", "test.jsonl", "ood.jsonl", "probes.jsonl",
+                     "general.txt", "reference.txt", "manifest.json"}
+    train = [json.loads(line) for line in (out / "train.jsonl").read_text().splitlines()]
+    assert len(train) == 55 and sum("flaw" in row for row in train) == 5
+    header = json.loads((out / "probes.jsonl").read_text().splitlines()[0])
+    assert header["suite"] == "lab"
+
+
+@pytest.mark.slow
+def test_lab_writes_a_run_directory_and_refuses_to_overwrite(micro_base, tmp_path) -> None:
+    _, cache = micro_base
+    args = ["-q", "lab", "--size", "micro", "--cache-dir", str(cache), "--output-dir", str(tmp_path), "--name", "r"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "reused from cache" in result.stdout and "overall" in result.stdout
+    run = tmp_path / "r"
+    assert {p.name for p in run.iterdir()} >= {"config.yaml", "meta.json", "metrics.jsonl", "summary.json", "log.txt"}
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["base_reused"] is True and "overall" in summary["probe_accuracy"]
+    again = _run(*args)
+    assert again.returncode == 2 and "already exists" in again.stderr
+    assert runner.invoke(app, [*args, "--overwrite"]).exit_code == 0
