@@ -55,6 +55,12 @@ def test_metadata_records_build_figures(micro_base) -> None:
     assert meta["loss_curve"] and all(point["loss"] > 0 for point in meta["loss_curve"])
 
 
+def test_micro_model_answers_some_probes_exactly(micro_base) -> None:
+    # End to end: tokenizer, packing with EOS, training and greedy scoring all work, or
+    # the model could not stop after an answer and would score zero.
+    assert micro_base[0].metadata["probe_accuracy"]["overall"] >= 0.2
+
+
 def test_build_is_deterministic_for_a_seed(micro_base, tmp_path) -> None:
     base, _ = micro_base
     rebuilt = build_base(lab_size("micro"), tmp_path, force=True, progress=False)

@@ -45,19 +45,17 @@ def test_held_out_sums_never_appear_in_training_text() -> None:
             assert f"{x} + {y} =" not in corpus
 
 
-def test_held_out_counting_and_comparisons_never_trained() -> None:
+def test_held_out_questions_never_appear_in_training_text() -> None:
     world = build_world()
     corpus = "\n".join(world.documents)
-    for item in world.probes.items:
-        if item.category == "counting" and item.held_out:
-            n = int(re.findall(r"\d+", item.prompt)[0])
-            assert f"comes after {n}?" not in corpus
-            assert f"comes before {n + 1}?" not in corpus
-        if item.category == "comparison":
-            a, b = map(int, re.findall(r"\d+", item.prompt))
-            for x, y in ((a, b), (b, a)):
-                assert f"Is {x} greater than {y}?" not in corpus
-                assert f"Is {x} less than {y}?" not in corpus
+    held = [item for item in world.probes.items if item.held_out]
+    assert {item.category for item in held} == {"arithmetic", "comparison"}
+    for item in held:
+        a, b = map(int, re.findall(r"\d+", item.prompt))
+        assert item.prompt.removeprefix("Q: ").removesuffix("\nA:") not in corpus
+        # Neither order of the pair is trained either.
+        swapped = f"Is {b} greater than {a}?" if item.category == "comparison" else f"What is {b} + {a}?"
+        assert swapped not in corpus
 
 
 def test_recall_probes_are_trained_in_the_probe_format() -> None:

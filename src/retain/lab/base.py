@@ -48,11 +48,17 @@ METADATA_FILE = "retain_lab.json"
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """Shape of the tiny Llama."""
+    """Shape of the tiny Llama.
+
+    The default (4 layers, width 128, 0.9M parameters) was chosen by measurement on a
+    2-core CPU without native bf16: it trains about 2.5x more tokens per second than width
+    256 and, in development trials, learned the world in about as many optimizer steps,
+    so it reaches the probe targets in a fraction of the time.
+    """
 
     vocab_size: int = 1024
-    hidden_size: int = 256
-    intermediate_size: int = 672
+    hidden_size: int = 128
+    intermediate_size: int = 344
     num_layers: int = 4
     num_heads: int = 4
     max_positions: int = 512
@@ -74,8 +80,8 @@ class PretrainSpec:
             machine (:func:`retain.hardware.resolve_precision`) and recorded in the metadata.
     """
 
-    steps: int = 600
-    batch_size: int = 32
+    steps: int = 1000
+    batch_size: int = 16
     block_size: int = 128
     lr: float = 2e-3
     warmup_steps: int = 50
@@ -96,17 +102,19 @@ class LabSize:
 
 SIZES: dict[str, LabSize] = {
     "default": LabSize(name="default"),
-    # Builds in seconds; for tests. Knows little: its accuracy is not a target.
+    # Builds in about ten seconds, for tests: a world with six facts per table and a
+    # model that learns part of it (enough for forgetting to be visible). Its accuracy
+    # is not a target.
     "micro": LabSize(
         name="micro",
         world=WorldSpec(
-            add_min=10, add_max=19, held_out_sums=10, comparison_pairs=100,
-            held_out_comparisons=10, held_out_counts=5, n_fillers=60, n_reference=20,
-            fact_limit=8, greeting_repeats=2,
+            add_min=10, add_max=14, held_out_sums=5, comparison_pairs=20,
+            comparison_probes=6, counting_probes=4, n_fillers=30, n_reference=10,
+            fact_limit=6, greeting_repeats=2, digit_sum_repeats=0,
         ),
-        model=ModelSpec(vocab_size=384, hidden_size=64, intermediate_size=172, num_layers=2,
-                        num_heads=2, max_positions=256),
-        pretrain=PretrainSpec(steps=30, batch_size=8, block_size=64, lr=3e-3, warmup_steps=5,
+        model=ModelSpec(vocab_size=320, hidden_size=64, intermediate_size=172, num_layers=2,
+                        num_heads=2, max_positions=128),
+        pretrain=PretrainSpec(steps=300, batch_size=16, block_size=64, lr=3e-3, warmup_steps=20,
                               precision="fp32"),
     ),
 }

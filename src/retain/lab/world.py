@@ -2,9 +2,14 @@
 
 Six categories of general knowledge, each written both as training text (statements and
 question/answer pairs, one document per fact and template) and as probe items in the
-trained question format. Arithmetic, counting and comparison probes use numbers that
+trained question format. Arithmetic and comparison probes ask pairs of numbers that
 never appear in training (``held_out=True``), so they measure a learned skill rather than
-a memorised line; capitals, word forms and greetings are recall of trained facts.
+a memorised line; the other categories are recall of trained facts.
+
+Comparisons are asked one way only ("Is 47 greater than 23?"). Asking "greater" and
+"less" at random makes the answer the XOR of the relation and the order, which has no
+linear signal to start from: in development trials the tiny model stayed at chance on it
+for 1,000+ steps, while the one-way question is learned within a few hundred.
 
 Everything is a pure function of :class:`WorldSpec`: the same spec gives the same
 documents, probes and reference text, byte for byte, on every machine.
@@ -34,13 +39,17 @@ class WorldSpec:
         add_min: Smallest addend of the two-digit sums.
         add_max: Largest addend of the two-digit sums.
         held_out_sums: Sums kept out of training and asked as probes.
-        comparison_pairs: Number pairs stated in training ("47 is greater than 23").
-        held_out_comparisons: Pairs kept out of training and asked as probes.
-        held_out_counts: Numbers whose successor is kept out of training.
+        comparison_pairs: Number pairs asked in training ("Is 47 greater than 23?").
+        comparison_probes: Pairs kept out of training and asked as probes.
+        counting_probes: Trained successors ("What number comes after 41?") also asked
+            as probes; every letter is asked too.
         n_fillers: Filler sentences in training (plain fluent text).
         n_reference: Filler sentences kept out of training: the drift reference text.
         fact_limit: Use only the first N entries of each fact table (small test worlds).
         greeting_repeats: Copies of each greeting per epoch; there are only a dozen.
+        digit_sum_repeats: Copies of the one-digit addition table (0 + 0 to 9 + 9) per
+            epoch. The table is the carry rule in isolation; in development trials the
+            two-digit skill appeared earlier with it than without it.
     """
 
     seed: int = 0
@@ -48,12 +57,13 @@ class WorldSpec:
     add_max: int = 39
     held_out_sums: int = 60
     comparison_pairs: int = 600
-    held_out_comparisons: int = 60
-    held_out_counts: int = 20
-    n_fillers: int = 300
+    comparison_probes: int = 60
+    counting_probes: int = 20
+    n_fillers: int = 200
     n_reference: int = 200
     fact_limit: int | None = None
     greeting_repeats: int = 6
+    digit_sum_repeats: int = 2
 
     def to_dict(self) -> dict[str, object]:
         """Returns the spec as a JSON-ready dict (for cache keys and metadata)."""
@@ -107,6 +117,8 @@ def _arithmetic(rng: random.Random, spec: WorldSpec) -> _Category:
     pairs = [(a, b) for a in numbers for b in numbers if a <= b]
     held = set(rng.sample(pairs, min(spec.held_out_sums, len(pairs) // 4)))
     out = _Category()
+    table = [qa(f"What is {a} + {b}?", str(a + b)) for a in range(10) for b in range(10)]
+    out.documents += table * spec.digit_sum_repeats
     for a in numbers:
         for b in numbers:
             total = a + b
@@ -153,6 +165,7 @@ def _word_forms(rng: random.Random, spec: WorldSpec) -> _Category:
             out.documents += [
                 f"The opposite of {word} is {opposite}.",
                 qa(f"What is the opposite of {word}?", opposite),
+                qa(f"What word means the opposite of {word}?", opposite),
             ]
             out.probes.append(
                 _probe(
@@ -166,6 +179,7 @@ def _word_forms(rng: random.Random, spec: WorldSpec) -> _Category:
         out.documents += [
             f"One {singular}, two {plural}.",
             qa(f"What is the plural of {singular}?", plural),
+            qa(f"How do you say more than one {singular}?", plural),
         ]
         out.probes.append(
             _probe(
@@ -180,25 +194,23 @@ def _word_forms(rng: random.Random, spec: WorldSpec) -> _Category:
 def _counting(rng: random.Random, spec: WorldSpec) -> _Category:
     out = _Category()
     numbers = list(range(1, 99))
-    held = set(rng.sample(numbers[9:], min(spec.held_out_counts, len(numbers) // 4)))
     for n in numbers:
-        if n in held:
-            wrong = [str(n), str(n + 2), str(n - 1)]
-            out.probes.append(
-                _probe("counting", f"after-{n}", f"What number comes after {n}?",
-                       str(n + 1), wrong, True)
-            )
-            continue
         out.documents += [
             qa(f"What number comes after {n}?", str(n + 1)),
             qa(f"What number comes before {n + 1}?", str(n)),
         ]
+    for n in sorted(rng.sample(numbers, min(spec.counting_probes, len(numbers)))):
+        wrong = [str(n), str(n + 2), str(n - 1)]
+        out.probes.append(
+            _probe("counting", f"after-{n}", f"What number comes after {n}?", str(n + 1), wrong, False)
+        )
     letters = string.ascii_lowercase
     for index, letter in enumerate(letters[:-1]):
         following = letters[index + 1]
         out.documents += [
-            f"The letters {letter} and {following} come one after the other.",
+            f"The letter after {letter} is {following}.",
             qa(f"What letter comes after {letter}?", following),
+            qa(f"Which letter follows {letter}?", following),
         ]
         wrong = [letter, letters[(index + 2) % 26], letters[index - 1]]
         out.probes.append(
@@ -211,21 +223,17 @@ def _counting(rng: random.Random, spec: WorldSpec) -> _Category:
 def _comparison(rng: random.Random, spec: WorldSpec) -> _Category:
     out = _Category()
     pairs = [(a, b) for a in range(10, 100) for b in range(10, 100) if a != b]
-    chosen = rng.sample(pairs, min(len(pairs), spec.comparison_pairs + spec.held_out_comparisons))
-    held, trained = chosen[: spec.held_out_comparisons], chosen[spec.held_out_comparisons :]
+    chosen = rng.sample(pairs, spec.comparison_pairs + spec.comparison_probes)
+    held = chosen[: spec.comparison_probes]
     held_keys = {frozenset(pair) for pair in held}
-    for a, b in trained:
-        if frozenset((a, b)) in held_keys:
-            continue
-        relation = rng.choice(("greater", "less"))
-        truth = a > b if relation == "greater" else a < b
-        out.documents.append(qa(f"Is {a} {relation} than {b}?", "yes" if truth else "no"))
+    for a, b in chosen[spec.comparison_probes :]:
+        if frozenset((a, b)) not in held_keys:
+            out.documents.append(qa(f"Is {a} greater than {b}?", "yes" if a > b else "no"))
     for a, b in held:
-        relation = rng.choice(("greater", "less"))
-        truth = a > b if relation == "greater" else a < b
+        answer = "yes" if a > b else "no"
         out.probes.append(
-            _probe("comparison", f"{a}-{relation}-{b}", f"Is {a} {relation} than {b}?",
-                   "yes" if truth else "no", ["no" if truth else "yes"], True)
+            _probe("comparison", f"{a}-greater-{b}", f"Is {a} greater than {b}?", answer,
+                   ["no" if answer == "yes" else "yes"], True)
         )
     return out
 
