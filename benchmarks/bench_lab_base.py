@@ -7,6 +7,8 @@ quoted as a ratio.
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -51,10 +53,12 @@ def run() -> dict:
     bf16 = plain_loop_tokens_per_second(size, bf16=True)
     with tempfile.TemporaryDirectory() as cache:
         built = build_base(size, Path(cache), force=True, progress=False)
+        # What a user waits for the second time: the whole command, imports included.
+        command = [str(Path(sys.executable).parent / "retain"), "-q", "lab", "build-base", "--cache-dir", cache]
         started = time.perf_counter()
-        reused = build_base(size, Path(cache), progress=False)
+        output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
         reuse_seconds = time.perf_counter() - started
-        assert reused.reused
+        assert "reused cached base model" in output, output
     meta = built.metadata
     return {
         "size": "default",
@@ -87,7 +91,7 @@ def markdown(result: dict) -> str:
         "| --- | --- |",
         f"| parameters | {result['parameters']:,} |",
         f"| build time, cold (tokenizer + pretraining + probe eval + save) | {result['build_seconds']:.0f} s |",
-        f"| build time, cached | {result['cache_hit_seconds']:.2f} s |",
+        f"| `retain lab build-base` again (cache hit, whole command) | {result['cache_hit_seconds']:.1f} s |",
         f"| training precision (auto) | {result['precision']} (CPU native bf16: {result['cpu_has_fast_bf16']}) |",
         f"| tokens trained | {result['tokens_trained']:,} ({result['tokens_trained'] / result['tokens_per_epoch']:.0f} passes over a {result['tokens_per_epoch']:,}-token corpus) |",
         f"| training speed, retain (HF Trainer) | {result['train_tokens_per_second']:,.0f} tokens/s |",

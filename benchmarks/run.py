@@ -63,6 +63,9 @@ def render() -> str:
 
 
 def main(names: list[str]) -> None:
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
     names = names or available()
     unknown = sorted(set(names) - set(available()))
     if unknown:

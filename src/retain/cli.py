@@ -37,6 +37,22 @@ app.add_typer(lab_app, name="lab")
 console = Console()
 errors = Console(stderr=True)
 
+# Global options of this invocation, set by the root callback before any command runs.
+_STATE: dict[str, bool] = {"quiet": False}
+
+
+def _setup_logging() -> None:
+    """Warnings go to stderr; the run directory's log.txt gets everything from INFO up."""
+    from transformers.utils import logging as hf_logging
+
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setLevel(logging.WARNING)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    if not root.handlers:
+        root.addHandler(handler)
+    hf_logging.disable_progress_bar()  # retain shows its own bars
+
 
 def _version(value: bool) -> None:
     if value:
@@ -56,21 +72,6 @@ def _root(
     _setup_logging()
     _STATE["quiet"] = quiet
 
-
-_STATE: dict[str, bool] = {"quiet": False}
-
-
-def _setup_logging() -> None:
-    """Warnings go to stderr; the run directory's log.txt gets everything from INFO up."""
-    from transformers.utils import logging as hf_logging
-
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setLevel(logging.WARNING)
-    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
-    root = logging.getLogger()
-    if not root.handlers:
-        root.addHandler(handler)
-    hf_logging.disable_progress_bar()  # retain shows its own bars
 
 SetOption = Annotated[
     Optional[list[str]],
@@ -133,7 +134,7 @@ def lab(
     how = "reused from cache" if result.base.reused else f"built in {result.base.metadata['build_seconds']:.0f} s"
     console.print(f"base model: {result.base.path} ({how}, {result.base.metadata['parameters']:,} parameters)")
     _print_accuracy("general ability of the base model (greedy exact match)", result.probes.accuracy,
-                    _category_counts(preset))
+                    result.probes.counts)
     console.print(f"run directory: {result.run_dir}")
 
 
@@ -158,7 +159,7 @@ def lab_build_base(
             f"({meta['train_tokens_per_second']:,.0f} training tokens/s): {base.path}"
         )
     _print_accuracy("probe accuracy at build time (greedy exact match)", meta["probe_accuracy"],
-                    _category_counts(preset))
+                    meta["probe_counts"])
 
 
 @lab_app.command("data")
@@ -180,13 +181,6 @@ def lab_data(
     )
     for path, count in written.items():
         console.print(f"{count:>7,}  {path}")
-
-
-def _category_counts(preset: object) -> dict[str, int]:
-    from retain.lab.world import build_world
-
-    suite = build_world(preset.world).probes  # type: ignore[attr-defined]
-    return {name: len(items) for name, items in suite.by_category().items()}
 
 
 def _print_accuracy(title: str, accuracy: dict[str, float], counts: dict[str, int]) -> None:

@@ -13,7 +13,12 @@ from dataclasses import dataclass
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from retain.evaluation.probes import ProbeSuite, accuracy_by_category, exact_match
+from retain.evaluation.probes import (
+    ProbeSuite,
+    accuracy_by_category,
+    count_by_category,
+    exact_match,
+)
 
 
 @dataclass(frozen=True)
@@ -105,6 +110,7 @@ class ProbeScore:
         suite: Suite name.
         version: Suite version: only equal versions are comparable.
         accuracy: Share of exact matches per category, plus ``"overall"``.
+        counts: Items per category.
         generations: What the model said, one per item in suite order.
         correct: Whether each generation matched its answer.
     """
@@ -112,6 +118,7 @@ class ProbeScore:
     suite: str
     version: str
     accuracy: dict[str, float]
+    counts: dict[str, int]
     generations: tuple[Generation, ...]
     correct: tuple[bool, ...]
 
@@ -140,6 +147,7 @@ def score_probes_by_generation(
         suite=suite.name,
         version=suite.version,
         accuracy=accuracy_by_category(suite.items, correct),
+        counts=count_by_category(suite.items),
         generations=tuple(generations),
         correct=correct,
     )

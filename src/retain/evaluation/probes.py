@@ -103,6 +103,14 @@ def accuracy_by_category(
     return result
 
 
+def count_by_category(items: Sequence[ProbeItem]) -> dict[str, int]:
+    """Returns the number of items per category, in order of first appearance."""
+    counts: dict[str, int] = {}
+    for item in items:
+        counts[item.category] = counts.get(item.category, 0) + 1
+    return counts
+
+
 def write_probe_suite(suite: ProbeSuite, path: Path) -> int:
     """Writes ``suite`` as JSONL, one item per line, atomically; returns the item count.
 

@@ -253,6 +253,7 @@ def _build_into(size: LabSize, out_dir: Path, *, progress: bool) -> dict[str, ob
         "loss_curve": losses,
         "probe_suite": {"name": score.suite, "version": score.version},
         "probe_accuracy": score.accuracy,
+        "probe_counts": score.counts,
     }
     atomic_write_json(out_dir / METADATA_FILE, metadata)
     return metadata
