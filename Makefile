@@ -29,6 +29,7 @@ test: setup
 test-fast: setup
 	$(BIN)/python -m pytest -m "not slow"
 
+# The benchmarks compare against lm-evaluation-harness (in the dev extra).
 bench: setup
 	$(BIN)/python benchmarks/run.py
 

@@ -64,14 +64,19 @@ def test_recall_probes_are_trained_in_the_probe_format() -> None:
     for item in world.probes.items:
         if not item.held_out:
             question = item.prompt.removeprefix("Q: ").removesuffix("\nA:")
-            assert qa(question, item.answer.strip()) in documents, item.id
+            assert qa(question, item.answer) in documents, item.id
 
 
-def test_probe_options_contain_answer_once_and_are_continuations() -> None:
-    for item in build_world().probes.items:
+def test_probe_options_contain_answer_once_and_join_the_prompt_with_a_space() -> None:
+    suite = build_world().probes
+    assert suite.delimiter == " "
+    for item in suite.items:
         assert item.answer in item.options
         assert len(set(item.options)) == len(item.options) >= 2
-        assert all(option.startswith(" ") for option in item.options)
+        assert all(option == option.strip() for option in item.options)
+        assert qa(item.prompt.removeprefix("Q: ").removesuffix("\nA:"), item.answer) == (
+            item.prompt + suite.delimiter + item.answer
+        )
 
 
 def test_probe_answers_are_correct() -> None:

@@ -101,6 +101,130 @@ def config_reference() -> None:
     console.print(config_reference_markdown(), end="", markup=False, highlight=False)
 
 
+# --- eval and baseline ----------------------------------------------------------------
+
+ConfigOption = Annotated[
+    Optional[Path], typer.Option("--config", "-c", help="YAML config (model, data, probes, eval settings).")
+]
+
+
+@app.command("eval")
+def eval_(
+    model: Annotated[str, typer.Argument(help="`lab`, a model or adapter directory, a run directory, or a hub id.")],
+    suite: Annotated[Optional[list[str]], typer.Option("--suite", help="Probe suite: lab, general or a file (repeatable; default probes.suites).")] = None,
+    task: Annotated[Optional[str], typer.Option("--task", help="Held-out task examples (default data.eval).")] = None,
+    ood: Annotated[Optional[str], typer.Option("--ood", help="Out-of-distribution task examples (default data.ood).")] = None,
+    base: Annotated[Optional[str], typer.Option("--base", help="Base model to measure forgetting against (adapters: default is adapters off).")] = None,
+    compare_to: Annotated[Optional[Path], typer.Option("--compare-to", help="A previous `retain eval --json` result to compare against.")] = None,
+    reference: Annotated[Optional[str], typer.Option("--reference", help="Reference text file for drift (default eval.reference).")] = None,
+    no_drift: Annotated[bool, typer.Option("--no-drift", help="Skip KL and perplexity.")] = False,
+    json_out: Annotated[Optional[Path], typer.Option("--json", help="Write the full result, per item, as JSON.")] = None,
+    config: ConfigOption = None,
+    set_: SetOption = None,
+) -> None:
+    """Measure a model: probe accuracy per category, task accuracy, drift, generation health."""
+    from retain.config import load_config
+    from retain.evaluation.commands import run_eval
+    from retain.rundir import atomic_write_json
+
+    resolved = load_config(config, set_ or [])
+    outcome = run_eval(
+        resolved, model, suites=suite, task=task, ood=ood, reference=reference, drift=not no_drift,
+        base=base, compare_to=compare_to, progress=not _STATE["quiet"],
+    )
+    _print_eval(outcome)
+    if json_out is not None:
+        atomic_write_json(json_out, outcome.to_dict())
+        console.print(f"wrote {json_out}")
+
+
+@app.command("baseline")
+def baseline(
+    config: Annotated[Path, typer.Argument(help="YAML config naming model, data.train and data.eval.")],
+    set_: SetOption = None,
+    json_out: Annotated[Optional[Path], typer.Option("--json", help="Write the result as JSON.")] = None,
+) -> None:
+    """Zero- and few-shot accuracy of the base model: is fine-tuning needed at all?"""
+    from retain.config import load_config
+    from retain.evaluation.commands import run_baseline_command
+    from retain.rundir import atomic_write_json
+
+    result = run_baseline_command(load_config(config, set_ or []), progress=not _STATE["quiet"])
+    table = Table(title="base model on the task")
+    for column in ("prompt", "n", "accuracy", "by log-likelihood", "no answer", "health failures"):
+        table.add_column(column, justify="left" if column == "prompt" else "right")
+    for score in result.scores.values():
+        table.add_row(score.name, str(score.n), f"{score.accuracy:.1%}", _percent(score.loglik_accuracy),
+                      _percent(score.unparsed), _percent(score.health.failures if score.health else None))
+    console.print(table)
+    console.print(result.verdict())
+    if json_out is not None:
+        atomic_write_json(json_out, result.to_dict())
+        console.print(f"wrote {json_out}")
+
+
+def _percent(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1%}"
+
+
+def _print_eval(outcome) -> None:
+    result = outcome.result
+    for suite, methods in result.probes.items():
+        table = Table(title=f"probes: {suite} (version {next(iter(methods.values())).version})")
+        table.add_column("category")
+        table.add_column("items", justify="right")
+        for method in methods:
+            table.add_column(method, justify="right")
+        reports = outcome.forgetting.get(suite, {})
+        if reports:
+            table.add_column("forgetting (generation)" if "generation" in reports else "forgetting", justify="right")
+        first = next(iter(methods.values()))
+        rows = [*first.counts, "overall"]
+        for category in rows:
+            count = sum(first.counts.values()) if category == "overall" else first.counts[category]
+            cells = [_percent(score.accuracy.get(category)) for score in methods.values()]
+            if reports:
+                report = reports.get("generation") or next(iter(reports.values()))
+                figure = report.categories.get(category)
+                cells.append(
+                    "-" if figure is None else
+                    f"{figure.absolute_drop:+.1%} [{figure.absolute_drop_ci[0]:+.1%}, {figure.absolute_drop_ci[1]:+.1%}]"
+                )
+            table.add_row(category, str(count), *cells, style="bold" if category == "overall" else None)
+        console.print(table)
+    if outcome.base_source:
+        console.print(f"forgetting = accuracy of the base ({outcome.base_source}) minus this model's; "
+                      "positive means forgotten, 95% bootstrap interval in brackets")
+    if result.task:
+        table = Table(title="task")
+        for column in ("split", "n", "accuracy", "by log-likelihood", "exact match", "no answer", "predicted", "health failures"):
+            table.add_column(column, justify="left" if column in ("split", "predicted") else "right")
+        for score in result.task.values():
+            predicted = ", ".join(f"{label} {share:.0%}" for label, share in score.predicted.items())
+            table.add_row(score.name, str(score.n), f"{score.accuracy:.1%}", _percent(score.loglik_accuracy),
+                          f"{score.exact_match:.1%}", _percent(score.unparsed), predicted or "-",
+                          _percent(score.health.failures if score.health else None))
+        console.print(table)
+    if result.brittleness:
+        table = Table(title="brittleness: the eval set perturbed")
+        for column in ("perturbation", "n", "accuracy before", "after", "answers changed"):
+            table.add_column(column, justify="left" if column == "perturbation" else "right")
+        for entry in result.brittleness:
+            table.add_row(entry.name, str(entry.n), f"{entry.accuracy_original:.1%}",
+                          f"{entry.accuracy_perturbed:.1%}", f"{entry.flipped:.1%}")
+        console.print(table)
+    if result.drift:
+        kl = "-" if result.drift.kl is None else f"{result.drift.kl:.4f} nats/token (top-{result.drift.k} + rest)"
+        console.print(f"drift on the reference text ({result.drift.tokens:,} tokens): perplexity "
+                      f"{result.drift.perplexity:.2f}, KL(base || model) {kl}")
+    if result.smoke:
+        smoke = result.smoke
+        console.print(f"smoke test ({smoke.n} prompts): {smoke.failures:.0%} broken "
+                      f"(empty {smoke.empty:.0%}, whitespace {smoke.whitespace_only:.0%}, echo {smoke.echo:.0%}, "
+                      f"loop {smoke.loop:.0%}), no EOS {smoke.no_eos:.0%}, mean {smoke.mean_new_tokens:.1f} new tokens")
+    console.print(f"evaluated in {result.seconds:.1f} s")
+
+
 # --- lab ------------------------------------------------------------------------------
 
 SizeOption = Annotated[str, typer.Option("--size", help="Lab preset: default or micro (tests).")]

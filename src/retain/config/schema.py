@@ -306,8 +306,78 @@ class ProbesConfig(_Section):
     suites: list[str] = Field(
         default_factory=lambda: ["lab"],
         min_length=1,
-        description="Probe suites: names of built-in suites or paths to suite files.",
+        description="Probe suites: names of built-in suites (`lab`, `general`) or paths to "
+        "suite files (see docs/PROBES.md).",
     )
+    methods: list[Literal["generation", "loglik"]] = Field(
+        default_factory=lambda: ["generation", "loglik"],
+        min_length=1,
+        description="How probes are scored: `generation` (what the model says, judged by each "
+        "item's checker) and/or `loglik` (ranking the options by log-likelihood).",
+    )
+    max_new_tokens: int = Field(
+        24, gt=0, description="Token cap for generated probe answers; a tight cap cuts answers."
+    )
+
+
+class EvalConfig(_Section):
+    """Task evaluation, drift and the few-shot baseline."""
+
+    reference: str | None = Field(
+        None,
+        description="Reference text file for drift (KL to base, perplexity); null uses the "
+        "lab's for the lab model and retain's built-in general text otherwise.",
+    )
+    perturbations: list[str] = Field(
+        default_factory=lambda: [
+            "lowercase", "uppercase", "extra_whitespace", "strip_newlines", "template_wording",
+            "option_order",
+        ],
+        description="Input perturbations that measure brittleness on the eval set.",
+    )
+    perturb_limit: int = Field(
+        200, gt=0, description="Eval examples perturbed per perturbation (the first N)."
+    )
+    max_new_tokens: int = Field(32, gt=0, description="Token cap for generated task answers.")
+    batch_size: int = Field(32, gt=0, description="Prompts per forward pass when evaluating.")
+    shots: list[int] = Field(
+        default_factory=lambda: [0, 5],
+        min_length=1,
+        description="`retain baseline`: numbers of training examples shown before each question.",
+    )
+    target: float | None = Field(
+        None,
+        gt=0,
+        le=1,
+        description="`retain baseline`: the task accuracy fine-tuning is meant to reach; "
+        "null reports the few-shot accuracy without a verdict.",
+    )
+    margin: float = Field(
+        0.05,
+        ge=0,
+        lt=1,
+        description="`retain baseline`: few-shot accuracy within this of the target means "
+        "prompting may be enough.",
+    )
+
+    @field_validator("perturbations")
+    @classmethod
+    def _known_perturbations(cls, names: list[str]) -> list[str]:
+        from retain.evaluation.perturb import PERTURBATIONS
+
+        unknown = [name for name in names if name not in PERTURBATIONS]
+        if unknown:
+            raise _invalid(
+                f"unknown perturbation '{unknown[0]}'", f"use any of {', '.join(PERTURBATIONS)}"
+            )
+        return names
+
+    @field_validator("shots")
+    @classmethod
+    def _shots_not_negative(cls, shots: list[int]) -> list[int]:
+        if any(shot < 0 for shot in shots):
+            raise _invalid("shots cannot be negative", "use 0 for zero-shot, e.g. [0, 5]")
+        return shots
 
 
 class OutputConfig(_Section):
@@ -337,6 +407,9 @@ class RetainConfig(_Section):
     )
     probes: ProbesConfig = Field(
         default_factory=ProbesConfig, description="General-ability probes."
+    )
+    eval: EvalConfig = Field(
+        default_factory=EvalConfig, description="Task evaluation, drift and the few-shot baseline."
     )
     output: OutputConfig = Field(default_factory=OutputConfig, description="Run directories.")
 

@@ -13,12 +13,8 @@ from dataclasses import dataclass
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from retain.evaluation.probes import (
-    ProbeSuite,
-    accuracy_by_category,
-    count_by_category,
-    exact_match,
-)
+from retain.evaluation.probes import ProbeScore, ProbeSuite, check_answer, cut_at_stop
+from retain.evaluation.prompting import PromptFormat
 
 
 @dataclass(frozen=True)
@@ -45,8 +41,12 @@ def generate_greedy(
     prompts: Sequence[str],
     max_new_tokens: int,
     batch_size: int = 64,
+    add_special_tokens: bool = True,
 ) -> list[Generation]:
     """Generates greedily for each prompt, in batches with left padding.
+
+    Prompts are batched longest first, and a prompt too long for the model's context
+    loses its oldest tokens so that ``max_new_tokens`` still fit.
 
     Args:
         model: A causal LM; evaluated in eval mode, its previous mode restored after.
@@ -55,6 +55,7 @@ def generate_greedy(
         prompts: Prompts as raw text (apply a chat template before calling, if any).
         max_new_tokens: Hard cap on new tokens per prompt.
         batch_size: Prompts per forward pass.
+        add_special_tokens: False for chat-formatted prompts, whose template writes BOS.
 
     Returns:
         One :class:`Generation` per prompt, in order.
@@ -68,28 +69,47 @@ def generate_greedy(
     if eos_id is None:
         raise ValueError("the tokenizer has no eos_token_id: generation could never stop")
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_id
+    encoded = tokenizer(list(prompts), add_special_tokens=add_special_tokens)["input_ids"]
+    limit = getattr(model.config, "max_position_embeddings", None)
+    if limit is not None:
+        # Keep the end of over-long prompts (the question), room left for the answer.
+        room = max(1, limit - max_new_tokens)
+        encoded = [ids[-room:] for ids in encoded]
+    # Longest first: prompts of similar length share a batch, so little padding is run.
+    order = sorted(range(len(encoded)), key=lambda index: -len(encoded[index]))
+    results: list[Generation | None] = [None] * len(prompts)
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
-    results: list[Generation] = []
     try:
-        for start in range(0, len(prompts), batch_size):
-            batch = list(prompts[start : start + batch_size])
-            encoded = tokenizer(batch, return_tensors="pt", padding=True, padding_side="left")
-            encoded = encoded.to(device)
+        for start in range(0, len(order), batch_size):
+            batch = order[start : start + batch_size]
+            ids, mask = left_pad([encoded[index] for index in batch], pad_id)
             output = model.generate(
-                **encoded,
+                input_ids=ids.to(device),
+                attention_mask=mask.to(device),
                 max_new_tokens=max_new_tokens,
                 do_sample=False,
                 eos_token_id=eos_id,
                 pad_token_id=pad_id,
             )
-            new_ids = output[:, encoded["input_ids"].shape[1] :]  # (batch, generated)
-            for prompt, row in zip(batch, new_ids.tolist()):
-                results.append(_to_generation(prompt, row, eos_id, tokenizer))
+            new_ids = output[:, ids.shape[1] :]  # (batch, generated)
+            for index, row in zip(batch, new_ids.tolist()):
+                results[index] = _to_generation(prompts[index], row, eos_id, tokenizer)
     finally:
         model.train(was_training)
-    return results
+    return [result for result in results if result is not None]
+
+
+def left_pad(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Returns ``rows`` left-padded to one length, and the attention mask."""
+    width = max(len(row) for row in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for position, row in enumerate(rows):
+        ids[position, width - len(row) :] = torch.tensor(row, dtype=torch.long)
+        mask[position, width - len(row) :] = 1
+    return ids, mask
 
 
 def _to_generation(
@@ -102,52 +122,30 @@ def _to_generation(
     return Generation(prompt=prompt, text=text, new_tokens=len(kept), stopped=stopped)
 
 
-@dataclass(frozen=True)
-class ProbeScore:
-    """Probe results of one model on one suite, scored by generation.
-
-    Attributes:
-        suite: Suite name.
-        version: Suite version: only equal versions are comparable.
-        accuracy: Share of exact matches per category, plus ``"overall"``.
-        counts: Items per category.
-        generations: What the model said, one per item in suite order.
-        correct: Whether each generation matched its answer.
-    """
-
-    suite: str
-    version: str
-    accuracy: dict[str, float]
-    counts: dict[str, int]
-    generations: tuple[Generation, ...]
-    correct: tuple[bool, ...]
-
-
 def score_probes_by_generation(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
     suite: ProbeSuite,
+    prompt_format: PromptFormat | None = None,
     max_new_tokens: int = 24,
     batch_size: int = 64,
 ) -> ProbeScore:
-    """Returns exact-match accuracy of greedy answers to every probe in ``suite``.
+    """Returns the accuracy of greedy answers to every probe in ``suite``, by its checkers.
 
+    Each generation is cut at the suite's stop strings, then judged by the item's checker.
     ``max_new_tokens`` is generous on purpose: a tight cap cuts multi-token answers
     (a 6-token cap understated the lab base model by 12 points) and reports forgetting
     where there is none.
     """
+    prompt_format = prompt_format or PromptFormat.raw(suite.delimiter)
     generations = generate_greedy(
-        model, tokenizer, [item.prompt for item in suite.items], max_new_tokens, batch_size
+        model,
+        tokenizer,
+        [prompt_format.render(item.prompt) for item in suite.items],
+        max_new_tokens,
+        batch_size,
+        add_special_tokens=prompt_format.add_special_tokens,
     )
-    correct = tuple(
-        exact_match(generation.text, item.answer)
-        for generation, item in zip(generations, suite.items)
-    )
-    return ProbeScore(
-        suite=suite.name,
-        version=suite.version,
-        accuracy=accuracy_by_category(suite.items, correct),
-        counts=count_by_category(suite.items),
-        generations=tuple(generations),
-        correct=correct,
-    )
+    answers = [cut_at_stop(generation.text, suite.stop) for generation in generations]
+    correct = [check_answer(item, answer) for item, answer in zip(suite.items, answers)]
+    return ProbeScore.from_flags(suite, suite.items, "generation", correct, answers, generations)

@@ -1,20 +1,23 @@
 """Probe items and suites: the fixed questions that measure general capability.
 
-A probe item is a prompt and the text that should follow it. ``answer`` and every entry
-of ``options`` are *continuations*: they are appended to the prompt exactly as written
-(leading space included), which is how a causal LM sees them and how log-likelihood
-ranking must score them. Exact-match scoring compares normalised text, so the leading
-space does not matter there.
+A probe item has a prompt and a correct ``answer``; optionally a list of ``options``
+(the answer among them) for log-likelihood ranking. Answers and options are written as
+plain text; the suite's ``delimiter`` (a space by default) joins prompt and option when a
+causal LM scores ``prompt + delimiter + option``. Generated answers are judged by the
+item's ``checker``: ``exact`` (after :func:`normalize_answer`), ``contains`` (whole words),
+``regex`` (``pattern`` searched, case-insensitive) or ``numeric`` (first number equal).
 """
 
 from __future__ import annotations
 
-import json
+import math
+import re
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from dataclasses import dataclass, field
+from typing import Literal
 
-from retain.rundir import atomic_write_text
+Checker = Literal["exact", "contains", "regex", "numeric"]
+CHECKERS: tuple[str, ...] = ("exact", "contains", "regex", "numeric")
 
 
 @dataclass(frozen=True)
@@ -24,10 +27,13 @@ class ProbeItem:
     Attributes:
         id: Unique within its suite, stable across versions of the suite.
         category: What the item measures (``arithmetic``, ``capitals``, ...).
-        prompt: Text given to the model.
-        answer: The correct continuation of ``prompt``.
-        options: Candidate continuations for log-likelihood ranking; includes ``answer``.
-            Empty when the item is scored by generation only.
+        prompt: Text given to the model (a chat template is applied on top for chat models).
+        answer: The correct answer, as plain text.
+        options: Candidate answers for log-likelihood ranking, ``answer`` among them. Empty
+            when the item is scored by generation only.
+        checker: How a generated answer is judged: ``exact``, ``contains``, ``regex`` or
+            ``numeric``.
+        pattern: The regular expression of the ``regex`` checker.
         held_out: True when neither this item nor its fact appeared in training (lab only:
             e.g. a sum the base model never saw). Tells generalisation from recall.
     """
@@ -37,7 +43,14 @@ class ProbeItem:
     prompt: str
     answer: str
     options: tuple[str, ...] = ()
+    checker: Checker = "exact"
+    pattern: str | None = None
     held_out: bool = False
+
+    @property
+    def answer_index(self) -> int:
+        """Position of ``answer`` in ``options``; -1 when the item has no options."""
+        return self.options.index(self.answer) if self.options else -1
 
 
 @dataclass(frozen=True)
@@ -46,11 +59,23 @@ class ProbeSuite:
 
     Forgetting numbers are only comparable between runs of the same suite name and
     version, so both are recorded with every result.
+
+    Attributes:
+        name: Suite name (``lab``, ``general``, or the user's).
+        version: Changes whenever an item changes.
+        items: The probe items, ids unique.
+        delimiter: Text between prompt and option in log-likelihood scoring.
+        stop: Generated text is cut at the first of these strings before it is judged
+            (``"\\n"`` for base models that go on to invent the next question).
+        description: One sentence on what the suite measures.
     """
 
     name: str
     version: str
     items: tuple[ProbeItem, ...] = field(default_factory=tuple)
+    delimiter: str = " "
+    stop: tuple[str, ...] = ()
+    description: str = ""
 
     def categories(self) -> list[str]:
         """Returns the categories in order of first appearance."""
@@ -62,6 +87,10 @@ class ProbeSuite:
         for item in self.items:
             groups[item.category].append(item)
         return groups
+
+    def with_options(self) -> list[ProbeItem]:
+        """Returns the items that log-likelihood ranking can score."""
+        return [item for item in self.items if item.options]
 
 
 def normalize_answer(text: str) -> str:
@@ -77,6 +106,48 @@ def normalize_answer(text: str) -> str:
 def exact_match(prediction: str, answer: str) -> bool:
     """Returns whether ``prediction`` equals ``answer`` after :func:`normalize_answer`."""
     return normalize_answer(prediction) == normalize_answer(answer)
+
+
+_NUMBER = re.compile(r"[-+]?\d[\d,]*(?:\.\d+)?|[-+]?\.\d+")
+
+
+def first_number(text: str) -> float | None:
+    """Returns the first number written in ``text`` (``1,200`` reads as 1200), or None."""
+    found = _NUMBER.search(text)
+    if found is None:
+        return None
+    try:
+        return float(found.group().replace(",", ""))
+    except ValueError:
+        return None
+
+
+def cut_at_stop(text: str, stop: Sequence[str]) -> str:
+    """Returns ``text`` up to the first occurrence of any string in ``stop``.
+
+    Leading whitespace is skipped first, so a model that opens with a newline is judged
+    on the line it then writes, not on an empty one.
+    """
+    body = text.lstrip()
+    cut = len(body)
+    for marker in stop:
+        position = body.find(marker) if marker else -1
+        if position != -1:
+            cut = min(cut, position)
+    return body[:cut]
+
+
+def check_answer(item: ProbeItem, text: str) -> bool:
+    """Returns whether the generated ``text`` answers ``item`` correctly by its checker."""
+    if item.checker == "exact":
+        return exact_match(text, item.answer)
+    if item.checker == "contains":
+        answer = re.escape(normalize_answer(item.answer))
+        return re.search(rf"(?<!\w){answer}(?!\w)", " ".join(text.split()).casefold()) is not None
+    if item.checker == "regex":
+        return re.search(item.pattern or "", text, flags=re.IGNORECASE) is not None
+    expected, got = first_number(item.answer), first_number(text)
+    return expected is not None and got is not None and math.isclose(got, expected, abs_tol=1e-9)
 
 
 def accuracy_by_category(
@@ -111,13 +182,76 @@ def count_by_category(items: Sequence[ProbeItem]) -> dict[str, int]:
     return counts
 
 
-def write_probe_suite(suite: ProbeSuite, path: Path) -> int:
-    """Writes ``suite`` as JSONL, one item per line, atomically; returns the item count.
+Method = Literal["generation", "loglik", "loglik_norm"]
 
-    The first line is a header ``{"suite": name, "version": version}``; each following
-    line is one item with the fields of :class:`ProbeItem`.
+
+@dataclass(frozen=True)
+class ProbeScore:
+    """Results of one model on one suite by one scoring method.
+
+    Attributes:
+        suite: Suite name.
+        version: Suite version: only equal versions are comparable.
+        method: ``generation`` (what the model says, judged by each item's checker),
+            ``loglik`` (highest summed log-likelihood option) or ``loglik_norm``
+            (highest log-likelihood per character).
+        accuracy: Share correct per category, plus ``"overall"``.
+        counts: Items per category.
+        ids: Item ids, in suite order.
+        categories: Item categories, in suite order.
+        correct: Whether each item was answered correctly.
+        outputs: The generated answer (cut at the suite's stop strings) or the chosen
+            option, per item.
+        generations: The raw generations (generation method only), for health checks.
     """
-    header = json.dumps({"suite": suite.name, "version": suite.version})
-    lines = [json.dumps(asdict(item), ensure_ascii=False) for item in suite.items]
-    atomic_write_text(path, "".join(line + "\n" for line in [header, *lines]))
-    return len(lines)
+
+    suite: str
+    version: str
+    method: Method
+    accuracy: dict[str, float]
+    counts: dict[str, int]
+    ids: tuple[str, ...]
+    categories: tuple[str, ...]
+    correct: tuple[bool, ...]
+    outputs: tuple[str, ...]
+    generations: tuple = ()
+
+    @classmethod
+    def from_flags(
+        cls,
+        suite: ProbeSuite,
+        items: Sequence[ProbeItem],
+        method: Method,
+        correct: Sequence[bool],
+        outputs: Sequence[str],
+        generations: Sequence = (),
+    ) -> ProbeScore:
+        """Returns the score of ``items`` (all of ``suite`` or the part a method can score)."""
+        return cls(
+            suite=suite.name,
+            version=suite.version,
+            method=method,
+            accuracy=accuracy_by_category(items, correct),
+            counts=count_by_category(items),
+            ids=tuple(item.id for item in items),
+            categories=tuple(item.category for item in items),
+            correct=tuple(bool(flag) for flag in correct),
+            outputs=tuple(outputs),
+            generations=tuple(generations),
+        )
+
+    def to_dict(self, with_items: bool = False) -> dict:
+        """Returns the score as JSON-ready data; per-item results when ``with_items``."""
+        data = {
+            "suite": self.suite,
+            "version": self.version,
+            "method": self.method,
+            "accuracy": self.accuracy,
+            "counts": self.counts,
+        }
+        if with_items:
+            data["items"] = [
+                {"id": id_, "category": category, "correct": ok, "output": output}
+                for id_, category, ok, output in zip(self.ids, self.categories, self.correct, self.outputs)
+            ]
+        return data

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import asdict
 from pathlib import Path
 
-from retain.evaluation.probes import write_probe_suite
+from retain.evaluation.suites import write_suite
 from retain.lab.base import lab_size
 from retain.lab.domain import DOMAIN_VERSION, DomainSpec, build_domain, write_jsonl
 from retain.lab.world import WORLD_VERSION, build_world
@@ -44,7 +44,7 @@ def export_lab_data(
         path = out_dir / f"{split}.jsonl"
         written[path] = write_jsonl(examples, path)
     probes_path = out_dir / "probes.jsonl"
-    written[probes_path] = write_probe_suite(world.probes, probes_path)
+    written[probes_path] = write_suite(world.probes, probes_path)
     for name, lines in (("general.txt", world.documents), ("reference.txt", world.reference)):
         # One document per line; the corpus has multi-line Q/A documents, so escape newlines.
         text = "".join(line.replace("\n", "\\n") + "\n" for line in lines)

@@ -91,14 +91,14 @@ class _Category:
 def _probe(
     category: str, key: str, question: str, answer: str, options: list[str], held_out: bool
 ) -> ProbeItem:
-    """Returns a probe item whose answer and options are continuations of the prompt."""
+    """Returns a probe item; the suite's space delimiter joins prompt and answer."""
     distinct = list(dict.fromkeys([answer, *options]))
     return ProbeItem(
         id=f"{category}/{key}",
         category=category,
         prompt=qa_prompt(question),
-        answer=" " + answer,
-        options=tuple(" " + option for option in distinct),
+        answer=answer,
+        options=tuple(distinct),
         held_out=held_out,
     )
 

@@ -1,0 +1,248 @@
+"""What ``retain eval`` and ``retain baseline`` do, as library calls the CLI only prints.
+
+``retain eval`` measures one model and, when it knows the base, what the model forgot:
+for a PEFT adapter the base is the same weights with the adapters switched off (no second
+copy in memory); for a full model it is ``--base`` (evaluated first, then freed) or a
+previous ``retain eval --json`` result (``--compare-to``).
+"""
+
+from __future__ import annotations
+
+import gc
+import hashlib
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from retain.config import RetainConfig
+from retain.data import Example, load_examples
+from retain.errors import DataError, RetainError
+from retain.evaluation.baseline import BaselineResult, run_baseline
+from retain.evaluation.compare import ForgettingReport
+from retain.evaluation.drift import BaseLogprobs, compute_base_logprobs
+from retain.evaluation.engine import EvalResult, EvalSettings, default_reference_text, evaluate, forgetting
+from retain.evaluation.probes import ProbeSuite
+from retain.evaluation.prompting import PromptFormat
+from retain.evaluation.suites import load_suite
+from retain.models import LoadedModel, load_model
+
+logger = logging.getLogger("retain.evaluation")
+
+
+@dataclass
+class EvalOutcome:
+    """What ``retain eval`` found.
+
+    Attributes:
+        result: The model's evaluation.
+        base: The base model's evaluation, when a base was known.
+        forgetting: ``{suite: {method: ForgettingReport}}`` of base versus model.
+        base_source: What the base was (``adapters disabled``, a path, a JSON file).
+    """
+
+    result: EvalResult
+    base: EvalResult | dict | None = None
+    forgetting: dict[str, dict[str, ForgettingReport]] = field(default_factory=dict)
+    base_source: str | None = None
+
+    def to_dict(self) -> dict:
+        """Returns JSON-ready data: the model's result, the base's and the forgetting."""
+        base = self.base.to_dict() if isinstance(self.base, EvalResult) else self.base
+        return {
+            **self.result.to_dict(),
+            "base": {"source": self.base_source, "result": base} if base is not None else None,
+            "forgetting": {
+                suite: {method: report.to_dict() for method, report in methods.items()}
+                for suite, methods in self.forgetting.items()
+            },
+        }
+
+
+def settings_from(config: RetainConfig, smoke: bool = True) -> EvalSettings:
+    """Returns the evaluation settings of a config."""
+    return EvalSettings(
+        methods=tuple(config.probes.methods),
+        perturbations=tuple(config.eval.perturbations),
+        perturb_limit=config.eval.perturb_limit,
+        smoke_prompts=tuple(config.guards.smoke.prompts) if smoke else (),
+        probe_max_new_tokens=config.probes.max_new_tokens,
+        task_max_new_tokens=config.eval.max_new_tokens,
+        batch_size=config.eval.batch_size,
+    )
+
+
+def read_task(config: RetainConfig, path: str | None) -> list[Example] | None:
+    """Reads task examples with the config's format and field names; None without a path."""
+    if not path:
+        return None
+    data = config.data
+    return load_examples(
+        path,
+        format=data.format,
+        prompt_field=data.prompt_field,
+        response_field=data.response_field,
+        messages_field=data.messages_field,
+    )
+
+
+def run_eval(
+    config: RetainConfig,
+    model_name: str,
+    *,
+    suites: list[str] | None = None,
+    task: str | None = None,
+    ood: str | None = None,
+    reference: str | None = None,
+    drift: bool = True,
+    base: str | None = None,
+    compare_to: Path | None = None,
+    progress: bool = True,
+) -> EvalOutcome:
+    """Evaluates ``model_name`` and, when a base is known, what it forgot.
+
+    Raises:
+        RetainError: For anything the user named that cannot be read or loaded.
+    """
+    probe_suites = [load_suite(name) for name in (suites or config.probes.suites)]
+    examples = read_task(config, task or config.data.eval)
+    ood_examples = read_task(config, ood or config.data.ood)
+    settings = settings_from(config)
+    reference_text = _reference(reference or config.eval.reference, probe_suites) if drift else None
+    previous = _read_previous(compare_to) if compare_to else None
+    base_result: EvalResult | dict | None = previous
+    base_source = str(compare_to) if compare_to else None
+    base_logprobs = None
+    if base is not None:
+        loaded_base = _load(config, base, progress)
+        base_result = _evaluate(loaded_base, config, probe_suites, None, None, None, settings, "base")
+        if reference_text:
+            base_logprobs = _cached_base_logprobs(loaded_base, base, reference_text)
+        base_source = base
+        del loaded_base
+        gc.collect()
+    loaded = _load(config, model_name, progress)
+    if loaded.is_adapter and base is None and previous is None:
+        with loaded.model.disable_adapter():
+            base_result = _evaluate(loaded, config, probe_suites, None, None, None, settings, "base")
+            if reference_text:
+                base_logprobs = _cached_base_logprobs(loaded, loaded.base, reference_text)
+        base_source = f"{loaded.base} (adapters disabled)"
+    result = evaluate(
+        loaded.model, loaded.tokenizer, name=model_name, chat_template=config.model.chat_template,
+        suites=probe_suites, task=examples, ood=ood_examples, reference=reference_text,
+        base_logprobs=base_logprobs, settings=settings,
+    )
+    outcome = EvalOutcome(result=result, base=base_result, base_source=base_source)
+    if base_result is not None:
+        outcome.forgetting = _forgetting(base_result, result)
+    return outcome
+
+
+def _load(config: RetainConfig, name: str, progress: bool) -> LoadedModel:
+    model = config.model
+    return load_model(
+        name, device=model.device, dtype=model.dtype, revision=model.revision,
+        trust_remote_code=model.trust_remote_code, progress=progress,
+    )
+
+
+def _evaluate(
+    loaded: LoadedModel,
+    config: RetainConfig,
+    suites: list[ProbeSuite],
+    task: list[Example] | None,
+    ood: list[Example] | None,
+    reference: str | None,
+    settings: EvalSettings,
+    name: str,
+) -> EvalResult:
+    return evaluate(
+        loaded.model, loaded.tokenizer, name=name, chat_template=config.model.chat_template,
+        suites=suites, task=task, ood=ood, reference=reference, settings=settings,
+    )
+
+
+def _forgetting(before: EvalResult | dict, after: EvalResult) -> dict[str, dict[str, ForgettingReport]]:
+    try:
+        return forgetting(before, after)
+    except ValueError as error:
+        raise RetainError(
+            f"cannot compare with the base: {error}",
+            fix="compare results of the same probe suites and versions",
+        ) from None
+
+
+def _reference(path: str | None, suites: list[ProbeSuite]) -> str:
+    if path is None:
+        return default_reference_text(suites)
+    file = Path(path)
+    if not file.is_file():
+        raise DataError("reference text file not found", file=file, field="eval.reference",
+                        fix="give a UTF-8 text file, or leave eval.reference null for the built-in text")
+    return file.read_text(encoding="utf-8")
+
+
+def _read_previous(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise DataError("no such file", file=path, fix="give the JSON written by retain eval --json") from None
+    except json.JSONDecodeError as error:
+        raise DataError(f"not valid JSON ({error.msg})", file=path, line=error.lineno,
+                        fix="give the JSON written by retain eval --json") from None
+    if not isinstance(data, dict) or "probes" not in data:
+        raise DataError("not a retain eval result (no 'probes')", file=path, field="probes",
+                        fix="give the JSON written by retain eval --json")
+    return data
+
+
+def _cached_base_logprobs(loaded: LoadedModel, base_name: str, text: str) -> BaseLogprobs:
+    """Returns the base's log-probabilities on ``text``, computed once per base and text."""
+    from retain.lab.base import default_cache_dir
+
+    key = hashlib.sha256(f"{_model_identity(base_name)}\n{text}".encode()).hexdigest()[:16]
+    path = default_cache_dir() / "drift" / f"base-{key}.safetensors"
+    if path.is_file():
+        try:
+            return BaseLogprobs.load(path, text, loaded.tokenizer)
+        except (ValueError, OSError) as error:
+            logger.warning("ignoring unusable cached base log-probabilities %s: %s", path, error)
+    base = compute_base_logprobs(loaded.model, loaded.tokenizer, text)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    base.save(path)
+    return base
+
+
+def _model_identity(name: str) -> str:
+    """Returns a string that changes when the named model's weights change."""
+    path = Path(name)
+    if not path.is_dir():
+        return name
+    weights = sorted(path.glob("*.safetensors")) + sorted(path.glob("*.bin"))
+    stamps = [f"{w.name}:{w.stat().st_size}:{w.stat().st_mtime_ns}" for w in weights]
+    return f"{path.resolve()}|{'|'.join(stamps)}"
+
+
+def run_baseline_command(config: RetainConfig, progress: bool = True) -> BaselineResult:
+    """Runs ``retain baseline``: few-shot accuracy of ``model`` on ``data.eval``.
+
+    Raises:
+        RetainError: When the config names no eval data, or data cannot be read.
+    """
+    if not config.data.eval:
+        raise RetainError("no evaluation data to measure the baseline on", field="data.eval",
+                          fix="set data.eval to a held-out file of the task (--set data.eval=PATH)")
+    if any(k > 0 for k in config.eval.shots) and not config.data.train:
+        raise RetainError("few-shot prompts take their examples from the training data",
+                          field="data.train", fix="set data.train, or use eval.shots=[0]")
+    examples = read_task(config, config.data.eval) or []
+    train = read_task(config, config.data.train) or []
+    loaded = _load(config, config.model.name_or_path, progress)
+    prompt_format = PromptFormat.for_tokenizer(loaded.tokenizer, config.model.chat_template)
+    return run_baseline(
+        loaded.model, loaded.tokenizer, train, examples, prompt_format,
+        shots=config.eval.shots, target=config.eval.target, margin=config.eval.margin,
+        seed=config.train.seed, max_new_tokens=config.eval.max_new_tokens,
+        batch_size=config.eval.batch_size,
+    )

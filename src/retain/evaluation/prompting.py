@@ -1,0 +1,99 @@
+"""How a prompt reaches the model: raw for base models, chat-templated for chat models.
+
+A chat model asked a raw prompt answers a question it was never trained to see; a base
+model given a chat template sees markup it never learned. Every scorer in retain renders
+prompts through one :class:`PromptFormat` so that training, evaluation and guards agree.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from transformers import PreTrainedTokenizerBase
+
+from retain.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class PromptFormat:
+    """Renders a user prompt into the text the model is given.
+
+    Attributes:
+        template: A Jinja chat template, or None for raw prompts.
+        delimiter: Text between the rendered prompt and an answer when an answer is
+            scored as a continuation: the suite's delimiter for raw prompts, nothing
+            after a chat template (the assistant turn starts right there).
+        add_special_tokens: Whether the tokenizer adds BOS itself; False after a chat
+            template, which writes its own.
+    """
+
+    template: str | None
+    delimiter: str
+    add_special_tokens: bool
+    tokenizer: PreTrainedTokenizerBase | None = None
+
+    @classmethod
+    def raw(cls, delimiter: str = " ") -> PromptFormat:
+        """Returns the format of a base model: the prompt as written."""
+        return cls(template=None, delimiter=delimiter, add_special_tokens=True)
+
+    @classmethod
+    def for_tokenizer(
+        cls, tokenizer: PreTrainedTokenizerBase, chat_template: str = "auto", delimiter: str = " "
+    ) -> PromptFormat:
+        """Returns the format for a model, following ``model.chat_template`` of the config.
+
+        Args:
+            tokenizer: The model's tokenizer.
+            chat_template: ``auto`` (the tokenizer's template if it has one), ``none``, or
+                a path to a Jinja file.
+            delimiter: The probe suite's delimiter, used for raw prompts.
+
+        Raises:
+            ConfigError: If the template file does not exist.
+        """
+        if chat_template == "none":
+            return cls.raw(delimiter)
+        if chat_template == "auto":
+            template = getattr(tokenizer, "chat_template", None)
+        else:
+            path = Path(chat_template)
+            if not path.is_file():
+                raise ConfigError(
+                    f"chat template file '{chat_template}' does not exist",
+                    field="model.chat_template",
+                    fix="give the path of a Jinja file, or use auto or none",
+                )
+            template = path.read_text(encoding="utf-8")
+        if not template:
+            return cls.raw(delimiter)
+        return cls(template=template, delimiter="", add_special_tokens=False, tokenizer=tokenizer)
+
+    @property
+    def is_chat(self) -> bool:
+        """True when prompts are wrapped in a chat template."""
+        return self.template is not None
+
+    def render(self, prompt: str) -> str:
+        """Returns ``prompt`` as the model sees it, ready for its answer to follow."""
+        if self.template is None:
+            return prompt
+        return self.render_messages([{"role": "user", "content": prompt}])
+
+    def render_messages(self, messages: Sequence[Mapping[str, Any]]) -> str:
+        """Returns chat turns through the template, ending where the assistant answers.
+
+        Raises:
+            ValueError: If this format has no chat template.
+        """
+        if self.template is None or self.tokenizer is None:
+            raise ValueError("chat turns need a chat template; this prompt format is raw")
+        return self.tokenizer.apply_chat_template(
+            [dict(message) for message in messages],
+            chat_template=self.template,
+            tokenize=False,
+            add_generation_prompt=True,
+        )

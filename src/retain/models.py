@@ -1,0 +1,174 @@
+"""Loading the model a command works on: the lab model, a directory, a hub id, adapters.
+
+One entry point, :func:`load_model`, so that ``retain eval``, ``retain baseline`` and
+``retain train`` all resolve ``lab``, a saved model directory, a PEFT adapter directory
+(its base model is loaded first, adapters on top) or a Hugging Face Hub id the same way,
+with safetensors only and remote code off unless the user turns it on.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+from retain.errors import RetainError
+from retain.hardware import default_device
+
+logger = logging.getLogger("retain.models")
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+# Where a run directory keeps its final model, in order of preference (see issue 5).
+_RUN_MODEL_DIRS = ("model", "adapter", "final")
+
+
+class ModelLoadError(RetainError):
+    """The model named by the user cannot be found or loaded."""
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """A model ready to evaluate or train.
+
+    Attributes:
+        model: The causal LM (a ``PeftModel`` when adapters were loaded).
+        tokenizer: Its tokenizer, with a pad token.
+        source: What the user named (``lab``, a path or a hub id).
+        base: The base model's name or path (itself, unless adapters were loaded).
+        is_adapter: True when ``model`` is a base model with PEFT adapters on top.
+    """
+
+    model: PreTrainedModel
+    tokenizer: PreTrainedTokenizerBase
+    source: str
+    base: str
+    is_adapter: bool
+
+
+def resolve_device(device: str) -> str:
+    """Returns the device for ``auto`` (GPU if visible) or the one named."""
+    return default_device() if device == "auto" else device
+
+
+def resolve_dtype(dtype: str, device: str) -> torch.dtype:
+    """Returns the load dtype; ``auto`` is float32 on CPU and bfloat16 on a bf16 GPU."""
+    if dtype != "auto":
+        return _DTYPES[dtype]
+    if device.startswith("cuda") and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return torch.float32
+
+
+def lab_model_path(size: str = "default", seed: int = 0, progress: bool = True) -> Path:
+    """Returns the lab base model directory, building it on first use."""
+    from retain.lab.base import build_base, lab_size
+
+    return build_base(lab_size(size, seed), progress=progress).path
+
+
+def load_model(
+    name_or_path: str,
+    *,
+    device: str = "auto",
+    dtype: str = "auto",
+    revision: str | None = None,
+    trust_remote_code: bool = False,
+    progress: bool = True,
+) -> LoadedModel:
+    """Loads ``lab``, a model directory, an adapter directory, a run directory or a hub id.
+
+    Raises:
+        ModelLoadError: If nothing loadable is found, with what was looked for and a fix.
+    """
+    device = resolve_device(device)
+    torch_dtype = resolve_dtype(dtype, device)
+    path = Path(name_or_path)
+    if name_or_path == "lab":
+        path = lab_model_path(progress=progress)
+    elif path.is_dir():
+        path = _model_dir_in(path)
+    adapter_config = path / "adapter_config.json"
+    if adapter_config.is_file():
+        return _load_adapter(path, adapter_config, name_or_path, device, torch_dtype, trust_remote_code)
+    model, tokenizer = _load_plain(str(path), revision, device, torch_dtype, trust_remote_code)
+    return LoadedModel(model, tokenizer, name_or_path, str(path), is_adapter=False)
+
+
+def _model_dir_in(path: Path) -> Path:
+    """Returns the directory holding the weights: ``path`` itself or a run's model dir."""
+    if (path / "config.json").is_file() or (path / "adapter_config.json").is_file():
+        return path
+    for name in _RUN_MODEL_DIRS:
+        if (path / name / "config.json").is_file() or (path / name / "adapter_config.json").is_file():
+            return path / name
+    raise ModelLoadError(
+        f"'{path}' holds no model: no config.json or adapter_config.json in it or in "
+        f"{', '.join(name + '/' for name in _RUN_MODEL_DIRS)}",
+        file=path,
+        fix="point at a directory saved with save_pretrained, or at a finished run directory",
+    )
+
+
+def _load_plain(
+    name: str, revision: str | None, device: str, dtype: torch.dtype, trust_remote_code: bool
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(
+            name, revision=revision, trust_remote_code=trust_remote_code
+        )
+        model = AutoModelForCausalLM.from_pretrained(
+            name,
+            revision=revision,
+            dtype=dtype,
+            trust_remote_code=trust_remote_code,
+            use_safetensors=None if Path(name).is_dir() else True,
+        )
+    except OSError as error:
+        raise ModelLoadError(
+            f"cannot load model '{name}': {str(error).splitlines()[0]}",
+            fix="check the path or hub id; hub models need network access or a local copy "
+            "(HF_HUB_OFFLINE=1 uses only the local cache)",
+        ) from None
+    _ensure_pad_token(tokenizer)
+    return model.to(device).eval(), tokenizer
+
+
+def _load_adapter(
+    path: Path,
+    adapter_config: Path,
+    source: str,
+    device: str,
+    dtype: torch.dtype,
+    trust_remote_code: bool,
+) -> LoadedModel:
+    from peft import PeftModel
+
+    base_name = json.loads(adapter_config.read_text()).get("base_model_name_or_path")
+    if not base_name:
+        raise ModelLoadError(
+            "adapter_config.json names no base_model_name_or_path",
+            file=adapter_config,
+            field="base_model_name_or_path",
+            fix="set it to the base model's directory or hub id",
+        )
+    base_path = str(lab_model_path(progress=False)) if base_name == "lab" else base_name
+    model, tokenizer = _load_plain(base_path, None, device, dtype, trust_remote_code)
+    if any(path.glob("tokenizer*.json")):
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        _ensure_pad_token(tokenizer)
+    peft_model = PeftModel.from_pretrained(model, path).to(device).eval()
+    return LoadedModel(peft_model, tokenizer, source, base_path, is_adapter=True)
+
+
+def _ensure_pad_token(tokenizer: PreTrainedTokenizerBase) -> None:
+    """Gives a tokenizer without a pad token one for batched inference.
+
+    Padding is masked and on the left at inference, so reusing EOS is harmless here; it
+    is training that must not use EOS as padding (``retain doctor`` checks that).
+    """
+    if tokenizer.pad_token_id is None and tokenizer.eos_token_id is not None:
+        tokenizer.pad_token = tokenizer.eos_token

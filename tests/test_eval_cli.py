@@ -1,0 +1,140 @@
+"""`retain eval` and `retain baseline` end to end on the micro lab model."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from retain.cli import app
+from retain.errors import RetainError
+from retain.evaluation.probes import ProbeSuite
+from retain.evaluation.suites import write_suite
+from retain.lab.domain import DomainSpec, build_domain, write_jsonl
+from retain.lab.world import build_world
+
+runner = CliRunner()
+FAST = ["--set", "eval.perturb_limit=6", "--set", "eval.max_new_tokens=4", "--set", "probes.max_new_tokens=6"]
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("eval-files")
+    world = build_world()
+    small = ProbeSuite("lab-small", "1", world.probes.items[::12], world.probes.delimiter)
+    write_suite(small, root / "probes.jsonl")
+    domain = build_domain(DomainSpec(n_train=30, n_validation=4, n_test=12, n_ood=8))
+    write_jsonl(domain.train, root / "train.jsonl")
+    write_jsonl(domain.test, root / "test.jsonl")
+    write_jsonl(domain.ood, root / "ood.jsonl")
+    return {"probes": root / "probes.jsonl", "train": root / "train.jsonl",
+            "test": root / "test.jsonl", "ood": root / "ood.jsonl", "root": root}
+
+
+def invoke(*args: str):
+    return runner.invoke(app, ["-q", *args], catch_exceptions=False)
+
+
+def test_eval_measures_probes_task_drift_and_health(micro_base, files, tmp_path) -> None:
+    base, _ = micro_base
+    out = tmp_path / "eval.json"
+    result = invoke("eval", str(base.path), "--suite", str(files["probes"]), "--task", str(files["test"]),
+                    "--ood", str(files["ood"]), "--json", str(out), *FAST)
+    assert result.exit_code == 0, result.output
+    data = json.loads(out.read_text())
+    methods = data["probes"]["lab-small"]
+    assert set(methods) == {"generation", "loglik", "loglik_norm"}
+    assert len(methods["generation"]["items"]) == 29
+    assert set(data["task"]) == {"eval", "ood"} and data["task"]["eval"]["labels"] == ["maybe", "no", "yes"]
+    assert data["drift"]["perplexity"] > 1 and data["drift"]["kl"] is None  # no base given
+    assert data["smoke"]["n"] == 3
+    assert {entry["name"] for entry in data["brittleness"]} >= {"lowercase", "template_wording"}
+    assert "probes: lab-small" in result.output and "task" in result.output
+
+
+def test_comparing_a_model_with_itself_shows_no_forgetting(micro_base, files, tmp_path) -> None:
+    base, _ = micro_base
+    first = tmp_path / "first.json"
+    args = ["--suite", str(files["probes"]), "--no-drift", "--set", "eval.perturbations=[]", *FAST]
+    assert invoke("eval", str(base.path), "--json", str(first), *args).exit_code == 0
+    second = tmp_path / "second.json"
+    result = invoke("eval", str(base.path), "--compare-to", str(first), "--json", str(second), *args)
+    assert result.exit_code == 0, result.output
+    overall = json.loads(second.read_text())["forgetting"]["lab-small"]["generation"]["categories"]["overall"]
+    assert overall["absolute_drop"] == 0 and overall["newly_wrong"] == 0
+
+
+def test_adapter_is_compared_with_its_own_base_without_a_second_copy(micro_base, files, tmp_path) -> None:
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    base, _ = micro_base
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_pretrained(base.path)
+    config = LoraConfig(r=4, lora_alpha=64, target_modules=["q_proj", "v_proj", "down_proj"], init_lora_weights=False)
+    adapted = get_peft_model(model, config)
+    adapted.save_pretrained(tmp_path / "adapter")
+    out = tmp_path / "eval.json"
+    result = invoke("eval", str(tmp_path / "adapter"), "--suite", str(files["probes"]), "--json", str(out),
+                    "--set", "eval.perturbations=[]", *FAST)
+    assert result.exit_code == 0, result.output
+    data = json.loads(out.read_text())
+    assert data["base"]["source"].endswith("(adapters disabled)")
+    assert data["drift"]["kl"] > 0
+    forgetting = data["forgetting"]["lab-small"]
+    assert set(forgetting) == {"generation", "loglik", "loglik_norm"}
+    assert "overall" in forgetting["generation"]["categories"]
+
+
+def test_baseline_reports_zero_and_few_shot_with_a_verdict(micro_base, files, tmp_path) -> None:
+    base, _ = micro_base
+    config = tmp_path / "c.yaml"
+    config.write_text(
+        f"model:\n  name_or_path: {base.path}\n"
+        f"data:\n  train: {files['train']}\n  eval: {files['test']}\n"
+        "eval:\n  shots: [0, 2]\n  target: 0.9\n  max_new_tokens: 4\n"
+    )
+    out = tmp_path / "baseline.json"
+    result = invoke("baseline", str(config), "--json", str(out))
+    assert result.exit_code == 0, result.output
+    data = json.loads(out.read_text())
+    assert set(data["scores"]) == {"0", "2"} and data["target"] == 0.9
+    assert data["prompting_may_suffice"] is False  # an untuned micro model is far from 90%
+    assert "fine-tuning looks needed" in result.output
+
+
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [
+        (["--task", "missing.jsonl"], "missing.jsonl"),
+        (["--suite", "nonsense"], "no probe suite named 'nonsense'"),
+        (["--compare-to", "missing.json"], "missing.json"),
+        (["--set", "eval.perturbations=[shout]"], "unknown perturbation 'shout'"),
+    ],
+)
+def test_eval_mistakes_are_one_line_and_exit_2(micro_base, args, words, tmp_path, monkeypatch) -> None:
+    import subprocess
+    import sys
+
+    base, _ = micro_base
+    monkeypatch.chdir(tmp_path)
+    result = subprocess.run([sys.executable, "-m", "retain.cli", "eval", str(base.path), *args],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr and words in result.stderr
+
+
+def test_eval_of_a_folder_without_a_model_says_what_it_looked_for(tmp_path) -> None:
+    result = runner.invoke(app, ["eval", str(tmp_path)])
+    assert isinstance(result.exception, RetainError)
+    assert "holds no model" in result.exception.render()
+
+
+def test_baseline_without_eval_data_names_the_field(tmp_path) -> None:
+    config = tmp_path / "c.yaml"
+    config.write_text("model:\n  name_or_path: lab\n")
+    result = runner.invoke(app, ["baseline", str(config)])
+    assert isinstance(result.exception, RetainError) and result.exception.field == "data.eval"

@@ -1,0 +1,118 @@
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from retain.evaluation.loglik import _argmax, encode_request, rank_options, score_continuations
+from retain.evaluation.prompting import PromptFormat
+from retain.lab.tokenizer import train_tokenizer
+from retain.lab.world import build_world
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    torch.manual_seed(0)
+    tokenizer = train_tokenizer(build_world().documents, 384, 128)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=64,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    return LlamaForCausalLM(config).eval(), tokenizer
+
+
+REQUESTS = [
+    ("Q: What is 12 + 30?\nA:", [" 42", " 41", " 4"]),
+    ("Q: What is the capital of a country with a long name?\nA:", [" Paris", " Lima", " a b c d"]),
+    ("Hi", [" there", "!"]),
+    ("Q: Is 7 greater than 3?\nA: ", ["yes", "no"]),  # trailing space moves to the option
+    ("Q: What is the plural of cat?\nA:", [" cats", " cat"]),
+]
+
+
+def reference(model, tokenizer, context: str, continuation: str) -> float:
+    """Straightforward, unbatched: one full sequence per option, no cache, no padding."""
+    context_ids, (continuation_ids,) = encode_request(tokenizer, context, [continuation])
+    ids = torch.tensor([context_ids + continuation_ids])
+    with torch.no_grad():
+        logprobs = torch.log_softmax(model(input_ids=ids).logits[0].float(), dim=-1)
+    start = len(context_ids)
+    return sum(
+        logprobs[start + offset - 1, token].item() for offset, token in enumerate(continuation_ids)
+    )
+
+
+def test_batched_shared_prefix_scores_equal_the_unbatched_reference(tiny) -> None:
+    model, tokenizer = tiny
+    scored = score_continuations(model, tokenizer, REQUESTS, batch_size=32)
+    for (context, options), scores in zip(REQUESTS, scored):
+        assert len(scores) == len(options)
+        for option, score in zip(options, scores):
+            assert score.logprob == pytest.approx(reference(model, tokenizer, context, option), abs=1e-4)
+
+
+def test_scores_do_not_depend_on_batch_size(tiny) -> None:
+    model, tokenizer = tiny
+    one = score_continuations(model, tokenizer, REQUESTS, batch_size=1)
+    many = score_continuations(model, tokenizer, REQUESTS, batch_size=32)
+    three = score_continuations(model, tokenizer, REQUESTS, batch_size=3)
+    for a, b, c in zip(one, many, three):
+        assert [s.logprob for s in a] == pytest.approx([s.logprob for s in b], abs=1e-4)
+        assert [s.logprob for s in a] == pytest.approx([s.logprob for s in c], abs=1e-4)
+        assert [s.tokens for s in a] == [s.tokens for s in b]
+
+
+def test_trailing_space_moves_from_the_prompt_to_the_continuation(tiny) -> None:
+    _, tokenizer = tiny
+    with_space = encode_request(tokenizer, "Q: Is 7 greater than 3?\nA: ", ["yes"])
+    without = encode_request(tokenizer, "Q: Is 7 greater than 3?\nA:", [" yes"])
+    assert with_space == without
+
+
+def test_greedy_flag_is_true_only_for_the_models_top_token(tiny) -> None:
+    model, tokenizer = tiny
+    context = "Q: What is 2 + 2?\nA:"
+    ids = tokenizer(context, return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        ranking = model(input_ids=ids).logits[0, -1].argsort(descending=True).tolist()
+    texts = [tokenizer.decode([token]) for token in ranking[:2]]
+    (top, second) = score_continuations(model, tokenizer, [(context, texts)])[0]
+    for text, token in zip(texts, ranking[:2]):
+        assert encode_request(tokenizer, context, [text])[1] == [[token]]
+    assert top.greedy and not second.greedy
+    assert top.logprob > second.logprob
+
+
+def test_long_prompts_are_cut_from_the_left_to_fit_the_model(tiny) -> None:
+    model, tokenizer = tiny
+    long_context = "one two three " * 40 + "Q: What is 1 + 1?\nA:"
+    (scores,) = score_continuations(model, tokenizer, [(long_context, [" 2", " 3 4 5"])])
+    assert all(torch.isfinite(torch.tensor(score.logprob)) for score in scores)
+
+
+def test_rank_options_picks_the_highest_log_likelihood_and_breaks_ties_early(tiny) -> None:
+    model, tokenizer = tiny
+    prompts = [context.rstrip() for context, _ in REQUESTS]
+    options = [[option.strip() for option in choices] for _, choices in REQUESTS]
+    ranked = rank_options(model, tokenizer, prompts, options, PromptFormat.raw(" "))
+    for item in ranked:
+        values = [score.logprob for score in item.scores]
+        assert values[item.choice] == max(values)
+    assert _argmax([-1.0, -0.5, -0.5]) == 1
+
+
+def test_chat_template_renders_prompt_without_delimiter_or_double_bos(tiny) -> None:
+    _, tokenizer = tiny
+    template = "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}\n{% endfor %}<|assistant|>"
+    prompt_format = PromptFormat.for_tokenizer(tokenizer, chat_template="auto")
+    assert not prompt_format.is_chat  # the lab tokenizer has no template
+    tokenizer.chat_template = template
+    try:
+        chat = PromptFormat.for_tokenizer(tokenizer, chat_template="auto")
+        assert chat.is_chat and chat.delimiter == "" and not chat.add_special_tokens
+        assert chat.render("Hi") == "<|user|>Hi\n<|assistant|>"
+        assert not PromptFormat.for_tokenizer(tokenizer, chat_template="none").is_chat
+    finally:
+        tokenizer.chat_template = None

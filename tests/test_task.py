@@ -1,0 +1,125 @@
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from retain.data import Example
+from retain.evaluation import task as task_module
+from retain.evaluation.generation import Generation
+from retain.evaluation.prompting import PromptFormat
+from retain.evaluation.task import render_example, score_perturbations, score_task
+from retain.lab.domain import DomainSpec, build_domain
+from retain.lab.tokenizer import train_tokenizer
+
+
+@pytest.fixture(scope="module")
+def domain_examples() -> list[Example]:
+    domain = build_domain(DomainSpec(n_train=40, n_validation=8, n_test=24, n_ood=12))
+    return [Example(prompt=e.prompt, response=e.response, line=i + 1) for i, e in enumerate(domain.test)]
+
+
+@pytest.fixture(scope="module")
+def tiny(domain_examples):
+    torch.manual_seed(0)
+    tokenizer = train_tokenizer([e.prompt + e.response for e in domain_examples], 384, 256)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+        num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=256,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    return LlamaForCausalLM(config).eval(), tokenizer
+
+
+def plant(monkeypatch, texts: list[str]) -> None:
+    """Makes the model 'say' ``texts``, one per prompt, whatever the prompts are."""
+
+    def fake(model, tokenizer, prompts, max_new_tokens, batch_size=64, add_special_tokens=True):
+        return [
+            Generation(prompt=p, text=t, new_tokens=len(t.split()), stopped=True)
+            for p, t in zip(prompts, texts)
+        ]
+
+    monkeypatch.setattr(task_module, "generate_greedy", fake)
+
+
+def test_a_model_that_says_nothing_scores_zero_whatever_loglik_says(tiny, domain_examples, monkeypatch) -> None:
+    model, tokenizer = tiny
+    plant(monkeypatch, [""] * len(domain_examples))
+    score = score_task(model, tokenizer, domain_examples, PromptFormat.raw())
+    assert score.labels == ("maybe", "no", "yes")
+    assert score.accuracy == 0.0 and score.label_accuracy == 0.0 and score.unparsed == 1.0
+    assert score.predicted == {"(none)": 1.0}
+    assert score.health.empty == 1.0
+    assert score.loglik_accuracy is not None and 0.0 <= score.loglik_accuracy <= 1.0
+
+
+def test_labels_are_parsed_robustly_and_shares_reported(tiny, domain_examples, monkeypatch) -> None:
+    model, tokenizer = tiny
+    examples = domain_examples[:4]
+    gold = [e.response.strip() for e in examples]
+    said = [f"**{gold[0].capitalize()}**", f"Answer: {gold[1]}.", "yes or no", gold[3].upper() + "\n\nBecause"]
+    plant(monkeypatch, said)
+    score = score_task(model, tokenizer, examples, PromptFormat.raw(), labels=["yes", "no", "maybe"])
+    assert score.correct == (True, True, False, True)
+    assert score.predictions[2] == "(none)"
+    assert score.accuracy == pytest.approx(0.75)
+    assert sum(score.predicted.values()) == pytest.approx(1.0)
+
+
+def test_non_classification_tasks_use_exact_match(tiny, monkeypatch) -> None:
+    model, tokenizer = tiny
+    examples = [Example("Q: capital of France?\nA:", " Paris"), Example("Q: 2+2?\nA:", " 4"),
+                Example("Q: colour of grass?\nA:", " green")]
+    plant(monkeypatch, ["paris.", "5", " Green"])
+    score = score_task(model, tokenizer, examples, PromptFormat.raw())
+    assert score.labels == () and score.loglik_accuracy is None
+    assert score.correct == (True, False, True)
+
+
+def test_real_generation_and_ranking_run_end_to_end(tiny, domain_examples) -> None:
+    model, tokenizer = tiny
+    score = score_task(model, tokenizer, domain_examples, PromptFormat.raw(), max_new_tokens=4)
+    assert score.n == len(domain_examples) == len(score.predictions) == len(score.correct)
+    assert score.health.n == len(domain_examples)
+    data = score.to_dict(with_items=True)
+    assert len(data["items"]) == score.n and data["labels"] == ["maybe", "no", "yes"]
+
+
+def test_perturbations_report_drop_and_flips(tiny, domain_examples, monkeypatch) -> None:
+    model, tokenizer = tiny
+    examples = domain_examples[:6]
+    gold = [e.response.strip() for e in examples]
+    plant(monkeypatch, gold)
+    original = score_task(model, tokenizer, examples, PromptFormat.raw())
+    assert original.accuracy == 1.0
+    # Perturbed prompts get the wrong label every time: a brittle model.
+    flipped = {"yes": "no", "no": "yes", "maybe": "no"}
+    plant(monkeypatch, [flipped[g] for g in gold])
+    results = score_perturbations(
+        model, tokenizer, examples, original, PromptFormat.raw(), names=["lowercase", "option_order"]
+    )
+    by_name = {r.name: r for r in results}
+    assert "option_order" not in by_name  # lab prompts list no options: not applicable, not counted
+    assert by_name["lowercase"].n == 6
+    assert by_name["lowercase"].accuracy_original == 1.0 and by_name["lowercase"].accuracy_perturbed == 0.0
+    assert by_name["lowercase"].flipped == 1.0
+
+
+def test_chat_rows_use_the_chat_template_and_prompt_rows_stay_raw(tiny) -> None:
+    _, tokenizer = tiny
+    tokenizer.chat_template = "{% for m in messages %}[{{ m['role'] }}]{{ m['content'] }}{% endfor %}[assistant]"
+    try:
+        chat = PromptFormat.for_tokenizer(tokenizer)
+        row = Example("User: hi\nAssistant:", "hello", messages=(
+            {"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}))
+        rendered = render_example(row, chat)
+        assert rendered.prompt == "[user]hi[assistant]" and rendered.response == "hello"
+        assert not rendered.add_special_tokens
+        plain = render_example(Example("Q: x\nA:", " y"), chat)
+        assert plain.prompt == "Q: x\nA:" and plain.response == " y" and plain.add_special_tokens
+        raw = render_example(row, PromptFormat.raw())
+        assert raw.prompt == "User: hi\nAssistant:" and raw.response == " hello"
+    finally:
+        tokenizer.chat_template = None
