@@ -34,6 +34,7 @@ from retain.lab.world import build_world
 from retain.models import load_model
 
 BATCH = 32
+REPEATS = 3  # timings are the best of this many runs: the machine is shared and noisy
 # ~100M parameters: 12 layers of width 768 and an 8k vocabulary.
 GENERAL_MODEL = dict(hidden_size=768, intermediate_size=2048, num_hidden_layers=12,
                      num_attention_heads=12, num_key_value_heads=12, max_position_embeddings=512)
@@ -42,10 +43,15 @@ GENERAL_MODEL = dict(hidden_size=768, intermediate_size=2048, num_hidden_layers=
 def run() -> dict:
     lab = load_model(str(build_base(lab_size("default"), progress=False).path))
     setups = {"lab": _measure(lab.model, lab.tokenizer, load_suite("lab"), generation_tokens=24)}
+    one_by_one = score_probes_by_generation(lab.model, lab.tokenizer, load_suite("lab"), batch_size=1)
+    batched = score_probes_by_generation(lab.model, lab.tokenizer, load_suite("lab"), batch_size=64)
+    setups["lab"]["same_generations_batch_1_vs_64"] = sum(
+        a == b for a, b in zip(one_by_one.outputs, batched.outputs)
+    )
     model, tokenizer = _random_general_model()
     setups["general"] = _measure(model, tokenizer, load_suite("general"), generation_tokens=16)
     setups["general"]["parameters"] = sum(p.numel() for p in model.parameters())
-    return {"batch_size": BATCH, "setups": setups}
+    return {"batch_size": BATCH, "repeats": REPEATS, "setups": setups}
 
 
 def _random_general_model():
@@ -63,14 +69,18 @@ def _measure(model, tokenizer, suite: ProbeSuite, generation_tokens: int) -> dic
     items = suite.with_options()
     prompts, options = [item.prompt for item in items], [list(item.options) for item in items]
     rank_options(model, tokenizer, prompts[:BATCH], options[:BATCH], batch_size=BATCH)  # warm-up
-    started = time.perf_counter()
-    ranked = rank_options(model, tokenizer, prompts, options, batch_size=BATCH)
-    retain_seconds = time.perf_counter() - started
+    retain_seconds = float("inf")
+    for _ in range(REPEATS):
+        started = time.perf_counter()
+        ranked = rank_options(model, tokenizer, prompts, options, batch_size=BATCH)
+        retain_seconds = min(retain_seconds, time.perf_counter() - started)
     single = rank_options(model, tokenizer, prompts, options, batch_size=1)
     lm_eval_choices, lm_eval_seconds, lm_eval_total = _lm_eval(model, tokenizer, items)
-    started = time.perf_counter()
-    generated = score_probes_by_generation(model, tokenizer, suite, max_new_tokens=generation_tokens)
-    generation_seconds = time.perf_counter() - started
+    generation_seconds = float("inf")
+    for _ in range(REPEATS):
+        started = time.perf_counter()
+        generated = score_probes_by_generation(model, tokenizer, suite, max_new_tokens=generation_tokens)
+        generation_seconds = min(generation_seconds, time.perf_counter() - started)
     choices = [result.choice for result in ranked]
     correct = sum(item.options[choice] == item.answer for item, choice in zip(items, choices))
     return {
@@ -94,8 +104,8 @@ def _measure(model, tokenizer, suite: ProbeSuite, generation_tokens: int) -> dic
 
 
 def _lm_eval(model, tokenizer, items) -> tuple[list[int], float, float]:
-    """Scores the items with lm-evaluation-harness; returns choices and seconds."""
-    from lm_eval import simple_evaluate
+    """Scores the items with lm-evaluation-harness; returns its choices, the best
+    ``loglikelihood`` time of ``REPEATS`` runs, and the whole first run's time."""
     from lm_eval.models.huggingface import HFLM
 
     lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=BATCH, max_length=model.config.max_position_embeddings)
@@ -110,6 +120,18 @@ def _lm_eval(model, tokenizer, items) -> tuple[list[int], float, float]:
             timed["seconds"] += time.perf_counter() - started
 
     lm.loglikelihood = timed_loglikelihood
+    best, total = float("inf"), 0.0
+    for _ in range(REPEATS):
+        timed["seconds"] = 0.0
+        choices, seconds = _lm_eval_once(lm, items)
+        best = min(best, timed["seconds"])
+        total = total or seconds
+    return choices, best, total
+
+
+def _lm_eval_once(lm, items) -> tuple[list[int], float]:
+    from lm_eval import simple_evaluate
+
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp) / "items.jsonl"
         data.write_text("".join(
@@ -136,16 +158,17 @@ def _lm_eval(model, tokenizer, items) -> tuple[list[int], float, float]:
     for sample in samples:
         scores = [response[0] for response in sample["filtered_resps"]]
         choices.append(max(range(len(scores)), key=lambda index: (scores[index], -index)))
-    return choices, timed["seconds"], total
+    return choices, total
 
 
 def markdown(result: dict) -> str:
     lines = [
         "## Probe scoring throughput: retain vs lm-evaluation-harness\n",
         f"Measured {result['date']}. Command: `python benchmarks/run.py eval`. Log-likelihood "
-        f"ranking of every multiple-choice item, batch size {result['batch_size']} for both; "
-        "lm-eval's time is its `loglikelihood` call alone (task set-up excluded). The "
-        "`general` model is a random-weight Llama, so its accuracies are chance.\n",
+        f"ranking of every multiple-choice item, batch size {result['batch_size']} for both, "
+        f"best of {result.get('repeats', 1)} runs each; lm-eval's time is its `loglikelihood` call alone "
+        "(task set-up excluded). The `general` model is a random-weight Llama, so its "
+        "accuracies are chance.\n",
         "| setup | items (options) | retain items/s | lm-eval items/s | speed-up | same choices as lm-eval | same choices, batch 1 vs 32 |",
         "| --- | --- | --- | --- | --- | --- | --- |",
     ]
@@ -157,8 +180,21 @@ def markdown(result: dict) -> str:
             f"| {setup['same_choices_as_lm_eval']}/{setup['items']} "
             f"| {setup['same_choices_batch_1_vs_32']}/{setup['items']} |"
         )
+    lab = result["setups"]["lab"]
+    if "same_generations_batch_1_vs_64" in lab:
+        lines.append(
+            f"\nLab model, greedy generation: {lab['same_generations_batch_1_vs_64']}/{lab['generation_items']} "
+            "answers identical with batch size 1 and 64."
+        )
     lines += [
-        "\nGeneration scoring (greedy, what the model says) beside log-likelihood ranking, retain only:\n",
+        "\nWhere the speed-up comes from: lm-eval runs `prompt + option` once per option (it "
+        "already shares one pass among a prompt's one-token options); retain packs a batch into "
+        "prefix trees, so every prompt runs once, prompts share their common start, and options "
+        "share their common prefixes (see `src/retain/evaluation/loglik.py`). Both cost about the "
+        "same per token on this CPU, so the gain is the share of tokens saved: large for long or "
+        "few-shot prompts with several multi-token options, small for short prompts with "
+        "one-token options.\n",
+        "Generation scoring (greedy, what the model says) beside log-likelihood ranking, retain only:\n",
         "| setup | generation items/s | log-likelihood items/s | ratio | accuracy by generation | accuracy by log-likelihood |",
         "| --- | --- | --- | --- | --- | --- |",
     ]

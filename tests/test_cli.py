@@ -72,6 +72,12 @@ def test_config_reference_lists_fields() -> None:
     assert result.exit_code == 0 and "`train.lr`" in result.stdout
 
 
+def test_config_reference_is_not_wrapped_at_the_terminal_width() -> None:
+    result = _run("config", "reference")  # a pipe: rich would wrap at 80 columns
+    rows = [line for line in result.stdout.splitlines() if line.startswith("| `")]
+    assert rows and all(line.endswith("|") for line in rows)
+
+
 def test_lab_data_writes_every_file(tmp_path) -> None:
     out = tmp_path / "data"
     result = runner.invoke(app, ["lab", "data", str(out), "--n-train", "50", "--duplicates", "0.1"])

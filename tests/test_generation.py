@@ -4,7 +4,11 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from retain.evaluation.generation import _to_generation, generate_greedy, score_probes_by_generation
+from retain.evaluation.generation import (
+    _to_generation,
+    generate_greedy,
+    score_probes_by_generation,
+)
 from retain.evaluation.probes import (
     ProbeItem,
     ProbeSuite,

@@ -30,7 +30,7 @@ def task_dir(tmp_path: Path) -> Path:
         f"dataset_kwargs:\n  data_files:\n    test: {data}\n"
         "test_split: test\n"
         "output_type: multiple_choice\n"
-        "doc_to_text: 'Question: {{question}}\\nAnswer:'\n"
+        "doc_to_text: \"Question: {{question}}\\nAnswer:\"\n"
         "doc_to_choice: choices\n"
         "doc_to_target: label\n"
         "metric_list:\n  - metric: acc\n"

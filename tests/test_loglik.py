@@ -4,7 +4,12 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from retain.evaluation.loglik import _argmax, encode_request, rank_options, score_continuations
+from retain.evaluation.loglik import (
+    _argmax,
+    encode_request,
+    rank_options,
+    score_continuations,
+)
 from retain.evaluation.prompting import PromptFormat
 from retain.lab.tokenizer import train_tokenizer
 from retain.lab.world import build_world
@@ -29,6 +34,7 @@ REQUESTS = [
     ("Hi", [" there", "!"]),
     ("Q: Is 7 greater than 3?\nA: ", ["yes", "no"]),  # trailing space moves to the option
     ("Q: What is the plural of cat?\nA:", [" cats", " cat"]),
+    ("", ["Hello there", "Q"]),  # no prompt: scored after the start token
 ]
 
 
@@ -44,20 +50,22 @@ def reference(model, tokenizer, context: str, continuation: str) -> float:
     )
 
 
-def test_batched_shared_prefix_scores_equal_the_unbatched_reference(tiny) -> None:
+@pytest.mark.parametrize("strategy", ["packed", "cache"])
+def test_batched_shared_prefix_scores_equal_the_unbatched_reference(tiny, strategy) -> None:
     model, tokenizer = tiny
-    scored = score_continuations(model, tokenizer, REQUESTS, batch_size=32)
+    scored = score_continuations(model, tokenizer, REQUESTS, batch_size=32, strategy=strategy)
     for (context, options), scores in zip(REQUESTS, scored):
         assert len(scores) == len(options)
         for option, score in zip(options, scores):
             assert score.logprob == pytest.approx(reference(model, tokenizer, context, option), abs=1e-4)
 
 
-def test_scores_do_not_depend_on_batch_size(tiny) -> None:
+@pytest.mark.parametrize("strategy", ["packed", "cache"])
+def test_scores_do_not_depend_on_batch_size(tiny, strategy) -> None:
     model, tokenizer = tiny
-    one = score_continuations(model, tokenizer, REQUESTS, batch_size=1)
-    many = score_continuations(model, tokenizer, REQUESTS, batch_size=32)
-    three = score_continuations(model, tokenizer, REQUESTS, batch_size=3)
+    one = score_continuations(model, tokenizer, REQUESTS, batch_size=1, strategy=strategy)
+    many = score_continuations(model, tokenizer, REQUESTS, batch_size=32, strategy=strategy)
+    three = score_continuations(model, tokenizer, REQUESTS, batch_size=3, strategy=strategy)
     for a, b, c in zip(one, many, three):
         assert [s.logprob for s in a] == pytest.approx([s.logprob for s in b], abs=1e-4)
         assert [s.logprob for s in a] == pytest.approx([s.logprob for s in c], abs=1e-4)
@@ -85,11 +93,25 @@ def test_greedy_flag_is_true_only_for_the_models_top_token(tiny) -> None:
     assert top.logprob > second.logprob
 
 
-def test_long_prompts_are_cut_from_the_left_to_fit_the_model(tiny) -> None:
+@pytest.mark.parametrize("strategy", ["packed", "cache"])
+def test_long_prompts_are_cut_from_the_left_to_fit_the_model(tiny, strategy) -> None:
     model, tokenizer = tiny
     long_context = "one two three " * 40 + "Q: What is 1 + 1?\nA:"
-    (scores,) = score_continuations(model, tokenizer, [(long_context, [" 2", " 3 4 5"])])
+    requests = [(long_context, [" 2", " 3 4 5"]), ("Hi", [" there"])]
+    (scores, _) = score_continuations(model, tokenizer, requests, strategy=strategy)
     assert all(torch.isfinite(torch.tensor(score.logprob)) for score in scores)
+    (scores_alone,) = score_continuations(model, tokenizer, requests[:1], strategy=strategy)
+    assert [s.logprob for s in scores] == pytest.approx([s.logprob for s in scores_alone], abs=1e-4)
+
+
+def test_auto_strategy_packs_only_where_attention_takes_a_custom_mask(tiny) -> None:
+    from retain.evaluation.loglik import _packed
+
+    model, _ = tiny
+    assert _packed(model, "auto") is (model.config._attn_implementation in ("sdpa", "eager"))
+    assert _packed(model, "cache") is False and _packed(model, "packed") is True
+    with pytest.raises(ValueError, match="unknown strategy"):
+        _packed(model, "fast")
 
 
 def test_rank_options_picks_the_highest_log_likelihood_and_breaks_ties_early(tiny) -> None:
@@ -116,3 +138,50 @@ def test_chat_template_renders_prompt_without_delimiter_or_double_bos(tiny) -> N
         assert not PromptFormat.for_tokenizer(tokenizer, chat_template="none").is_chat
     finally:
         tokenizer.chat_template = None
+
+
+def test_packed_scores_are_right_with_eager_attention_too(tiny) -> None:
+    model, tokenizer = tiny
+    eager = LlamaForCausalLM._from_config(model.config, attn_implementation="eager").eval()
+    eager.load_state_dict(model.state_dict())
+    scored = score_continuations(eager, tokenizer, REQUESTS, strategy="packed")
+    for (context, options), scores in zip(REQUESTS, scored):
+        for option, score in zip(options, scores):
+            assert score.logprob == pytest.approx(reference(eager, tokenizer, context, option), abs=1e-4)
+
+
+def test_options_sharing_a_prefix_are_scored_as_if_alone(tiny) -> None:
+    model, tokenizer = tiny
+    options = [" 123", " 124", " 12", " 1 2 3", " 9"]  # digits are single tokens: a deep, shared tree
+    context = "Q: What is 100 + 23?\nA:"
+    (scores,) = score_continuations(model, tokenizer, [(context, options)], strategy="packed")
+    for option, score in zip(options, scores):
+        assert score.logprob == pytest.approx(reference(model, tokenizer, context, option), abs=1e-4)
+
+
+def test_rows_split_when_full_and_scores_stay_exact(tiny, monkeypatch) -> None:
+    from retain.evaluation import loglik
+
+    model, tokenizer = tiny
+    monkeypatch.setattr(loglik, "ROW_TOKENS", 24)  # force several rows per batch
+    rows, _ = loglik._pack([loglik._Encoded(i, c, o) for i, (c, o) in enumerate(loglik.encode_requests(tokenizer, REQUESTS))])
+    assert len(rows) > 1
+    scored = score_continuations(model, tokenizer, REQUESTS, batch_size=32, strategy="packed")
+    for (context, options), scores in zip(REQUESTS, scored):
+        for option, score in zip(options, scores):
+            assert score.logprob == pytest.approx(reference(model, tokenizer, context, option), abs=1e-4)
+
+
+def test_new_node_count_matches_what_adding_creates(tiny) -> None:
+    from retain.evaluation import loglik
+
+    _, tokenizer = tiny
+    tree = loglik._TokenTree()
+    for index, (context, options) in enumerate(loglik.encode_requests(tokenizer, REQUESTS)):
+        request = loglik._Encoded(index, context, options)
+        expected = tree.new_nodes(request)
+        before = len(tree.tokens)
+        end = tree.add(request.context)[-1]
+        for option in request.continuations:
+            tree.add(option[:-1], after=end)
+        assert len(tree.tokens) - before == expected

@@ -15,7 +15,13 @@ import pytest
 import retain
 from retain import rundir as rundir_module
 from retain.errors import RunDirError
-from retain.rundir import RunDir, atomic_write_json, atomic_write_text, default_run_name, read_jsonl
+from retain.rundir import (
+    RunDir,
+    atomic_write_json,
+    atomic_write_text,
+    default_run_name,
+    read_jsonl,
+)
 
 
 def leftovers(directory: Path) -> list[str]:

@@ -90,7 +90,7 @@ def config_show(
     """Validate a config, apply overrides and print the fully resolved YAML."""
     from retain.config import dump_config, load_config
 
-    console.print(dump_config(load_config(config, set_ or [])), end="", markup=False, highlight=False)
+    console.print(dump_config(load_config(config, set_ or [])), end="", markup=False, highlight=False, soft_wrap=True)
 
 
 @config_app.command("reference")
@@ -98,7 +98,7 @@ def config_reference() -> None:
     """Print every setting with its type, default and meaning, as Markdown."""
     from retain.config import config_reference_markdown
 
-    console.print(config_reference_markdown(), end="", markup=False, highlight=False)
+    console.print(config_reference_markdown(), end="", markup=False, highlight=False, soft_wrap=True)
 
 
 # --- eval and baseline ----------------------------------------------------------------

@@ -41,7 +41,7 @@ class RichProgressCallback(TrainerCallback):
         self._progress: Progress | None = None
         self._task: Any = None
 
-    def on_train_begin(self, args, state, control, **kwargs):  # noqa: ANN001, D102
+    def on_train_begin(self, args, state, control, **kwargs):
         self._progress = Progress(
             TextColumn("[bold]{task.description}"),
             BarColumn(),
@@ -55,15 +55,15 @@ class RichProgressCallback(TrainerCallback):
         self._progress.start()
         self._task = self._progress.add_task(self.description, total=state.max_steps, loss="-")
 
-    def on_step_end(self, args, state, control, **kwargs):  # noqa: ANN001, D102
+    def on_step_end(self, args, state, control, **kwargs):
         if self._progress is not None:
             self._progress.update(self._task, completed=state.global_step)
 
-    def on_log(self, args, state, control, logs=None, **kwargs):  # noqa: ANN001, D102
+    def on_log(self, args, state, control, logs=None, **kwargs):
         if self._progress is not None and logs and "loss" in logs:
             self._progress.update(self._task, loss=f"{float(logs['loss']):.3f}")
 
-    def on_train_end(self, args, state, control, **kwargs):  # noqa: ANN001, D102
+    def on_train_end(self, args, state, control, **kwargs):
         if self._progress is not None:
             self._progress.update(self._task, completed=state.global_step)
             self._progress.stop()

@@ -7,7 +7,14 @@ from typing import Literal, get_args, get_origin
 from pydantic.fields import FieldInfo
 
 from retain.config.messages import inline
-from retain.config.schema import BOUNDS, RetainConfig, bounds, default, section_model, walk
+from retain.config.schema import (
+    BOUNDS,
+    RetainConfig,
+    bounds,
+    default,
+    section_model,
+    walk,
+)
 
 
 def config_reference_markdown() -> str:

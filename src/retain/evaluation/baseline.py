@@ -17,7 +17,13 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from retain.data import Example
 from retain.evaluation.labels import normalize_label
 from retain.evaluation.prompting import PromptFormat
-from retain.evaluation.task import Rendered, TaskScore, render_example, score_task, task_labels
+from retain.evaluation.task import (
+    Rendered,
+    TaskScore,
+    render_example,
+    score_task,
+    task_labels,
+)
 
 RAW_SEPARATOR = "\n\n"
 

@@ -21,7 +21,13 @@ from retain.errors import DataError, RetainError
 from retain.evaluation.baseline import BaselineResult, run_baseline
 from retain.evaluation.compare import ForgettingReport
 from retain.evaluation.drift import BaseLogprobs, compute_base_logprobs
-from retain.evaluation.engine import EvalResult, EvalSettings, default_reference_text, evaluate, forgetting
+from retain.evaluation.engine import (
+    EvalResult,
+    EvalSettings,
+    default_reference_text,
+    evaluate,
+    forgetting,
+)
 from retain.evaluation.probes import ProbeSuite
 from retain.evaluation.prompting import PromptFormat
 from retain.evaluation.suites import load_suite

@@ -12,7 +12,6 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from importlib import resources
-from pathlib import Path
 
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
@@ -25,7 +24,12 @@ from retain.evaluation.loglik import score_probes_by_loglik
 from retain.evaluation.perturb import PERTURBATIONS
 from retain.evaluation.probes import ProbeScore, ProbeSuite
 from retain.evaluation.prompting import PromptFormat
-from retain.evaluation.task import Brittleness, TaskScore, score_perturbations, score_task
+from retain.evaluation.task import (
+    Brittleness,
+    TaskScore,
+    score_perturbations,
+    score_task,
+)
 
 logger = logging.getLogger("retain.evaluation")
 

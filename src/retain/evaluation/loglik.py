@@ -1,13 +1,24 @@
 """Log-likelihood of continuations, batched, with each prompt computed once.
 
 Ranking options by log-likelihood is the cheap view of a probe: one forward pass over
-the prompt instead of a generation loop. To be cheap for real, every prompt of a batch
-is run once (left-padded, so all prompts end at the same position) and its key/value
-cache is then shared by all of its options: single-token options are read straight off
-the prompt's last logits, longer options run as a second, short pass over the cache.
-lm-evaluation-harness runs ``prompt + option`` as one full sequence per option; here
-the prompt costs one pass however many options it has. (Written by hand: no
-maintained library exposes shared-prefix option scoring for Hugging Face models.)
+the prompt instead of a generation loop. lm-evaluation-harness runs ``prompt + option``
+as one full sequence per option; here the prompt costs one pass however many options it
+has. Single-token options are read straight off the prompt's last logits; for longer
+ones there are two strategies:
+
+* ``packed`` (sdpa and eager attention): the batch's prompts and options become one
+  prefix tree per row (prompts share their common start, each prompt's options follow
+  it and share their common prefixes), short prompts sharing a row. A 4-D attention
+  mask lets every token see its own ancestors only, and position ids are depths in the
+  tree, so each path is scored exactly as the plain ``prompt + option`` sequence. One
+  forward pass per batch, almost no padding, no cache copies.
+* ``cache`` (any attention, e.g. flash-attention, which takes no custom masks): the
+  prompts run first and their key/value cache is repeated for each option's short
+  second pass.
+
+Both give the log-likelihoods of the plain ``prompt + option`` sequence (tested against
+an unbatched reference). (Written by hand: no maintained library exposes shared-prefix
+option scoring for Hugging Face models.)
 
 Tokenisation follows lm-evaluation-harness so that both score the same tokens:
 trailing whitespace of the prompt moves to the continuation, the prompt is encoded
@@ -63,21 +74,45 @@ def encode_request(
     Raises:
         ValueError: If a continuation encodes to no tokens.
     """
-    stripped = context.rstrip()
-    moved = context[len(stripped) :]
-    context_ids = tokenizer(stripped, add_special_tokens=add_special_tokens)["input_ids"]
-    if not context_ids:
-        # Nothing to condition on: start from BOS (or EOS), as lm-eval does.
-        start = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
-        context_ids = [start]
-    continuation_ids = []
-    for continuation in continuations:
-        whole = tokenizer(stripped + moved + continuation, add_special_tokens=add_special_tokens)
-        ids = whole["input_ids"][len(context_ids) :] if stripped else whole["input_ids"]
-        if not ids:
-            raise ValueError(f"continuation {continuation!r} encodes to no tokens")
-        continuation_ids.append(list(ids))
-    return list(context_ids), continuation_ids
+    return encode_requests(tokenizer, [(context, continuations)], add_special_tokens)[0]
+
+
+def encode_requests(
+    tokenizer: PreTrainedTokenizerBase,
+    requests: Sequence[tuple[str, Sequence[str]]],
+    add_special_tokens: bool = True,
+) -> list[tuple[list[int], list[list[int]]]]:
+    """Encodes many requests at once (one batched call per kind of text).
+
+    Raises:
+        ValueError: If a continuation encodes to no tokens.
+    """
+    stripped = [context.rstrip() for context, _ in requests]
+    wholes = [
+        text + context[len(text) :] + continuation
+        for text, (context, continuations) in zip(stripped, requests)
+        for continuation in continuations
+    ]
+    contexts = tokenizer(stripped, add_special_tokens=add_special_tokens)["input_ids"] if stripped else []
+    encoded_wholes = iter(tokenizer(wholes, add_special_tokens=add_special_tokens)["input_ids"] if wholes else [])
+    start = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+    encoded = []
+    for text, context_ids, (_, continuations) in zip(stripped, contexts, requests):
+        if not context_ids:
+            # Nothing to condition on: start from BOS (or EOS), as lm-eval does.
+            context_ids = [start]
+        continuation_ids = []
+        for continuation in continuations:
+            whole = next(encoded_wholes)
+            if text:
+                ids = whole[len(context_ids) :]
+            else:  # the continuation alone, after the start token
+                ids = tokenizer(continuation, add_special_tokens=False)["input_ids"]
+            if not ids:
+                raise ValueError(f"continuation {continuation!r} encodes to no tokens")
+            continuation_ids.append(list(ids))
+        encoded.append((list(context_ids), continuation_ids))
+    return encoded
 
 
 @torch.inference_mode()
@@ -87,6 +122,7 @@ def score_continuations(
     requests: Sequence[tuple[str, Sequence[str]]],
     batch_size: int = 32,
     add_special_tokens: bool = True,
+    strategy: str = "auto",
 ) -> list[list[Continuation]]:
     """Scores every continuation of every ``(context, continuations)`` request.
 
@@ -98,30 +134,178 @@ def score_continuations(
         batch_size: Prompts per forward pass; their continuations share the pass's cache.
         add_special_tokens: False when the prompt is already chat-formatted (the template
             writes BOS itself).
+        strategy: ``packed``, ``cache``, or ``auto`` (packed where the attention
+            implementation takes a custom 4-D mask, cache elsewhere).
 
     Returns:
         For each request, one :class:`Continuation` per continuation, in input order.
         The result does not depend on ``batch_size`` beyond float rounding.
     """
     encoded = [
-        _Encoded(index, *encode_request(tokenizer, context, options, add_special_tokens))
-        for index, (context, options) in enumerate(requests)
+        _Encoded(index, context, continuations)
+        for index, (context, continuations) in enumerate(encode_requests(tokenizer, requests, add_special_tokens))
     ]
     limit = getattr(model.config, "max_position_embeddings", None)
     encoded = [_truncate(request, limit) for request in encoded]
     # Longest first: similar lengths share a batch, so little padding is computed.
-    encoded.sort(key=lambda request: -len(request.context))
+    encoded.sort(key=lambda request: -_row_length(request))
     results: list[list[Continuation]] = [[] for _ in requests]
+    score_batch = _score_batch_packed if _packed(model, strategy) else _score_batch
     was_training = model.training
     model.eval()
     try:
         for start in range(0, len(encoded), batch_size):
             batch = encoded[start : start + batch_size]
-            for request, scores in zip(batch, _score_batch(model, tokenizer, batch)):
+            for request, scores in zip(batch, score_batch(model, tokenizer, batch)):
                 results[request.index] = scores
     finally:
         model.train(was_training)
     return results
+
+
+def _row_length(request: _Encoded) -> int:
+    """Tokens of a request: its prompt and every option but the option's last token."""
+    return len(request.context) + sum(len(ids) - 1 for ids in request.continuations)
+
+
+def _packed(model: PreTrainedModel, strategy: str) -> bool:
+    """Returns whether to use the packed strategy (see the module docstring)."""
+    if strategy not in ("auto", "packed", "cache"):
+        raise ValueError(f"unknown strategy {strategy!r}: use auto, packed or cache")
+    if strategy != "auto":
+        return strategy == "packed"
+    return getattr(model.config, "_attn_implementation", None) in ("sdpa", "eager")
+
+
+# Tokens per packed row (more when one request needs more). Narrow rows waste padding,
+# wide rows waste attention over token pairs the mask hides. General suite, 90M-parameter
+# Llama, 2 CPU cores, best of 2: 32 -> 13.4 s, 64 -> 11.6 s, 96 -> 9.8 s, 128 -> 10.3 s,
+# 256 -> 12.4 s.
+ROW_TOKENS = 96
+
+
+class _TokenTree:
+    """The token sequences of one packed row as a prefix tree, one column per node.
+
+    Sequences that start alike share those nodes: the start token and a template such
+    as ``Question:`` across prompts, a few-shot preamble shared by every question, and
+    options that begin alike (numbers tokenised digit by digit) after their prompt.
+    """
+
+    def __init__(self) -> None:
+        self.tokens: list[int] = []
+        self.depth: list[int] = []  # position id of each node
+        self.parent: list[int] = []  # -1 for a sequence's first token
+        self._children: list[dict[int, int]] = []
+        self._roots: dict[int, int] = {}
+
+    def add(self, ids: Sequence[int], after: int = -1) -> list[int]:
+        """Adds ``ids`` after node ``after`` (-1: from the root); returns their nodes."""
+        path = []
+        for token in ids:
+            table = self._roots if after == -1 else self._children[after]
+            node = table.get(token)
+            if node is None:
+                node = len(self.tokens)
+                table[token] = node
+                self.tokens.append(token)
+                self.depth.append(0 if after == -1 else self.depth[after] + 1)
+                self.parent.append(after)
+                self._children.append({})
+            path.append(node)
+            after = node
+        return path
+
+    def new_nodes(self, request: _Encoded) -> int:
+        """Returns how many nodes adding ``request`` would create (nothing is added)."""
+        fed = {tuple(ids[:end]) for ids in request.continuations for end in range(1, len(ids))}
+        node = -1
+        for depth, token in enumerate(request.context):
+            child = (self._roots if node == -1 else self._children[node]).get(token)
+            if child is None:  # the rest of the prompt is new, and so is every option node
+                return len(request.context) - depth + len(fed)
+            node = child
+        return sum(1 for prefix in fed if self._find(prefix, node) is None)
+
+    def _find(self, ids: Sequence[int], after: int) -> int | None:
+        """Returns the node of ``ids`` after node ``after``, or None if absent."""
+        for token in ids:
+            child = self._children[after].get(token)
+            if child is None:
+                return None
+            after = child
+        return after
+
+
+@dataclass
+class _Placed:
+    """Where a request's predictions are read: its row, and per continuation the column
+    predicting each token (the prompt's last node, then the nodes of its prefixes)."""
+
+    row: int
+    columns: list[list[int]]
+
+
+def _pack(batch: list[_Encoded]) -> tuple[list[_TokenTree], list[_Placed]]:
+    """Packs requests into prefix-tree rows of at most ``ROW_TOKENS`` nodes each (or the
+    size of the largest request, if larger)."""
+    cap = max([ROW_TOKENS] + [len(r.context) + sum(len(c) - 1 for c in r.continuations) for r in batch])
+    rows: list[_TokenTree] = [_TokenTree()]
+    placed = []
+    for request in batch:
+        if len(rows[-1].tokens) + rows[-1].new_nodes(request) > cap:
+            rows.append(_TokenTree())
+        tree = rows[-1]
+        prompt_end = tree.add(request.context)[-1]
+        columns = []
+        for continuation in request.continuations:
+            path = tree.add(continuation[:-1], after=prompt_end)  # the last token is never fed
+            columns.append([prompt_end, *path])
+        placed.append(_Placed(len(rows) - 1, columns))
+    return rows, placed
+
+
+def _score_batch_packed(
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, batch: list[_Encoded]
+) -> list[list[Continuation]]:
+    """Scores a batch packed as prefix trees: every token sees its own ancestors only."""
+    device = next(model.parameters()).device
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    rows, placed = _pack(batch)
+    length = max(len(tree.tokens) for tree in rows)
+    ids = torch.full((len(rows), length), pad_id, dtype=torch.long)
+    positions = torch.zeros((len(rows), length), dtype=torch.long)
+    allowed = torch.eye(length, dtype=torch.bool).repeat(len(rows), 1, 1)  # padding sees itself only
+    for row, tree in enumerate(rows):
+        ids[row, : len(tree.tokens)] = torch.tensor(tree.tokens, dtype=torch.long)
+        positions[row, : len(tree.tokens)] = torch.tensor(tree.depth, dtype=torch.long)
+        for node, parent in enumerate(tree.parent):  # parents come first: one row copy each
+            if parent != -1:
+                allowed[row, node] |= allowed[row, parent]
+    dtype = next(model.parameters()).dtype
+    mask = torch.zeros(allowed.shape, dtype=dtype).masked_fill_(~allowed, torch.finfo(dtype).min)
+    # Logits only where a prediction is read: the vocabulary projection is costly.
+    kept = sorted({column for item in placed for columns in item.columns for column in columns})
+    index_of = {column: index for index, column in enumerate(kept)}
+    logits = model(
+        input_ids=ids.to(device),
+        attention_mask=mask[:, None].to(device),
+        position_ids=positions.to(device),
+        use_cache=False,
+        logits_to_keep=torch.tensor(kept, device=device),
+    ).logits
+    logprobs = torch.log_softmax(logits.float(), dim=-1)  # (rows, kept, vocab)
+    scores: list[list[Continuation]] = []
+    for request, item in zip(batch, placed):
+        item_scores = []
+        for continuation, columns in zip(request.continuations, item.columns):
+            steps = logprobs[item.row, [index_of[column] for column in columns]]  # (tokens, vocab)
+            targets = torch.tensor(continuation, device=steps.device)
+            picked = steps.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+            greedy = bool((steps.argmax(-1) == targets).all())
+            item_scores.append(Continuation(float(picked.sum()), len(continuation), greedy))
+        scores.append(item_scores)
+    return scores
 
 
 def _truncate(request: _Encoded, limit: int | None) -> _Encoded:

@@ -36,8 +36,8 @@ import retain
 from retain.errors import RetainError
 from retain.evaluation.generation import score_probes_by_generation
 from retain.hardware import resolve_precision
-from retain.lab.world import WORLD_VERSION, WorldSpec, build_world
 from retain.lab.tokenizer import train_tokenizer
+from retain.lab.world import WORLD_VERSION, WorldSpec, build_world
 from retain.progress import quiet_trainer
 from retain.rundir import atomic_write_json
 

@@ -12,9 +12,15 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import yaml
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
 
-from retain.evaluation.generation import ProbeScore, score_probes_by_generation
+from retain.evaluation.generation import score_probes_by_generation
+from retain.evaluation.probes import ProbeScore
 from retain.lab.base import BaseModel, LabSize, build_base
 from retain.lab.world import build_world
 from retain.rundir import RunDir
