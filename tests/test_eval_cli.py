@@ -138,3 +138,15 @@ def test_baseline_without_eval_data_names_the_field(tmp_path) -> None:
     config.write_text("model:\n  name_or_path: lab\n")
     result = runner.invoke(app, ["baseline", str(config)])
     assert isinstance(result.exception, RetainError) and result.exception.field == "data.eval"
+
+
+def test_unreachable_hub_model_is_a_clean_error(tmp_path, monkeypatch) -> None:
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}
+    result = subprocess.run([sys.executable, "-m", "retain.cli", "eval", "no-such-org/no-such-model"],
+                            capture_output=True, text=True, timeout=300, env=env)
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr and "cannot load model 'no-such-org/no-such-model'" in result.stderr

@@ -130,13 +130,14 @@ def _load_plain(
             revision=revision,
             dtype=dtype,
             trust_remote_code=trust_remote_code,
-            use_safetensors=None if Path(name).is_dir() else True,
+            use_safetensors=True,  # never unpickle .bin weights
         )
     except OSError as error:
         raise ModelLoadError(
             f"cannot load model '{name}': {str(error).splitlines()[0]}",
             fix="check the path or hub id; hub models need network access or a local copy "
-            "(HF_HUB_OFFLINE=1 uses only the local cache)",
+            "(HF_HUB_OFFLINE=1 uses only the local cache); retain loads safetensors weights only "
+            "(convert .bin checkpoints with save_pretrained)",
         ) from None
     _ensure_pad_token(tokenizer)
     return model.to(device).eval(), tokenizer

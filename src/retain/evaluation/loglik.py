@@ -6,9 +6,9 @@ as one full sequence per option; here the prompt costs one pass however many opt
 has. Single-token options are read straight off the prompt's last logits; for longer
 ones there are two strategies:
 
-* ``packed`` (sdpa and eager attention): the batch's prompts and options become one
-  prefix tree per row (prompts share their common start, each prompt's options follow
-  it and share their common prefixes), short prompts sharing a row. A 4-D attention
+* ``packed`` (sdpa and eager attention): prompts in token order, a batch's prompts and
+  options become prefix trees of about ``ROW_TOKENS`` tokens per row (prompts share
+  their common start, each prompt's options follow it and share their common prefixes). A 4-D attention
   mask lets every token see its own ancestors only, and position ids are depths in the
   tree, so each path is scored exactly as the plain ``prompt + option`` sequence. One
   forward pass per batch, almost no padding, no cache copies.
@@ -31,6 +31,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
@@ -147,10 +148,12 @@ def score_continuations(
     ]
     limit = getattr(model.config, "max_position_embeddings", None)
     encoded = [_truncate(request, limit) for request in encoded]
-    # Longest first: similar lengths share a batch, so little padding is computed.
-    encoded.sort(key=lambda request: -_row_length(request))
+    packed = _packed(model, strategy)
+    # Packed: prompts in token order, so those that start alike share a row's tree.
+    # Cache: longest first, so prompts of similar length share a batch and pad little.
+    encoded.sort(key=(lambda request: request.context) if packed else (lambda request: -len(request.context)))
     results: list[list[Continuation]] = [[] for _ in requests]
-    score_batch = _score_batch_packed if _packed(model, strategy) else _score_batch
+    score_batch = _score_batch_packed if packed else _score_batch
     was_training = model.training
     model.eval()
     try:
@@ -161,11 +164,6 @@ def score_continuations(
     finally:
         model.train(was_training)
     return results
-
-
-def _row_length(request: _Encoded) -> int:
-    """Tokens of a request: its prompt and every option but the option's last token."""
-    return len(request.context) + sum(len(ids) - 1 for ids in request.continuations)
 
 
 def _packed(model: PreTrainedModel, strategy: str) -> bool:
@@ -273,39 +271,64 @@ def _score_batch_packed(
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     rows, placed = _pack(batch)
     length = max(len(tree.tokens) for tree in rows)
-    ids = torch.full((len(rows), length), pad_id, dtype=torch.long)
-    positions = torch.zeros((len(rows), length), dtype=torch.long)
-    allowed = torch.eye(length, dtype=torch.bool).repeat(len(rows), 1, 1)  # padding sees itself only
+    ids = np.full((len(rows), length), pad_id, dtype=np.int64)
+    positions = np.zeros((len(rows), length), dtype=np.int64)
+    allowed = np.broadcast_to(np.eye(length, dtype=bool), (len(rows), length, length)).copy()
     for row, tree in enumerate(rows):
-        ids[row, : len(tree.tokens)] = torch.tensor(tree.tokens, dtype=torch.long)
-        positions[row, : len(tree.tokens)] = torch.tensor(tree.depth, dtype=torch.long)
-        for node, parent in enumerate(tree.parent):  # parents come first: one row copy each
-            if parent != -1:
-                allowed[row, node] |= allowed[row, parent]
-    dtype = next(model.parameters()).dtype
-    mask = torch.zeros(allowed.shape, dtype=dtype).masked_fill_(~allowed, torch.finfo(dtype).min)
+        ids[row, : len(tree.tokens)] = tree.tokens
+        positions[row, : len(tree.tokens)] = tree.depth
+        _see_ancestors(allowed[row], tree)
     # Logits only where a prediction is read: the vocabulary projection is costly.
     kept = sorted({column for item in placed for columns in item.columns for column in columns})
     index_of = {column: index for index, column in enumerate(kept)}
     logits = model(
-        input_ids=ids.to(device),
-        attention_mask=mask[:, None].to(device),
-        position_ids=positions.to(device),
+        input_ids=torch.from_numpy(ids).to(device),
+        attention_mask=_attention_mask(torch.from_numpy(allowed), model).to(device),
+        position_ids=torch.from_numpy(positions).to(device),
         use_cache=False,
         logits_to_keep=torch.tensor(kept, device=device),
     ).logits
     logprobs = torch.log_softmax(logits.float(), dim=-1)  # (rows, kept, vocab)
-    scores: list[list[Continuation]] = []
-    for request, item in zip(batch, placed):
-        item_scores = []
-        for continuation, columns in zip(request.continuations, item.columns):
-            steps = logprobs[item.row, [index_of[column] for column in columns]]  # (tokens, vocab)
-            targets = torch.tensor(continuation, device=steps.device)
-            picked = steps.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
-            greedy = bool((steps.argmax(-1) == targets).all())
-            item_scores.append(Continuation(float(picked.sum()), len(continuation), greedy))
-        scores.append(item_scores)
-    return scores
+    # Every scored token at once: its row, its logits column and its id.
+    rows_of, columns_of, targets, owners = [], [], [], []
+    for number, (request, item) in enumerate(zip(batch, placed)):
+        for option, (continuation, columns) in enumerate(zip(request.continuations, item.columns)):
+            rows_of += [item.row] * len(continuation)
+            columns_of += [index_of[column] for column in columns]
+            targets += continuation
+            owners += [(number, option)] * len(continuation)
+    where = (torch.tensor(rows_of, device=device), torch.tensor(columns_of, device=device))
+    target = torch.tensor(targets, device=device)
+    picked = logprobs[where].gather(-1, target.unsqueeze(-1)).squeeze(-1).tolist()
+    hits = (logprobs[where].argmax(-1) == target).tolist()
+    totals: dict[tuple[int, int], list] = {}
+    for owner, value, hit in zip(owners, picked, hits):
+        entry = totals.setdefault(owner, [0.0, 0, True])
+        entry[0] += value
+        entry[1] += 1
+        entry[2] = entry[2] and hit
+    return [
+        [Continuation(*totals[(number, option)]) for option in range(len(request.continuations))]
+        for number, request in enumerate(batch)
+    ]
+
+
+def _see_ancestors(allowed: np.ndarray, tree: _TokenTree) -> None:
+    """Sets ``allowed[node, a]`` for every ancestor ``a`` of every node, level by level."""
+    depth = np.asarray(tree.depth)
+    parent = np.asarray(tree.parent)
+    for level in range(1, int(depth.max(initial=0)) + 1):
+        nodes = np.flatnonzero(depth == level)
+        allowed[nodes] |= allowed[parent[nodes]]
+
+
+def _attention_mask(allowed: torch.Tensor, model: PreTrainedModel) -> torch.Tensor:
+    """Returns ``allowed`` (rows, query, key) as the 4-D mask the attention takes:
+    boolean for sdpa (cheaper), additive (0 or the dtype's minimum) for eager."""
+    if getattr(model.config, "_attn_implementation", None) == "sdpa":
+        return allowed[:, None]
+    dtype = next(model.parameters()).dtype
+    return torch.zeros(allowed.shape, dtype=dtype).masked_fill_(~allowed, torch.finfo(dtype).min)[:, None]
 
 
 def _truncate(request: _Encoded, limit: int | None) -> _Encoded:
