@@ -194,7 +194,7 @@ def markdown(result: dict) -> str:
         "same per token on this CPU, so the gain is the share of tokens saved: large for long or "
         "few-shot prompts with several multi-token options, small for short prompts with "
         "one-token options.\n",
-        "Generation scoring (greedy, what the model says) beside log-likelihood ranking, retain only:\n",
+        "\nGeneration scoring (greedy, what the model says) beside log-likelihood ranking, retain only:\n",
         "| setup | generation items/s | log-likelihood items/s | ratio | accuracy by generation | accuracy by log-likelihood |",
         "| --- | --- | --- | --- | --- | --- |",
     ]
