@@ -45,7 +45,7 @@ def test_defaults_are_the_recipe() -> None:
     assert cfg.train.warmup_ratio > 0
     assert cfg.guards.forgetting.threshold == 0.03
     assert cfg.guards.forgetting.action == "restore_best"
-    assert cfg.probes.suites == ["lab"]
+    assert cfg.probes.suites is None  # lab for the lab model, general otherwise
 
 
 @pytest.mark.parametrize("text", ["", "\n# only a comment\n", "train:\n", "guards:\n  smoke:\n"])

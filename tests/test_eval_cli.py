@@ -150,3 +150,22 @@ def test_unreachable_hub_model_is_a_clean_error(tmp_path, monkeypatch) -> None:
                             capture_output=True, text=True, timeout=300, env=env)
     assert result.returncode == 2, result.stderr
     assert "Traceback" not in result.stderr and "cannot load model 'no-such-org/no-such-model'" in result.stderr
+
+
+def test_default_suite_is_lab_for_lab_models_and_their_adapters_else_general(micro_base, tmp_path) -> None:
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
+
+    from retain.evaluation.commands import default_suites
+
+    base, _ = micro_base
+    assert default_suites("lab") == ["lab"]
+    assert default_suites(str(base.path)) == ["lab"]
+    adapted = get_peft_model(AutoModelForCausalLM.from_pretrained(base.path), LoraConfig(r=2, target_modules=["q_proj"]))
+    adapted.save_pretrained(tmp_path / "adapter")
+    assert default_suites(str(tmp_path / "adapter")) == ["lab"]
+    other = LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                         num_attention_heads=2, num_key_value_heads=2))
+    other.save_pretrained(tmp_path / "other")
+    assert default_suites(str(tmp_path / "other")) == ["general"]
+    assert default_suites("some-org/some-model") == ["general"]

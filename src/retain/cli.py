@@ -111,7 +111,7 @@ ConfigOption = Annotated[
 @app.command("eval")
 def eval_(
     model: Annotated[str, typer.Argument(help="`lab`, a model or adapter directory, a run directory, or a hub id.")],
-    suite: Annotated[Optional[list[str]], typer.Option("--suite", help="Probe suite: lab, general or a file (repeatable; default probes.suites).")] = None,
+    suite: Annotated[Optional[list[str]], typer.Option("--suite", help="Probe suite: lab, general, lmeval:TASK or a file (repeatable; default probes.suites, else lab for lab models, general otherwise).")] = None,
     task: Annotated[Optional[str], typer.Option("--task", help="Held-out task examples (default data.eval).")] = None,
     ood: Annotated[Optional[str], typer.Option("--ood", help="Out-of-distribution task examples (default data.ood).")] = None,
     base: Annotated[Optional[str], typer.Option("--base", help="Base model to measure forgetting against (adapters: default is adapters off).")] = None,

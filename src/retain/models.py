@@ -103,6 +103,29 @@ def load_model(
     return LoadedModel(model, tokenizer, name_or_path, str(path), is_adapter=False)
 
 
+def is_lab_model(name_or_path: str) -> bool:
+    """Returns whether ``name_or_path`` is the lab model, or adapters or a run on top of it.
+
+    Lab base models carry ``retain_lab.json``; adapters name their base model.
+    """
+    from retain.lab.base import METADATA_FILE
+
+    if name_or_path == "lab":
+        return True
+    path = Path(name_or_path)
+    if not path.is_dir():
+        return False
+    try:
+        path = _model_dir_in(path)
+    except ModelLoadError:
+        return False
+    adapter_config = path / "adapter_config.json"
+    if adapter_config.is_file():
+        base = json.loads(adapter_config.read_text()).get("base_model_name_or_path") or ""
+        return base != name_or_path and is_lab_model(base)
+    return (path / METADATA_FILE).is_file()
+
+
 def _model_dir_in(path: Path) -> Path:
     """Returns the directory holding the weights: ``path`` itself or a run's model dir."""
     if (path / "config.json").is_file() or (path / "adapter_config.json").is_file():

@@ -303,11 +303,12 @@ class GuardsConfig(_Section):
 class ProbesConfig(_Section):
     """What general ability is measured with, to detect forgetting."""
 
-    suites: list[str] = Field(
-        default_factory=lambda: ["lab"],
+    suites: list[str] | None = Field(
+        None,
         min_length=1,
-        description="Probe suites: names of built-in suites (`lab`, `general`) or paths to "
-        "suite files (see docs/PROBES.md).",
+        description="Probe suites: built-in `lab` or `general`, `lmeval:TASK`, or paths to suite "
+        "files (see docs/EVALUATION.md); null means `lab` for the lab model and its fine-tunes, "
+        "`general` for any other model.",
     )
     methods: list[Literal["generation", "loglik"]] = Field(
         default_factory=lambda: ["generation", "loglik"],

@@ -31,7 +31,7 @@ from retain.evaluation.engine import (
 from retain.evaluation.probes import ProbeSuite
 from retain.evaluation.prompting import PromptFormat
 from retain.evaluation.suites import load_suite
-from retain.models import LoadedModel, load_model
+from retain.models import LoadedModel, is_lab_model, load_model
 
 logger = logging.getLogger("retain.evaluation")
 
@@ -63,6 +63,12 @@ class EvalOutcome:
                 for suite, methods in self.forgetting.items()
             },
         }
+
+
+def default_suites(model_name: str) -> list[str]:
+    """Returns the probe suites for a model when none are named: ``lab`` for the lab
+    model and anything trained from it, ``general`` for every other model."""
+    return ["lab"] if is_lab_model(model_name) else ["general"]
 
 
 def settings_from(config: RetainConfig, smoke: bool = True) -> EvalSettings:
@@ -110,7 +116,8 @@ def run_eval(
     Raises:
         RetainError: For anything the user named that cannot be read or loaded.
     """
-    probe_suites = [load_suite(name) for name in (suites or config.probes.suites)]
+    names = suites or config.probes.suites or default_suites(base or model_name)
+    probe_suites = [load_suite(name) for name in names]
     examples = read_task(config, task or config.data.eval)
     ood_examples = read_task(config, ood or config.data.ood)
     settings = settings_from(config)

@@ -66,7 +66,10 @@ def _load_task(task_name: str, manager: Any, get_task_dict: Any) -> Any:
         raise DataError(f"lm-eval has no task '{task_name}'", field="probes.suites",
                         fix="list tasks with `lm-eval ls tasks`; for your own task YAML write lmeval:TASK@DIR")
     try:
-        task = get_task_dict([task_name], manager)[task_name]
+        if hasattr(manager, "load"):  # newer lm-eval; get_task_dict is deprecated there
+            task = manager.load([task_name])["tasks"][task_name]
+        else:
+            task = get_task_dict([task_name], manager)[task_name]
     except Exception as error:  # lm-eval raises anything from datasets/hub when data is missing
         raise DataError(
             f"lm-eval task '{task_name}' could not load its data ({type(error).__name__}: "
