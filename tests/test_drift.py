@@ -6,7 +6,8 @@ import math
 import pytest
 import torch
 from peft import LoraConfig, get_peft_model
-from transformers import LlamaConfig, LlamaForCausalLM
+from tiny_models import tiny_llama
+from transformers import LlamaForCausalLM
 
 from retain.evaluation.drift import (
     BaseLogprobs,
@@ -30,13 +31,7 @@ WINDOW = 32
 def tiny():
     torch.manual_seed(0)
     tokenizer = train_tokenizer(build_world().documents, 384, 128)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-        num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=128,
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
-    return LlamaForCausalLM(config).eval(), tokenizer
+    return tiny_llama(tokenizer), tokenizer
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,7 @@ import json
 
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
+from tiny_models import tiny_llama
 
 from retain.evaluation.generation import Generation
 from retain.evaluation.health import (
@@ -145,14 +145,8 @@ def test_no_generations_is_an_error() -> None:
 def test_smoke_test_on_a_tiny_model() -> None:
     torch.manual_seed(0)
     tokenizer = train_tokenizer(build_world().documents, 384, 128)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-        num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=128,
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
     prompts = ["Q: What is 2+2?\nA:", "Hi", "Q: What is the capital of a far country?\nA:"]
-    report = smoke_test(LlamaForCausalLM(config), tokenizer, prompts, max_new_tokens=8)
+    report = smoke_test(tiny_llama(tokenizer), tokenizer, prompts, max_new_tokens=8)
     assert report.n == len(prompts)
     assert 0.0 <= report.failures <= 1.0
     assert report.mean_new_tokens <= 8

@@ -2,7 +2,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
+from tiny_models import tiny_llama
+from transformers import LlamaForCausalLM
 
 from retain.evaluation.loglik import (
     _argmax,
@@ -19,13 +20,7 @@ from retain.lab.world import build_world
 def tiny():
     torch.manual_seed(0)
     tokenizer = train_tokenizer(build_world().documents, 384, 128)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-        num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=64,
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
-    return LlamaForCausalLM(config).eval(), tokenizer
+    return tiny_llama(tokenizer, num_hidden_layers=2, num_key_value_heads=1, max_position_embeddings=64), tokenizer
 
 
 REQUESTS = [

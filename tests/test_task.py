@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
+from tiny_models import tiny_llama
 
 from retain.data import Example
 from retain.evaluation import task as task_module
@@ -23,13 +23,7 @@ def domain_examples() -> list[Example]:
 def tiny(domain_examples):
     torch.manual_seed(0)
     tokenizer = train_tokenizer([e.prompt + e.response for e in domain_examples], 384, 256)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-        num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=256,
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
-    return LlamaForCausalLM(config).eval(), tokenizer
+    return tiny_llama(tokenizer, max_position_embeddings=256), tokenizer
 
 
 def plant(monkeypatch, texts: list[str]) -> None:
