@@ -101,6 +101,56 @@ def config_reference() -> None:
     console.print(config_reference_markdown(), end="", markup=False, highlight=False, soft_wrap=True)
 
 
+# --- audit ----------------------------------------------------------------------------
+
+
+@app.command("audit")
+def audit(
+    data: Annotated[str, typer.Argument(help="Training data: JSONL, CSV, Parquet or a datasets directory.")],
+    eval_data: Annotated[Optional[str], typer.Option("--eval", help="Evaluation data, checked for overlap with training.")] = None,
+    config: Annotated[Optional[Path], typer.Option("--config", "-c", help="YAML config (data fields, max_length, model tokenizer, probes).")] = None,
+    set_: SetOption = None,
+    task: Annotated[str, typer.Option("--task", help="Task kind for the size rule: classification, qa, generation, chat.")] = "qa",
+    domain: Annotated[str, typer.Option("--domain", help="Domain for the size rule: general, medical, legal, finance, code.")] = "general",
+    allow_small_data: Annotated[bool, typer.Option("--allow-small-data", help="Too little data is a warning, not a blocker.")] = False,
+    strict: Annotated[bool, typer.Option("--strict", help="Exit 1 when there are warnings.")] = False,
+    json_out: Annotated[Optional[Path], typer.Option("--json", help="Write the machine-readable report.")] = None,
+) -> None:
+    """Audit training data before training: exit 0 go, 1 warnings (--strict), 2 blockers."""
+    from retain.audit.runner import run_audit
+    from retain.config import load_config
+    from retain.errors import ConfigError
+    from retain.evaluation.commands import default_suites
+    from retain.evaluation.suites import load_suite
+    from retain.rundir import atomic_write_json
+
+    resolved = load_config(config, set_ or [])
+    suites = [load_suite(name) for name in (resolved.probes.suites or default_suites(resolved.model.name_or_path))]
+    try:
+        report = run_audit(resolved, data, eval_data=eval_data, task=task, domain=domain,
+                           allow_small=allow_small_data, probes=suites)
+    except ValueError as error:
+        raise ConfigError(str(error), fix="see retain audit --help for the valid names") from None
+    table = Table(title=f"audit of {data}: {report.rows:,} rows")
+    for column in ("severity", "finding", "count", "fix"):
+        table.add_column(column, justify="right" if column == "count" else "left")
+    for finding in report.findings:
+        style = {"blocker": "bold red", "warning": "yellow"}.get(finding.severity)
+        table.add_row(finding.severity, finding.title, f"{finding.count:,}", finding.fix, style=style)
+    console.print(table)
+    for finding in report.findings:
+        for example in finding.examples[:3]:
+            console.print(f"  {finding.code} line {example.get('line')}: {str(example.get('text', ''))[:100]!r}",
+                          markup=False, highlight=False)
+    counts = ", ".join(f"{report.count(s)} {s}s" for s in ("blocker", "warning", "info"))
+    code = report.exit_code(strict)
+    console.print(f"{counts}: {('go', 'warnings (--strict)', 'stop: fix the blockers first')[code]}")
+    if json_out is not None:
+        atomic_write_json(json_out, report.to_dict())
+        console.print(f"wrote {json_out}")
+    raise typer.Exit(code)
+
+
 # --- eval and baseline ----------------------------------------------------------------
 
 ConfigOption = Annotated[

@@ -1,0 +1,40 @@
+"""What an audit check reports: a finding with a severity, a count, examples and a fix."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+Severity = Literal["blocker", "warning", "info"]
+SEVERITIES: tuple[str, ...] = ("blocker", "warning", "info")
+MAX_EXAMPLES = 5
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One problem (or fact) the audit found in the data.
+
+    Attributes:
+        code: Stable machine name, e.g. ``near_duplicates``.
+        severity: ``blocker`` (training should not go ahead), ``warning`` or ``info``.
+        title: One line saying what was found, with its numbers.
+        count: How many rows (or clusters, as the title says) are affected.
+        fix: What to do about it, concretely.
+        examples: Up to :data:`MAX_EXAMPLES` illustrations, each a dict with at least
+            ``line`` (1-based line or row number in its file) and ``text``.
+        details: The numbers behind the finding (thresholds, shares, cluster sizes).
+    """
+
+    code: str
+    severity: Severity
+    title: str
+    count: int
+    fix: str
+    examples: tuple[dict[str, Any], ...] = ()
+    details: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Returns the finding as JSON-ready data."""
+        data = asdict(self)
+        data["examples"] = list(self.examples)
+        return data

@@ -1,0 +1,156 @@
+"""``retain audit``: every data check in one report, with an exit code that says go or stop.
+
+Exit codes: 0 go; 1 warnings, with ``--strict`` only; 2 blockers (or input that cannot
+be read at all, which the CLI reports as an error before any check runs).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from transformers import AutoTokenizer, PreTrainedTokenizerBase
+
+from retain.audit.checks import dataset_size, degenerate_responses, format_consistency, token_lengths
+from retain.audit.findings import SEVERITIES, Finding
+from retain.audit.overlap import conflicting_labels, contamination, exact_duplicates, near_duplicates
+from retain.config import RetainConfig
+from retain.data import Example, Problem, read_examples
+from retain.evaluation.probes import ProbeSuite
+
+logger = logging.getLogger("retain.audit")
+
+# More malformed rows than this share of a file is a blocker: training would silently
+# learn from a different dataset than the one the user believes they gave.
+MALFORMED_BLOCKER_SHARE = 0.01
+
+
+@dataclass
+class AuditReport:
+    """What the audit found in one training file (and its eval file).
+
+    Attributes:
+        data: The training file.
+        rows: Rows read successfully.
+        malformed: Rows that could not be read, with line numbers.
+        findings: Every finding, blockers first.
+        eval_data: The eval file, if one was audited against the training data.
+    """
+
+    data: str
+    rows: int
+    malformed: list[Problem] = field(default_factory=list)
+    findings: list[Finding] = field(default_factory=list)
+    eval_data: str | None = None
+
+    def count(self, severity: str) -> int:
+        """Returns the number of findings of ``severity``."""
+        return sum(finding.severity == severity for finding in self.findings)
+
+    def exit_code(self, strict: bool = False) -> int:
+        """0 go, 1 warnings under ``strict``, 2 blockers."""
+        if self.count("blocker"):
+            return 2
+        return 1 if strict and self.count("warning") else 0
+
+    def to_dict(self) -> dict:
+        """Returns the report as JSON-ready data."""
+        return {
+            "data": self.data,
+            "eval_data": self.eval_data,
+            "rows": self.rows,
+            "malformed": [vars(problem) for problem in self.malformed],
+            "counts": {severity: self.count(severity) for severity in SEVERITIES},
+            "findings": [finding.to_dict() for finding in self.findings],
+        }
+
+
+def run_audit(
+    config: RetainConfig,
+    data: str | Path,
+    *,
+    eval_data: str | Path | None = None,
+    task: str = "qa",
+    domain: str = "general",
+    allow_small: bool = False,
+    probes: Sequence[ProbeSuite] = (),
+    tokenizer: PreTrainedTokenizerBase | None = None,
+) -> AuditReport:
+    """Audits ``data`` (and its overlap with ``eval_data`` and ``probes``).
+
+    Args:
+        config: Supplies the data format, field names, ``data.max_length`` and the model
+            whose tokenizer measures lengths.
+        data: The training file.
+        eval_data: The evaluation file, checked for overlap with training.
+        task: Task kind for the size rule (see :func:`retain.audit.checks.dataset_size`).
+        domain: Domain for the size rule.
+        allow_small: Too little data is a warning instead of a blocker.
+        probes: Probe suites that must not appear in training.
+        tokenizer: The tokenizer for length checks; loaded from ``config.model`` if None.
+
+    Raises:
+        DataError: If a file cannot be read at all (missing, unknown format, no valid row).
+        ValueError: For an unknown task or domain.
+    """
+    examples, problems = _read(config, data)
+    report = AuditReport(data=str(data), rows=len(examples), malformed=problems,
+                         eval_data=str(eval_data) if eval_data else None)
+    findings: list[Finding | None] = [_malformed(problems, len(examples) + len(problems))]
+    findings.append(dataset_size(len(examples), task=task, domain=domain, allow_small=allow_small))
+    findings += [degenerate_responses(examples), exact_duplicates(examples), near_duplicates(examples),
+                 conflicting_labels(examples)]
+    findings += format_consistency(examples)
+    tokenizer = tokenizer or _tokenizer(config)
+    if tokenizer is not None:
+        findings += token_lengths(examples, tokenizer, config.data.max_length)
+    eval_examples = None
+    if eval_data:
+        eval_examples, eval_problems = _read(config, eval_data)
+        findings.append(_malformed(eval_problems, len(eval_examples) + len(eval_problems), "eval "))
+    findings += contamination(examples, eval_examples, probes)
+    report.findings = sorted((f for f in findings if f is not None), key=lambda f: SEVERITIES.index(f.severity))
+    return report
+
+
+def _read(config: RetainConfig, path: str | Path) -> tuple[list[Example], list[Problem]]:
+    fields = config.data
+    return read_examples(path, format=fields.format, prompt_field=fields.prompt_field,
+                         response_field=fields.response_field, messages_field=fields.messages_field)
+
+
+def _malformed(problems: list[Problem], total: int, which: str = "") -> Finding | None:
+    if not problems:
+        return None
+    share = len(problems) / max(1, total)
+    return Finding(
+        code=f"{which.strip() + '_' if which else ''}malformed_rows",
+        severity="blocker" if share > MALFORMED_BLOCKER_SHARE else "warning",
+        title=f"{len(problems):,} {which}rows cannot be read ({share:.1%} of {total:,})",
+        count=len(problems),
+        fix="fix or remove these rows; training would silently use a different dataset",
+        examples=tuple({"line": p.line, "text": p.message, "field": p.field, "fix": p.fix} for p in problems[:5]),
+        details={"share": share},
+    )
+
+
+def _tokenizer(config: RetainConfig) -> PreTrainedTokenizerBase | None:
+    """Returns the configured model's tokenizer, or None (with a warning) if unavailable."""
+    name = config.model.name_or_path
+    try:
+        if name == "lab":
+            from retain.lab.base import lab_size
+            from retain.lab.tokenizer import train_tokenizer
+            from retain.lab.world import build_world
+
+            size = lab_size("default")
+            return train_tokenizer(build_world(size.world).documents, size.model.vocab_size,
+                                   size.model.max_positions)
+        return AutoTokenizer.from_pretrained(name, revision=config.model.revision,
+                                             trust_remote_code=config.model.trust_remote_code)
+    except (OSError, ValueError) as error:
+        logger.warning("token lengths not checked: cannot load the tokenizer of %s (%s)", name, error)
+        return None
+
