@@ -17,7 +17,7 @@ from typing import Any
 
 from transformers import PreTrainedTokenizerBase
 
-from retain.audit.findings import MAX_EXAMPLES, Finding
+from retain.audit.findings import MAX_EXAMPLES, Finding, excerpt
 from retain.data import Example
 from retain.evaluation.labels import infer_label_set, normalize_label
 from retain.evaluation.prompting import PromptFormat
@@ -43,7 +43,6 @@ MIN_REPEATS = 3
 RARE_LABEL_SHARE = 0.10
 DOMINANT_LABEL_SHARE = 0.70
 TOKENIZE_BATCH = 256
-_SNIPPET = 120
 _WORD_EDGES = re.compile(r"^\W+|\W+$")
 # The roles each chat role may follow (None: the first turn after any system turn).
 _ALLOWED_BEFORE: dict[str, set[str | None]] = {
@@ -165,7 +164,7 @@ def degenerate_responses(examples: Sequence[Example]) -> Finding | None:
         count=len(flagged),
         fix="drop these rows or write real answers; the model learns to reproduce them",
         examples=tuple(
-            {"line": example.line, "text": _snippet(example.response), "reason": reason}
+            {"line": example.line, "text": excerpt(example.response), "reason": reason}
             for example, reason in flagged[:MAX_EXAMPLES]
         ),
         details={"reasons": dict(reasons), "share": len(flagged) / len(examples)},
@@ -228,7 +227,7 @@ def _mixed_formats(examples: Sequence[Example]) -> Finding | None:
         count=len(minority),
         fix="convert every row to one schema; chat rows go through the chat template and "
         "prompt/response rows do not, so the model sees two formats",
-        examples=tuple({"line": example.line, "text": _snippet(example.response), "kind": kind}
+        examples=tuple({"line": example.line, "text": excerpt(example.response), "kind": kind}
                        for example in minority[:MAX_EXAMPLES]),
         details={"chat_rows": len(chat), "prompt_response_rows": len(plain)},
     )
@@ -435,7 +434,7 @@ def _too_long(
         fix="raise data.max_length (within the model's context), shorten the prompts, or "
         "drop these rows; a row without its answer trains on nothing",
         examples=tuple(
-            {"line": examples[i].line, "text": _snippet(examples[i].prompt),
+            {"line": examples[i].line, "text": excerpt(examples[i].prompt),
              "prompt_tokens": prompt_tokens[i], "tokens": total_tokens[i]}
             for i in sorted(cut, key=lambda i: -total_tokens[i])[:MAX_EXAMPLES]
         ),
@@ -498,7 +497,3 @@ def _as_text(value: object) -> str:
     return value if isinstance(value, str) else "" if value is None else str(value)
 
 
-def _snippet(text: object) -> str:
-    """Returns the start of a text, for finding examples."""
-    text = _as_text(text)
-    return text if len(text) <= _SNIPPET else text[: _SNIPPET - 3] + "..."

@@ -8,6 +8,7 @@ from typing import Any, Literal
 Severity = Literal["blocker", "warning", "info"]
 SEVERITIES: tuple[str, ...] = ("blocker", "warning", "info")
 MAX_EXAMPLES = 5
+EXCERPT_CHARS = 160  # characters of a row shown in a finding's example
 
 
 @dataclass(frozen=True)
@@ -38,3 +39,10 @@ class Finding:
         data = asdict(self)
         data["examples"] = list(self.examples)
         return data
+
+
+def excerpt(text: object) -> str:
+    """Returns a row's text for a finding's example: on one line, cut to
+    :data:`EXCERPT_CHARS` characters (None reads as empty)."""
+    flat = " ".join(("" if text is None else str(text)).split())
+    return flat if len(flat) <= EXCERPT_CHARS else flat[: EXCERPT_CHARS - 3] + "..."

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from retain.audit.findings import MAX_EXAMPLES, Finding
+from retain.audit.findings import MAX_EXAMPLES, Finding, excerpt
 from retain.data import Example
 from retain.evaluation.probes import ProbeItem, ProbeSuite
 
@@ -31,7 +31,6 @@ NUM_PERM = 128
 NEAR_THRESHOLD = 0.8
 CONFLICT_THRESHOLD = 0.9
 BLOCKER_SHARE = 0.01
-_TEXT_CHARS = 160
 _STRIP = string.punctuation + string.whitespace
 _SEED = 1
 _TEXTS_PER_CHUNK = 2_000  # texts hashed together: keeps the arrays in cache
@@ -81,7 +80,7 @@ def exact_duplicates(examples: Sequence[Example]) -> Finding | None:
         fix="drop the copies (keep the first of each group): repeated rows are "
         "over-weighted in the loss and make the model memorise them",
         examples=tuple(
-            {"line": example.line, "text": _excerpt(example.prompt), "same_as": line}
+            {"line": example.line, "text": excerpt(example.prompt), "same_as": line}
             for example, line in copies[:MAX_EXAMPLES]
         ),
         details={"clusters": clusters, "largest_cluster": 1 + max(cluster_sizes.values())},
@@ -118,7 +117,7 @@ def near_duplicates(
         fix="keep one row per cluster, or make the rows genuinely different: near copies "
         "weigh one example several times and inflate scores on overlapping evaluations",
         examples=tuple(
-            {"line": examples[cluster[0]].line, "text": _excerpt(examples[cluster[0]].prompt),
+            {"line": examples[cluster[0]].line, "text": excerpt(examples[cluster[0]].prompt),
              "cluster": [examples[member].line for member in cluster]}
             for cluster in clusters[:MAX_EXAMPLES]
         ),
@@ -258,8 +257,8 @@ def _conflict_example(
     first = examples[group[0]]
     other = next(examples[i] for i in group if responses[i] != responses[group[0]])
     return {
-        "line": first.line, "text": _excerpt(first.prompt), "answer": _excerpt(first.response),
-        "other_line": other.line, "other_answer": _excerpt(other.response),
+        "line": first.line, "text": excerpt(first.prompt), "answer": excerpt(first.response),
+        "other_line": other.line, "other_answer": excerpt(other.response),
     }
 
 
@@ -324,7 +323,7 @@ def _eval_overlap(
         fix="remove these rows from the training data (or from the evaluation set): "
         "a score on rows the model trained on measures memory, not skill",
         examples=tuple(
-            {"line": eval_examples[e].line, "text": _excerpt(eval_examples[e].prompt),
+            {"line": eval_examples[e].line, "text": excerpt(eval_examples[e].prompt),
              "train_line": train[t].line}
             for e, t in list(leaked.items())[:MAX_EXAMPLES]
         ),
@@ -349,7 +348,7 @@ def _probe_contamination(
         fix="remove the rows holding these probe questions from the training data, or "
         "use a probe suite the data does not contain",
         examples=tuple(
-            {"line": train[t].line, "text": _excerpt(items[i][1].prompt),
+            {"line": train[t].line, "text": excerpt(items[i][1].prompt),
              "suite": items[i][0].name, "item": items[i][1].id}
             for i, t in list(seen.items())[:MAX_EXAMPLES]
         ),
@@ -586,9 +585,3 @@ def _row_text(example: Example) -> str:
     """Returns the normalised prompt and response of a row as one text."""
     prompt, response = _row_key(example)
     return f"{prompt} {response}"
-
-
-def _excerpt(text: str) -> str:
-    """Returns ``text`` on one line, cut to :data:`_TEXT_CHARS` characters."""
-    flat = " ".join(text.split())
-    return flat if len(flat) <= _TEXT_CHARS else flat[: _TEXT_CHARS - 3] + "..."
