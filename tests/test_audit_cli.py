@@ -8,13 +8,21 @@ import sys
 from pathlib import Path
 
 import pytest
+from typer.testing import CliRunner, Result
 
+from retain.cli import app
 from retain.lab.domain import DomainSpec, build_domain, write_jsonl
 
 
 def audit(*args: str) -> subprocess.CompletedProcess:
+    """The real entry point in a subprocess: user errors become one line and exit 2 there."""
     return subprocess.run([sys.executable, "-m", "retain.cli", "-q", "audit", *args],
                           capture_output=True, text=True, timeout=300)
+
+
+def audit_in_process(*args: str) -> Result:
+    """Faster, for runs that end in a verdict (exit 0, 1 or 2) rather than an error."""
+    return CliRunner().invoke(app, ["-q", "audit", *args], catch_exceptions=False)
 
 
 @pytest.fixture(scope="module")
@@ -33,23 +41,23 @@ def lab_files(tmp_path_factory) -> dict[str, Path]:
 
 def test_small_clean_lab_data_blocks_on_size_only(lab_files) -> None:
     out = lab_files["root"] / "clean.json"
-    result = audit(str(lab_files["clean"]), "--eval", str(lab_files["test"]), "--json", str(out))
-    assert result.returncode == 2, result.stdout + result.stderr
+    result = audit_in_process(str(lab_files["clean"]), "--eval", str(lab_files["test"]), "--json", str(out))
+    assert result.exit_code == 2, result.output
     report = json.loads(out.read_text())
     blockers = [f["code"] for f in report["findings"] if f["severity"] == "blocker"]
     assert blockers == ["dataset_size"]
-    allowed = audit(str(lab_files["clean"]), "--eval", str(lab_files["test"]), "--allow-small-data")
-    assert allowed.returncode == 0, allowed.stdout
+    allowed = audit_in_process(str(lab_files["clean"]), "--eval", str(lab_files["test"]), "--allow-small-data")
+    assert allowed.exit_code == 0, allowed.output
 
 
 def test_flawed_lab_data_reports_each_planted_flaw(lab_files) -> None:
     out = lab_files["root"] / "flawed.json"
-    result = audit(str(lab_files["flawed"]), "--eval", str(lab_files["flawed_test"]), "--allow-small-data",
-                   "--json", str(out))
+    result = audit_in_process(str(lab_files["flawed"]), "--eval", str(lab_files["flawed_test"]),
+                              "--allow-small-data", "--json", str(out))
     report = json.loads(out.read_text())
     codes = {f["code"] for f in report["findings"]}
     assert {"exact_duplicates", "conflicting_labels", "train_eval_overlap"} <= codes, codes
-    assert result.returncode == 2  # contamination of 10% of eval rows is a blocker
+    assert result.exit_code == 2  # contamination of 10% of eval rows is a blocker
 
 
 def test_strict_turns_warnings_into_exit_1(lab_files, tmp_path) -> None:
@@ -57,8 +65,8 @@ def test_strict_turns_warnings_into_exit_1(lab_files, tmp_path) -> None:
     rows[3]["response"] = " Yes."  # a second spelling of a label: a warning
     path = tmp_path / "d.jsonl"
     path.write_text("".join(json.dumps(row) + "\n" for row in rows))
-    assert audit(str(path), "--allow-small-data").returncode == 0
-    assert audit(str(path), "--allow-small-data", "--strict").returncode == 1
+    assert audit_in_process(str(path), "--allow-small-data").exit_code == 0
+    assert audit_in_process(str(path), "--allow-small-data", "--strict").exit_code == 1
 
 
 def test_malformed_rows_are_counted_with_line_numbers_and_the_audit_goes_on(lab_files, tmp_path) -> None:
@@ -68,7 +76,7 @@ def test_malformed_rows_are_counted_with_line_numbers_and_the_audit_goes_on(lab_
     path = tmp_path / "bad.jsonl"
     path.write_bytes(("\n".join(lines) + "\n").encode() + b"\xff\xfe bad bytes\n")
     out = tmp_path / "bad.json"
-    audit(str(path), "--allow-small-data", "--json", str(out))
+    audit_in_process(str(path), "--allow-small-data", "--json", str(out))
     report = json.loads(out.read_text())
     assert sorted(p["line"] for p in report["malformed"]) == [5, 10, len(lines) + 1]
     assert report["rows"] == len(lines) - 2
