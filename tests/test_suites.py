@@ -141,3 +141,15 @@ def test_cut_at_stop_skips_leading_whitespace() -> None:
     assert cut_at_stop("\n Paris\nQuestion: next", ["\n"]) == "Paris"
     assert cut_at_stop(" 42", []) == "42"
     assert first_number("about .5 or 3") == 0.5
+
+
+def test_suite_file_that_is_not_utf8_is_a_clear_error(tmp_path: Path) -> None:
+    path = tmp_path / "s.jsonl"
+    path.write_bytes(json.dumps(ITEM).encode() + b"\n\xff\xfe\n")
+    with pytest.raises(DataError, match="not UTF-8") as error:
+        load_suite(path)
+    assert error.value.file == str(path) and "UTF-8" in error.value.fix
+    yaml_path = tmp_path / "s.yaml"
+    yaml_path.write_bytes(b"suite: s\nitems: []\n\xff")
+    with pytest.raises(DataError, match="not UTF-8"):
+        load_suite(yaml_path)

@@ -193,6 +193,37 @@ def read_examples_for(
     )
 
 
+def load_examples_for(data: DataConfig, path: str | Path) -> list[Example]:
+    """Returns :func:`load_examples` of ``path``, read as the ``data`` config section says.
+
+    Raises:
+        DataError: As :func:`load_examples` does.
+    """
+    return load_examples(
+        path, format=data.format, prompt_field=data.prompt_field,
+        response_field=data.response_field, messages_field=data.messages_field,
+    )
+
+
+def read_text(path: str | Path, what: str) -> str:
+    """Returns a user's UTF-8 text file, or a :class:`DataError` saying what is wrong.
+
+    Args:
+        path: The file.
+        what: What the file should be, for the fix (``"a probe suite"``).
+    """
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise DataError("no such file", file=path, fix=f"give the path of {what}") from None
+    except UnicodeDecodeError as error:
+        raise DataError(f"not UTF-8 text (byte {error.start})", file=path,
+                        fix=f"save {what} as UTF-8") from None
+    except OSError as error:
+        raise DataError(f"cannot read the file ({error.strerror})", file=path,
+                        fix=f"check the path and permissions of {what}") from None
+
+
 def chat_prompt_text(turns: Sequence[Mapping[str, Any]]) -> str:
     """Returns ``turns`` as plain text ending in an ``Assistant:`` cue.
 

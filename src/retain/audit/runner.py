@@ -17,7 +17,7 @@ from retain.audit.checks import dataset_size, degenerate_responses, format_consi
 from retain.audit.findings import SEVERITIES, Finding
 from retain.audit.overlap import conflicting_labels, contamination, exact_duplicates, near_duplicates
 from retain.config import RetainConfig
-from retain.data import Example, Problem, read_examples
+from retain.data import Problem, read_examples_for
 from retain.evaluation.probes import ProbeSuite
 
 logger = logging.getLogger("retain.audit")
@@ -95,7 +95,7 @@ def run_audit(
         DataError: If a file cannot be read at all (missing, unknown format, no valid row).
         ValueError: For an unknown task or domain.
     """
-    examples, problems = _read(config, data)
+    examples, problems = read_examples_for(config.data, data)
     report = AuditReport(data=str(data), rows=len(examples), malformed=problems,
                          eval_data=str(eval_data) if eval_data else None)
     findings: list[Finding | None] = [_malformed(problems, len(examples) + len(problems))]
@@ -108,17 +108,11 @@ def run_audit(
         findings += token_lengths(examples, tokenizer, config.data.max_length)
     eval_examples = None
     if eval_data:
-        eval_examples, eval_problems = _read(config, eval_data)
+        eval_examples, eval_problems = read_examples_for(config.data, eval_data)
         findings.append(_malformed(eval_problems, len(eval_examples) + len(eval_problems), "eval "))
     findings += contamination(examples, eval_examples, probes)
     report.findings = sorted((f for f in findings if f is not None), key=lambda f: SEVERITIES.index(f.severity))
     return report
-
-
-def _read(config: RetainConfig, path: str | Path) -> tuple[list[Example], list[Problem]]:
-    fields = config.data
-    return read_examples(path, format=fields.format, prompt_field=fields.prompt_field,
-                         response_field=fields.response_field, messages_field=fields.messages_field)
 
 
 def _malformed(problems: list[Problem], total: int, which: str = "") -> Finding | None:

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from retain.config import RetainConfig
-from retain.data import Example, load_examples
+from retain.data import Example, load_examples_for, read_text
 from retain.errors import DataError, RetainError
 from retain.evaluation.baseline import BaselineResult, run_baseline
 from retain.evaluation.compare import ForgettingReport
@@ -86,16 +86,7 @@ def settings_from(config: RetainConfig, smoke: bool = True) -> EvalSettings:
 
 def read_task(config: RetainConfig, path: str | None) -> list[Example] | None:
     """Reads task examples with the config's format and field names; None without a path."""
-    if not path:
-        return None
-    data = config.data
-    return load_examples(
-        path,
-        format=data.format,
-        prompt_field=data.prompt_field,
-        response_field=data.response_field,
-        messages_field=data.messages_field,
-    )
+    return load_examples_for(config.data, path) if path else None
 
 
 def run_eval(
@@ -189,18 +180,13 @@ def _forgetting(before: EvalResult | dict, after: EvalResult) -> dict[str, dict[
 def _reference(path: str | None, suites: list[ProbeSuite]) -> str:
     if path is None:
         return default_reference_text(suites)
-    file = Path(path)
-    if not file.is_file():
-        raise DataError("reference text file not found", file=file, field="eval.reference",
-                        fix="give a UTF-8 text file, or leave eval.reference null for the built-in text")
-    return file.read_text(encoding="utf-8")
+    return read_text(path, "a reference text (eval.reference)")
 
 
 def _read_previous(path: Path) -> dict:
+    text = read_text(path, "the JSON written by retain eval --json")
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise DataError("no such file", file=path, fix="give the JSON written by retain eval --json") from None
+        data = json.loads(text)
     except json.JSONDecodeError as error:
         raise DataError(f"not valid JSON ({error.msg})", file=path, line=error.lineno,
                         fix="give the JSON written by retain eval --json") from None

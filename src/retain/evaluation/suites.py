@@ -25,6 +25,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from retain.data import read_text
 from retain.errors import DataError
 from retain.evaluation.lmeval import is_lmeval_name, load_lmeval_suite
 from retain.evaluation.probes import CHECKERS, Checker, ProbeItem, ProbeSuite
@@ -129,7 +130,7 @@ def _read_suite_file(path: Path, default_name: str) -> ProbeSuite:
 def _jsonl_rows(path: Path) -> tuple[dict[str, Any], list[tuple[int, Any]]]:
     header: dict[str, Any] = {}
     rows: list[tuple[int, Any]] = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    for number, line in enumerate(read_text(path, "a probe suite").splitlines(), start=1):
         if not line.strip():
             continue
         try:
@@ -151,7 +152,8 @@ def _jsonl_rows(path: Path) -> tuple[dict[str, Any], list[tuple[int, Any]]]:
 
 def _yaml_rows(path: Path) -> tuple[dict[str, Any], list[tuple[int, Any]]]:
     try:
-        document = yaml.compose(path.read_text(encoding="utf-8"))
+        text = read_text(path, "a probe suite")
+        document = yaml.compose(text)
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         raise DataError(
@@ -160,7 +162,7 @@ def _yaml_rows(path: Path) -> tuple[dict[str, Any], list[tuple[int, Any]]]:
             line=mark.line + 1 if mark else None,
             fix="check the indentation and quoting near this line",
         ) from None
-    data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    data = yaml.safe_load(text)
     if not isinstance(data, dict) or not isinstance(data.get("items"), list):
         raise DataError(
             "a YAML probe suite is a mapping with an 'items' list",
