@@ -95,3 +95,40 @@ def test_missing_file_and_unknown_domain(tmp_path, lab_files) -> None:
     assert missing.returncode == 2 and "Traceback" not in missing.stderr
     unknown = audit(str(lab_files["clean"]), "--domain", "astrology")
     assert unknown.returncode == 2 and "astrology" in unknown.stderr and "Traceback" not in unknown.stderr
+
+
+def test_audit_settings_come_from_the_config_and_the_command_line_wins(lab_files) -> None:
+    root = lab_files["root"]
+    config = root / "audit.yaml"
+    config.write_text("audit:\n  domain: medical\n  allow_small_data: true\n")
+    out = root / "configured.json"
+    result = audit_in_process(str(lab_files["clean"]), "--config", str(config), "--json", str(out))
+    assert result.exit_code == 0, result.output  # size is a warning with allow_small_data
+    [size] = [f for f in json.loads(out.read_text())["findings"] if f["code"] == "dataset_size"]
+    assert size["severity"] == "warning" and size["details"]["minimum"] == 11_250
+    audit_in_process(str(lab_files["clean"]), "--config", str(config), "--domain", "general",
+                     "--json", str(out))
+    [size] = [f for f in json.loads(out.read_text())["findings"] if f["code"] == "dataset_size"]
+    assert size["details"]["minimum"] == 7_500
+
+
+def test_audit_thresholds_in_the_config_change_what_counts_as_near(lab_files) -> None:
+    root = lab_files["root"]
+    strict = root / "strict.yaml"
+    strict.write_text("audit:\n  near_duplicate_threshold: 1.0\n  allow_small_data: true\n")
+    loose, exact = root / "loose.json", root / "exact.json"
+    audit_in_process(str(lab_files["flawed"]), "--allow-small-data", "--json", str(loose))
+    audit_in_process(str(lab_files["flawed"]), "--config", str(strict), "--json", str(exact))
+
+    def near(path: Path) -> int:
+        return sum(f["count"] for f in json.loads(path.read_text())["findings"] if f["code"] == "near_duplicates")
+
+    assert near(loose) > near(exact)
+
+
+def test_an_unknown_domain_in_the_config_names_the_field(lab_files) -> None:
+    config = lab_files["root"] / "bad.yaml"
+    config.write_text("audit:\n  domain: astrology\n")
+    result = audit(str(lab_files["clean"]), "--config", str(config))
+    assert result.returncode == 2 and "audit" in result.stderr and "astrology" in result.stderr
+    assert "Traceback" not in result.stderr

@@ -13,6 +13,7 @@ from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 import retain
@@ -110,9 +111,9 @@ def audit(
     eval_data: Annotated[Optional[str], typer.Option("--eval", help="Evaluation data, checked for overlap with training.")] = None,
     config: Annotated[Optional[Path], typer.Option("--config", "-c", help="YAML config (data fields, max_length, model tokenizer, probes).")] = None,
     set_: SetOption = None,
-    task: Annotated[str, typer.Option("--task", help="Task kind for the size rule: classification, qa, generation, chat.")] = "qa",
-    domain: Annotated[str, typer.Option("--domain", help="Domain for the size rule: general, medical, legal, finance, code.")] = "general",
-    allow_small_data: Annotated[bool, typer.Option("--allow-small-data", help="Too little data is a warning, not a blocker.")] = False,
+    task: Annotated[Optional[str], typer.Option("--task", help="Task kind for the size rule: classification, qa, generation, chat (default audit.task, qa).")] = None,
+    domain: Annotated[Optional[str], typer.Option("--domain", help="Domain for the size rule: general, medical, legal, finance, code (default audit.domain, general).")] = None,
+    allow_small_data: Annotated[bool, typer.Option("--allow-small-data", help="Too little data is a warning, not a blocker (also audit.allow_small_data).")] = False,
     strict: Annotated[bool, typer.Option("--strict", help="Exit 1 when there are warnings.")] = False,
     json_out: Annotated[Optional[Path], typer.Option("--json", help="Write the machine-readable report.")] = None,
 ) -> None:
@@ -131,7 +132,42 @@ def audit(
                            allow_small=allow_small_data, probes=suites)
     except ValueError as error:
         raise ConfigError(str(error), fix="see retain audit --help for the valid names") from None
-    table = Table(title=f"audit of {data}: {report.rows:,} rows")
+    code = _print_findings(f"audit of {data}: {report.rows:,} rows", report, strict)
+    if json_out is not None:
+        atomic_write_json(json_out, report.to_dict())
+        console.print(f"wrote {json_out}")
+    raise typer.Exit(code)
+
+
+@app.command("doctor")
+def doctor(
+    config: Annotated[Path, typer.Argument(help="YAML config naming the model and data.train.")],
+    set_: SetOption = None,
+    strict: Annotated[bool, typer.Option("--strict", help="Exit 1 when there are warnings.")] = False,
+    json_out: Annotated[Optional[Path], typer.Option("--json", help="Write the machine-readable report.")] = None,
+) -> None:
+    """Check the training pipeline on real batches: labels, EOS, masking, template, generation."""
+    from retain.audit.doctor import run_doctor
+    from retain.config import load_config
+    from retain.rundir import atomic_write_json
+
+    report = run_doctor(load_config(config, set_ or []))
+    if report.sample:
+        trained = "".join(text for text, loss in report.sample if loss)
+        console.print("first row as the loss sees it (bold: trained on):")
+        console.print("  " + "".join(f"[{'bold' if loss else 'dim'}]{escape(text)}[/]"
+                                     for text, loss in report.sample), soft_wrap=True)
+        console.print(f"  trained on: {trained!r}", markup=False, highlight=False, soft_wrap=True)
+    code = _print_findings(f"doctor: {report.model} on {report.data}, {report.rows:,} rows", report, strict)
+    if json_out is not None:
+        atomic_write_json(json_out, report.to_dict())
+        console.print(f"wrote {json_out}")
+    raise typer.Exit(code)
+
+
+def _print_findings(title: str, report, strict: bool) -> int:
+    """Prints a report's findings as a table with examples and returns its exit code."""
+    table = Table(title=title)
     for column in ("severity", "finding", "count", "fix"):
         table.add_column(column, justify="right" if column == "count" else "left")
     for finding in report.findings:
@@ -145,10 +181,7 @@ def audit(
     counts = ", ".join(f"{report.count(s)} {s}s" for s in ("blocker", "warning", "info"))
     code = report.exit_code(strict)
     console.print(f"{counts}: {('go', 'warnings (--strict)', 'stop: fix the blockers first')[code]}")
-    if json_out is not None:
-        atomic_write_json(json_out, report.to_dict())
-        console.print(f"wrote {json_out}")
-    raise typer.Exit(code)
+    return code
 
 
 # --- eval and baseline ----------------------------------------------------------------
@@ -355,6 +388,7 @@ def lab_data(
     )
     for path, count in written.items():
         console.print(f"{count:>7,}  {path}")
+    console.print(f"config: {out_dir / 'config.yaml'} (try: retain doctor {out_dir / 'config.yaml'})")
 
 
 def _print_accuracy(title: str, accuracy: dict[str, float], counts: dict[str, int]) -> None:

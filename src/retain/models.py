@@ -12,11 +12,15 @@ import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from transformers import (
+    AutoConfig,
     AutoModelForCausalLM,
     AutoTokenizer,
+    GenerationConfig,
+    PretrainedConfig,
     PreTrainedModel,
     PreTrainedTokenizerBase,
 )
@@ -52,6 +56,30 @@ class LoadedModel:
     source: str
     base: str
     is_adapter: bool
+
+
+@dataclass(frozen=True)
+class ModelParts:
+    """A model's tokenizer and configs, without its weights (what ``retain doctor`` reads).
+
+    Attributes:
+        tokenizer: The tokenizer as saved (no pad token added).
+        config: The model config (of the base model, for adapters).
+        generation: What ``model.generate()`` uses when given no arguments, as a dict.
+        generation_error: Why transformers rejects those settings, if it does.
+        path: The directory or hub id the configs came from.
+    """
+
+    tokenizer: PreTrainedTokenizerBase
+    config: PretrainedConfig
+    generation: dict[str, Any]
+    generation_error: str | None
+    path: str
+
+    @property
+    def context_window(self) -> int | None:
+        """Returns the model's longest sequence, if its config says."""
+        return getattr(self.config, "max_position_embeddings", None)
 
 
 def resolve_device(device: str) -> str:
@@ -91,16 +119,64 @@ def load_model(
     """
     device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, device)
-    path = Path(name_or_path)
-    if name_or_path == "lab":
-        path = lab_model_path(progress=progress)
-    elif path.is_dir():
-        path = _model_dir_in(path)
+    path = _resolve(name_or_path, progress)
     adapter_config = path / "adapter_config.json"
     if adapter_config.is_file():
         return _load_adapter(path, adapter_config, name_or_path, device, torch_dtype, trust_remote_code)
     model, tokenizer = _load_plain(str(path), revision, device, torch_dtype, trust_remote_code)
     return LoadedModel(model, tokenizer, name_or_path, str(path), is_adapter=False)
+
+
+def load_model_parts(
+    name_or_path: str,
+    *,
+    revision: str | None = None,
+    trust_remote_code: bool = False,
+    progress: bool = True,
+) -> ModelParts:
+    """Loads tokenizer, config and generation config of a model, resolved as :func:`load_model`.
+
+    Raises:
+        ModelLoadError: If nothing loadable is found, with what was looked for and a fix.
+    """
+    path = _resolve(name_or_path, progress)
+    tokenizer_source = str(path)
+    adapter_config = path / "adapter_config.json"
+    if adapter_config.is_file():
+        base = json.loads(adapter_config.read_text()).get("base_model_name_or_path") or ""
+        if not any(path.glob("tokenizer*.json")):
+            tokenizer_source = base
+        path = lab_model_path(progress=progress) if base == "lab" else Path(base)
+    options = {"revision": revision, "trust_remote_code": trust_remote_code}
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(tokenizer_source, **options)
+        config = AutoConfig.from_pretrained(str(path), **options)
+    except OSError as error:
+        raise ModelLoadError(
+            f"cannot load model '{name_or_path}': {str(error).splitlines()[0]}",
+            fix="check the path or hub id; hub models need network access or a local copy "
+            "(HF_HUB_OFFLINE=1 uses only the local cache)",
+        ) from None
+    return ModelParts(tokenizer, config, *_generation_settings(path, config, revision), str(path))
+
+
+def _generation_settings(
+    path: Path, config: PretrainedConfig, revision: str | None
+) -> tuple[dict[str, Any], str | None]:
+    """Returns the generation settings ``generate()`` will use, and why they are invalid.
+
+    Read as plain JSON where possible: transformers refuses to load an invalid file (e.g.
+    ``max_new_tokens: 0``), and the doctor must still say what is in it.
+    """
+    local = path / "generation_config.json"
+    try:
+        settings = GenerationConfig.from_pretrained(str(path), revision=revision).to_dict()
+        return settings, None
+    except OSError:  # no generation_config.json: generate() derives one from the config
+        return GenerationConfig.from_model_config(config).to_dict(), None
+    except ValueError as error:
+        settings = json.loads(local.read_text()) if local.is_file() else {}
+        return settings, str(error)
 
 
 def is_lab_model(name_or_path: str) -> bool:
@@ -124,6 +200,14 @@ def is_lab_model(name_or_path: str) -> bool:
         base = json.loads(adapter_config.read_text()).get("base_model_name_or_path") or ""
         return base != name_or_path and is_lab_model(base)
     return (path / METADATA_FILE).is_file()
+
+
+def _resolve(name_or_path: str, progress: bool) -> Path:
+    """Returns the lab model's directory, the model directory in a path, or a hub id as is."""
+    if name_or_path == "lab":
+        return lab_model_path(progress=progress)
+    path = Path(name_or_path)
+    return _model_dir_in(path) if path.is_dir() else path
 
 
 def _model_dir_in(path: Path) -> Path:
@@ -155,6 +239,12 @@ def _load_plain(
             trust_remote_code=trust_remote_code,
             use_safetensors=True,  # never unpickle .bin weights
         )
+    except ValueError as error:  # transformers rejects an invalid generation_config.json
+        raise ModelLoadError(
+            f"cannot load model '{name}': {str(error).splitlines()[0]}",
+            fix="fix generation_config.json in the model directory; `retain doctor` lists "
+            "every generation setting that would stop the model from answering",
+        ) from None
     except OSError as error:
         raise ModelLoadError(
             f"cannot load model '{name}': {str(error).splitlines()[0]}",

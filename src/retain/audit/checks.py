@@ -21,7 +21,7 @@ from retain.audit.findings import MAX_EXAMPLES, Finding, excerpt
 from retain.data import Example
 from retain.evaluation.labels import infer_label_set, normalize_label
 from retain.evaluation.prompting import PromptFormat
-from retain.evaluation.task import Rendered, render_example
+from retain.training.formatting import encode_examples
 
 # Rule-of-thumb multipliers of the minimum training-set size (see :func:`dataset_size`):
 # harder outputs (free generation, multi-turn chat) and specialised vocabularies (medical,
@@ -42,7 +42,6 @@ MIN_REPEATS = 3
 # Label balance: a warning when the rarest label is below or the most common above these.
 RARE_LABEL_SHARE = 0.10
 DOMINANT_LABEL_SHARE = 0.70
-TOKENIZE_BATCH = 256
 _WORD_EDGES = re.compile(r"^\W+|\W+$")
 # The roles each chat role may follow (None: the first turn after any system turn).
 _ALLOWED_BEFORE: dict[str, set[str | None]] = {
@@ -343,19 +342,21 @@ def token_lengths(
     tokenizer: PreTrainedTokenizerBase,
     max_length: int,
     context_window: int | None = None,
+    chat_template: str = "auto",
 ) -> list[Finding]:
     """Measures rows in tokens as training will see them, and what ``max_length`` cuts.
 
-    Rows are rendered as training renders them (:func:`retain.evaluation.task.render_example`:
-    chat rows through the tokenizer's chat template when it has one, else plain text),
-    tokenised in batches, and counted with one end-of-sequence token when the tokenizer
-    has one (training appends it).
+    Rows are encoded exactly as training encodes them
+    (:func:`retain.training.formatting.encode_examples`: chat rows through the tokenizer's
+    chat template when it has one, EOS appended); rows the template rejects are left to
+    :func:`format_consistency`.
 
     Args:
         examples: The training rows.
         tokenizer: The model's tokenizer.
         max_length: ``data.max_length``: tokens kept per row.
         context_window: The model's context length, if known.
+        chat_template: ``model.chat_template`` (``auto``, ``none`` or a Jinja file).
 
     Returns:
         ``too_long`` (a warning; a blocker if some row's prompt alone fills
@@ -365,56 +366,22 @@ def token_lengths(
     """
     if not examples:
         return []
-    prompt_tokens, total_tokens = _count_tokens(examples, tokenizer)
+    prompt_format = PromptFormat.for_tokenizer(tokenizer, chat_template)
+    encoded, _ = encode_examples(examples, tokenizer, prompt_format, max_length=max_length)
+    if not encoded:  # the chat template rejects every row; format_consistency says why
+        return []
+    rendered = {row.line for row in encoded}
+    examples = [example for example in examples if example.line in rendered]
+    total_tokens = [row.full_tokens for row in encoded]
     findings = [
-        _too_long(examples, prompt_tokens, total_tokens, max_length),
+        too_long(examples, [row.prompt_tokens for row in encoded], total_tokens, max_length),
         _length_summary(total_tokens, max_length),
-        _context_window(total_tokens, max_length, context_window),
+        context_window_exceeded(total_tokens, max_length, context_window),
     ]
     return [finding for finding in findings if finding is not None]
 
 
-def _count_tokens(
-    examples: Sequence[Example], tokenizer: PreTrainedTokenizerBase
-) -> tuple[list[int], list[int]]:
-    """Returns per row the tokens of the prompt and of prompt + response (+ EOS)."""
-    prompt_format = PromptFormat.for_tokenizer(tokenizer)
-    rendered = [_render(example, prompt_format) for example in examples]
-    eos = 1 if tokenizer.eos_token_id is not None else 0
-    prompts = _batch_lengths(tokenizer, [(r.prompt, r.add_special_tokens) for r in rendered])
-    totals = _batch_lengths(
-        tokenizer, [(r.prompt + r.response, r.add_special_tokens) for r in rendered]
-    )
-    return prompts, [total + eos for total in totals]
-
-
-def _render(example: Example, prompt_format: PromptFormat) -> Rendered:
-    """Returns the row as training shows it; plain text if the chat template rejects it."""
-    try:
-        return render_example(example, prompt_format)
-    except Exception:  # noqa: BLE001 - a template's own errors have no common type
-        prompt, response = _as_text(example.prompt), _as_text(example.response)
-        return Rendered(prompt, " " + response.lstrip() if example.is_chat else response, True)
-
-
-def _batch_lengths(
-    tokenizer: PreTrainedTokenizerBase, texts: Sequence[tuple[str, bool]]
-) -> list[int]:
-    """Returns the token count of each (text, add_special_tokens), tokenising in batches."""
-    lengths = [0] * len(texts)
-    for flag in (True, False):
-        indices = [i for i, (_, special) in enumerate(texts) if special is flag]
-        for start in range(0, len(indices), TOKENIZE_BATCH):
-            batch = indices[start : start + TOKENIZE_BATCH]
-            # verbose=False: long rows are the point here, not a reason to log a warning.
-            encoded = tokenizer([texts[i][0] for i in batch], add_special_tokens=flag,
-                                verbose=False)["input_ids"]
-            for i, ids in zip(batch, encoded, strict=True):
-                lengths[i] = len(ids)
-    return lengths
-
-
-def _too_long(
+def too_long(
     examples: Sequence[Example], prompt_tokens: Sequence[int], total_tokens: Sequence[int],
     max_length: int,
 ) -> Finding | None:
@@ -459,7 +426,7 @@ def _length_summary(total_tokens: Sequence[int], max_length: int) -> Finding:
     )
 
 
-def _context_window(
+def context_window_exceeded(
     total_tokens: Sequence[int], max_length: int, context_window: int | None
 ) -> Finding | None:
     """Returns a warning when ``max_length`` exceeds the model's context window."""

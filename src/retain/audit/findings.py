@@ -46,3 +46,23 @@ def excerpt(text: object) -> str:
     :data:`EXCERPT_CHARS` characters (None reads as empty)."""
     flat = " ".join(("" if text is None else str(text)).split())
     return flat if len(flat) <= EXCERPT_CHARS else flat[: EXCERPT_CHARS - 3] + "..."
+
+
+class Verdict:
+    """Counting and exit codes for a report that holds ``findings``."""
+
+    findings: list[Finding]
+
+    def count(self, severity: str) -> int:
+        """Returns the number of findings of ``severity``."""
+        return sum(finding.severity == severity for finding in self.findings)
+
+    def counts(self) -> dict[str, int]:
+        """Returns the number of findings of each severity."""
+        return {severity: self.count(severity) for severity in SEVERITIES}
+
+    def exit_code(self, strict: bool = False) -> int:
+        """0 go, 1 warnings under ``strict``, 2 blockers."""
+        if self.count("blocker"):
+            return 2
+        return 1 if strict and self.count("warning") else 0

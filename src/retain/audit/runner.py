@@ -13,12 +13,24 @@ from pathlib import Path
 
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
-from retain.audit.checks import dataset_size, degenerate_responses, format_consistency, token_lengths
-from retain.audit.findings import SEVERITIES, Finding
-from retain.audit.overlap import conflicting_labels, contamination, exact_duplicates, near_duplicates
+from retain.audit.checks import (
+    dataset_size,
+    degenerate_responses,
+    format_consistency,
+    token_lengths,
+)
+from retain.audit.findings import SEVERITIES, Finding, Verdict
+from retain.audit.overlap import (
+    conflicting_labels,
+    contamination,
+    exact_duplicates,
+    near_duplicates,
+)
 from retain.config import RetainConfig
 from retain.data import Problem, read_examples_for
+from retain.errors import RetainError
 from retain.evaluation.probes import ProbeSuite
+from retain.models import load_model_parts
 
 logger = logging.getLogger("retain.audit")
 
@@ -28,7 +40,7 @@ MALFORMED_BLOCKER_SHARE = 0.01
 
 
 @dataclass
-class AuditReport:
+class AuditReport(Verdict):
     """What the audit found in one training file (and its eval file).
 
     Attributes:
@@ -45,16 +57,6 @@ class AuditReport:
     findings: list[Finding] = field(default_factory=list)
     eval_data: str | None = None
 
-    def count(self, severity: str) -> int:
-        """Returns the number of findings of ``severity``."""
-        return sum(finding.severity == severity for finding in self.findings)
-
-    def exit_code(self, strict: bool = False) -> int:
-        """0 go, 1 warnings under ``strict``, 2 blockers."""
-        if self.count("blocker"):
-            return 2
-        return 1 if strict and self.count("warning") else 0
-
     def to_dict(self) -> dict:
         """Returns the report as JSON-ready data."""
         return {
@@ -62,7 +64,7 @@ class AuditReport:
             "eval_data": self.eval_data,
             "rows": self.rows,
             "malformed": [vars(problem) for problem in self.malformed],
-            "counts": {severity: self.count(severity) for severity in SEVERITIES},
+            "counts": self.counts(),
             "findings": [finding.to_dict() for finding in self.findings],
         }
 
@@ -72,8 +74,8 @@ def run_audit(
     data: str | Path,
     *,
     eval_data: str | Path | None = None,
-    task: str = "qa",
-    domain: str = "general",
+    task: str | None = None,
+    domain: str | None = None,
     allow_small: bool = False,
     probes: Sequence[ProbeSuite] = (),
     tokenizer: PreTrainedTokenizerBase | None = None,
@@ -81,13 +83,15 @@ def run_audit(
     """Audits ``data`` (and its overlap with ``eval_data`` and ``probes``).
 
     Args:
-        config: Supplies the data format, field names, ``data.max_length`` and the model
-            whose tokenizer measures lengths.
+        config: Supplies the data format, field names, ``data.max_length``, the model
+            whose tokenizer measures lengths, and the ``audit`` settings.
         data: The training file.
         eval_data: The evaluation file, checked for overlap with training.
-        task: Task kind for the size rule (see :func:`retain.audit.checks.dataset_size`).
-        domain: Domain for the size rule.
-        allow_small: Too little data is a warning instead of a blocker.
+        task: Task kind for the size rule (see :func:`retain.audit.checks.dataset_size`);
+            None uses ``audit.task``.
+        domain: Domain for the size rule; None uses ``audit.domain``.
+        allow_small: Too little data is a warning instead of a blocker (so is
+            ``audit.allow_small_data``).
         probes: Probe suites that must not appear in training.
         tokenizer: The tokenizer for length checks; loaded from ``config.model`` if None.
 
@@ -99,18 +103,27 @@ def run_audit(
     report = AuditReport(data=str(data), rows=len(examples), malformed=problems,
                          eval_data=str(eval_data) if eval_data else None)
     findings: list[Finding | None] = [_malformed(problems, len(examples) + len(problems))]
-    findings.append(dataset_size(len(examples), task=task, domain=domain, allow_small=allow_small))
-    findings += [degenerate_responses(examples), exact_duplicates(examples), near_duplicates(examples),
-                 conflicting_labels(examples)]
+    settings = config.audit
+    findings.append(dataset_size(
+        len(examples), task=task or settings.task, domain=domain or settings.domain,
+        base=settings.min_rows, allow_small=allow_small or settings.allow_small_data,
+        multipliers={"task": settings.task_multipliers, "domain": settings.domain_multipliers},
+    ))
+    findings += [degenerate_responses(examples), exact_duplicates(examples),
+                 near_duplicates(examples, settings.near_duplicate_threshold),
+                 conflicting_labels(examples, settings.conflict_threshold)]
     findings += format_consistency(examples)
-    tokenizer = tokenizer or _tokenizer(config)
+    window = None
+    if tokenizer is None:
+        tokenizer, window = _tokenizer(config)
     if tokenizer is not None:
-        findings += token_lengths(examples, tokenizer, config.data.max_length)
+        findings += token_lengths(examples, tokenizer, config.data.max_length, window,
+                                  chat_template=config.model.chat_template)
     eval_examples = None
     if eval_data:
         eval_examples, eval_problems = read_examples_for(config.data, eval_data)
         findings.append(_malformed(eval_problems, len(eval_examples) + len(eval_problems), "eval "))
-    findings += contamination(examples, eval_examples, probes)
+    findings += contamination(examples, eval_examples, probes, settings.near_duplicate_threshold)
     report.findings = sorted((f for f in findings if f is not None), key=lambda f: SEVERITIES.index(f.severity))
     return report
 
@@ -130,21 +143,38 @@ def _malformed(problems: list[Problem], total: int, which: str = "") -> Finding 
     )
 
 
-def _tokenizer(config: RetainConfig) -> PreTrainedTokenizerBase | None:
-    """Returns the configured model's tokenizer, or None (with a warning) if unavailable."""
+def _tokenizer(config: RetainConfig) -> tuple[PreTrainedTokenizerBase | None, int | None]:
+    """Returns the configured model's tokenizer and context window.
+
+    None for the tokenizer (with a warning) if it cannot be loaded: the other checks
+    still run.
+    """
     name = config.model.name_or_path
     try:
         if name == "lab":
-            from retain.lab.base import lab_size
-            from retain.lab.tokenizer import train_tokenizer
-            from retain.lab.world import build_world
-
-            size = lab_size("default")
-            return train_tokenizer(build_world(size.world).documents, size.model.vocab_size,
-                                   size.model.max_positions)
-        return AutoTokenizer.from_pretrained(name, revision=config.model.revision,
-                                             trust_remote_code=config.model.trust_remote_code)
-    except (OSError, ValueError) as error:
+            tokenizer = lab_tokenizer()
+            return tokenizer, tokenizer.model_max_length
+        parts = load_model_parts(name, revision=config.model.revision,
+                                 trust_remote_code=config.model.trust_remote_code, progress=False)
+        return parts.tokenizer, parts.context_window
+    except (OSError, ValueError, RetainError) as error:
         logger.warning("token lengths not checked: cannot load the tokenizer of %s (%s)", name, error)
-        return None
+        return None, None
 
+
+def lab_tokenizer() -> PreTrainedTokenizerBase:
+    """Returns the lab tokenizer: the cached base model's, or trained afresh (seconds).
+
+    Training is deterministic, so both give the same tokenizer; the audit never waits
+    minutes for the base model to be built just to count tokens.
+    """
+    from retain.lab.base import lab_size, load_cached
+    from retain.lab.tokenizer import train_tokenizer
+    from retain.lab.world import build_world
+
+    size = lab_size("default")
+    cached = load_cached(size)
+    if cached is not None:
+        return AutoTokenizer.from_pretrained(cached.path)
+    return train_tokenizer(build_world(size.world).documents, size.model.vocab_size,
+                           size.model.max_positions)

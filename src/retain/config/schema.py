@@ -69,6 +69,12 @@ class ModelConfig(_Section):
         description="Chat template: `auto` uses the tokenizer's own if it has one, `none` "
         "uses none, anything else is a path to a Jinja file.",
     )
+    pad_token: str = Field(
+        "auto",
+        description="Padding token for training batches: `auto` keeps the tokenizer's own and "
+        "falls back to EOS (safe with the `completion` collator, which masks padding by "
+        "position), `eos`, `unk`, or any token of the vocabulary.",
+    )
 
     @field_validator("device")
     @classmethod
@@ -223,6 +229,13 @@ class TrainConfig(_Section):
         "auto",
         description="Mixed-precision mode; `auto` picks one from the device and model.dtype.",
     )
+    collator: Literal["completion", "language_modeling"] = Field(
+        "completion",
+        description="How batches get their labels: `completion` (retain's: padding masked by "
+        "position, prompts masked per `loss_on`) or `language_modeling` (transformers' "
+        "DataCollatorForLanguageModeling: every token but those equal to the pad id; with "
+        "pad = EOS that masks the EOS too, which `retain doctor` flags).",
+    )
     loss_on: Literal["response", "all"] = Field(
         "response",
         description="Tokens the loss is computed on: `response` (answer tokens only) or `all`.",
@@ -321,6 +334,68 @@ class ProbesConfig(_Section):
     )
 
 
+class AuditConfig(_Section):
+    """Settings of the data audit (`retain audit`, and `retain train` before it trains)."""
+
+    task: str = Field(
+        "qa",
+        description="Task kind for the size rule: classification, qa, generation or chat (or a "
+        "name added in task_multipliers).",
+    )
+    domain: str = Field(
+        "general",
+        description="Domain for the size rule: general, medical, legal, finance or code (or a "
+        "name added in domain_multipliers).",
+    )
+    min_rows: int = Field(
+        5000,
+        gt=0,
+        description="Rows the size rule asks for a general classification task, before the "
+        "task and domain multipliers (the articles' rule of thumb).",
+    )
+    task_multipliers: dict[str, float] = Field(
+        default_factory=dict,
+        description="Task multipliers added to or replacing the built-in ones, e.g. "
+        "{ranking: 1.25}.",
+    )
+    domain_multipliers: dict[str, float] = Field(
+        default_factory=dict,
+        description="Domain multipliers added to or replacing the built-in ones, e.g. {biology: 1.4}.",
+    )
+    allow_small_data: bool = Field(
+        False, description="Too little data is a warning instead of a blocker."
+    )
+    near_duplicate_threshold: float = Field(
+        0.8,
+        gt=0,
+        le=1,
+        description="Jaccard similarity (character 5-grams) at which two rows, or an eval row "
+        "and a training row, count as near duplicates.",
+    )
+    conflict_threshold: float = Field(
+        0.9,
+        gt=0,
+        le=1,
+        description="Jaccard similarity at which two prompts count as the same question when "
+        "looking for conflicting answers.",
+    )
+
+    @model_validator(mode="after")
+    def _known_task_and_domain(self) -> AuditConfig:
+        from retain.audit.checks import DOMAIN_MULTIPLIERS, TASK_MULTIPLIERS
+
+        for kind, name, table, extra in (
+            ("task", self.task, TASK_MULTIPLIERS, self.task_multipliers),
+            ("domain", self.domain, DOMAIN_MULTIPLIERS, self.domain_multipliers),
+        ):
+            if name not in table and name not in extra:
+                raise _invalid(
+                    f"unknown {kind} '{name}'",
+                    f"use one of {', '.join(table)}, or add it in audit.{kind}_multipliers",
+                )
+        return self
+
+
 class EvalConfig(_Section):
     """Task evaluation, drift and the few-shot baseline."""
 
@@ -412,6 +487,7 @@ class RetainConfig(_Section):
     eval: EvalConfig = Field(
         default_factory=EvalConfig, description="Task evaluation, drift and the few-shot baseline."
     )
+    audit: AuditConfig = Field(default_factory=AuditConfig, description="The data audit.")
     output: OutputConfig = Field(default_factory=OutputConfig, description="Run directories.")
 
 

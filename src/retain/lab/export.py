@@ -27,7 +27,10 @@ def export_lab_data(
     conflicts: float = 0.0,
     contamination: float = 0.0,
 ) -> dict[Path, int]:
-    """Writes the lab data into ``out_dir`` and returns each file with its row count.
+    """Writes the lab data into ``out_dir`` and returns each data file with its row count.
+
+    Also writes ``config.yaml``, the default lab config on these files, and
+    ``manifest.json``, which records how to regenerate them.
 
     Raises:
         RetainError: If ``size`` is not a lab preset.
@@ -50,6 +53,7 @@ def export_lab_data(
         text = "".join(line.replace("\n", "\\n") + "\n" for line in lines)
         atomic_write_text(out_dir / name, text)
         written[out_dir / name] = len(lines)
+    atomic_write_text(out_dir / "config.yaml", lab_config_yaml(out_dir))
     atomic_write_json(out_dir / "manifest.json", {
         "world_version": WORLD_VERSION,
         "domain_version": DOMAIN_VERSION,
@@ -58,3 +62,15 @@ def export_lab_data(
         "files": {path.name: count for path, count in written.items()},
     })
     return written
+
+
+def lab_config_yaml(data_dir: Path) -> str:
+    """Returns the default lab config: the lab model on the domain task in ``data_dir``."""
+    data_dir = data_dir.resolve()
+    return (
+        "# The default lab config: retain's defaults on the lab domain task.\n"
+        "# Try: retain doctor config.yaml, retain audit train.jsonl --config config.yaml\n"
+        "model:\n  name_or_path: lab\n"
+        f"data:\n  train: {data_dir / 'train.jsonl'}\n  eval: {data_dir / 'test.jsonl'}\n"
+        f"  ood: {data_dir / 'ood.jsonl'}\n"
+    )

@@ -1,0 +1,200 @@
+"""Training rows as token ids and labels, and the collator that batches them.
+
+One encoding for training, the audit's length check and ``retain doctor``, built on the
+same rendering evaluation uses (:func:`retain.evaluation.task.render_example`), so the
+prompt a model is trained on is token for token the prompt it is asked at evaluation:
+
+- the prompt is tokenised alone, exactly as generation tokenises it; the answer is the
+  rest of ``prompt + answer`` tokenised together (its natural tokens in context), or,
+  where the two disagree at the seam (a prompt ending in a space), the answer tokenised
+  alone after the prompt's own tokens;
+- EOS is appended, so the model learns to stop;
+- rows longer than ``data.max_length`` lose their end (answer first, as every SFT
+  trainer truncates), which the audit and the doctor report;
+- with ``train.loss_on: response`` the prompt's labels are -100.
+
+Padding is the collator's job: ``completion`` pads labels with -100 by position
+(transformers' ``DataCollatorForSeq2Seq``), so a pad token equal to EOS is harmless;
+``language_modeling`` is transformers' ``DataCollatorForLanguageModeling``, which
+rebuilds labels from the ids and masks every token equal to the pad id, the EOS too
+when pad = EOS: the trap of trl#1623 that ``retain doctor`` exists to catch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from transformers import (
+    DataCollatorForLanguageModeling,
+    DataCollatorForSeq2Seq,
+    PreTrainedTokenizerBase,
+)
+
+from retain.data import Example, Problem
+from retain.errors import ConfigError
+from retain.evaluation.prompting import PromptFormat
+from retain.evaluation.task import Rendered, render_example
+
+IGNORE_INDEX = -100
+TOKENIZE_BATCH = 1024  # rows per tokenizer call: large enough to use the fast tokenizer well
+
+Collator = Callable[[list[dict[str, Any]]], dict[str, torch.Tensor]]
+
+
+@dataclass(frozen=True)
+class Encoded:
+    """One training row as token ids and labels.
+
+    Attributes:
+        line: The row's line (or row number) in its file.
+        input_ids: Prompt, answer and EOS, cut to ``max_length``.
+        labels: ``input_ids`` with -100 where no loss is taken.
+        prompt_tokens: Tokens of the prompt before truncation, the ids evaluation uses.
+        full_tokens: Tokens of the whole row (with EOS) before truncation.
+        split_seam: The prompt's last tokens merge with the answer's first when the two
+            are tokenised together, so the answer was tokenised on its own.
+    """
+
+    line: int
+    input_ids: list[int]
+    labels: list[int]
+    prompt_tokens: int
+    full_tokens: int
+    split_seam: bool = False
+
+    @property
+    def truncated(self) -> bool:
+        """True when ``max_length`` cut the row."""
+        return len(self.input_ids) < self.full_tokens
+
+    @property
+    def supervised(self) -> int:
+        """Tokens that carry a loss."""
+        return sum(label != IGNORE_INDEX for label in self.labels)
+
+    def feature(self) -> dict[str, list[int]]:
+        """Returns the row as the collator takes it."""
+        return {"input_ids": self.input_ids, "labels": self.labels}
+
+
+def prepare_tokenizer(tokenizer: PreTrainedTokenizerBase, pad_token: str = "auto") -> None:
+    """Sets the pad token that training batches are padded with (``model.pad_token``).
+
+    Args:
+        tokenizer: The model's tokenizer; changed in place, padding on the right.
+        pad_token: ``auto`` (the tokenizer's own, else EOS), ``eos``, ``unk``, or a token
+            of the vocabulary.
+
+    Raises:
+        ConfigError: If the named token does not exist in this tokenizer.
+    """
+    tokenizer.padding_side = "right"  # training positions count from 0 at the first token
+    if pad_token == "auto":
+        if tokenizer.pad_token_id is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        return
+    named = {"eos": tokenizer.eos_token, "unk": tokenizer.unk_token}.get(pad_token, pad_token)
+    token_id = tokenizer.convert_tokens_to_ids(named) if named is not None else None
+    if token_id is None or token_id == tokenizer.unk_token_id and named != tokenizer.unk_token:
+        raise ConfigError(
+            f"pad token '{pad_token}' is not in the tokenizer's vocabulary",
+            field="model.pad_token",
+            fix="use auto, eos, unk or a token the tokenizer has",
+        )
+    tokenizer.pad_token = named
+
+
+def encode_examples(
+    examples: Sequence[Example],
+    tokenizer: PreTrainedTokenizerBase,
+    prompt_format: PromptFormat,
+    *,
+    max_length: int,
+    loss_on: str = "response",
+) -> tuple[list[Encoded], list[Problem]]:
+    """Encodes rows for training, in batches.
+
+    Args:
+        examples: The training rows.
+        tokenizer: The model's tokenizer.
+        prompt_format: How prompts are rendered (the one evaluation uses).
+        max_length: ``data.max_length``: tokens kept per row.
+        loss_on: ``response`` masks the prompt's labels; ``all`` keeps them.
+
+    Returns:
+        The encoded rows, in order, and the rows the chat template rejected (a template
+        raises on turns it cannot render, e.g. two user turns in a row).
+    """
+    rendered: list[tuple[Example, Rendered]] = []
+    problems: list[Problem] = []
+    for example in examples:
+        try:
+            rendered.append((example, render_example(example, prompt_format)))
+        except Exception as error:  # noqa: BLE001 - a template's own errors have no common type
+            problems.append(Problem(
+                file="", line=example.line, field="messages",
+                message=f"the chat template cannot render this row: {error}",
+                fix="fix the turn order (system?, then user/assistant alternating, ending "
+                "with the assistant) or use a template that accepts it",
+            ))
+    flags = [item.add_special_tokens for _, item in rendered]
+    prompts = tokenize_texts([item.prompt for _, item in rendered], flags, tokenizer)
+    wholes = tokenize_texts([item.prompt + item.response for _, item in rendered], flags, tokenizer)
+    seams = [i for i, (prompt, whole) in enumerate(zip(prompts, wholes, strict=True))
+             if whole[: len(prompt)] != prompt]
+    alone = tokenize_texts([rendered[i][1].response for i in seams], [False] * len(seams), tokenizer)
+    answers = [whole[len(prompt):] for prompt, whole in zip(prompts, wholes, strict=True)]
+    for i, ids in zip(seams, alone, strict=True):
+        answers[i] = ids
+    split = set(seams)
+    eos = tokenizer.eos_token_id
+    encoded = []
+    for i, (example, _) in enumerate(rendered):
+        answer = answers[i] + ([eos] if eos is not None and answers[i][-1:] != [eos] else [])
+        ids = prompts[i] + answer
+        labels = ([IGNORE_INDEX] * len(prompts[i]) if loss_on == "response" else prompts[i]) + answer
+        encoded.append(Encoded(
+            line=example.line, input_ids=ids[:max_length], labels=labels[:max_length],
+            prompt_tokens=len(prompts[i]), full_tokens=len(ids), split_seam=i in split,
+        ))
+    return encoded, problems
+
+
+def tokenize_texts(
+    texts: Sequence[str], add_special_tokens: Sequence[bool], tokenizer: PreTrainedTokenizerBase
+) -> list[list[int]]:
+    """Returns the ids of each text, with or without special tokens per text, in batches."""
+    ids: list[list[int]] = [[] for _ in texts]
+    for flag in (True, False):
+        indices = [i for i, special in enumerate(add_special_tokens) if special is flag]
+        for start in range(0, len(indices), TOKENIZE_BATCH):
+            batch = indices[start : start + TOKENIZE_BATCH]
+            # verbose=False: long rows are reported by the audit, not logged per call.
+            encoded = tokenizer([texts[i] for i in batch], add_special_tokens=flag,
+                                verbose=False)["input_ids"]
+            for i, row in zip(batch, encoded, strict=True):
+                ids[i] = list(row)
+    return ids
+
+
+def build_collator(tokenizer: PreTrainedTokenizerBase, kind: str = "completion") -> Collator:
+    """Returns the collator ``train.collator`` names, taking :meth:`Encoded.feature` dicts.
+
+    Args:
+        tokenizer: The tokenizer, after :func:`prepare_tokenizer`.
+        kind: ``completion`` (labels as encoded, padding masked by position) or
+            ``language_modeling`` (transformers' collator: labels rebuilt from the ids,
+            every pad-id token masked).
+    """
+    if kind == "completion":
+        return DataCollatorForSeq2Seq(
+            tokenizer, label_pad_token_id=IGNORE_INDEX, padding=True, return_tensors="pt"
+        )
+    language_modeling = DataCollatorForLanguageModeling(tokenizer, mlm=False, return_tensors="pt")
+    # It rebuilds labels from input_ids and cannot pad ragged label lists: drop them.
+    return lambda features: language_modeling(
+        [{"input_ids": feature["input_ids"]} for feature in features]
+    )
