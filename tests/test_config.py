@@ -64,7 +64,7 @@ def test_values_from_file(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     ("text", "expected"),
-    [("method: lora\n", ["lora"]), ("method: [lora, replay]\n", ["lora", "replay"])],
+    [("method: lora\n", ["lora"]), ("method: [full]\n", ["full"])],
 )
 def test_method_shorthand(tmp_path: Path, text: str, expected: list[str]) -> None:
     assert load_config(write(tmp_path, text)).method.use == expected
@@ -182,7 +182,7 @@ def test_overrides_set_typed_values() -> None:
             "train.warmup_ratio=5E-2",
             "train.max_steps=2e3",
             "train.batch_size=4",
-            "method.use=[lora,replay]",
+            "method.use=[full]",
             "model.trust_remote_code=true",
             "model.name_or_path=/x/y",
             "model.revision=1.10",
@@ -193,7 +193,7 @@ def test_overrides_set_typed_values() -> None:
     assert cfg.train.warmup_ratio == 0.05
     assert cfg.train.max_steps == 2000
     assert cfg.train.batch_size == 4 and isinstance(cfg.train.batch_size, int)
-    assert cfg.method.use == ["lora", "replay"]
+    assert cfg.method.use == ["full"]
     assert cfg.model.trust_remote_code is True
     assert cfg.model.name_or_path == "/x/y"
     assert cfg.model.revision == "1.10"  # text, not the float 1.1
@@ -208,8 +208,8 @@ def test_overrides_win_over_the_file(tmp_path: Path) -> None:
 
 
 def test_method_shorthand_override_keeps_method_settings() -> None:
-    cfg = load_config(None, ["method.lora.r=8", "method=[lora,replay]"])
-    assert cfg.method.use == ["lora", "replay"] and cfg.method.lora.r == 8
+    cfg = load_config(None, ["method.lora.r=8", "method=[lora]"])
+    assert cfg.method.use == ["lora"] and cfg.method.lora.r == 8
 
 
 def test_apply_overrides_does_not_modify_its_input() -> None:
@@ -256,9 +256,16 @@ def test_file_error_keeps_its_line_when_overrides_are_fine(tmp_path: Path) -> No
 # --- output ---------------------------------------------------------------------------
 
 
+def test_methods_are_known_and_full_excludes_lora() -> None:
+    with pytest.raises(ConfigError, match="unknown method 'replay'"):
+        load_config(None, ["method=[lora,replay]"])
+    with pytest.raises(ConfigError, match="exclude each other"):
+        load_config(None, ["method=[lora,full]"])
+
+
 def test_dump_then_load_round_trips(tmp_path: Path) -> None:
     cfg = load_config(
-        None, ["train.lr=3e-5", "method=[lora,replay]", "model.revision=0123", "data.size=100"]
+        None, ["train.lr=3e-5", "method=[full]", "model.revision=0123", "data.size=100"]
     )
     assert load_config(write(tmp_path, dump_config(cfg))) == cfg
     assert load_config(write(tmp_path, dump_config(RetainConfig()))) == RetainConfig()

@@ -243,3 +243,14 @@ def test_a_model_transformers_refuses_to_load_is_a_clear_error(model_dir) -> Non
     edit_json(model_dir / "generation_config.json", max_new_tokens=0)
     with pytest.raises(ModelLoadError, match="max_new_tokens"):
         load_model(str(model_dir), device="cpu")
+
+
+def test_an_eos_inside_the_trained_text_is_an_early_stop(model_dir, tmp_path) -> None:
+    path = tmp_path / "early.jsonl"
+    rows = [{"prompt": "Question: Is the sky blue?\nAnswer:</s>", "response": " yes"}] * 3
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    report = run_doctor(config(model_dir, path, train={"loss_on": "all"}))
+    [early] = [f for f in report.findings if f.code == "early_eos"]
+    assert early.severity == "blocker" and early.count == 3
+    masked = run_doctor(config(model_dir, path))  # loss on the answer only: the prompt's EOS is not trained
+    assert "early_eos" not in codes(masked)

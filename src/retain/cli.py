@@ -184,6 +184,43 @@ def _print_findings(title: str, report, strict: bool) -> int:
     return code
 
 
+# --- train ----------------------------------------------------------------------------
+
+
+@app.command("train")
+def train(
+    config: Annotated[Path, typer.Argument(help="YAML config naming the model and data.train.")],
+    set_: SetOption = None,
+    name: Annotated[Optional[str], typer.Option("--name", help="Run name (default output.name, else train-<UTC time>).")] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing run directory of this name.")] = False,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue the named run from its last complete checkpoint.")] = False,
+    force: Annotated[bool, typer.Option("--force", help="Train even when the audit or the doctor finds blockers.")] = False,
+    merge: Annotated[bool, typer.Option("--merge", help="Also save the model with LoRA adapters merged in (merged/).")] = False,
+) -> None:
+    """Fine-tune with guards: audit, doctor, baseline, training, final evaluation, verdict."""
+    from retain.config import load_config
+    from retain.training.run import run_train
+
+    overrides = list(set_ or []) + ([f"output.name={name}"] if name else [])
+    outcome = run_train(load_config(config, overrides), overwrite=overwrite, resume=resume, force=force,
+                        merge=merge, progress=not _STATE["quiet"],
+                        echo=lambda line: console.print(line, markup=False, highlight=False))
+    summary = outcome.summary
+    console.print(f"run directory: {outcome.run_dir}")
+    table = Table(title=f"retain train: {summary['status']}")
+    for column in ("measure", "base", "final"):
+        table.add_column(column, justify="left" if column == "measure" else "right")
+    table.add_row("general probes", _percent(summary["base_probe_accuracy"]), _percent(summary["final_probe_accuracy"]))
+    for split, score in summary["task"].items():
+        table.add_row(f"task ({split})", "", _percent(score["accuracy"]))
+    console.print(table)
+    if summary["forgetting_relative"] is not None:
+        console.print(f"forgetting, relative: {summary['forgetting_relative']:+.1%}")
+    verdict = summary["verdict"]
+    console.print("verdict: safe to ship" if verdict["ship"] else "verdict: not safe to ship: " + "; ".join(verdict["reasons"]),
+                  markup=False, highlight=False)
+
+
 # --- eval and baseline ----------------------------------------------------------------
 
 ConfigOption = Annotated[

@@ -8,8 +8,11 @@ with safetensors only and remote code off unless the user turns it on.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -256,6 +259,15 @@ def _load_plain(
     return model.to(device).eval(), tokenizer
 
 
+@contextlib.contextmanager
+def quiet_peft() -> Iterator[None]:
+    """Hides the FutureWarning peft triggers in transformers 5 on every call
+    (``is_gradient_checkpointing`` is deprecated): noise the user cannot act on."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        yield
+
+
 def _load_adapter(
     path: Path,
     adapter_config: Path,
@@ -279,7 +291,8 @@ def _load_adapter(
     if any(path.glob("tokenizer*.json")):
         tokenizer = AutoTokenizer.from_pretrained(path)
         _ensure_pad_token(tokenizer)
-    peft_model = PeftModel.from_pretrained(model, path).to(device).eval()
+    with quiet_peft():
+        peft_model = PeftModel.from_pretrained(model, path).to(device).eval()
     return LoadedModel(peft_model, tokenizer, source, base_path, is_adapter=True)
 
 

@@ -383,6 +383,21 @@ class RunDir:
             file.flush()
             os.fsync(file.fileno())
 
+    def rewind_metrics(self, step: int) -> int:
+        """Drops the records of steps after ``step`` (a resumed run redoes them).
+
+        Records without a step are kept. The file is replaced atomically.
+
+        Returns:
+            The number of records dropped.
+        """
+        records = self.read_metrics()
+        kept = [record for record in records if record.get("step") is None or record["step"] <= step]
+        if len(kept) < len(records):
+            atomic_write_text(self.metrics_path, "".join(to_json(record) + "\n" for record in kept))
+        self._metrics_checked = True
+        return len(records) - len(kept)
+
     def read_metrics(self) -> list[dict[str, Any]]:
         """Returns the metric records; ``[]`` if none were written yet.
 

@@ -58,6 +58,8 @@ class RowCheck:
         prompt_trained: Prompt tokens (after the first) that carry a loss.
         padding_trained: Padding positions that carry a loss.
         prompt_differs: The batch's prompt ids differ from the ids evaluation uses.
+        early_eos: EOS tokens before the row's end that carry a loss: the model learns to
+            stop there.
     """
 
     line: int
@@ -67,6 +69,7 @@ class RowCheck:
     prompt_trained: int
     padding_trained: int
     prompt_differs: bool
+    early_eos: int = 0
 
 
 @dataclass
@@ -134,6 +137,7 @@ def run_doctor(config: RetainConfig, *, parts: ModelParts | None = None) -> Doct
         eos_checks(rows, tokenizer, config),
         prompt_masking(rows, config.train.loss_on),
         padding_trained(rows),
+        early_eos(rows, tokenizer),
         template_checks(rows, encoded, examples, tokenizer, prompt_format, config.model.chat_template),
         too_long(kept, [row.prompt_tokens for row in encoded],
                  [row.full_tokens for row in encoded], config.data.max_length),
@@ -189,6 +193,8 @@ def inspect_batches(
                 prompt_trained=int((labels[1:prompt_end] != IGNORE_INDEX).sum()),
                 padding_trained=int((labels[~real] != IGNORE_INDEX).sum()),
                 prompt_differs=not row.truncated and ids[:prompt_end].tolist() != eval_prompts[start + index],
+                early_eos=0 if eos is None else int(((ids[: length - 1] == eos)
+                                                     & (labels[: length - 1] != IGNORE_INDEX)).sum()),
             ))
     return checks
 
@@ -306,6 +312,23 @@ def padding_trained(rows: Sequence[RowCheck]) -> Finding | None:
         fix="use train.collator: completion (pads labels with -100)",
         examples=tuple({"line": row.line, "text": f"{row.padding_trained} pad tokens trained"}
                        for row in trained[:MAX_EXAMPLES]),
+    )
+
+
+def early_eos(rows: Sequence[RowCheck], tokenizer: PreTrainedTokenizerBase) -> Finding | None:
+    """An EOS trained before the end of a row teaches the model to stop there, e.g. at once."""
+    early = [row for row in rows if row.early_eos]
+    if not early:
+        return None
+    return Finding(
+        code="early_eos", severity="blocker",
+        title=f"{len(early):,} of {len(rows):,} rows train an EOS ('{tokenizer.eos_token}') before "
+        "their end, e.g. a prompt that ends with its own EOS under loss_on: all: the model learns "
+        "to stop early, and answers nothing",
+        count=len(early),
+        fix=f"remove '{tokenizer.eos_token}' from prompts and answers (retain appends the one EOS "
+        "each row needs), or train with loss_on: response",
+        examples=tuple({"line": row.line, "text": f"{row.early_eos} early EOS"} for row in early[:MAX_EXAMPLES]),
     )
 
 

@@ -12,6 +12,8 @@ from pydantic_core import PydanticCustomError
 
 _DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
 _ATTENTION_AND_MLP = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+# Methods that work today; issue 6 adds the other mitigations as plugins.
+METHODS = ("lora", "full")
 _SMOKE_PROMPTS = ("Hello, how are you?", "What is 2+2?", "Is the sky blue? Answer yes or no.")
 
 
@@ -100,6 +102,11 @@ class DataConfig(_Section):
     eval: str | None = Field(
         None, description="Held-out examples of the new task, to measure what fine-tuning gained."
     )
+    validation: str | None = Field(
+        None,
+        description="Held-out examples scored during training: validation loss (early stopping) "
+        "and task accuracy (which checkpoint is best).",
+    )
     ood: str | None = Field(
         None,
         description="Out-of-distribution examples, to measure forgetting beyond the probe suites.",
@@ -174,6 +181,17 @@ class MethodConfig(_Section):
 
     @field_validator("use")
     @classmethod
+    def _known_methods(cls, use: list[str]) -> list[str]:
+        unknown = [name for name in use if name not in METHODS]
+        if unknown:
+            raise _invalid(f"unknown method '{unknown[0]}'", f"use any of {', '.join(METHODS)}")
+        if "full" in use and "lora" in use:
+            raise _invalid("methods 'full' and 'lora' exclude each other",
+                           "use full (every weight trains) or lora (adapters train), not both")
+        return use
+
+    @field_validator("use")
+    @classmethod
     def _no_duplicates(cls, use: list[str]) -> list[str]:
         repeated = sorted({name for name in use if use.count(name) > 1})
         if repeated:
@@ -243,6 +261,24 @@ class TrainConfig(_Section):
     seed: int = Field(
         0, ge=0, description="Random seed for data order, initialisation and sampling."
     )
+    save_every: int | None = Field(
+        None,
+        gt=0,
+        description="Save a checkpoint every N optimizer steps (what `--resume` continues "
+        "from); null saves at every guard check.",
+    )
+    save_total_limit: int = Field(
+        2, gt=0, description="Checkpoints kept; older ones are deleted as new ones complete."
+    )
+    report_to: list[str] = Field(
+        default_factory=list,
+        description="Trackers that also receive the trainer's and retain's metrics, as "
+        "transformers names them: tensorboard, mlflow, wandb, ...; empty for none.",
+    )
+    group_by_length: bool = Field(
+        True,
+        description="Batch rows of similar length together, so that little padding is computed.",
+    )
 
 
 # --- guards ---------------------------------------------------------------------------
@@ -261,52 +297,124 @@ class ForgettingGuardConfig(_Section):
     action: Literal["warn", "stop", "restore_best"] = Field(
         "restore_best",
         description="On crossing the threshold: `warn`, `stop`, or stop and `restore_best` "
-        "(go back to the checkpoint that forgot least).",
+        "(load the best checkpoint within the threshold back and save it as the final model).",
+    )
+    method: Literal["generation", "loglik"] = Field(
+        "generation",
+        description="Probe accuracy the guard watches: by `generation` (what the model says) or "
+        "by `loglik` ranking.",
+    )
+    every_steps: int | None = Field(
+        None, gt=0, description="Check every N steps; null follows guards.every_steps."
     )
 
 
 class SmokeGuardConfig(_Section):
-    """Catches a model whose generations broke (empty, repeated or garbled text)."""
+    """Catches a model whose generations broke (empty, whitespace, echo, loop)."""
 
     prompts: list[str] = Field(
         default_factory=lambda: list(_SMOKE_PROMPTS),
         min_length=1,
-        description="Prompts the model answers at each check.",
+        description="Prompts the model answers at each check (the lab world teaches these three "
+        "too, so the lab model answers them).",
     )
     max_new_tokens: int = Field(32, gt=0, description="Tokens generated per smoke prompt.")
+    fail_share: float = Field(
+        0.5,
+        gt=0,
+        le=1,
+        description="Share of prompts with broken answers (and more than the base model had) "
+        "that triggers the action.",
+    )
     action: Literal["warn", "stop"] = Field(
-        "stop", description="What to do when a generation looks broken."
+        "stop", description="What to do when generations look broken."
+    )
+    every_steps: int | None = Field(
+        None, gt=0, description="Check every N steps; null follows guards.every_steps."
     )
 
 
-class LossGuardConfig(_Section):
-    """Flags training losses that suggest overfitting or a broken pipeline."""
+class DriftGuardConfig(_Section):
+    """Watches how far the model's next-token distribution moved on general reference text."""
+
+    max_kl: float | None = Field(
+        None,
+        gt=0,
+        description="Mean KL(base || model) per token, in nats, that triggers the action; null "
+        "records drift without acting.",
+    )
+    max_perplexity_ratio: float | None = Field(
+        None,
+        gt=1,
+        description="Reference-text perplexity over the base model's that triggers the action; "
+        "null records it without acting.",
+    )
+    action: Literal["warn", "stop", "restore_best"] = Field(
+        "warn", description="On crossing a threshold: `warn`, `stop` or `restore_best`."
+    )
+    every_steps: int | None = Field(
+        None, gt=0, description="Check every N steps; null follows guards.every_steps."
+    )
+
+
+class OverfittingGuardConfig(_Section):
+    """Flags memorising: a tiny training loss, or validation loss rising while training loss falls."""
 
     min_train_loss: float | None = Field(
         0.2,
         ge=0,
-        description="Training loss below this triggers an overfitting warning; null disables "
-        "the check.",
+        description="Training loss below this warns of overfitting; null disables the check.",
     )
+    patience: int | None = Field(
+        3,
+        gt=0,
+        description="Stop after validation loss rose at this many checks in a row while training "
+        "loss fell (early stopping; needs data.validation); null disables it.",
+    )
+    action: Literal["warn", "stop", "restore_best"] = Field(
+        "stop", description="What rising validation loss does."
+    )
+
+
+class LossGuardConfig(_Section):
+    """Loss health: a NaN or infinite loss stops at once; a loss that stays high warns."""
+
     max_loss_after_warmup: float | None = Field(
         2.0,
         gt=0,
-        description="Training loss still above this after warmup is flagged; null disables "
-        "the check.",
+        description="Training loss still above this after warmup warns; null disables the check.",
     )
 
 
 class GuardsConfig(_Section):
-    """Checks that run during training."""
+    """Checks that run during training, each logged with its numbers and acting as configured."""
 
+    enabled: bool = Field(
+        True, description="Run the guards; false trains blind (for comparisons only)."
+    )
+    every_steps: int | None = Field(
+        None,
+        gt=0,
+        description="Run the checks every N optimizer steps (and at the end of each epoch); "
+        "null spreads checks_per_epoch checks over each epoch.",
+    )
+    checks_per_epoch: int = Field(
+        4, gt=0, description="Checks per epoch when every_steps is null."
+    )
     forgetting: ForgettingGuardConfig = Field(
         default_factory=ForgettingGuardConfig, description="Forgetting guard."
     )
     smoke: SmokeGuardConfig = Field(
         default_factory=SmokeGuardConfig, description="Generation smoke test."
     )
+    drift: DriftGuardConfig = Field(
+        default_factory=DriftGuardConfig, description="Drift from the base model."
+    )
+    overfitting: OverfittingGuardConfig = Field(
+        default_factory=OverfittingGuardConfig, description="Overfitting and early stopping."
+    )
     loss: LossGuardConfig = Field(
-        default_factory=LossGuardConfig, description="Loss sanity checks."
+        default_factory=LossGuardConfig, description="Loss health."
     )
 
 

@@ -304,7 +304,7 @@ def perplexity(
         ValueError: If ``window`` < 2 or the text is too short to predict a token.
     """
     scored = _score(model, _tokenize(tokenizer, text), window, batch_size, base=None)
-    return math.exp(scored.mean_nll)
+    return _exp(scored.mean_nll)
 
 
 def drift_report(
@@ -332,7 +332,7 @@ def drift_report(
     scored = _score(model, token_ids, window, batch_size, base)
     return DriftReport(
         kl=scored.kl if base is not None else None,
-        perplexity=math.exp(scored.mean_nll),
+        perplexity=_exp(scored.mean_nll),
         tokens=scored.tokens,
         k=base.k if base is not None else None,
     )
@@ -400,6 +400,12 @@ def _rest_log_mass(log_probs: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
     vocabulary give ``-inf``.
     """
     return log_probs.scatter(-1, ids.long(), float("-inf")).logsumexp(-1)
+
+
+def _exp(mean_nll: float) -> float:
+    """Returns the perplexity of a mean NLL; infinite where ``exp`` would overflow (a broken
+    model's perplexity is a result to report, not an error)."""
+    return math.exp(mean_nll) if mean_nll < 709 else math.inf
 
 
 def _tokenize(tokenizer: PreTrainedTokenizerBase, text: str) -> list[int]:

@@ -69,8 +69,14 @@ def lab_config_yaml(data_dir: Path) -> str:
     data_dir = data_dir.resolve()
     return (
         "# The default lab config: retain's defaults on the lab domain task.\n"
-        "# Try: retain doctor config.yaml, retain audit train.jsonl --config config.yaml\n"
+        "# Try: retain doctor config.yaml, retain train config.yaml\n"
         "model:\n  name_or_path: lab\n"
-        f"data:\n  train: {data_dir / 'train.jsonl'}\n  eval: {data_dir / 'test.jsonl'}\n"
+        f"data:\n  train: {data_dir / 'train.jsonl'}\n  validation: {data_dir / 'validation.jsonl'}\n"
+        f"  eval: {data_dir / 'test.jsonl'}\n"
         f"  ood: {data_dir / 'ood.jsonl'}\n"
+        "audit:\n"
+        "  task: classification\n"
+        "  # The size rule of thumb (5,000 rows) is for real models and data; the lab's tiny\n"
+        "  # model learns its toy task from 2,000. Keep the rule on for your own data.\n"
+        "  allow_small_data: true\n"
     )

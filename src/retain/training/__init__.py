@@ -1,1 +1,1 @@
-"""Fine-tuning: how rows become batches (and, with issue 5, the guarded trainer)."""
+"""Fine-tuning: how rows become batches, the guards, and ``retain train``."""

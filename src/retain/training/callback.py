@@ -1,0 +1,418 @@
+"""The guards as a ``transformers`` trainer callback: measure, judge, log, act.
+
+At each scheduled check (every ``guards.every_steps`` optimizer steps, or
+``guards.checks_per_epoch`` times per epoch, and at the end of every epoch) the callback
+measures the model (:class:`Probe`), asks each guard of :mod:`retain.training.guards` for
+its decision, writes every decision with its numbers to ``metrics.jsonl`` and the log,
+and acts: a stop ends training after this step; a new best check makes the trainer save
+a checkpoint now and protects it from rotation (``state.best_global_step``), so that
+``restore_best`` can load it back. Every logged training loss passes the loss guard.
+
+The guard state (checks, decisions, warnings given) is written into each checkpoint as
+``retain_state.json`` after the trainer has saved everything else, so a checkpoint with
+that file is complete, and ``--resume`` continues with the guards where they were.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import (
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+    TrainerCallback,
+    TrainerControl,
+    TrainerState,
+    TrainingArguments,
+)
+
+from retain.config.schema import GuardsConfig
+from retain.data import Example
+from retain.evaluation.drift import BaseLogprobs, drift_report
+from retain.evaluation.engine import EvalSettings, score_suite
+from retain.evaluation.generation import generate_greedy
+from retain.evaluation.health import check_generation
+from retain.evaluation.probes import ProbeSuite
+from retain.evaluation.prompting import PromptFormat
+from retain.evaluation.task import score_task
+from retain.rundir import RunDir, atomic_write_json
+from retain.training.formatting import IGNORE_INDEX, Collator, Encoded
+from retain.training.guards import (
+    Check,
+    Decision,
+    better,
+    judge_drift,
+    judge_forgetting,
+    judge_overfitting,
+    judge_smoke,
+    judge_train_loss,
+    relative_drop,
+)
+
+logger = logging.getLogger("retain.train")
+
+TRACKER_PREFIX = "retain/"  # check values as report_to trackers (TensorBoard, MLflow, W&B) see them
+STATE_FILE = "retain_state.json"  # written last into a checkpoint: its presence means complete
+HEALTH_KINDS = ("empty", "whitespace_only", "echo", "loop")
+
+
+@dataclass
+class Baseline:
+    """The base model's numbers that checks are compared with.
+
+    Attributes:
+        probe_accuracy: Overall probe accuracy by the watched method.
+        smoke_fail_share: Share of smoke prompts the base answered brokenly.
+        smoke_stopped: Whether the base's answer to each smoke prompt ended with EOS.
+        perplexity: Reference-text perplexity.
+        logprobs: Base log-probabilities on the reference, for KL.
+    """
+
+    probe_accuracy: float | None
+    smoke_fail_share: float
+    perplexity: float | None
+    logprobs: BaseLogprobs | None = None
+    smoke_stopped: list[bool] | None = None
+
+
+@dataclass
+class Probe:
+    """Everything a check measures with, fixed for the run.
+
+    Attributes:
+        tokenizer: The model's tokenizer.
+        suites: Probe suites scored at each check.
+        method: The probe method the forgetting guard watches.
+        settings: Caps and batch size for probes and task answers.
+        chat_template: ``model.chat_template``.
+        smoke_prompts: Smoke prompts, already rendered for the model.
+        smoke_max_new_tokens: Token cap for smoke answers.
+        reference: Reference text for drift, or None.
+        validation: Validation rows for task accuracy (a prefix of ``data.validation``).
+        validation_encoded: Validation rows encoded for the loss.
+        collate: The training collator, for validation batches.
+        batch_size: Rows per validation-loss batch.
+    """
+
+    tokenizer: PreTrainedTokenizerBase
+    suites: Sequence[ProbeSuite]
+    method: str
+    settings: EvalSettings
+    chat_template: str
+    smoke_prompts: Sequence[str]
+    smoke_max_new_tokens: int
+    reference: str | None = None
+    validation: Sequence[Example] = ()
+    validation_encoded: Sequence[Encoded] = ()
+    collate: Collator | None = None
+    batch_size: int = 8
+
+    def probes(self, model: PreTrainedModel) -> tuple[float | None, dict[str, float]]:
+        """Returns overall accuracy (items pooled over suites) and accuracy per category."""
+        settings = EvalSettings(methods=(self.method,), probe_max_new_tokens=self.settings.probe_max_new_tokens,
+                                batch_size=self.settings.batch_size)
+        correct = total = 0
+        categories: dict[str, float] = {}
+        for suite in self.suites:
+            prompt_format = PromptFormat.for_tokenizer(self.tokenizer, self.chat_template, suite.delimiter)
+            scores = score_suite(model, self.tokenizer, suite, prompt_format, settings)
+            score = scores.get(self.method)
+            if score is None:
+                continue
+            correct += sum(score.correct)
+            total += len(score.correct)
+            categories.update({f"{suite.name}/{name}": value for name, value in score.accuracy.items()
+                               if name != "overall"})
+        return (correct / total if total else None), categories
+
+    def smoke(
+        self, model: PreTrainedModel, base_stopped: Sequence[bool] | None = None
+    ) -> tuple[float, dict[str, int], list[tuple[str, str]], list[bool]]:
+        """Answers the smoke prompts and judges the answers.
+
+        An answer is broken when it is empty, blank, an echo or a loop, or when it runs to
+        the token cap where the base model's answer to the same prompt stopped
+        (``never_stops``: the model no longer ends its answers).
+
+        Returns:
+            The share of broken answers, counts per failure kind, up to three
+            ``(prompt, answer)`` examples of broken answers, and whether each answer stopped.
+        """
+        generations = generate_greedy(model, self.tokenizer, list(self.smoke_prompts),
+                                      self.smoke_max_new_tokens)
+        counts: dict[str, int] = {}
+        examples: list[tuple[str, str]] = []
+        broken = 0
+        for index, generation in enumerate(generations):
+            flags = check_generation(generation)
+            kinds = [kind for kind in HEALTH_KINDS if getattr(flags, kind)]
+            if not generation.stopped and base_stopped is not None and base_stopped[index]:
+                kinds.append("never_stops")
+            for kind in kinds:
+                counts[kind] = counts.get(kind, 0) + 1
+            if kinds:
+                broken += 1
+                if len(examples) < 3:
+                    examples.append((generation.prompt, generation.text))
+        return broken / len(generations), counts, examples, [g.stopped for g in generations]
+
+    def validation_loss(self, model: PreTrainedModel) -> float | None:
+        """Returns the mean loss per supervised token on the validation rows."""
+        if not self.validation_encoded or self.collate is None:
+            return None
+        device = next(model.parameters()).device
+        total = tokens = 0.0
+        was_training = model.training
+        model.eval()
+        try:
+            with torch.no_grad():
+                for start in range(0, len(self.validation_encoded), self.batch_size):
+                    rows = self.validation_encoded[start : start + self.batch_size]
+                    batch = {k: v.to(device) for k, v in self.collate([r.feature() for r in rows]).items()}
+                    count = float((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
+                    if count:
+                        total += float(model(**batch).loss) * count
+                        tokens += count
+        finally:
+            model.train(was_training)
+        return total / tokens if tokens else None
+
+    def task_accuracy(self, model: PreTrainedModel) -> float | None:
+        """Returns accuracy by generation on the validation rows."""
+        if not self.validation:
+            return None
+        prompt_format = PromptFormat.for_tokenizer(self.tokenizer, self.chat_template)
+        score = score_task(model, self.tokenizer, self.validation, prompt_format, name="validation",
+                           max_new_tokens=self.settings.task_max_new_tokens,
+                           batch_size=self.settings.batch_size)
+        return score.accuracy
+
+    def drift(self, model: PreTrainedModel, base: Baseline) -> tuple[float | None, float | None]:
+        """Returns KL to the base and the perplexity ratio on the reference text."""
+        if not self.reference:
+            return None, None
+        report = drift_report(model, self.tokenizer, self.reference, base.logprobs)
+        ratio = report.perplexity / base.perplexity if base.perplexity else None
+        return report.kl, ratio
+
+
+@dataclass
+class GuardState:
+    """Everything the guards remember; saved into each checkpoint for ``--resume``."""
+
+    checks: list[Check] = field(default_factory=list)
+    decisions: list[Decision] = field(default_factory=list)
+    warned: set[str] = field(default_factory=set)
+    best_step: int | None = None
+    stopped_by: Decision | None = None
+    losses_since_check: list[float] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "checks": [check.to_dict() for check in self.checks],
+            "decisions": [decision.to_dict() for decision in self.decisions],
+            "warned": sorted(self.warned),
+            "best_step": self.best_step,
+            "stopped_by": self.stopped_by.to_dict() if self.stopped_by else None,
+            "losses_since_check": self.losses_since_check,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> GuardState:
+        checks = []
+        for item in data.get("checks", []):
+            item = dict(item)
+            item["smoke_examples"] = [tuple(pair) for pair in item.get("smoke_examples", [])]
+            checks.append(Check(**item))
+        stopped = data.get("stopped_by")
+        return cls(
+            checks=checks,
+            decisions=[Decision(**item) for item in data.get("decisions", [])],
+            warned=set(data.get("warned", [])),
+            best_step=data.get("best_step"),
+            stopped_by=Decision(**stopped) if stopped else None,
+            losses_since_check=list(data.get("losses_since_check", [])),
+        )
+
+    def best(self) -> Check | None:
+        """Returns the best check so far, if any."""
+        return next((check for check in self.checks if check.step == self.best_step), None)
+
+
+class GuardCallback(TrainerCallback):
+    """Runs the guards during ``Trainer.train`` (see the module docstring).
+
+    Args:
+        config: The guards' settings.
+        probe: What checks measure with.
+        baseline: The base model's numbers.
+        run: The run directory (metrics and log).
+        interval: Steps between checks.
+        settle_steps: Steps before a high training loss is judged: warmup, and at least a tenth
+            of the run (early losses are high in every healthy run).
+        state: Guard state to continue from (``--resume``), else a fresh one.
+        echo: Called with each decision's line, for the console.
+    """
+
+    def __init__(
+        self,
+        config: GuardsConfig,
+        probe: Probe,
+        baseline: Baseline,
+        run: RunDir,
+        *,
+        interval: int,
+        settle_steps: int = 0,
+        state: GuardState | None = None,
+        echo: Callable[[str], None] | None = None,
+    ) -> None:
+        self.config = config
+        self.probe = probe
+        self.baseline = baseline
+        self.run = run
+        self.interval = max(1, interval)
+        self.settle_steps = settle_steps
+        self.state = state or GuardState()
+        self.echo = echo
+        # Set to ``Trainer.log`` by the caller: checks then reach report_to trackers too.
+        self.log: Callable[[dict[str, float]], None] | None = None
+        self._last_checked = self.state.checks[-1].step if self.state.checks else 0
+
+    # --- trainer events ----------------------------------------------------------------
+
+    def on_log(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
+               logs: dict[str, float] | None = None, model: PreTrainedModel | None = None, **kwargs: Any) -> None:
+        if not logs or all(key.startswith(TRACKER_PREFIX) for key in logs if key != "epoch"):
+            return  # a check sent to the trackers: metrics.jsonl has it as a check already
+        self.run.append_metrics({"event": "log", "step": state.global_step, "epoch": state.epoch, **logs})
+        loss = logs.get("loss")
+        if loss is None:
+            return
+        self.state.losses_since_check.append(loss)
+        decision = judge_train_loss(loss, state.global_step, self.settle_steps, self.config, self.state.warned)
+        if decision is not None:
+            self._record(decision, control)
+
+    def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
+                    model: PreTrainedModel | None = None, **kwargs: Any) -> None:
+        step = state.global_step
+        if step % self.interval == 0 or step >= state.max_steps:
+            self._check(state, control, model)
+
+    def on_epoch_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
+                     model: PreTrainedModel | None = None, **kwargs: Any) -> None:
+        self._check(state, control, model)
+
+    def on_save(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
+                **kwargs: Any) -> None:
+        folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        if folder.is_dir():
+            atomic_write_json(folder / STATE_FILE, self.state.to_dict())
+
+    # --- checks ------------------------------------------------------------------------
+
+    def _check(self, state: TrainerState, control: TrainerControl, model: PreTrainedModel | None) -> None:
+        if model is None or state.global_step == self._last_checked:
+            return
+        self._last_checked = state.global_step
+        check = self.measure(model, state.global_step, float(state.epoch or 0.0))
+        self.state.checks.append(check)
+        self.run.append_metrics({"event": "check", **check.to_dict()})
+        if self.echo is not None:
+            self.echo(describe(check))
+        if self.log is not None:
+            should_log = control.should_log  # Trainer.log clears it; this step's loss must still log
+            self.log({TRACKER_PREFIX + name: value for name, value in tracker_values(check).items()})
+            control.should_log = should_log
+        decisions = self.judge(check)
+        for decision in decisions:
+            self._record(decision, control, stop=False)
+        # When several guards stop at one check, restoring beats merely stopping.
+        stopping = sorted((d for d in decisions if d.stops), key=lambda d: d.action != "restore_best")
+        if stopping and self.state.stopped_by is None:
+            self.state.stopped_by = stopping[0]
+            control.should_training_stop = True
+        if better(check, self.state.best(), self.config):
+            self.state.best_step = check.step
+            state.best_global_step = check.step  # the trainer keeps this checkpoint from rotation
+            control.should_save = True
+
+    def measure(self, model: PreTrainedModel, step: int, epoch: float) -> Check:
+        """Measures ``model`` for one check."""
+        losses, self.state.losses_since_check = self.state.losses_since_check, []
+        finite = [loss for loss in losses if math.isfinite(loss)]
+        check = Check(step=step, epoch=round(epoch, 4),
+                      train_loss=sum(finite) / len(finite) if finite else None)
+        check.probe_accuracy, check.categories = self.probe.probes(model)
+        if check.probe_accuracy is not None and self.baseline.probe_accuracy is not None:
+            check.forgetting = relative_drop(self.baseline.probe_accuracy, check.probe_accuracy)
+        check.smoke_fail_share, check.smoke_failures, check.smoke_examples, _ = self.probe.smoke(
+            model, self.baseline.smoke_stopped)
+        check.kl, check.perplexity_ratio = self.probe.drift(model, self.baseline)
+        check.val_loss = self.probe.validation_loss(model)
+        check.task_accuracy = self.probe.task_accuracy(model)
+        return check
+
+    def judge(self, check: Check) -> list[Decision]:
+        """Returns every guard's decision on ``check``."""
+        decisions = [
+            judge_smoke(check, self.baseline.smoke_fail_share, self.config),
+            judge_forgetting(check, self.config),
+            judge_drift(check, self.config),
+            judge_overfitting(self.state.checks, self.config),
+        ]
+        return [decision for decision in decisions if decision is not None]
+
+    def _record(self, decision: Decision, control: TrainerControl, *, stop: bool = True) -> None:
+        self.state.decisions.append(decision)
+        self.run.append_metrics({"event": "guard", **decision.to_dict()})
+        line = f"step {decision.step} {decision.guard}: {decision.message}"
+        if decision.triggered:
+            line += f" -> {decision.action}"
+        logger.info(line)  # log.txt; the console gets triggered decisions through echo
+        if self.echo is not None and decision.triggered:
+            self.echo(line)
+        if stop and decision.stops and self.state.stopped_by is None:
+            self.state.stopped_by = decision
+            control.should_training_stop = True
+
+
+def tracker_values(check: Check) -> dict[str, float]:
+    """Returns a check's numbers for trackers: every finite scalar, and accuracy per category."""
+    values = {name: getattr(check, name) for name in (
+        "probe_accuracy", "forgetting", "task_accuracy", "val_loss", "kl", "perplexity_ratio",
+        "smoke_fail_share")}
+    values |= {f"probes/{name}": value for name, value in check.categories.items()}
+    return {name: float(value) for name, value in values.items()
+            if value is not None and math.isfinite(value)}
+
+
+def describe(check: Check) -> str:
+    """Returns one console line for a check."""
+    parts = [f"step {check.step}"]
+    if check.probe_accuracy is not None:
+        parts.append(f"probes {check.probe_accuracy:.1%}"
+                     + (f" (forgetting {check.forgetting:.1%})" if check.forgetting is not None else ""))
+    if check.task_accuracy is not None:
+        parts.append(f"task {check.task_accuracy:.1%}")
+    for name, value in (("train loss", check.train_loss), ("val loss", check.val_loss), ("KL", check.kl)):
+        if value is not None:
+            parts.append(f"{name} {value:.3f}")
+    if check.smoke_fail_share is not None:
+        parts.append("smoke ok" if not check.smoke_fail_share else f"smoke {check.smoke_fail_share:.0%} broken")
+    return ", ".join(parts)
+
+
+def read_guard_state(checkpoint: Path) -> GuardState | None:
+    """Returns the guard state saved in ``checkpoint``, or None if it has none."""
+    path = checkpoint / STATE_FILE
+    if not path.is_file():
+        return None
+    return GuardState.from_dict(json.loads(path.read_text()))

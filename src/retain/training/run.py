@@ -1,0 +1,545 @@
+"""``retain train``: audit, doctor, baseline, guarded training, final evaluation, summary.
+
+In order, into one run directory (:class:`retain.rundir.RunDir`):
+
+1. ``audit.json``: the data audit; blockers refuse the run unless ``--force``;
+2. ``doctor.json``: the pipeline doctor; blockers refuse the run unless ``--force``;
+3. ``base_eval.json``: the base model on the probe suites, the smoke prompts and the
+   reference text (what forgetting and drift are measured against);
+4. training with the Hugging Face ``Trainer``, LoRA (peft) or full fine-tuning, watched by
+   the guards (:mod:`retain.training.callback`), checkpoints in ``checkpoints/``;
+5. the best checkpoint restored when a guard with ``restore_best`` stopped the run;
+6. the final model in ``model/`` (adapters, or the full model; ``--merge`` adds ``merged/``);
+7. ``final_eval.json``: probes per category, task accuracy (held-out, OOD), drift, health;
+8. ``summary.json``: the verdict and the numbers behind it.
+
+``--resume`` continues a killed run from its last complete checkpoint, with the trainer's
+data order, optimizer and random state and the guards' state as they were saved.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import PreTrainedModel, Trainer, TrainerCallback, TrainingArguments
+
+from retain.audit.doctor import run_doctor
+from retain.audit.runner import run_audit
+from retain.config import RetainConfig
+from retain.config.loading import dump_config
+from retain.data import Example, load_examples_for
+from retain.errors import ConfigError, RetainError
+from retain.evaluation.commands import default_suites, settings_from
+from retain.evaluation.drift import compute_base_logprobs
+from retain.evaluation.engine import (
+    EvalResult,
+    default_reference_text,
+    evaluate,
+    forgetting,
+)
+from retain.evaluation.prompting import PromptFormat
+from retain.evaluation.suites import load_suite
+from retain.hardware import resolve_precision
+from retain.models import LoadedModel, load_model, quiet_peft
+from retain.progress import quiet_trainer
+from retain.rundir import RunDir, atomic_write_json, default_run_name
+from retain.training.callback import (
+    STATE_FILE,
+    Baseline,
+    GuardCallback,
+    GuardState,
+    Probe,
+    read_guard_state,
+)
+from retain.training.formatting import (
+    Encoded,
+    build_collator,
+    encode_examples,
+    prepare_tokenizer,
+)
+
+logger = logging.getLogger("retain.train")
+
+VALIDATION_LIMIT = 200  # validation rows whose answers are generated at each check
+
+
+class TrainRefused(RetainError):
+    """The audit or the doctor found blockers, and ``--force`` was not given."""
+
+
+@dataclass
+class TrainOutcome:
+    """What ``retain train`` leaves: its run directory and the summary written there."""
+
+    run_dir: Path
+    summary: dict[str, Any]
+
+
+class _Rows(torch.utils.data.Dataset):
+    """Encoded rows as the trainer takes them."""
+
+    def __init__(self, rows: list[Encoded]) -> None:
+        self.rows = rows
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, index: int) -> dict[str, list[int]]:
+        return self.rows[index].feature()
+
+
+def run_train(
+    config: RetainConfig,
+    *,
+    overwrite: bool = False,
+    resume: bool = False,
+    force: bool = False,
+    merge: bool = False,
+    progress: bool = True,
+    echo: Callable[[str], None] = print,
+) -> TrainOutcome:
+    """Runs the whole guarded fine-tuning of ``config`` (see the module docstring).
+
+    Args:
+        config: The run's config; ``data.train`` must be set.
+        overwrite: Replace an existing run directory of the same name.
+        resume: Continue the run directory ``output.dir/output.name`` from its last
+            complete checkpoint.
+        force: Train even when the audit or the doctor found blockers (logged loudly).
+        merge: Also save the model with adapters merged into the weights.
+        progress: Show progress bars.
+        echo: Prints one line per step of the run and per guard that triggers.
+
+    Raises:
+        ConfigError: If ``data.train`` is not set, or ``--resume`` names no run.
+        TrainRefused: If the audit or the doctor found blockers and ``force`` is False.
+        RetainError: For anything the user named that cannot be read or loaded.
+    """
+    if not config.data.train:
+        raise ConfigError("retain train needs training data and data.train is not set",
+                          field="data.train", fix="set data.train to your JSONL/CSV/Parquet file")
+    if resume and not config.output.name:
+        raise ConfigError("--resume needs the name of the run to continue", field="output.name",
+                          fix="pass --name NAME (the run directory's name) or set output.name")
+    run = RunDir.create(config.output.dir, config.output.name or default_run_name("train"),
+                        overwrite=overwrite, resume=resume)
+    with run, quiet_peft():
+        if resume:
+            config = _check_same_config(run, config)
+        else:
+            run.write_config(dump_config(config))
+            run.write_meta({"data": _data_hashes(config)})
+        return _train(config, run, resume=resume, force=force, merge=merge, progress=progress, echo=echo)
+
+
+@dataclass
+class _Plan:
+    """The encoded data and the step counts of a run."""
+
+    train_rows: list[Encoded]
+    validation: list[Example]
+    validation_rows: list[Encoded]
+    steps_per_epoch: int
+    total_steps: int
+    interval: int
+
+    @classmethod
+    def of(cls, config: RetainConfig, tokenizer, prompt_format: PromptFormat) -> _Plan:
+        train_rows = _encode(config, config.data.train, tokenizer, prompt_format)
+        validation = load_examples_for(config.data, config.data.validation) if config.data.validation else []
+        validation_rows = _encode(config, config.data.validation, tokenizer, prompt_format) if validation else []
+        train = config.train
+        steps_per_epoch = max(1, math.ceil(len(train_rows) / (train.batch_size * train.grad_accum)))
+        total_steps = train.max_steps or max(1, math.ceil(steps_per_epoch * train.epochs))
+        interval = config.guards.every_steps or max(1, steps_per_epoch // config.guards.checks_per_epoch)
+        return cls(train_rows, validation, validation_rows, steps_per_epoch, total_steps, interval)
+
+
+def _train(config: RetainConfig, run: RunDir, *, resume: bool, force: bool, merge: bool,
+           progress: bool, echo: Callable[[str], None]) -> TrainOutcome:
+    started = time.perf_counter()
+    suites = [load_suite(name) for name in config.probes.suites or default_suites(config.model.name_or_path)]
+    if not resume:
+        _preflight(config, run, suites, force=force, echo=echo)
+    loaded = load_model(config.model.name_or_path, device=config.model.device, dtype=config.model.dtype,
+                        revision=config.model.revision, trust_remote_code=config.model.trust_remote_code,
+                        progress=progress)
+    tokenizer = loaded.tokenizer
+    prepare_tokenizer(tokenizer, config.model.pad_token)
+    prompt_format = PromptFormat.for_tokenizer(tokenizer, config.model.chat_template)
+    plan = _Plan.of(config, tokenizer, prompt_format)
+    collate = build_collator(tokenizer, config.train.collator)
+    reference = _reference(config, suites)
+    probe = Probe(
+        tokenizer=tokenizer, suites=suites, method=config.guards.forgetting.method,
+        settings=settings_from(config), chat_template=config.model.chat_template,
+        smoke_prompts=[prompt_format.render(prompt) for prompt in config.guards.smoke.prompts],
+        smoke_max_new_tokens=config.guards.smoke.max_new_tokens, reference=reference,
+        validation=plan.validation[:VALIDATION_LIMIT], validation_encoded=plan.validation_rows,
+        collate=collate, batch_size=config.train.batch_size,
+    )
+    base_result, baseline = _baseline(config, run, loaded, probe, resume=resume)
+    echo(f"base model: probe accuracy {_percent(baseline.probe_accuracy)} "
+         f"({config.guards.forgetting.method}), smoke failures {baseline.smoke_fail_share:.0%}")
+    model = _apply_method(loaded.model, config)
+    checkpoint = _last_checkpoint(run) if resume else None
+    if resume:
+        dropped = run.rewind_metrics(int(checkpoint.name.rsplit("-", 1)[-1]) if checkpoint else 0)
+        logger.info("resuming from %s; %d metric records after it dropped (they are redone)",
+                    checkpoint or "the start", dropped)
+    guard = GuardCallback(
+        config.guards, probe, baseline, run, interval=plan.interval,
+        settle_steps=max(int(config.train.warmup_ratio * plan.total_steps), math.ceil(0.1 * plan.total_steps)),
+        state=(read_guard_state(checkpoint) if checkpoint else None) or GuardState(), echo=echo,
+    )
+    trainer = Trainer(model=model, args=_training_args(config, run, plan), train_dataset=_Rows(plan.train_rows),
+                      data_collator=collate, callbacks=[guard] if config.guards.enabled else [_MetricsOnly(run)])
+    guard.log = trainer.log
+    quiet_trainer(trainer, f"training ({'+'.join(config.method.use)})" if progress else None)
+    echo(f"training {len(plan.train_rows):,} rows, {plan.total_steps:,} steps, checks every "
+         f"{plan.interval} steps" + (f", resuming from {checkpoint.name}" if checkpoint else "")
+         + ("" if config.guards.enabled else " (guards off)"))
+    train_started = time.perf_counter()
+    output = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    train_seconds = time.perf_counter() - train_started
+    restored = _restore_if_asked(model, guard.state, run, config.guards.forgetting.threshold, echo)
+    _save_model(model, tokenizer, run.path / "model")
+    if merge:
+        _save_merged(model, tokenizer, run.path / "merged", config)
+    final = evaluate(model, tokenizer, name=str(run.path / "model"), chat_template=config.model.chat_template,
+                     suites=suites, task=_read(config, config.data.eval), ood=_read(config, config.data.ood),
+                     reference=reference, base_logprobs=baseline.logprobs, settings=probe.settings)
+    atomic_write_json(run.path / "final_eval.json", final.to_dict())
+    epochs_done = trainer.state.global_step / plan.steps_per_epoch
+    summary = _summary(config, guard.state, base_result, final, restored=restored,
+                       steps=trainer.state.global_step, train_seconds=train_seconds,
+                       tokens=sum(len(row.input_ids) for row in plan.train_rows) * epochs_done,
+                       seconds=time.perf_counter() - started, train_output=output.metrics)
+    run.write_summary(summary)
+    return TrainOutcome(run_dir=run.path, summary=summary)
+
+
+class _MetricsOnly(TrainerCallback):
+    """With the guards off, the trainer's logs still stream into ``metrics.jsonl``."""
+
+    def __init__(self, run: RunDir) -> None:
+        self.run = run
+
+    def on_log(self, args, state, control, logs=None, **kwargs) -> None:
+        if logs:
+            self.run.append_metrics({"event": "log", "step": state.global_step, "epoch": state.epoch, **logs})
+
+
+# --- before training ------------------------------------------------------------------
+
+
+def _preflight(config: RetainConfig, run: RunDir, suites: list, *, force: bool,
+               echo: Callable[[str], None]) -> None:
+    """Runs the audit and the doctor; refuses blockers unless ``force``."""
+    audit = run_audit(config, config.data.train, eval_data=config.data.eval, probes=suites)
+    atomic_write_json(run.path / "audit.json", audit.to_dict())
+    doctor = run_doctor(config)
+    atomic_write_json(run.path / "doctor.json", doctor.to_dict())
+    for name, report in (("audit", audit), ("doctor", doctor)):
+        blockers = [finding for finding in report.findings if finding.severity == "blocker"]
+        echo(f"{name}: {report.count('blocker')} blockers, {report.count('warning')} warnings")
+        for finding in blockers:
+            echo(f"  blocker {finding.code}: {finding.title}")
+        if blockers and not force:
+            raise TrainRefused(
+                f"the {name} found {len(blockers)} blocker(s), first: {blockers[0].title}",
+                fix=f"{blockers[0].fix}; see {run.path / (name + '.json')}, or pass --force to "
+                "train anyway",
+            )
+        if blockers:
+            logger.warning("training despite %d %s blocker(s) (--force)", len(blockers), name)
+
+
+def _baseline(config: RetainConfig, run: RunDir, loaded: LoadedModel, probe: Probe,
+              *, resume: bool) -> tuple[dict[str, Any], Baseline]:
+    """Measures (or, resuming, reads) the base model; returns its result and baseline numbers."""
+    path = run.path / "base_eval.json"
+    if resume and path.is_file():
+        result = json.loads(path.read_text())
+    else:
+        result = evaluate(loaded.model, loaded.tokenizer, name=config.model.name_or_path,
+                          chat_template=config.model.chat_template, suites=probe.suites,
+                          reference=probe.reference, settings=probe.settings).to_dict()
+        atomic_write_json(path, result)
+    reference = probe.reference
+    logprobs = compute_base_logprobs(loaded.model, loaded.tokenizer, reference) if reference else None
+    smoke_share, _, _, stopped = probe.smoke(loaded.model)
+    return result, Baseline(
+        probe_accuracy=_overall(result, config.guards.forgetting.method),
+        smoke_fail_share=smoke_share,
+        perplexity=(result.get("drift") or {}).get("perplexity"),
+        logprobs=logprobs,
+        smoke_stopped=stopped,
+    )
+
+
+def _apply_method(model: PreTrainedModel, config: RetainConfig) -> PreTrainedModel:
+    """Returns the model ready to train by ``method.use``: LoRA adapters, or every weight."""
+    if "lora" not in config.method.use:
+        model.requires_grad_(True)
+        return model
+    from peft import LoraConfig, get_peft_model
+
+    settings = config.method.lora
+    present = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
+    targets = [name for name in settings.target_modules if name in present]
+    if not targets:
+        raise ConfigError(
+            f"none of method.lora.target_modules ({', '.join(settings.target_modules)}) is in "
+            "this model", field="method.lora.target_modules",
+            fix=f"name modules the model has, e.g. {', '.join(sorted(present)[:8])}",
+        )
+    missing = sorted(set(settings.target_modules) - set(targets))
+    if missing:
+        logger.warning("LoRA: this model has no %s; adapting %s", ", ".join(missing), ", ".join(targets))
+    lora = LoraConfig(r=settings.r, lora_alpha=settings.alpha, lora_dropout=settings.dropout,
+                      target_modules=targets, task_type="CAUSAL_LM")
+    return get_peft_model(model, lora)
+
+
+def _encode(config: RetainConfig, path: str, tokenizer, prompt_format: PromptFormat) -> list[Encoded]:
+    """Encodes a data file for training; rows with no supervised token are dropped (logged)."""
+    examples = load_examples_for(config.data, path)
+    if path == config.data.train and config.data.size:
+        examples = examples[: config.data.size]
+    rows, rejected = encode_examples(examples, tokenizer, prompt_format, max_length=config.data.max_length,
+                                     loss_on=config.train.loss_on)
+    kept = [row for row in rows if row.supervised > 0]
+    if rejected or len(kept) < len(rows):
+        logger.warning("%s: %d rows dropped (%d the chat template rejects, %d with no supervised token)",
+                       path, len(rejected) + len(rows) - len(kept), len(rejected), len(rows) - len(kept))
+    if not kept:
+        raise TrainRefused(f"no row of {path} has a supervised token", file=path,
+                           fix="run retain doctor on this config: answers are probably truncated away")
+    return kept
+
+
+def _training_args(config: RetainConfig, run: RunDir, plan: _Plan) -> TrainingArguments:
+    train = config.train
+    interval, total_steps = plan.interval, plan.total_steps
+    device = config.model.device
+    precision = resolve_precision(train.precision, None if device == "auto" else device)
+    return TrainingArguments(
+        output_dir=str(run.checkpoints_dir),
+        per_device_train_batch_size=train.batch_size,
+        gradient_accumulation_steps=train.grad_accum,
+        learning_rate=train.lr,
+        max_steps=total_steps,
+        warmup_steps=train.warmup_ratio,  # a float below 1 is a share of all steps
+        lr_scheduler_type=train.lr_scheduler,
+        max_grad_norm=train.max_grad_norm or 0.0,
+        weight_decay=train.weight_decay,
+        bf16=precision == "bf16",
+        fp16=precision == "fp16",
+        seed=train.seed,
+        data_seed=train.seed,
+        # Every step's loss reaches the loss guard, unfiltered: transformers would otherwise
+        # replace a NaN or inf loss with the running mean and hide it.
+        logging_steps=1,
+        logging_nan_inf_filter=False,
+        save_strategy="steps",
+        save_steps=train.save_every or interval,
+        save_total_limit=train.save_total_limit,
+        report_to=train.report_to or "none",
+        train_sampling_strategy="group_by_length" if train.group_by_length else "random",
+        remove_unused_columns=False,
+        dataloader_num_workers=0,
+        disable_tqdm=True,
+        use_cpu=device == "cpu" or (device == "auto" and not torch.cuda.is_available()),
+    )
+
+
+def _last_checkpoint(run: RunDir) -> Path | None:
+    """Returns the newest complete checkpoint; incomplete ones (killed mid-save) are removed."""
+    if not run.checkpoints_dir.is_dir():
+        return None
+    found = sorted((path for path in run.checkpoints_dir.glob("checkpoint-*") if path.is_dir()),
+                   key=lambda path: int(path.name.rsplit("-", 1)[-1]))
+    for path in reversed(found):
+        if (path / STATE_FILE).is_file():
+            return path
+        logger.warning("removing incomplete checkpoint %s (interrupted while saving)", path)
+        shutil.rmtree(path, ignore_errors=True)
+    return None
+
+
+# --- after training -------------------------------------------------------------------
+
+
+def _restore_if_asked(model: PreTrainedModel, state: GuardState, run: RunDir, threshold: float,
+                      echo: Callable[[str], None]) -> int | None:
+    """Loads the best checkpoint back when the stopping guard's action is ``restore_best``."""
+    stopped = state.stopped_by
+    if stopped is None or stopped.action != "restore_best":
+        return None
+    best = state.best()
+    if best is None:
+        echo("restore_best: no check had completed, so there is no checkpoint to restore")
+        return None
+    load_weights(model, run.checkpoints_dir / f"checkpoint-{best.step}")
+    figures = (f"probe accuracy {_percent(best.probe_accuracy)}, forgetting {_signed(best.forgetting)}, "
+               f"task accuracy {_percent(best.task_accuracy)}")
+    if best.forgetting is not None and best.forgetting > threshold:
+        echo(f"no checkpoint stayed within the forgetting limit of {threshold:.0%}; restored the one "
+             f"that forgot least, step {best.step} ({figures}): lower train.lr, check more often "
+             "(guards.every_steps) or use a mitigation")
+    else:
+        echo(f"restored the checkpoint of step {best.step} ({figures})")
+    return best.step
+
+
+def load_weights(model: PreTrainedModel, folder: Path) -> None:
+    """Loads the trained weights saved in a checkpoint ``folder`` into ``model``."""
+    from safetensors.torch import load_file
+
+    adapter = folder / "adapter_model.safetensors"
+    if adapter.is_file():
+        from peft import set_peft_model_state_dict
+
+        set_peft_model_state_dict(model, load_file(str(adapter)))
+        return
+    index = folder / "model.safetensors.index.json"
+    if index.is_file():
+        from transformers.modeling_utils import load_sharded_checkpoint
+
+        load_sharded_checkpoint(model, str(folder))
+        return
+    _, unexpected = model.load_state_dict(load_file(str(folder / "model.safetensors")), strict=False)
+    if unexpected:
+        raise RetainError(f"checkpoint {folder} does not match the model: unexpected {unexpected[:3]}")
+
+
+def _save_model(model: PreTrainedModel, tokenizer, target: Path) -> None:
+    """Saves the model (adapters, or full weights) and tokenizer; a complete dir or none."""
+    staging = target.with_name(target.name + ".partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    model.save_pretrained(staging, safe_serialization=True)
+    tokenizer.save_pretrained(staging)
+    if target.exists():
+        shutil.rmtree(target)
+    staging.rename(target)
+
+
+def _save_merged(model: PreTrainedModel, tokenizer, target: Path, config: RetainConfig) -> None:
+    if "lora" not in config.method.use:
+        logger.warning("--merge: full fine-tuning has no adapters to merge; model/ is the full model")
+        return
+    import copy
+
+    merged = copy.deepcopy(model).merge_and_unload()
+    _save_model(merged, tokenizer, target)
+
+
+def _summary(config: RetainConfig, state: GuardState, base: dict[str, Any], final: EvalResult, *,
+             restored: int | None, steps: int, train_seconds: float, tokens: float, seconds: float,
+             train_output: dict[str, Any]) -> dict[str, Any]:
+    """Returns ``summary.json``: the verdict with its reasons, and the numbers behind it."""
+    method = config.guards.forgetting.method
+    reports = forgetting(base, final)
+    watched = {suite: methods[method] for suite, methods in reports.items() if method in methods}
+    drops = [report.overall.relative_drop for report in watched.values()
+             if report.overall.relative_drop is not None]
+    drop = max(drops) if drops else None
+    reasons = []
+    if drop is not None and drop > config.guards.forgetting.threshold:
+        reasons.append(f"general probe accuracy fell {drop:.1%} relative (limit "
+                       f"{config.guards.forgetting.threshold:.0%})")
+    if final.smoke is not None and final.smoke.failures >= config.guards.smoke.fail_share:
+        reasons.append(f"{final.smoke.failures:.0%} of smoke answers are broken")
+    if state.stopped_by is not None and state.stopped_by.guard in ("loss", "smoke"):
+        reasons.append(f"stopped by the {state.stopped_by.guard} guard: {state.stopped_by.message}")
+    task = {name: score.to_dict() for name, score in final.task.items()}
+    return {
+        "status": "stopped" if state.stopped_by else "completed",
+        "stopped_by": state.stopped_by.to_dict() if state.stopped_by else None,
+        "restored_step": restored,
+        "best_step": state.best_step,
+        "steps": steps,
+        "method": list(config.method.use),
+        "seconds": round(seconds, 1),
+        "train_seconds": round(train_seconds, 1),
+        "train_tokens_per_second": round(tokens / train_seconds, 1) if train_seconds else None,
+        "base_probe_accuracy": _overall(base, method),
+        "final_probe_accuracy": _overall(final.to_dict(), method),
+        "forgetting": {suite: report.to_dict() for suite, report in watched.items()},
+        "forgetting_relative": drop,
+        "task": task,
+        "drift": final.drift.to_dict() if final.drift else None,
+        "smoke": final.smoke.to_dict() if final.smoke else None,
+        "guard_events": [decision.to_dict() for decision in state.decisions if decision.triggered],
+        "checks": len(state.checks),
+        "trainer": train_output,
+        "verdict": {"ship": not reasons, "reasons": reasons},
+    }
+
+
+# --- small helpers --------------------------------------------------------------------
+
+
+def _overall(result: dict[str, Any], method: str) -> float | None:
+    scores = [methods[method] for methods in result.get("probes", {}).values() if method in methods]
+    total = sum(len(score["items"]) for score in scores)
+    return sum(sum(item["correct"] for item in score["items"]) for score in scores) / total if total else None
+
+
+def _reference(config: RetainConfig, suites: list) -> str | None:
+    if config.eval.reference:
+        from retain.data import read_text
+
+        return read_text(config.eval.reference, "eval.reference")
+    return default_reference_text(suites)
+
+
+def _read(config: RetainConfig, path: str | None):
+    return load_examples_for(config.data, path) if path else None
+
+
+def _data_hashes(config: RetainConfig) -> dict[str, str]:
+    """Returns the SHA-256 of each data file the config names, for reproducing the run."""
+    hashes = {}
+    for name in ("train", "validation", "eval", "ood"):
+        path = getattr(config.data, name)
+        if path and Path(path).is_file():
+            digest = hashlib.sha256()
+            with open(path, "rb") as handle:
+                for block in iter(lambda: handle.read(1 << 20), b""):
+                    digest.update(block)
+            hashes[name] = digest.hexdigest()
+    return hashes
+
+
+def _check_same_config(run: RunDir, config: RetainConfig) -> RetainConfig:
+    """Resuming, the run's own config wins; a different one given now is an error."""
+    saved = run.config_path.read_text() if run.config_path.is_file() else None
+    if saved is None:
+        raise RetainError(f"{run.path} has no config.yaml, so it cannot be resumed",
+                          fix="start a new run (drop --resume)")
+    if dump_config(config) != saved:
+        raise ConfigError(
+            "the config differs from the one the run started with", file=run.config_path,
+            fix="resume with the same config and --set options, or start a new run with another --name",
+        )
+    return config
+
+
+def _percent(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.1%}"
+
+
+def _signed(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:+.1%}"

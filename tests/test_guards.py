@@ -1,0 +1,102 @@
+"""The guards' rules on numbers: each triggers on its fault and stays quiet otherwise."""
+
+from __future__ import annotations
+
+import math
+
+from retain.config.schema import GuardsConfig
+from retain.training.guards import (
+    Check,
+    better,
+    judge_drift,
+    judge_forgetting,
+    judge_overfitting,
+    judge_smoke,
+    judge_train_loss,
+    relative_drop,
+    smoke_cause,
+)
+
+GUARDS = GuardsConfig()
+
+
+def test_forgetting_triggers_only_above_the_threshold() -> None:
+    assert relative_drop(0.9, 0.9 * (1 - 0.031)) > 0.03
+    quiet = judge_forgetting(Check(step=5, epoch=0.1, probe_accuracy=0.88, forgetting=0.02), GUARDS)
+    assert quiet is not None and not quiet.triggered and quiet.action == "none"
+    loud = judge_forgetting(Check(step=5, epoch=0.1, probe_accuracy=0.8, forgetting=0.1,
+                                  categories={"lab/capitals": 0.5, "lab/greetings": 1.0}), GUARDS)
+    assert loud.triggered and loud.action == "restore_best" and loud.stops
+    assert "lab/capitals 50%" in loud.message
+    assert judge_forgetting(Check(step=5, epoch=0.1), GUARDS) is None
+
+
+def test_smoke_compares_with_the_base_and_names_the_cause() -> None:
+    check = Check(step=3, epoch=0.1, smoke_fail_share=1.0, smoke_failures={"empty": 3},
+                  smoke_examples=[("What is 2+2?", "")])
+    decision = judge_smoke(check, base_fail_share=0.0, config=GUARDS)
+    assert decision.triggered and decision.action == "stop" and "EOS at once" in decision.message
+    assert not judge_smoke(check, base_fail_share=1.0, config=GUARDS).triggered  # the base was as broken
+    half = Check(step=3, epoch=0.1, smoke_fail_share=1 / 3, smoke_failures={"loop": 1})
+    assert not judge_smoke(half, 0.0, GUARDS).triggered
+    assert "masked" in smoke_cause({"never_stops": 2, "echo": 1})
+    assert "repeats the prompt" in smoke_cause({"echo": 2})
+
+
+def test_drift_records_without_limits_and_acts_with_them() -> None:
+    check = Check(step=3, epoch=0.1, kl=0.4, perplexity_ratio=1.3)
+    recorded = judge_drift(check, GUARDS)
+    assert recorded is not None and not recorded.triggered and "KL to base 0.400" in recorded.message
+    limited = GuardsConfig.model_validate({"drift": {"max_kl": 0.2, "action": "stop"}})
+    decision = judge_drift(check, limited)
+    assert decision.triggered and decision.stops and decision.threshold == 0.2
+    assert judge_drift(Check(step=1, epoch=0.0), GUARDS) is None
+
+
+def checks(val_losses: list[float], train_losses: list[float]) -> list[Check]:
+    return [Check(step=i, epoch=0.0, val_loss=v, train_loss=t)
+            for i, (v, t) in enumerate(zip(val_losses, train_losses, strict=True))]
+
+
+def test_overfitting_needs_patience_rises_while_train_loss_falls() -> None:
+    rising = checks([1.0, 1.1, 1.2, 1.3], [1.0, 0.8, 0.6, 0.4])
+    decision = judge_overfitting(rising, GUARDS)
+    assert decision.triggered and decision.action == "stop"
+    assert not judge_overfitting(rising[:3], GUARDS).triggered  # only two rises so far
+    both_rise = checks([1.0, 1.1, 1.2, 1.3], [1.0, 1.1, 1.2, 1.3])  # diverging, not memorising
+    assert not judge_overfitting(both_rise, GUARDS).triggered
+    dip = checks([1.0, 1.1, 1.05, 1.2], [1.0, 0.8, 0.6, 0.4])
+    assert not judge_overfitting(dip, GUARDS).triggered
+
+
+def test_loss_guard_stops_on_nan_and_warns_once_on_extremes() -> None:
+    warned: set[str] = set()
+    nan = judge_train_loss(math.nan, 7, 0, GUARDS, warned)
+    assert nan.stops and "step 7" in nan.message and "learning rate" in nan.message
+    assert judge_train_loss(math.inf, 7, 0, GUARDS, warned).stops
+    assert judge_train_loss(3.0, 5, 10, GUARDS, warned) is None  # still settling
+    high = judge_train_loss(3.0, 11, 10, GUARDS, warned)
+    assert high.triggered and high.action == "warn"
+    assert judge_train_loss(3.0, 12, 10, GUARDS, warned) is None  # once
+    low = judge_train_loss(0.1, 13, 10, GUARDS, warned)
+    assert low.guard == "overfitting" and low.action == "warn"
+
+
+def test_best_is_task_accuracy_within_the_forgetting_limit() -> None:
+    within = Check(step=2, epoch=0.1, forgetting=0.01, task_accuracy=0.6)
+    better_task = Check(step=4, epoch=0.2, forgetting=0.02, task_accuracy=0.8)
+    forgot = Check(step=6, epoch=0.3, forgetting=0.2, task_accuracy=0.99)
+    assert better(within, None, GUARDS)
+    assert better(better_task, within, GUARDS)
+    assert not better(forgot, better_task, GUARDS)  # the limit comes first
+    assert better(Check(step=8, epoch=0.4, forgetting=0.1), forgot, GUARDS)  # none within: least forgetting
+    tie = Check(step=8, epoch=0.4, forgetting=0.0, task_accuracy=0.8, val_loss=0.5)
+    assert better(tie, Check(step=4, epoch=0.2, forgetting=0.0, task_accuracy=0.8, val_loss=0.7), GUARDS)
+
+
+def test_broken_checks_are_never_best_while_a_sound_one_exists() -> None:
+    sound = Check(step=2, epoch=0.1, forgetting=0.5, task_accuracy=0.1, smoke_fail_share=0.0)
+    silent = Check(step=4, epoch=0.2, forgetting=0.0, task_accuracy=0.9, smoke_fail_share=1.0)
+    nan = Check(step=6, epoch=0.3, forgetting=0.0, task_accuracy=0.9, val_loss=math.nan)
+    assert not better(silent, sound, GUARDS) and not better(nan, sound, GUARDS)
+    assert better(sound, silent, GUARDS)

@@ -1,0 +1,255 @@
+"""`retain train` on the micro lab model: each guard on a planted fault, quiet when healthy,
+restore, refusal by the doctor, resume after kill -9, and the run directory's contents."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from retain.cli import app
+from retain.config import RetainConfig
+from retain.errors import ConfigError
+from retain.evaluation.suites import write_suite
+from retain.lab.base import lab_size
+from retain.lab.domain import DomainSpec, build_domain, write_jsonl
+from retain.lab.world import build_world
+from retain.models import load_model
+from retain.rundir import RunDir, read_jsonl
+from retain.training.callback import STATE_FILE
+from retain.training.run import TrainRefused, _last_checkpoint, run_train
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def lab(micro_base, tmp_path_factory) -> dict[str, Path]:
+    """The micro lab model with a small domain task and its own probe suite."""
+    base, _ = micro_base
+    root = tmp_path_factory.mktemp("train-data")
+    task = build_domain(DomainSpec(n_train=64, n_validation=16, n_test=16, n_ood=16))
+    for split, rows in (("train", task.train), ("validation", task.validation), ("test", task.test),
+                        ("ood", task.ood)):
+        write_jsonl(rows, root / f"{split}.jsonl")
+    write_suite(build_world(lab_size("micro").world).probes, root / "probes.jsonl")
+    return {"root": root, "model": base.path}
+
+
+def settings(lab: dict[str, Path], out: Path, **sections) -> dict:
+    root = lab["root"]
+    values = {
+        "model": {"name_or_path": str(lab["model"])},
+        "data": {"train": str(root / "train.jsonl"), "validation": str(root / "validation.jsonl"),
+                 "eval": str(root / "test.jsonl"), "ood": str(root / "ood.jsonl")},
+        "probes": {"suites": [str(root / "probes.jsonl")]},
+        "train": {"max_steps": 8, "batch_size": 8},
+        "guards": {"every_steps": 4},
+        "eval": {"perturbations": []},
+        "audit": {"allow_small_data": True, "task": "classification"},
+        "output": {"dir": str(out), "name": "run"},
+    }
+    for section, extra in sections.items():
+        values[section] = values.get(section, {}) | extra
+    return values
+
+
+def config(lab: dict[str, Path], out: Path, **sections) -> RetainConfig:
+    return RetainConfig.model_validate(settings(lab, out, **sections))
+
+
+def quiet_train(cfg: RetainConfig, **kwargs):
+    return run_train(cfg, progress=False, echo=lambda line: None, **kwargs)
+
+
+def checks(run_dir: Path) -> list[dict]:
+    return [record for record in read_jsonl(run_dir / "metrics.jsonl") if record.get("event") == "check"]
+
+
+def test_a_healthy_lora_run_leaves_a_complete_run_directory_and_no_alarm(lab, tmp_path) -> None:
+    # The micro model's loss stays near 3 on this task; the high-loss warning is not what is tested.
+    cfg = config(lab, tmp_path, train={"lr": 1e-5}, guards={"loss": {"max_loss_after_warmup": 5.0}})
+    outcome = quiet_train(cfg, merge=True)
+    summary, run_dir = outcome.summary, outcome.run_dir
+    assert summary["status"] == "completed" and summary["guard_events"] == []
+    assert summary["verdict"]["ship"], summary["verdict"]
+    for name in ("config.yaml", "meta.json", "audit.json", "doctor.json", "base_eval.json",
+                 "final_eval.json", "summary.json", "log.txt", "model/adapter_config.json",
+                 "merged/config.json"):
+        assert (run_dir / name).exists(), name
+    assert [c["step"] for c in checks(run_dir)] == [4, 8]
+    assert len(json.loads((run_dir / "meta.json").read_text())["data"]["train"]) == 64  # sha256
+    losses = [r for r in read_jsonl(run_dir / "metrics.jsonl") if r.get("event") == "log" and "loss" in r]
+    assert [r["step"] for r in losses] == list(range(1, 9))  # every step's loss is judged
+    # Checks reach the trainer's log, hence report_to trackers (the checkpoint keeps the history).
+    history = json.loads((run_dir / "checkpoints" / "checkpoint-8" / "trainer_state.json").read_text())
+    assert any("retain/probe_accuracy" in entry and "retain/probes/lab/greetings" in entry
+               for entry in history["log_history"])
+    loaded = load_model(str(run_dir), device="cpu")  # the run directory is a model `retain eval` takes
+    assert loaded.is_adapter
+    merged = load_model(str(run_dir / "merged"), device="cpu")
+    assert not merged.is_adapter
+
+
+def test_the_forgetting_guard_restores_the_best_checkpoint(lab, tmp_path) -> None:
+    aggressive = {"method": {"use": ["full"]}, "train": {"lr": 1e-3, "max_steps": 16},
+                  "guards": {"every_steps": 2, "forgetting": {"threshold": 0.1}}}
+    summary = quiet_train(config(lab, tmp_path / "guarded", **aggressive)).summary
+    assert summary["stopped_by"]["guard"] == "forgetting"
+    assert summary["restored_step"] == summary["best_step"] is not None
+    best = next(c for c in checks(tmp_path / "guarded" / "run") if c["step"] == summary["best_step"])
+    assert best["forgetting"] <= 0.1
+    # The restored weights are the best check's weights: the same greedy answers, the same accuracy.
+    assert summary["final_probe_accuracy"] == pytest.approx(best["probe_accuracy"])
+    blind = dict(aggressive, guards={"enabled": False})
+    unguarded = quiet_train(config(lab, tmp_path / "blind", **blind)).summary
+    assert unguarded["status"] == "completed" and unguarded["steps"] == 16
+    assert unguarded["forgetting_relative"] > summary["forgetting_relative"] + 0.1
+    assert not unguarded["verdict"]["ship"]
+
+
+def test_the_smoke_guard_stops_a_model_that_answers_nothing(lab, tmp_path) -> None:
+    eos = load_model(str(lab["model"]), device="cpu").tokenizer.eos_token_id
+
+    def always_eos(module, inputs, output):  # the planted fault: EOS wins every step
+        output[..., eos] = 1e4
+        return output
+
+    from retain.training import run as run_module
+
+    original = run_module._apply_method
+
+    def broken(model, cfg):
+        model = original(model, cfg)
+        model.get_output_embeddings().register_forward_hook(always_eos)
+        return model
+
+    run_module._apply_method = broken
+    try:  # forgetting only warns here: the smoke guard alone decides
+        summary = quiet_train(config(lab, tmp_path, guards={"every_steps": 4,
+                                                            "forgetting": {"action": "warn"}})).summary
+    finally:
+        run_module._apply_method = original
+    stop = summary["stopped_by"]
+    assert stop["guard"] == "smoke" and stop["step"] == 4  # its first check
+    assert "emits EOS at once" in stop["message"] and not summary["verdict"]["ship"]
+
+
+def test_a_nan_loss_stops_at_once_with_the_step(lab, tmp_path) -> None:
+    cfg = config(lab, tmp_path, method={"use": ["full"]},
+                 train={"lr": 1e6, "max_steps": 16, "max_grad_norm": None},
+                 guards={"every_steps": 16, "forgetting": {"action": "warn"}, "smoke": {"action": "warn"}})
+    summary = quiet_train(cfg).summary
+    stop = summary["stopped_by"]
+    assert stop["guard"] == "loss" and stop["action"] == "stop"
+    assert f"at step {stop['step']}" in stop["message"] and summary["steps"] == stop["step"] < 16
+
+
+def test_doctor_blockers_refuse_training_and_force_overrides(lab, tmp_path) -> None:
+    trap = {"model": {"name_or_path": str(lab["model"]), "pad_token": "eos"},
+            "train": {"collator": "language_modeling", "max_steps": 4}}
+    with pytest.raises(TrainRefused, match="doctor found"):
+        quiet_train(config(lab, tmp_path / "refused", **trap))
+    doctor = json.loads((tmp_path / "refused" / "run" / "doctor.json").read_text())
+    assert "eos_masked" in {f["code"] for f in doctor["findings"] if f["severity"] == "blocker"}
+    assert not (tmp_path / "refused" / "run" / "checkpoints").exists()
+    forced = quiet_train(config(lab, tmp_path / "forced", **trap), force=True)
+    assert forced.summary["steps"] == 4
+
+
+def test_train_cli_refusal_is_one_line_with_exit_code_2(lab, tmp_path) -> None:
+    path = tmp_path / "config.json.yaml"
+    values = settings(lab, tmp_path / "runs", data={"max_length": 16})
+    path.write_text(json.dumps(values))  # JSON is YAML
+    result = subprocess.run([sys.executable, "-m", "retain.cli", "-q", "train", str(path)],
+                            capture_output=True, text=True, timeout=600, check=False)
+    assert result.returncode == 2, result.stderr
+    assert "blocker" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_config_mistakes_fail_before_training(lab, tmp_path) -> None:
+    with pytest.raises(ConfigError, match="data.train"):
+        quiet_train(RetainConfig.model_validate({"output": {"dir": str(tmp_path)}}))
+    with pytest.raises(ConfigError, match="output.name"):
+        quiet_train(RetainConfig.model_validate(settings(lab, tmp_path) | {"output": {"dir": str(tmp_path)}}),
+                    resume=True)
+    with pytest.raises(Exception, match="unknown method 'ewc2'"):
+        config(lab, tmp_path, method={"use": ["ewc2"]})
+    result = CliRunner().invoke(app, ["train", str(tmp_path / "missing.yaml")])
+    assert isinstance(result.exception, ConfigError) and "not found" in str(result.exception)
+
+
+RESUME_SCRIPT = """
+import json, sys
+from retain.config import RetainConfig
+from retain.training.run import run_train
+cfg = RetainConfig.model_validate(json.loads(sys.argv[1]))
+run_train(cfg, progress=False, echo=lambda line: None, resume=sys.argv[2] == "resume")
+"""
+
+
+def _train_in_subprocess(values: dict, mode: str) -> subprocess.Popen:
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    return subprocess.Popen([sys.executable, "-c", RESUME_SCRIPT, json.dumps(values), mode], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+def test_resume_after_kill_9_matches_an_uninterrupted_run(lab, tmp_path) -> None:
+    common = {"method": {"use": ["full"]}, "train": {"lr": 3e-4, "max_steps": 12, "save_every": 4},
+              "guards": {"every_steps": 4, "forgetting": {"action": "warn"}}}
+    whole = settings(lab, tmp_path / "whole", **common)
+    assert _train_in_subprocess(whole, "new").wait(timeout=600) == 0
+    killed = settings(lab, tmp_path / "killed", **common)
+    process = _train_in_subprocess(killed, "new")
+    marker = tmp_path / "killed" / "run" / "checkpoints" / "checkpoint-4" / STATE_FILE
+    deadline = time.time() + 600
+    while not marker.exists() and process.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    assert process.poll() is None, "the run ended before it could be killed"
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    assert not (tmp_path / "killed" / "run" / "summary.json").exists()
+    resumed = _train_in_subprocess(killed, "resume")
+    assert resumed.wait(timeout=600) == 0, resumed.stderr.read()
+    first = json.loads((tmp_path / "whole" / "run" / "summary.json").read_text())
+    second = json.loads((tmp_path / "killed" / "run" / "summary.json").read_text())
+    assert second["steps"] == first["steps"] == 12
+    # Same data order, optimizer and random state: the same losses step by step after the
+    # resume, and the same final model (tolerance: float summation order).
+    def step_losses(run: Path) -> dict[int, float]:
+        return {r["step"]: r["loss"] for r in read_jsonl(run / "metrics.jsonl")
+                if r.get("event") == "log" and "loss" in r}
+
+    a, b = step_losses(tmp_path / "whole" / "run"), step_losses(tmp_path / "killed" / "run")
+    logged = [r["step"] for r in read_jsonl(tmp_path / "killed" / "run" / "metrics.jsonl")
+              if r.get("event") == "log" and "loss" in r]
+    assert logged == list(range(1, 13))  # the steps redone after the checkpoint are logged once
+    assert [b[step] for step in range(5, 13)] == pytest.approx([a[step] for step in range(5, 13)], abs=1e-4)
+    assert checks(tmp_path / "killed" / "run")[-1]["val_loss"] == pytest.approx(
+        checks(tmp_path / "whole" / "run")[-1]["val_loss"], abs=1e-4)
+    assert second["final_probe_accuracy"] == pytest.approx(first["final_probe_accuracy"], abs=0.01)
+
+
+def test_resuming_with_another_config_is_refused(lab, tmp_path) -> None:
+    quiet_train(config(lab, tmp_path, train={"max_steps": 4}))
+    with pytest.raises(ConfigError, match="differs"):
+        quiet_train(config(lab, tmp_path, train={"max_steps": 4, "lr": 1e-3}), resume=True)
+
+
+def test_an_incomplete_checkpoint_is_removed_not_resumed(tmp_path) -> None:
+    run = RunDir(tmp_path)
+    complete = run.checkpoints_dir / "checkpoint-4"
+    partial = run.checkpoints_dir / "checkpoint-8"
+    for folder in (complete, partial):
+        folder.mkdir(parents=True)
+        torch.save({}, folder / "optimizer.pt")
+    (complete / STATE_FILE).write_text("{}")
+    assert _last_checkpoint(run) == complete
+    assert not partial.exists()
