@@ -8,7 +8,7 @@ PIP_FLAGS ?= --quiet --disable-pip-version-check
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup lab test test-fast bench clean
+.PHONY: setup lab test test-fast bench results clean
 
 setup: $(STAMP)
 
@@ -32,6 +32,10 @@ test-fast: setup
 # The benchmarks compare against lm-evaluation-harness (in the dev extra).
 bench: setup
 	$(BIN)/python benchmarks/run.py
+
+# The evidence in docs/RESULTS.md: real lab trainings (about 30 minutes on 2 cores).
+results: setup
+	$(BIN)/python benchmarks/evidence_guards.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info .pytest_cache

@@ -74,11 +74,13 @@ def test_loss_guard_stops_on_nan_and_warns_once_on_extremes() -> None:
     nan = judge_train_loss(math.nan, 7, 0, GUARDS, warned)
     assert nan.stops and "step 7" in nan.message and "learning rate" in nan.message
     assert judge_train_loss(math.inf, 7, 0, GUARDS, warned).stops
-    assert judge_train_loss(3.0, 5, 10, GUARDS, warned) is None  # still settling
-    high = judge_train_loss(3.0, 11, 10, GUARDS, warned)
-    assert high.triggered and high.action == "warn"
-    assert judge_train_loss(3.0, 12, 10, GUARDS, warned) is None  # once
-    low = judge_train_loss(0.1, 13, 10, GUARDS, warned)
+    assert judge_train_loss(3.0, 5, 10, GUARDS, warned, recent=3.0) is None  # still settling
+    assert judge_train_loss(3.0, 11, 10, GUARDS, warned, recent=1.5) is None  # one noisy batch
+    assert judge_train_loss(3.0, 11, 10, GUARDS, warned) is None  # no full window yet
+    high = judge_train_loss(3.0, 11, 10, GUARDS, warned, recent=2.5)
+    assert high.triggered and high.action == "warn" and "mean of the last" in high.message
+    assert judge_train_loss(3.0, 12, 10, GUARDS, warned, recent=2.5) is None  # once
+    low = judge_train_loss(0.1, 13, 10, GUARDS, warned, recent=0.1)
     assert low.guard == "overfitting" and low.action == "warn"
 
 

@@ -102,7 +102,8 @@ def test_the_forgetting_guard_restores_the_best_checkpoint(lab, tmp_path) -> Non
     aggressive = {"method": {"use": ["full"]}, "train": {"lr": 1e-3, "max_steps": 16},
                   "guards": {"every_steps": 2, "forgetting": {"threshold": 0.1}}}
     summary = quiet_train(config(lab, tmp_path / "guarded", **aggressive)).summary
-    assert summary["stopped_by"]["guard"] == "forgetting"
+    assert any(event["guard"] == "forgetting" and event["action"] == "restore_best"
+               for event in summary["guard_events"])
     assert summary["restored_step"] == summary["best_step"] is not None
     best = next(c for c in checks(tmp_path / "guarded" / "run") if c["step"] == summary["best_step"])
     assert best["forgetting"] <= 0.1
@@ -182,6 +183,9 @@ def test_config_mistakes_fail_before_training(lab, tmp_path) -> None:
                     resume=True)
     with pytest.raises(Exception, match="unknown method 'ewc2'"):
         config(lab, tmp_path, method={"use": ["ewc2"]})
+    with pytest.raises(ConfigError, match="method.lora.target_modules"):
+        quiet_train(config(lab, tmp_path / "lora", method={"lora": {"target_modules": ["qkv"]}}))
+    assert not (tmp_path / "lora" / "run" / "checkpoints").exists()
     result = CliRunner().invoke(app, ["train", str(tmp_path / "missing.yaml")])
     assert isinstance(result.exception, ConfigError) and "not found" in str(result.exception)
 
@@ -253,3 +257,41 @@ def test_an_incomplete_checkpoint_is_removed_not_resumed(tmp_path) -> None:
     (complete / STATE_FILE).write_text("{}")
     assert _last_checkpoint(run) == complete
     assert not partial.exists()
+
+
+def test_training_arguments_carry_the_config(lab, tmp_path) -> None:
+    from retain.training.run import _Plan, _training_args
+
+    cfg = config(lab, tmp_path, train={"batch_size": 4, "grad_accum": 2, "lr": 3e-4, "max_steps": None,
+                                       "epochs": 1.0, "report_to": ["tensorboard"], "seed": 7,
+                                       "precision": "fp32", "save_total_limit": 3, "group_by_length": False},
+                 guards={"every_steps": None, "checks_per_epoch": 2})
+    plan = _Plan(train_rows=[], validation=[], validation_rows=[], steps_per_epoch=8, total_steps=8,
+                 interval=4, task_prompts=[])
+    args = _training_args(cfg, RunDir(tmp_path / "run"), plan)
+    assert (args.per_device_train_batch_size, args.gradient_accumulation_steps) == (4, 2)
+    assert (args.learning_rate, args.max_steps, args.seed, args.data_seed) == (3e-4, 8, 7, 7)
+    assert args.report_to == ["tensorboard"] and args.save_total_limit == 3 and args.save_steps == 4
+    assert not args.bf16 and not args.fp16 and args.train_sampling_strategy == "random"
+    assert args.logging_steps == 1 and not args.logging_nan_inf_filter
+    bf16 = _training_args(config(lab, tmp_path, train={"precision": "bf16"}), RunDir(tmp_path / "b"), plan)
+    assert bf16.bf16 and bf16.train_sampling_strategy == "group_by_length"
+
+
+def test_accelerate_launch_with_two_processes_trains_one_run(lab, tmp_path) -> None:
+    """The multi-GPU path, on CPU: two processes (gloo), one run directory, one writer."""
+    path = tmp_path / "config.yaml"
+    path.write_text(json.dumps(settings(lab, tmp_path, train={"max_steps": 4}, guards={"every_steps": 2})))
+    launcher = Path(sys.executable).parent / "accelerate"
+    result = subprocess.run(
+        [str(launcher), "launch", "--cpu", "--num_processes", "2", "--num_machines", "1",
+         "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "retain.cli", "-q", "train", str(path)],
+        capture_output=True, text=True, timeout=900, check=False,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.count("run directory:") == 1  # only the main process reports
+    run_dir = tmp_path / "run"
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["steps"] == 4 and summary["status"] == "completed"
+    logged = [r["step"] for r in read_jsonl(run_dir / "metrics.jsonl") if r.get("event") == "log" and "loss" in r]
+    assert logged == [1, 2, 3, 4] and [c["step"] for c in checks(run_dir)] == [2, 4]

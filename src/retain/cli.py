@@ -206,6 +206,8 @@ def train(
                         merge=merge, progress=not _STATE["quiet"],
                         echo=lambda line: console.print(line, markup=False, highlight=False))
     summary = outcome.summary
+    if not summary:  # another process of `accelerate launch`: the main one reports
+        return
     console.print(f"run directory: {outcome.run_dir}")
     table = Table(title=f"retain train: {summary['status']}")
     for column in ("measure", "base", "final"):

@@ -212,6 +212,8 @@ class RunDir:
 
     Args:
         path: The run directory.
+        writer: False in the other processes of a multi-process run (``accelerate
+            launch``): every write is then skipped, so only the main process writes.
 
     Attributes:
         path: The run directory.
@@ -224,8 +226,9 @@ class RunDir:
         started_at: When this object was made (UTC); recorded in ``meta.json``.
     """
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, *, writer: bool = True) -> None:
         self.path = Path(path)
+        self.writer = writer
         self.config_path = self.path / "config.yaml"
         self.meta_path = self.path / "meta.json"
         self.metrics_path = self.path / "metrics.jsonl"
@@ -298,7 +301,13 @@ class RunDir:
 
     def write_config(self, text: str) -> None:
         """Atomically writes the resolved configuration YAML (see ``dump_config``)."""
-        atomic_write_text(self.config_path, text)
+        if self.writer:
+            atomic_write_text(self.config_path, text)
+
+    def write_json(self, name: str, obj: Any) -> None:
+        """Atomically writes ``obj`` as ``<run>/<name>`` (e.g. ``audit.json``)."""
+        if self.writer:
+            atomic_write_json(self.path / name, obj)
 
     def write_summary(self, summary: dict[str, Any]) -> None:
         """Atomically writes ``summary.json``.
@@ -306,7 +315,8 @@ class RunDir:
         Raises:
             TypeError: ``summary`` is not JSON-serializable; nothing is written.
         """
-        atomic_write_json(self.summary_path, summary)
+        if self.writer:
+            atomic_write_json(self.summary_path, summary)
 
     def read_summary(self) -> dict[str, Any]:
         """Returns the contents of ``summary.json``.
@@ -359,7 +369,8 @@ class RunDir:
             "started_at": self.started_at.isoformat(timespec="seconds"),
             **(extra or {}),
         }
-        atomic_write_json(self.meta_path, meta)
+        if self.writer:
+            atomic_write_json(self.meta_path, meta)
         return meta
 
     # Metrics.
@@ -374,6 +385,8 @@ class RunDir:
         Raises:
             TypeError: ``record`` is not JSON-serializable; nothing is written.
         """
+        if not self.writer:
+            return
         line = to_json({**record, "time": record.get("time", round(time.time(), 3))}) + "\n"
         if not self._metrics_checked:
             _drop_partial_last_line(self.metrics_path)
@@ -391,6 +404,8 @@ class RunDir:
         Returns:
             The number of records dropped.
         """
+        if not self.writer:
+            return 0
         records = self.read_metrics()
         kept = [record for record in records if record.get("step") is None or record["step"] <= step]
         if len(kept) < len(records):
@@ -438,7 +453,8 @@ class RunDir:
             retain_logger.setLevel(self._saved_levels.pop(handler))
 
     def __enter__(self) -> RunDir:
-        self._log_handler = self.attach_log()
+        if self.writer:
+            self._log_handler = self.attach_log()
         return self
 
     def __exit__(

@@ -318,13 +318,20 @@ class SmokeGuardConfig(_Section):
         description="Prompts the model answers at each check (the lab world teaches these three "
         "too, so the lab model answers them).",
     )
+    task_prompts: int = Field(
+        3,
+        ge=0,
+        description="Prompts of the task itself (the first rows of data.validation, else "
+        "data.train) added to the smoke test and judged as their own group: a pipeline that "
+        "silences the task can leave general prompts untouched.",
+    )
     max_new_tokens: int = Field(32, gt=0, description="Tokens generated per smoke prompt.")
     fail_share: float = Field(
         0.5,
         gt=0,
         le=1,
-        description="Share of prompts with broken answers (and more than the base model had) "
-        "that triggers the action.",
+        description="Share of broken answers, among the general or among the task prompts (and "
+        "more than the base model had), that triggers the action.",
     )
     action: Literal["warn", "stop"] = Field(
         "stop", description="What to do when generations look broken."

@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,6 +46,7 @@ from retain.evaluation.task import score_task
 from retain.rundir import RunDir, atomic_write_json
 from retain.training.formatting import IGNORE_INDEX, Collator, Encoded
 from retain.training.guards import (
+    LOSS_WINDOW,
     Check,
     Decision,
     better,
@@ -58,6 +60,7 @@ from retain.training.guards import (
 
 logger = logging.getLogger("retain.train")
 
+GUARD_ORDER = ("loss", "smoke", "overfitting", "forgetting", "drift")
 TRACKER_PREFIX = "retain/"  # check values as report_to trackers (TensorBoard, MLflow, W&B) see them
 STATE_FILE = "retain_state.json"  # written last into a checkpoint: its presence means complete
 HEALTH_KINDS = ("empty", "whitespace_only", "echo", "loop")
@@ -92,8 +95,11 @@ class Probe:
         method: The probe method the forgetting guard watches.
         settings: Caps and batch size for probes and task answers.
         chat_template: ``model.chat_template``.
-        smoke_prompts: Smoke prompts, already rendered for the model.
+        smoke_prompts: Smoke prompts, already rendered for the model: the general ones of
+            ``guards.smoke.prompts``, then ``smoke_task`` prompts of the task itself.
         smoke_max_new_tokens: Token cap for smoke answers.
+        smoke_task: How many of the last smoke prompts are task prompts; the general and
+            the task prompts are judged as two groups (see :meth:`smoke`).
         reference: Reference text for drift, or None.
         validation: Validation rows for task accuracy (a prefix of ``data.validation``).
         validation_encoded: Validation rows encoded for the loss.
@@ -108,6 +114,7 @@ class Probe:
     chat_template: str
     smoke_prompts: Sequence[str]
     smoke_max_new_tokens: int
+    smoke_task: int = 0
     reference: str | None = None
     validation: Sequence[Example] = ()
     validation_encoded: Sequence[Encoded] = ()
@@ -139,17 +146,21 @@ class Probe:
 
         An answer is broken when it is empty, blank, an echo or a loop, or when it runs to
         the token cap where the base model's answer to the same prompt stopped
-        (``never_stops``: the model no longer ends its answers).
+        (``never_stops``: the model no longer ends its answers). General and task prompts
+        are two groups, and the share reported is the worse group's: a pipeline that
+        teaches an immediate EOS after the task's prompts silences the task and may leave
+        "Hello, how are you?" untouched.
 
         Returns:
-            The share of broken answers, counts per failure kind, up to three
+            The broken share of the worse group, counts per failure kind, up to three
             ``(prompt, answer)`` examples of broken answers, and whether each answer stopped.
         """
         generations = generate_greedy(model, self.tokenizer, list(self.smoke_prompts),
                                       self.smoke_max_new_tokens)
         counts: dict[str, int] = {}
         examples: list[tuple[str, str]] = []
-        broken = 0
+        first_task = len(generations) - self.smoke_task
+        broken = [0, 0]  # general, task
         for index, generation in enumerate(generations):
             flags = check_generation(generation)
             kinds = [kind for kind in HEALTH_KINDS if getattr(flags, kind)]
@@ -158,10 +169,12 @@ class Probe:
             for kind in kinds:
                 counts[kind] = counts.get(kind, 0) + 1
             if kinds:
-                broken += 1
+                broken[index >= first_task] += 1
                 if len(examples) < 3:
                     examples.append((generation.prompt, generation.text))
-        return broken / len(generations), counts, examples, [g.stopped for g in generations]
+        sizes = (first_task, self.smoke_task)
+        share = max(count / size for count, size in zip(broken, sizes, strict=True) if size)
+        return share, counts, examples, [g.stopped for g in generations]
 
     def validation_loss(self, model: PreTrainedModel) -> float | None:
         """Returns the mean loss per supervised token on the validation rows."""
@@ -212,6 +225,7 @@ class GuardState:
     warned: set[str] = field(default_factory=set)
     best_step: int | None = None
     stopped_by: Decision | None = None
+    restore: bool = False
     losses_since_check: list[float] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
@@ -221,6 +235,7 @@ class GuardState:
             "warned": sorted(self.warned),
             "best_step": self.best_step,
             "stopped_by": self.stopped_by.to_dict() if self.stopped_by else None,
+            "restore": self.restore,
             "losses_since_check": self.losses_since_check,
         }
 
@@ -238,6 +253,7 @@ class GuardState:
             warned=set(data.get("warned", [])),
             best_step=data.get("best_step"),
             stopped_by=Decision(**stopped) if stopped else None,
+            restore=data.get("restore", False),
             losses_since_check=list(data.get("losses_since_check", [])),
         )
 
@@ -284,6 +300,7 @@ class GuardCallback(TrainerCallback):
         # Set to ``Trainer.log`` by the caller: checks then reach report_to trackers too.
         self.log: Callable[[dict[str, float]], None] | None = None
         self._last_checked = self.state.checks[-1].step if self.state.checks else 0
+        self._window: deque[float] = deque(maxlen=LOSS_WINDOW)
 
     # --- trainer events ----------------------------------------------------------------
 
@@ -296,7 +313,10 @@ class GuardCallback(TrainerCallback):
         if loss is None:
             return
         self.state.losses_since_check.append(loss)
-        decision = judge_train_loss(loss, state.global_step, self.settle_steps, self.config, self.state.warned)
+        self._window.append(loss)
+        recent = sum(self._window) / len(self._window) if len(self._window) == LOSS_WINDOW else None
+        decision = judge_train_loss(loss, state.global_step, self.settle_steps, self.config,
+                                    self.state.warned, recent)
         if decision is not None:
             self._record(decision, control)
 
@@ -308,12 +328,14 @@ class GuardCallback(TrainerCallback):
 
     def on_epoch_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
                      model: PreTrainedModel | None = None, **kwargs: Any) -> None:
-        self._check(state, control, model)
+        # An epoch ending a few steps after a scheduled check adds nothing but its cost.
+        if state.global_step - self._last_checked >= max(1, self.interval // 2):
+            self._check(state, control, model)
 
     def on_save(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
                 **kwargs: Any) -> None:
         folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
-        if folder.is_dir():
+        if folder.is_dir() and state.is_world_process_zero:
             atomic_write_json(folder / STATE_FILE, self.state.to_dict())
 
     # --- checks ------------------------------------------------------------------------
@@ -325,7 +347,7 @@ class GuardCallback(TrainerCallback):
         check = self.measure(model, state.global_step, float(state.epoch or 0.0))
         self.state.checks.append(check)
         self.run.append_metrics({"event": "check", **check.to_dict()})
-        if self.echo is not None:
+        if self.echo is not None and self.run.writer:
             self.echo(describe(check))
         if self.log is not None:
             should_log = control.should_log  # Trainer.log clears it; this step's loss must still log
@@ -334,10 +356,13 @@ class GuardCallback(TrainerCallback):
         decisions = self.judge(check)
         for decision in decisions:
             self._record(decision, control, stop=False)
-        # When several guards stop at one check, restoring beats merely stopping.
-        stopping = sorted((d for d in decisions if d.stops), key=lambda d: d.action != "restore_best")
+        # Several guards may stop at one check: the run is reported as stopped by the one that
+        # says most about the cause (a silent model before forgetting), and the best checkpoint
+        # is restored if any of them asks for it.
+        stopping = [decision for decision in decisions if decision.stops]
         if stopping and self.state.stopped_by is None:
-            self.state.stopped_by = stopping[0]
+            self.state.stopped_by = min(stopping, key=lambda decision: GUARD_ORDER.index(decision.guard))
+            self.state.restore = any(decision.action == "restore_best" for decision in stopping)
             control.should_training_stop = True
         if better(check, self.state.best(), self.config):
             self.state.best_step = check.step
@@ -381,6 +406,7 @@ class GuardCallback(TrainerCallback):
             self.echo(line)
         if stop and decision.stops and self.state.stopped_by is None:
             self.state.stopped_by = decision
+            self.state.restore = decision.action == "restore_best"
             control.should_training_stop = True
 
 

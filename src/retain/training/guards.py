@@ -22,6 +22,7 @@ from typing import Any
 from retain.config.schema import GuardsConfig
 
 ACTIONS_THAT_STOP = ("stop", "restore_best")
+LOSS_WINDOW = 10  # steps whose mean loss the high and low loss limits judge
 
 
 @dataclass
@@ -128,7 +129,7 @@ def judge_smoke(check: Check, base_fail_share: float, config: GuardsConfig) -> D
         message += f": {smoke_cause(check.smoke_failures)}"
         if check.smoke_examples:
             prompt, answer = check.smoke_examples[0]
-            message += f"; e.g. {prompt!r} -> {answer!r}"
+            message += f"; e.g. {_cut(prompt, tail=True)!r} -> {_cut(answer)!r}"
     return Decision(
         guard="smoke", step=check.step, triggered=triggered,
         action=settings.action if triggered else "none",
@@ -151,8 +152,9 @@ def smoke_cause(failures: dict[str, int]) -> str:
         "the answer (train.loss_on, or a collator that rebuilds labels)",
         "loop": "the model loops: the EOS is probably masked (pad = EOS with a collator that "
         "masks pad labels), or the learning rate is too high",
-        "never_stops": "the model no longer ends its answers where the base model did: the EOS "
-        "is probably masked (pad = EOS with a collator that masks pad labels)",
+        "never_stops": "the model no longer ends its answers where the base model did. Likely "
+        "causes: the EOS is masked (pad = EOS with a collator that masks pad labels), or a "
+        "loss on the whole prompt drowns the answer and its end (train.loss_on: all)",
     }.get(kind, f"answers broken ({kind})")
 
 
@@ -201,12 +203,15 @@ def judge_overfitting(checks: list[Check], config: GuardsConfig) -> Decision | N
 
 
 def judge_train_loss(
-    loss: float, step: int, settle_steps: int, config: GuardsConfig, warned: set[str]
+    loss: float, step: int, settle_steps: int, config: GuardsConfig, warned: set[str],
+    recent: float | None = None,
 ) -> Decision | None:
     """Judges one logged training loss: NaN or inf stops at once; extremes warn once each.
 
     Args:
-        loss: The logged training loss (a mean over the steps since the last log).
+        loss: The step's training loss; a NaN or inf here stops.
+        recent: The mean loss of the last steps (see :data:`LOSS_WINDOW`), which the high
+            and low limits are judged on: one noisy batch is no trend. None skips them.
         step: The optimizer step it was logged at.
         settle_steps: Steps before a high loss counts: the warmup, and at least a tenth of
             the run, since every healthy run starts with high losses.
@@ -220,12 +225,16 @@ def judge_train_loss(
             "learning rate too high (lower train.lr), fp16 overflow (use bf16 or fp32), or a "
             "batch with no supervised token (retain drops those rows; check the doctor)",
         )
+    if recent is None:
+        return None
+    loss = recent
     high = config.loss.max_loss_after_warmup
     if high is not None and step > settle_steps and loss > high and "high" not in warned:
         warned.add("high")
         return Decision(
             guard="loss", step=step, triggered=True, action="warn", value=loss, threshold=high,
-            message=f"training loss {loss:.3f} is still above {high:g} after warmup: the task "
+            message=f"training loss {loss:.3f} (mean of the last {LOSS_WINDOW} steps) is still above "
+            f"{high:g} after warmup: the task "
             "may be too hard for this setting, or the data inconsistent (run retain audit)",
         )
     low = config.overfitting.min_train_loss
@@ -234,7 +243,8 @@ def judge_train_loss(
         return Decision(
             guard="overfitting", step=step, triggered=True, action="warn", value=loss,
             threshold=low,
-            message=f"training loss {loss:.3f} is below {low:g}: the model may be memorising "
+            message=f"training loss {loss:.3f} (mean of the last {LOSS_WINDOW} steps) is below {low:g}: "
+            "the model may be memorising "
             "the training set; watch validation loss and forgetting",
         )
     return None
@@ -245,7 +255,7 @@ def better(candidate: Check, best: Check | None, config: GuardsConfig) -> bool:
     if best is None:
         return True
     threshold = config.forgetting.threshold
-    broken = _broken(candidate, config), _broken(best, config)
+    broken = unsound(candidate, config), unsound(best, config)
     if broken[0] != broken[1]:
         return broken[1]  # NaN weights or broken answers are never best while sound ones exist
 
@@ -264,7 +274,15 @@ def better(candidate: Check, best: Check | None, config: GuardsConfig) -> bool:
     return False
 
 
-def _broken(check: Check, config: GuardsConfig) -> bool:
+def _cut(text: str, keep: int = 60, *, tail: bool = False) -> str:
+    """Returns a long text cut for one log line: its end (``tail``, for prompts, whose question
+    comes last) or its start (for answers)."""
+    if len(text) <= keep:
+        return text
+    return "..." + text[-keep:] if tail else text[:keep] + "..."
+
+
+def unsound(check: Check, config: GuardsConfig) -> bool:
     """True when a check measured non-finite losses (NaN or inf weights) or failed the smoke test."""
     if check.smoke_fail_share is not None and check.smoke_fail_share >= config.smoke.fail_share:
         return True

@@ -23,6 +23,7 @@ import hashlib
 import json
 import logging
 import math
+import os
 import shutil
 import time
 from collections.abc import Callable
@@ -37,6 +38,7 @@ from retain.audit.doctor import run_doctor
 from retain.audit.runner import run_audit
 from retain.config import RetainConfig
 from retain.config.loading import dump_config
+from retain.config.schema import GuardsConfig
 from retain.data import Example, load_examples_for
 from retain.errors import ConfigError, RetainError
 from retain.evaluation.commands import default_suites, settings_from
@@ -49,10 +51,11 @@ from retain.evaluation.engine import (
 )
 from retain.evaluation.prompting import PromptFormat
 from retain.evaluation.suites import load_suite
+from retain.evaluation.task import render_example
 from retain.hardware import resolve_precision
 from retain.models import LoadedModel, load_model, quiet_peft
 from retain.progress import quiet_trainer
-from retain.rundir import RunDir, atomic_write_json, default_run_name
+from retain.rundir import RunDir, default_run_name
 from retain.training.callback import (
     STATE_FILE,
     Baseline,
@@ -67,6 +70,7 @@ from retain.training.formatting import (
     encode_examples,
     prepare_tokenizer,
 )
+from retain.training.guards import unsound
 
 logger = logging.getLogger("retain.train")
 
@@ -131,8 +135,9 @@ def run_train(
     if resume and not config.output.name:
         raise ConfigError("--resume needs the name of the run to continue", field="output.name",
                           fix="pass --name NAME (the run directory's name) or set output.name")
-    run = RunDir.create(config.output.dir, config.output.name or default_run_name("train"),
-                        overwrite=overwrite, resume=resume)
+    run = _open_run(config, overwrite=overwrite, resume=resume)
+    if not run.writer:
+        echo, progress = (lambda line: None), False
     with run, quiet_peft():
         if resume:
             config = _check_same_config(run, config)
@@ -140,6 +145,28 @@ def run_train(
             run.write_config(dump_config(config))
             run.write_meta({"data": _data_hashes(config)})
         return _train(config, run, resume=resume, force=force, merge=merge, progress=progress, echo=echo)
+
+
+def _open_run(config: RetainConfig, *, overwrite: bool, resume: bool) -> RunDir:
+    """Opens the run directory; under ``accelerate launch`` only the main process writes.
+
+    Every process runs the same steps (the same checks give the same decisions, so all
+    stop together); the main process creates the directory and is the only one to write
+    to it, and its run name is the one every process uses.
+    """
+    name = [config.output.name or default_run_name("train")]
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:  # one process: no distributed state to set up
+        return RunDir.create(config.output.dir, name[0], overwrite=overwrite, resume=resume)
+    from accelerate import PartialState
+    from accelerate.utils import broadcast_object_list
+
+    processes = PartialState()
+    broadcast_object_list(name)  # the main process's timestamp names the run everywhere
+    run = None
+    if processes.is_main_process:
+        run = RunDir.create(config.output.dir, name[0], overwrite=overwrite, resume=resume)
+    processes.wait_for_everyone()
+    return run or RunDir(Path(config.output.dir) / name[0], writer=False)
 
 
 @dataclass
@@ -152,6 +179,7 @@ class _Plan:
     steps_per_epoch: int
     total_steps: int
     interval: int
+    task_prompts: list[Example]
 
     @classmethod
     def of(cls, config: RetainConfig, tokenizer, prompt_format: PromptFormat) -> _Plan:
@@ -159,10 +187,16 @@ class _Plan:
         validation = load_examples_for(config.data, config.data.validation) if config.data.validation else []
         validation_rows = _encode(config, config.data.validation, tokenizer, prompt_format) if validation else []
         train = config.train
-        steps_per_epoch = max(1, math.ceil(len(train_rows) / (train.batch_size * train.grad_accum)))
+        processes = int(os.environ.get("WORLD_SIZE", "1"))  # `accelerate launch` splits each batch
+        steps_per_epoch = max(1, math.ceil(len(train_rows) / (train.batch_size * train.grad_accum * processes)))
         total_steps = train.max_steps or max(1, math.ceil(steps_per_epoch * train.epochs))
         interval = config.guards.every_steps or max(1, steps_per_epoch // config.guards.checks_per_epoch)
-        return cls(train_rows, validation, validation_rows, steps_per_epoch, total_steps, interval)
+        # Smoke-test task prompts: held-out rows if there are any, else training rows.
+        count = config.guards.smoke.task_prompts
+        task_prompts = list(validation[:count]) if validation else load_examples_for(
+            config.data, config.data.train)[:count]
+        return cls(train_rows, validation, validation_rows, steps_per_epoch, total_steps, interval,
+                   task_prompts)
 
 
 def _train(config: RetainConfig, run: RunDir, *, resume: bool, force: bool, merge: bool,
@@ -183,8 +217,10 @@ def _train(config: RetainConfig, run: RunDir, *, resume: bool, force: bool, merg
     probe = Probe(
         tokenizer=tokenizer, suites=suites, method=config.guards.forgetting.method,
         settings=settings_from(config), chat_template=config.model.chat_template,
-        smoke_prompts=[prompt_format.render(prompt) for prompt in config.guards.smoke.prompts],
-        smoke_max_new_tokens=config.guards.smoke.max_new_tokens, reference=reference,
+        smoke_prompts=[prompt_format.render(prompt) for prompt in config.guards.smoke.prompts]
+        + [render_example(example, prompt_format).prompt for example in plan.task_prompts],
+        smoke_max_new_tokens=config.guards.smoke.max_new_tokens, smoke_task=len(plan.task_prompts),
+        reference=reference,
         validation=plan.validation[:VALIDATION_LIMIT], validation_encoded=plan.validation_rows,
         collate=collate, batch_size=config.train.batch_size,
     )
@@ -212,14 +248,16 @@ def _train(config: RetainConfig, run: RunDir, *, resume: bool, force: bool, merg
     train_started = time.perf_counter()
     output = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     train_seconds = time.perf_counter() - train_started
-    restored = _restore_if_asked(model, guard.state, run, config.guards.forgetting.threshold, echo)
+    if not run.writer:  # another process of a multi-process run: the main one finishes it
+        return TrainOutcome(run_dir=run.path, summary={})
+    restored = _restore_if_asked(model, guard.state, run, config.guards, echo)
     _save_model(model, tokenizer, run.path / "model")
     if merge:
         _save_merged(model, tokenizer, run.path / "merged", config)
     final = evaluate(model, tokenizer, name=str(run.path / "model"), chat_template=config.model.chat_template,
                      suites=suites, task=_read(config, config.data.eval), ood=_read(config, config.data.ood),
                      reference=reference, base_logprobs=baseline.logprobs, settings=probe.settings)
-    atomic_write_json(run.path / "final_eval.json", final.to_dict())
+    run.write_json("final_eval.json", final.to_dict())
     epochs_done = trainer.state.global_step / plan.steps_per_epoch
     summary = _summary(config, guard.state, base_result, final, restored=restored,
                        steps=trainer.state.global_step, train_seconds=train_seconds,
@@ -247,9 +285,9 @@ def _preflight(config: RetainConfig, run: RunDir, suites: list, *, force: bool,
                echo: Callable[[str], None]) -> None:
     """Runs the audit and the doctor; refuses blockers unless ``force``."""
     audit = run_audit(config, config.data.train, eval_data=config.data.eval, probes=suites)
-    atomic_write_json(run.path / "audit.json", audit.to_dict())
+    run.write_json("audit.json", audit.to_dict())
     doctor = run_doctor(config)
-    atomic_write_json(run.path / "doctor.json", doctor.to_dict())
+    run.write_json("doctor.json", doctor.to_dict())
     for name, report in (("audit", audit), ("doctor", doctor)):
         blockers = [finding for finding in report.findings if finding.severity == "blocker"]
         echo(f"{name}: {report.count('blocker')} blockers, {report.count('warning')} warnings")
@@ -275,7 +313,7 @@ def _baseline(config: RetainConfig, run: RunDir, loaded: LoadedModel, probe: Pro
         result = evaluate(loaded.model, loaded.tokenizer, name=config.model.name_or_path,
                           chat_template=config.model.chat_template, suites=probe.suites,
                           reference=probe.reference, settings=probe.settings).to_dict()
-        atomic_write_json(path, result)
+        run.write_json(path.name, result)
     reference = probe.reference
     logprobs = compute_base_logprobs(loaded.model, loaded.tokenizer, reference) if reference else None
     smoke_share, _, _, stopped = probe.smoke(loaded.model)
@@ -373,27 +411,32 @@ def _last_checkpoint(run: RunDir) -> Path | None:
     for path in reversed(found):
         if (path / STATE_FILE).is_file():
             return path
-        logger.warning("removing incomplete checkpoint %s (interrupted while saving)", path)
-        shutil.rmtree(path, ignore_errors=True)
+        if run.writer:
+            logger.warning("removing incomplete checkpoint %s (interrupted while saving)", path)
+            shutil.rmtree(path, ignore_errors=True)
     return None
 
 
 # --- after training -------------------------------------------------------------------
 
 
-def _restore_if_asked(model: PreTrainedModel, state: GuardState, run: RunDir, threshold: float,
+def _restore_if_asked(model: PreTrainedModel, state: GuardState, run: RunDir, config: GuardsConfig,
                       echo: Callable[[str], None]) -> int | None:
-    """Loads the best checkpoint back when the stopping guard's action is ``restore_best``."""
-    stopped = state.stopped_by
-    if stopped is None or stopped.action != "restore_best":
+    """Loads the best checkpoint back when a guard that stopped the run asked for ``restore_best``."""
+    if state.stopped_by is None or not state.restore:
         return None
     best = state.best()
     if best is None:
         echo("restore_best: no check had completed, so there is no checkpoint to restore")
         return None
+    if unsound(best, config):
+        echo("restore_best: no checkpoint passed the smoke test with finite losses, so none is "
+             f"worth restoring; the model is left as it was at step {state.stopped_by.step}")
+        return None
     load_weights(model, run.checkpoints_dir / f"checkpoint-{best.step}")
     figures = (f"probe accuracy {_percent(best.probe_accuracy)}, forgetting {_signed(best.forgetting)}, "
                f"task accuracy {_percent(best.task_accuracy)}")
+    threshold = config.forgetting.threshold
     if best.forgetting is not None and best.forgetting > threshold:
         echo(f"no checkpoint stayed within the forgetting limit of {threshold:.0%}; restored the one "
              f"that forgot least, step {best.step} ({figures}): lower train.lr, check more often "

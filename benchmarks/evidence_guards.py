@@ -1,0 +1,242 @@
+"""The guards on the lab: the evidence of issue 5, written into docs/RESULTS.md.
+
+Usage: ``python benchmarks/evidence_guards.py [--seeds 5] [--parts traps aggressive default]``
+(about 30 minutes on 2 cores for all of it).
+Every run is a real ``retain train`` of the default lab model on the lab domain task
+(``retain lab data``), in ``benchmarks/results/guard-runs/``:
+
+1. the silent failures reproduced on purpose: the pad = EOS trap (transformers' language-
+   modelling collator with pad = EOS) and labels that teach an immediate EOS (prompts
+   ending with their own EOS, loss on all tokens). The doctor refuses both; with
+   ``--force``, the guards are watched at their first check;
+2. an aggressive full fine-tuning (lr 5e-4, 2 epochs) with the forgetting guard
+   (``restore_best``, checks every 10 steps) and the same run with the guards off;
+3. the default config (LoRA r=16 on all projections, lr 1e-4, 2 epochs) over several seeds,
+   listing every guard that fired and the final numbers measured independently.
+
+The raw numbers go to ``benchmarks/results/evidence_guards.json``; docs/RESULTS.md is
+rebuilt from every ``evidence_*.json`` there.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results"
+RUNS = RESULTS / "guard-runs"
+DOC = HERE.parent / "docs" / "RESULTS.md"
+sys.path.insert(0, str(HERE))
+
+from retain.config import load_config  # noqa: E402
+from retain.lab.export import export_lab_data  # noqa: E402
+from retain.rundir import atomic_write_json, atomic_write_text, read_jsonl  # noqa: E402
+from retain.training.run import TrainRefused, run_train  # noqa: E402
+
+AGGRESSIVE = ["method=full", "train.lr=5e-4", "guards.every_steps=10"]
+TRAPS = {
+    "pad = EOS, language-modelling collator": ["model.pad_token=eos", "train.collator=language_modeling"],
+    "prompts ending with EOS, loss on all tokens": ["train.loss_on=all", "data.train={eos_train}"],
+}
+
+
+def _train(config_path: Path, name: str, overrides: list[str], *, force: bool = False) -> dict:
+    config = load_config(config_path, [*overrides, f"output.dir={RUNS}", f"output.name={name}"])
+    started = time.perf_counter()
+    outcome = run_train(config, overwrite=True, force=force, progress=False, echo=lambda line: None)
+    checks = [r for r in read_jsonl(outcome.run_dir / "metrics.jsonl") if r.get("event") == "check"]
+    summary = outcome.summary
+    return {
+        "seconds": round(time.perf_counter() - started, 1),
+        "status": summary["status"],
+        "stopped_by": summary["stopped_by"],
+        "restored_step": summary["restored_step"],
+        "steps": summary["steps"],
+        "base_probe_accuracy": summary["base_probe_accuracy"],
+        "final_probe_accuracy": summary["final_probe_accuracy"],
+        "forgetting": summary["forgetting_relative"],
+        "task_accuracy": {split: score["accuracy"] for split, score in summary["task"].items()},
+        "guard_events": summary["guard_events"],
+        "checks": [{key: check[key] for key in ("step", "probe_accuracy", "forgetting", "task_accuracy",
+                                                "smoke_fail_share")} for check in checks],
+        "ship": summary["verdict"]["ship"],
+    }
+
+
+def _majority_share(data: Path) -> float:
+    """Returns the share of the eval set's commonest answer: accuracy of a model that learned nothing."""
+    answers = [json.loads(line)["response"].strip() for line in (data / "test.jsonl").read_text().splitlines()]
+    return max(answers.count(answer) for answer in set(answers)) / len(answers)
+
+
+def _trap_data(data: Path) -> Path:
+    path = data / "train_eos.jsonl"
+    rows = [json.loads(line) for line in (data / "train.jsonl").read_text().splitlines()]
+    path.write_text("".join(json.dumps(row | {"prompt": row["prompt"] + "</s>"}) + "\n" for row in rows))
+    return path
+
+
+PARTS = ("traps", "aggressive", "default")
+
+
+def run(seeds: int, parts: tuple[str, ...] = PARTS, previous: dict | None = None) -> dict:
+    """Runs the ``parts`` asked for; the others are kept from ``previous``."""
+    data = RUNS / "data"
+    export_lab_data(data)
+    config = data / "config.yaml"
+    eos_train = _trap_data(data)
+    result: dict = {"traps": {}, "aggressive": {}, "default": []}
+    if previous:
+        result |= {part: previous[part] for part in PARTS if part not in parts and part in previous}
+    for index, (name, overrides) in enumerate(TRAPS.items() if "traps" in parts else ()):
+        overrides = [item.format(eos_train=eos_train) for item in overrides]
+        try:
+            _train(config, f"trap{index}-refused", overrides)
+            refused = None
+        except TrainRefused as error:
+            refused = str(error)
+        print(f"trap {name}: refused: {refused}", flush=True)
+        forced = _train(config, f"trap{index}-forced", overrides, force=True)
+        print(f"  forced: {forced['stopped_by']}", flush=True)
+        result["traps"][name] = {"refused": refused, "forced": forced}
+    aggressive = (("guarded", []), ("unguarded", ["guards.enabled=false"])) if "aggressive" in parts else ()
+    for name, extra in aggressive:
+        result["aggressive"][name] = _train(config, f"aggressive-{name}", AGGRESSIVE + extra)
+        print(f"aggressive {name}: forgetting {result['aggressive'][name]['forgetting']}", flush=True)
+    result["majority_share"] = _majority_share(data)
+    for seed in range(seeds if "default" in parts else 0):
+        run_result = _train(config, f"default-seed{seed}", [f"train.seed={seed}"])
+        run_result["seed"] = seed
+        result["default"].append(run_result)
+        print(f"default seed {seed}: {[e['guard'] for e in run_result['guard_events']]}", flush=True)
+    return result
+
+
+def _pct(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.1%}"
+
+
+def markdown(result: dict) -> str:
+    lines = [
+        "## Guards on the lab (issue 5)\n",
+        f"Measured {result.get('date', '?')}. Command: `python benchmarks/evidence_guards.py` "
+        "(real `retain train` runs of the default lab model on the lab domain task; run "
+        "directories in `benchmarks/results/guard-runs/`, not committed). Forgetting is relative "
+        "to the base model's general probe accuracy by generation.\n",
+        "### The silent failures, reproduced on purpose\n",
+        "| trap | without --force | with --force: stopped by | at step (first check) | message |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for name, trap in result["traps"].items():
+        forced = trap["forced"]
+        stop = forced["stopped_by"] or {}
+        first = forced["checks"][0]["step"] if forced["checks"] else None
+        refused = "refused by the doctor" if trap["refused"] and "doctor" in trap["refused"] else (
+            "refused" if trap["refused"] else "trained")
+        message = (stop.get("message") or "").replace("|", "/")
+        lines.append(f"| {name} | {refused} | {stop.get('guard', 'nothing')} | {stop.get('step')} ({first}) | "
+                     f"{message[:300]} |")
+    guarded, unguarded = result["aggressive"]["guarded"], result["aggressive"]["unguarded"]
+    lines += [
+        "\n### Aggressive full fine-tuning (lr 5e-4, 2 epochs, checks every 10 steps)\n",
+        "| run | stopped at step | restored step | general probes after | forgetting | task (eval) | task (ood) | verdict |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for name, entry in (("forgetting guard, restore_best", guarded), ("guards off", unguarded)):
+        stop = entry["stopped_by"]
+        lines.append(
+            f"| {name} | {stop['step'] if stop else '-'} | {entry['restored_step'] or '-'} | "
+            f"{_pct(entry['final_probe_accuracy'])} | {_pct(entry['forgetting'])} | "
+            f"{_pct(entry['task_accuracy'].get('eval'))} | {_pct(entry['task_accuracy'].get('ood'))} | "
+            f"{'ship' if entry['ship'] else 'do not ship'} |")
+    lines += [
+        f"\nBase general probe accuracy: {_pct(guarded['base_probe_accuracy'])}.\n",
+        "### The default config over seeds (LoRA r=16, lr 1e-4, 2 epochs)\n",
+        "| seed | guards that fired (step: guard -> action) | forgetting at each check | final forgetting | task (eval) | verdict |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for entry in result["default"]:
+        events = ", ".join(f"{e['step']}: {e['guard']} -> {e['action']}" for e in entry["guard_events"]) or "none"
+        curve = " ".join(_pct(c["forgetting"]) for c in entry["checks"])
+        lines.append(f"| {entry['seed']} | {events} | {curve} | {_pct(entry['forgetting'])} | "
+                     f"{_pct(entry['task_accuracy'].get('eval'))} | {'ship' if entry['ship'] else 'do not ship'} |")
+    lines.append("\n" + _reading(result))
+    return "\n".join(lines) + "\n"
+
+
+def _reading(result: dict) -> str:
+    """Returns what the default runs say, computed from the numbers (nothing typed in)."""
+    runs = result["default"]
+    fired: dict[str, int] = {}
+    for entry in runs:
+        for guard in {event["guard"] for event in entry["guard_events"]}:
+            fired[guard] = fired.get(guard, 0) + 1
+    forgetting_true = sum(
+        any(event["guard"] == "forgetting" and event["value"] > event["threshold"] for event in entry["guard_events"])
+        for entry in runs)
+    tasks = [entry["task_accuracy"].get("eval") or 0.0 for entry in runs]
+    majority = result.get("majority_share")
+    parts = [f"Guards that fired, in how many of the {len(runs)} seeds: "
+             + (", ".join(f"{guard} {count}" for guard, count in sorted(fired.items())) or "none") + "."]
+    if "forgetting" in fired:
+        triggered = [entry for entry in runs if any(e["guard"] == "forgetting" for e in entry["guard_events"])]
+        limit = next(e["threshold"] for e in triggered[0]["guard_events"] if e["guard"] == "forgetting")
+        within = sum((entry["forgetting"] or 0.0) <= limit for entry in triggered)
+        parts.append(f"Forgetting triggers that were a measured drop above the limit at a check: "
+                     f"{forgetting_true} of {fired['forgetting']}; runs whose final model, after the "
+                     f"restore, is within the limit: {within} of {len(triggered)}.")
+    if majority is not None:
+        parts.append(f"Task accuracy on the eval set is {min(tasks):.1%}-{max(tasks):.1%}, against "
+                     f"{majority:.1%} for always answering the commonest label.")
+        if max(tasks) < majority + 0.05:
+            parts.append("The default recipe does not learn the lab task in 2 epochs. The loss "
+                         "warning, a 10-step mean loss still above 2.0 after the first tenth of the "
+                         "run, says so early: it is a true signal, not a false alarm. Which recipe "
+                         "learns the task within the forgetting limit is the question of issue 6.")
+    return " ".join(parts) + "\n"
+
+
+def render() -> str:
+    sections = ["# Results\n",
+                "Evidence measured on the lab by commands in the repo; each section names its "
+                "command. Figures are from one machine (2 CPU cores) and one run unless stated.\n"]
+    for path in sorted(RESULTS.glob("evidence_*.json")):
+        module = __import__(path.stem)
+        sections.append(module.markdown(json.loads(path.read_text())))
+    return "\n".join(sections)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", type=int, default=5)
+    parser.add_argument("--parts", nargs="+", choices=PARTS, default=list(PARTS),
+                        help="run only these parts; the others keep their last results")
+    parser.add_argument("--render", action="store_true",
+                        help="only rebuild docs/RESULTS.md from the saved results")
+    args = parser.parse_args()
+    saved = RESULTS / "evidence_guards.json"
+    if args.render:
+        result = json.loads(saved.read_text())
+        if "majority_share" not in result:  # results saved before it was recorded
+            export_lab_data(RUNS / "data")
+            result["majority_share"] = _majority_share(RUNS / "data")
+            atomic_write_json(saved, result)
+        atomic_write_text(DOC, render())
+        return
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    previous = json.loads(saved.read_text()) if saved.is_file() else None
+    result = run(args.seeds, tuple(args.parts), previous)
+    result["date"] = time.strftime("%Y-%m-%d", time.gmtime())
+    atomic_write_json(RESULTS / "evidence_guards.json", result)
+    atomic_write_text(DOC, render())
+    print(f"wrote {DOC}")
+
+
+if __name__ == "__main__":
+    main()
