@@ -295,3 +295,14 @@ def test_accelerate_launch_with_two_processes_trains_one_run(lab, tmp_path) -> N
     assert summary["steps"] == 4 and summary["status"] == "completed"
     logged = [r["step"] for r in read_jsonl(run_dir / "metrics.jsonl") if r.get("event") == "log" and "loss" in r]
     assert logged == [1, 2, 3, 4] and [c["step"] for c in checks(run_dir)] == [2, 4]
+
+
+def test_each_guard_keeps_its_own_schedule(lab, tmp_path) -> None:
+    cfg = config(lab, tmp_path, train={"max_steps": 4, "lr": 1e-5},
+                 guards={"every_steps": 4, "smoke": {"every_steps": 1}, "loss": {"max_loss_after_warmup": None}})
+    quiet_train(cfg)
+    found = checks(tmp_path / "run")
+    assert [c["step"] for c in found] == [1, 2, 3, 4]
+    assert all(c["smoke_fail_share"] is not None for c in found)  # smoke: every step
+    assert [c["probe_accuracy"] is not None for c in found] == [False, False, False, True]  # probes: every 4
+    assert [c["val_loss"] is not None for c in found] == [False, False, False, True]

@@ -320,17 +320,30 @@ class GuardCallback(TrainerCallback):
         if decision is not None:
             self._record(decision, control)
 
+    def due(self, step: int, last: bool = False) -> set[str]:
+        """Returns what is measured at ``step``: each guard on its own schedule
+        (``guards.<guard>.every_steps``, else ``interval``), everything at the last step.
+
+        ``validation`` (validation loss and task accuracy, for the overfitting guard and
+        the choice of the best checkpoint) follows ``interval``.
+        """
+        every = {
+            "smoke": self.config.smoke.every_steps, "forgetting": self.config.forgetting.every_steps,
+            "drift": self.config.drift.every_steps, "validation": None,
+        }
+        return {part for part, steps in every.items() if last or step % (steps or self.interval) == 0}
+
     def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
                     model: PreTrainedModel | None = None, **kwargs: Any) -> None:
-        step = state.global_step
-        if step % self.interval == 0 or step >= state.max_steps:
-            self._check(state, control, model)
+        due = self.due(state.global_step, last=state.global_step >= state.max_steps)
+        if due:
+            self._check(state, control, model, due)
 
     def on_epoch_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
                      model: PreTrainedModel | None = None, **kwargs: Any) -> None:
         # An epoch ending a few steps after a scheduled check adds nothing but its cost.
         if state.global_step - self._last_checked >= max(1, self.interval // 2):
-            self._check(state, control, model)
+            self._check(state, control, model, self.due(state.global_step, last=True))
 
     def on_save(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
                 **kwargs: Any) -> None:
@@ -340,11 +353,12 @@ class GuardCallback(TrainerCallback):
 
     # --- checks ------------------------------------------------------------------------
 
-    def _check(self, state: TrainerState, control: TrainerControl, model: PreTrainedModel | None) -> None:
+    def _check(self, state: TrainerState, control: TrainerControl, model: PreTrainedModel | None,
+               due: set[str]) -> None:
         if model is None or state.global_step == self._last_checked:
             return
         self._last_checked = state.global_step
-        check = self.measure(model, state.global_step, float(state.epoch or 0.0))
+        check = self.measure(model, state.global_step, float(state.epoch or 0.0), due)
         self.state.checks.append(check)
         self.run.append_metrics({"event": "check", **check.to_dict()})
         if self.echo is not None and self.run.writer:
@@ -364,25 +378,33 @@ class GuardCallback(TrainerCallback):
             self.state.stopped_by = min(stopping, key=lambda decision: GUARD_ORDER.index(decision.guard))
             self.state.restore = any(decision.action == "restore_best" for decision in stopping)
             control.should_training_stop = True
-        if better(check, self.state.best(), self.config):
+        # Only checks that measured forgetting (when there is a base to measure it against)
+        # can be restored to: the rule is "best within the forgetting limit".
+        measured = check.forgetting is not None or self.baseline.probe_accuracy is None
+        if measured and better(check, self.state.best(), self.config):
             self.state.best_step = check.step
             state.best_global_step = check.step  # the trainer keeps this checkpoint from rotation
             control.should_save = True
 
-    def measure(self, model: PreTrainedModel, step: int, epoch: float) -> Check:
-        """Measures ``model`` for one check."""
+    def measure(self, model: PreTrainedModel, step: int, epoch: float,
+                due: set[str] = frozenset({"smoke", "forgetting", "drift", "validation"})) -> Check:
+        """Measures ``model`` for one check: the parts ``due`` (see :meth:`due`)."""
         losses, self.state.losses_since_check = self.state.losses_since_check, []
         finite = [loss for loss in losses if math.isfinite(loss)]
         check = Check(step=step, epoch=round(epoch, 4),
                       train_loss=sum(finite) / len(finite) if finite else None)
-        check.probe_accuracy, check.categories = self.probe.probes(model)
-        if check.probe_accuracy is not None and self.baseline.probe_accuracy is not None:
-            check.forgetting = relative_drop(self.baseline.probe_accuracy, check.probe_accuracy)
-        check.smoke_fail_share, check.smoke_failures, check.smoke_examples, _ = self.probe.smoke(
-            model, self.baseline.smoke_stopped)
-        check.kl, check.perplexity_ratio = self.probe.drift(model, self.baseline)
-        check.val_loss = self.probe.validation_loss(model)
-        check.task_accuracy = self.probe.task_accuracy(model)
+        if "forgetting" in due:
+            check.probe_accuracy, check.categories = self.probe.probes(model)
+            if check.probe_accuracy is not None and self.baseline.probe_accuracy is not None:
+                check.forgetting = relative_drop(self.baseline.probe_accuracy, check.probe_accuracy)
+        if "smoke" in due:
+            check.smoke_fail_share, check.smoke_failures, check.smoke_examples, _ = self.probe.smoke(
+                model, self.baseline.smoke_stopped)
+        if "drift" in due:
+            check.kl, check.perplexity_ratio = self.probe.drift(model, self.baseline)
+        if "validation" in due:
+            check.val_loss = self.probe.validation_loss(model)
+            check.task_accuracy = self.probe.task_accuracy(model)
         return check
 
     def judge(self, check: Check) -> list[Decision]:
@@ -391,7 +413,8 @@ class GuardCallback(TrainerCallback):
             judge_smoke(check, self.baseline.smoke_fail_share, self.config),
             judge_forgetting(check, self.config),
             judge_drift(check, self.config),
-            judge_overfitting(self.state.checks, self.config),
+            judge_overfitting([c for c in self.state.checks if c.val_loss is not None], self.config)
+            if check.val_loss is not None else None,
         ]
         return [decision for decision in decisions if decision is not None]
 

@@ -297,7 +297,7 @@ def _preflight(config: RetainConfig, run: RunDir, suites: list, *, force: bool,
             raise TrainRefused(
                 f"the {name} found {len(blockers)} blocker(s), first: {blockers[0].title}",
                 fix=f"{blockers[0].fix}; see {run.path / (name + '.json')}, or pass --force to "
-                "train anyway",
+                "train anyway (with --overwrite to reuse this run's name)",
             )
         if blockers:
             logger.warning("training despite %d %s blocker(s) (--force)", len(blockers), name)
