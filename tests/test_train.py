@@ -306,3 +306,16 @@ def test_each_guard_keeps_its_own_schedule(lab, tmp_path) -> None:
     assert all(c["smoke_fail_share"] is not None for c in found)  # smoke: every step
     assert [c["probe_accuracy"] is not None for c in found] == [False, False, False, True]  # probes: every 4
     assert [c["val_loss"] is not None for c in found] == [False, False, False, True]
+
+
+def test_the_saved_tokenizer_carries_the_template_training_used(lab, tmp_path) -> None:
+    from transformers import AutoTokenizer
+
+    template = tmp_path / "chat.jinja"
+    template.write_text("{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}\n{% endfor %}"
+                        "{% if add_generation_prompt %}<|assistant|>{% endif %}")
+    cfg = config(lab, tmp_path, model={"name_or_path": str(lab["model"]), "chat_template": str(template)},
+                 train={"max_steps": 2}, guards={"every_steps": 2})
+    outcome = quiet_train(cfg)
+    saved = AutoTokenizer.from_pretrained(outcome.run_dir / "model")
+    assert saved.chat_template == template.read_text()

@@ -251,6 +251,9 @@ def _train(config: RetainConfig, run: RunDir, *, resume: bool, force: bool, merg
     if not run.writer:  # another process of a multi-process run: the main one finishes it
         return TrainOutcome(run_dir=run.path, summary={})
     restored = _restore_if_asked(model, guard.state, run, config.guards, echo)
+    # The saved tokenizer carries the template training used (none for raw prompts), so
+    # whoever loads model/ prompts it the way it was trained.
+    tokenizer.chat_template = prompt_format.template
     _save_model(model, tokenizer, run.path / "model")
     if merge:
         _save_merged(model, tokenizer, run.path / "merged", config)
