@@ -124,10 +124,13 @@ def test_chat_rows_already_holding_markup_are_wrapped_twice(model_dir, tmp_path)
 def test_prompts_written_for_another_models_template_block(model_dir, tmp_path) -> None:
     edit_json(model_dir / "tokenizer_config.json", chat_template=CHATML)
     path = tmp_path / "inst.jsonl"
-    path.write_text(json.dumps({"prompt": "[INST] Is the sky blue? [/INST]", "response": " yes"}) + "\n")
+    rows = [{"prompt": "[INST] Is the sky blue? [/INST]", "response": " yes"},
+            {"prompt": "<|im_start|>user [INST] Is grass red? [/INST]", "response": " no"}]
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
     report = run_doctor(config(model_dir, path))
     [mismatch] = [f for f in report.findings if f.code == "template_mismatch"]
     assert mismatch.severity == "blocker" and "Llama 2 / Mistral" in mismatch.title
+    assert mismatch.count == 2  # each row once, by its foreign markup
 
 
 def test_alpaca_text_on_a_model_without_a_template_is_consistent(model_dir, tmp_path) -> None:
@@ -170,8 +173,7 @@ def test_left_padded_training_batches_differ_from_evaluation_prompts(model_dir, 
     tokenizer.padding_side = "left"  # a custom pipeline's mistake: positions shift
     examples = load_examples(train_file)[:8]
     encoded, _ = encode_examples(examples, tokenizer, PromptFormat.raw(), max_length=512)
-    rows = inspect_batches(encoded, examples, tokenizer, PromptFormat.raw(),
-                           collator="completion", batch_size=8)
+    rows = inspect_batches(encoded, tokenizer, collator="completion", batch_size=8)
     longest = max(len(row.input_ids) for row in encoded)
     assert [row.prompt_differs for row in rows] == [len(row.input_ids) < longest for row in encoded]
 

@@ -14,7 +14,7 @@ unsloth#2364), generation settings that leave no room for an answer (LLaMA-Facto
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,7 +26,6 @@ from retain.config import RetainConfig
 from retain.data import Example, read_examples_for
 from retain.errors import ConfigError
 from retain.evaluation.prompting import PromptFormat
-from retain.evaluation.task import render_example
 from retain.models import ModelParts, load_model_parts
 from retain.training.formatting import (
     IGNORE_INDEX,
@@ -34,7 +33,6 @@ from retain.training.formatting import (
     build_collator,
     encode_examples,
     prepare_tokenizer,
-    tokenize_texts,
 )
 
 # Markup that chat templates write; found in a prompt, the data was rendered for a
@@ -129,8 +127,8 @@ def run_doctor(config: RetainConfig, *, parts: ModelParts | None = None) -> Doct
     )
     rejected = {problem.line for problem in unrenderable}
     kept = [example for example in examples if example.line not in rejected]
-    rows = inspect_batches(encoded, kept, tokenizer, prompt_format,
-                           collator=config.train.collator, batch_size=config.train.batch_size)
+    rows = inspect_batches(encoded, tokenizer, collator=config.train.collator,
+                           batch_size=config.train.batch_size)
     findings: list[Finding | None] = [
         _unrenderable(unrenderable, len(examples)),
         masked_labels(rows),
@@ -159,21 +157,19 @@ def run_doctor(config: RetainConfig, *, parts: ModelParts | None = None) -> Doct
 
 def inspect_batches(
     encoded: Sequence[Encoded],
-    examples: Sequence[Example],
     tokenizer: PreTrainedTokenizerBase,
-    prompt_format: PromptFormat,
     *,
     collator: str,
     batch_size: int,
 ) -> list[RowCheck]:
     """Collates ``encoded`` in training batches and checks each row of each batch.
 
-    ``examples`` are the rows ``encoded`` came from, in order; their prompts are
-    tokenised the way evaluation tokenises them to compare with the batch.
+    The encoded prompt ids are the ids evaluation gives the model (they are tokenised by
+    the call generation makes, see :func:`retain.training.formatting.encode_examples`),
+    so a batch whose prompt ids differ from them was changed by the collator.
     """
     collate = build_collator(tokenizer, collator)
     eos = tokenizer.eos_token_id
-    eval_prompts = _eval_prompt_ids(examples, tokenizer, prompt_format)
     checks = []
     for start in range(0, len(encoded), batch_size):
         rows = encoded[start : start + batch_size]
@@ -192,24 +188,11 @@ def inspect_batches(
                 # Position 0 is never a target (labels shift by one), so it is not counted.
                 prompt_trained=int((labels[1:prompt_end] != IGNORE_INDEX).sum()),
                 padding_trained=int((labels[~real] != IGNORE_INDEX).sum()),
-                prompt_differs=not row.truncated and ids[:prompt_end].tolist() != eval_prompts[start + index],
+                prompt_differs=ids[:prompt_end].tolist() != row.input_ids[:prompt_end],
                 early_eos=0 if eos is None else int(((ids[: length - 1] == eos)
                                                      & (labels[: length - 1] != IGNORE_INDEX)).sum()),
             ))
     return checks
-
-
-def _eval_prompt_ids(
-    examples: Sequence[Example], tokenizer: PreTrainedTokenizerBase, prompt_format: PromptFormat
-) -> list[list[int]]:
-    """Returns the prompt ids evaluation gives the model for each row.
-
-    Tokenised as :func:`retain.evaluation.generation.generate_greedy` tokenises prompts:
-    the rendered prompt in one call, special tokens as the format says.
-    """
-    rendered = [render_example(example, prompt_format) for example in examples]
-    return tokenize_texts([item.prompt for item in rendered],
-                          [item.add_special_tokens for item in rendered], tokenizer)
 
 
 # --- findings -------------------------------------------------------------------------
@@ -239,7 +222,7 @@ def masked_labels(rows: Sequence[RowCheck]) -> Finding | None:
         count=len(empty),
         fix="raise data.max_length so the answers survive truncation, shorten the prompts, "
         "or drop rows with empty answers; check that the collator keeps retain's labels",
-        examples=tuple({"line": row.line, "text": "0 supervised tokens"} for row in empty[:MAX_EXAMPLES]),
+        examples=_lines(empty, "0 supervised tokens"),
         details={"share": len(empty) / len(rows)},
     )
 
@@ -267,7 +250,7 @@ def eos_checks(
             count=len(masked),
             fix="use train.collator: completion (masks padding by position), or a pad token "
             "distinct from EOS (model.pad_token: auto keeps the tokenizer's own)",
-            examples=tuple({"line": row.line, "text": "EOS label = -100"} for row in masked[:MAX_EXAMPLES]),
+            examples=_lines(masked, "EOS label = -100"),
             details={"pad_is_eos": trap, "collator": config.train.collator},
         )
     missing = [row for row in rows if row.no_eos]
@@ -278,7 +261,7 @@ def eos_checks(
             f"('{tokenizer.eos_token}'): the model never sees an answer end",
             count=len(missing),
             fix="let retain append EOS (do not strip it in a custom collator)",
-            examples=tuple({"line": row.line, "text": "no EOS"} for row in missing[:MAX_EXAMPLES]),
+            examples=_lines(missing, "no EOS"),
         )
     return None
 
@@ -294,8 +277,7 @@ def prompt_masking(rows: Sequence[RowCheck], loss_on: str) -> Finding | None:
         f"{len(rows):,} rows: the collator rebuilt the labels",
         count=len(trained),
         fix="use train.collator: completion, or set train.loss_on: all if that is what you want",
-        examples=tuple({"line": row.line, "text": f"{row.prompt_trained} prompt tokens trained"}
-                       for row in trained[:MAX_EXAMPLES]),
+        examples=_lines(trained, lambda row: f"{row.prompt_trained} prompt tokens trained"),
     )
 
 
@@ -310,8 +292,7 @@ def padding_trained(rows: Sequence[RowCheck]) -> Finding | None:
         "learns to emit pad tokens",
         count=len(trained),
         fix="use train.collator: completion (pads labels with -100)",
-        examples=tuple({"line": row.line, "text": f"{row.padding_trained} pad tokens trained"}
-                       for row in trained[:MAX_EXAMPLES]),
+        examples=_lines(trained, lambda row: f"{row.padding_trained} pad tokens trained"),
     )
 
 
@@ -328,7 +309,7 @@ def early_eos(rows: Sequence[RowCheck], tokenizer: PreTrainedTokenizerBase) -> F
         count=len(early),
         fix=f"remove '{tokenizer.eos_token}' from prompts and answers (retain appends the one EOS "
         "each row needs), or train with loss_on: response",
-        examples=tuple({"line": row.line, "text": f"{row.early_eos} early EOS"} for row in early[:MAX_EXAMPLES]),
+        examples=_lines(early, lambda row: f"{row.early_eos} early EOS"),
     )
 
 
@@ -355,11 +336,11 @@ def template_checks(
             "from the tokens evaluation gives the model",
             count=len(differs),
             fix="do not re-tokenise or re-pad prompts in a custom collator; padding goes on the right",
-            examples=tuple({"line": row.line, "text": "prompt ids differ"} for row in differs[:MAX_EXAMPLES]),
+            examples=_lines(differs, "prompt ids differ"),
         )
     own = getattr(tokenizer, "chat_template", None) or ""
     marked = [(example, marker) for example in examples
-              for marker in TEMPLATE_MARKERS if marker in _prompt_text(example)][:1000]
+              if (marker := _marker(_prompt_text(example), own)) is not None]
     if marked:
         example, marker = marked[0]
         # Markup is only a mismatch against a template: a base model trained and asked
@@ -403,9 +384,21 @@ def template_checks(
             "trailing space); their answers were tokenised alone, as the model must produce them",
             count=len(split),
             fix="end prompts without trailing whitespace and start answers with a space",
-            examples=tuple({"line": row.line, "text": "prompt/answer seam"} for row in split[:MAX_EXAMPLES]),
+            examples=_lines(split, "prompt/answer seam"),
         )
     return None
+
+
+def _marker(text: str, own: str) -> str | None:
+    """Returns the chat markup in ``text``: one foreign to the template ``own`` first."""
+    found = [marker for marker in TEMPLATE_MARKERS if marker in text]
+    return next((marker for marker in found if marker not in own), found[0] if found else None)
+
+
+def _lines(rows: Sequence[Any], text: str | Callable[[Any], str]) -> tuple[dict[str, Any], ...]:
+    """Returns a finding's examples: the first rows' lines, each with ``text`` (or ``text(row)``)."""
+    return tuple({"line": row.line, "text": text(row) if callable(text) else text}
+                 for row in rows[:MAX_EXAMPLES])
 
 
 def _prompt_text(example: Example) -> str:

@@ -183,18 +183,20 @@ class _Plan:
 
     @classmethod
     def of(cls, config: RetainConfig, tokenizer, prompt_format: PromptFormat) -> _Plan:
-        train_rows = _encode(config, config.data.train, tokenizer, prompt_format)
+        train = load_examples_for(config.data, config.data.train)[: config.data.size]  # size None: all
+        train_rows = _encode(config, train, config.data.train, tokenizer, prompt_format)
         validation = load_examples_for(config.data, config.data.validation) if config.data.validation else []
-        validation_rows = _encode(config, config.data.validation, tokenizer, prompt_format) if validation else []
-        train = config.train
+        validation_rows = (_encode(config, validation, config.data.validation, tokenizer, prompt_format)
+                           if validation else [])
+        settings = config.train
         processes = int(os.environ.get("WORLD_SIZE", "1"))  # `accelerate launch` splits each batch
-        steps_per_epoch = max(1, math.ceil(len(train_rows) / (train.batch_size * train.grad_accum * processes)))
-        total_steps = train.max_steps or max(1, math.ceil(steps_per_epoch * train.epochs))
+        steps_per_epoch = max(1, math.ceil(len(train_rows) / (settings.batch_size * settings.grad_accum
+                                                               * processes)))
+        total_steps = settings.max_steps or max(1, math.ceil(steps_per_epoch * settings.epochs))
         interval = config.guards.every_steps or max(1, steps_per_epoch // config.guards.checks_per_epoch)
         # Smoke-test task prompts: held-out rows if there are any, else training rows.
         count = config.guards.smoke.task_prompts
-        task_prompts = list(validation[:count]) if validation else load_examples_for(
-            config.data, config.data.train)[:count]
+        task_prompts = (validation or train)[:count]
         return cls(train_rows, validation, validation_rows, steps_per_epoch, total_steps, interval,
                    task_prompts)
 
@@ -353,11 +355,10 @@ def _apply_method(model: PreTrainedModel, config: RetainConfig) -> PreTrainedMod
     return get_peft_model(model, lora)
 
 
-def _encode(config: RetainConfig, path: str, tokenizer, prompt_format: PromptFormat) -> list[Encoded]:
-    """Encodes a data file for training; rows with no supervised token are dropped (logged)."""
-    examples = load_examples_for(config.data, path)
-    if path == config.data.train and config.data.size:
-        examples = examples[: config.data.size]
+def _encode(config: RetainConfig, examples: list[Example], path: str, tokenizer,
+            prompt_format: PromptFormat) -> list[Encoded]:
+    """Encodes the rows of a data file for training; rows with no supervised token are
+    dropped (logged)."""
     rows, rejected = encode_examples(examples, tokenizer, prompt_format, max_length=config.data.max_length,
                                      loss_on=config.train.loss_on)
     kept = [row for row in rows if row.supervised > 0]
