@@ -257,10 +257,19 @@ def test_file_error_keeps_its_line_when_overrides_are_fine(tmp_path: Path) -> No
 
 
 def test_methods_are_known_and_full_excludes_lora() -> None:
-    with pytest.raises(ConfigError, match="unknown method 'replay'"):
-        load_config(None, ["method=[lora,replay]"])
+    with pytest.raises(ConfigError, match="unknown method 'rehearse'"):
+        load_config(None, ["method=[lora,rehearse]"])
     with pytest.raises(ConfigError, match="exclude each other"):
         load_config(None, ["method=[lora,full]"])
+    with pytest.raises(ConfigError, match="'full' and 'qlora' exclude each other"):
+        load_config(None, ["method=[full,replay,qlora]"])
+
+
+def test_the_base_method_is_lora_unless_named() -> None:
+    assert load_config(None, ["method=[replay,ewc]"]).method.base == "lora"
+    assert load_config(None, ["method=[replay,full]"]).method.base == "full"
+    assert not load_config(None, ["method=[full]"]).method.adapters
+    assert load_config(None, ["method=[qlora]"]).method.adapters
 
 
 def test_dump_then_load_round_trips(tmp_path: Path) -> None:

@@ -17,7 +17,7 @@ from rich.markup import escape
 from rich.table import Table
 
 import retain
-from retain.errors import RetainError
+from retain.errors import ConfigError, RetainError
 
 app = typer.Typer(
     name="retain",
@@ -120,7 +120,6 @@ def audit(
     """Audit training data before training: exit 0 go, 1 warnings (--strict), 2 blockers."""
     from retain.audit.runner import run_audit
     from retain.config import load_config
-    from retain.errors import ConfigError
     from retain.evaluation.commands import default_suites
     from retain.evaluation.suites import load_suite
     from retain.rundir import atomic_write_json
@@ -428,6 +427,36 @@ def lab_data(
     for path, count in written.items():
         console.print(f"{count:>7,}  {path}")
     console.print(f"config: {out_dir / 'config.yaml'} (try: retain doctor {out_dir / 'config.yaml'})")
+
+
+@lab_app.command("compare")
+def lab_compare(
+    out_dir: Annotated[Path, typer.Argument(help="Folder for the lab data, the runs and compare.json.")],
+    seeds: Annotated[int, typer.Option("--seeds", min=1, help="Runs per method.")] = 3,
+    method: Annotated[Optional[list[str]], typer.Option("--method", help="Only this recipe (repeatable; by its table name).")] = None,
+    data_size: Annotated[Optional[int], typer.Option("--data-size", min=1, help="Train on the first N rows (data.size).")] = None,
+    n_train: Annotated[int, typer.Option("--n-train", min=1, help="Training rows the lab data is written with.")] = 2000,
+    quick: Annotated[bool, typer.Option("--quick", help="CI-sized: micro lab, 3 recipes, 1 seed, 20 steps.")] = False,
+    size: SizeOption = "default",
+) -> None:
+    """Train each method on the lab task from one base, over seeds, and print the table."""
+    from retain.lab.compare import DEFAULT_RECIPES, QUICK_RECIPES, markdown_table, run_compare
+
+    recipes = QUICK_RECIPES if quick else DEFAULT_RECIPES
+    if method:
+        known = {recipe.name: recipe for recipe in recipes}
+        unknown = [name for name in method if name not in known]
+        if unknown:
+            raise ConfigError(f"no recipe named {unknown[0]!r}", field="--method",
+                              fix=f"use one of: {', '.join(known)}")
+        recipes = tuple(known[name] for name in method)
+    rows = run_compare(
+        out_dir, recipes, seeds=1 if quick else seeds, size="micro" if quick else size,
+        n_train=200 if quick else n_train, data_size=data_size,
+        extra=("train.max_steps=20",) if quick else (), progress=not _STATE["quiet"], echo=console.print,
+    )
+    console.print(markdown_table(rows), markup=False)
+    console.print(f"table data: {out_dir / 'compare.json'}")
 
 
 def _print_accuracy(title: str, accuracy: dict[str, float], counts: dict[str, int]) -> None:

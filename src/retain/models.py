@@ -114,8 +114,12 @@ def load_model(
     revision: str | None = None,
     trust_remote_code: bool = False,
     progress: bool = True,
+    load_kwargs: dict[str, Any] | None = None,
 ) -> LoadedModel:
     """Loads ``lab``, a model directory, an adapter directory, a run directory or a hub id.
+
+    ``load_kwargs`` go to ``from_pretrained`` of a plain model (QLoRA's quantisation
+    config); a quantised model is placed by its ``device_map``, not moved.
 
     Raises:
         ModelLoadError: If nothing loadable is found, with what was looked for and a fix.
@@ -126,7 +130,8 @@ def load_model(
     adapter_config = path / "adapter_config.json"
     if adapter_config.is_file():
         return _load_adapter(path, adapter_config, name_or_path, device, torch_dtype, trust_remote_code)
-    model, tokenizer = _load_plain(str(path), revision, device, torch_dtype, trust_remote_code)
+    model, tokenizer = _load_plain(str(path), revision, device, torch_dtype, trust_remote_code,
+                                   load_kwargs or {})
     return LoadedModel(model, tokenizer, name_or_path, str(path), is_adapter=False)
 
 
@@ -229,8 +234,10 @@ def _model_dir_in(path: Path) -> Path:
 
 
 def _load_plain(
-    name: str, revision: str | None, device: str, dtype: torch.dtype, trust_remote_code: bool
+    name: str, revision: str | None, device: str, dtype: torch.dtype, trust_remote_code: bool,
+    extra: dict[str, Any] | None = None,
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    extra = extra or {}
     try:
         tokenizer = AutoTokenizer.from_pretrained(
             name, revision=revision, trust_remote_code=trust_remote_code
@@ -241,6 +248,7 @@ def _load_plain(
             dtype=dtype,
             trust_remote_code=trust_remote_code,
             use_safetensors=True,  # never unpickle .bin weights
+            **extra,
         )
     except ValueError as error:  # transformers rejects an invalid generation_config.json
         raise ModelLoadError(
@@ -256,6 +264,8 @@ def _load_plain(
             "(convert .bin checkpoints with save_pretrained)",
         ) from None
     _ensure_pad_token(tokenizer)
+    if "quantization_config" in extra:  # placed by its device_map; a quantised model cannot move
+        return model.eval(), tokenizer
     return model.to(device).eval(), tokenizer
 
 

@@ -56,6 +56,8 @@ class Encoded:
         full_tokens: Tokens of the whole row (with EOS) before truncation.
         split_seam: The prompt's last tokens merge with the answer's first when the two
             are tokenised together, so the answer was tokenised on its own.
+        negative_labels: Tokens a method trains against (token-level forgetting), -100
+            elsewhere; None when no method marks any.
     """
 
     line: int
@@ -64,6 +66,7 @@ class Encoded:
     prompt_tokens: int
     full_tokens: int
     split_seam: bool = False
+    negative_labels: list[int] | None = None
 
     @property
     def truncated(self) -> bool:
@@ -77,7 +80,10 @@ class Encoded:
 
     def feature(self) -> dict[str, list[int]]:
         """Returns the row as the collator takes it."""
-        return {"input_ids": self.input_ids, "labels": self.labels}
+        feature = {"input_ids": self.input_ids, "labels": self.labels}
+        if self.negative_labels is not None:
+            feature["negative_labels"] = self.negative_labels
+        return feature
 
 
 def prepare_tokenizer(tokenizer: PreTrainedTokenizerBase, pad_token: str = "auto") -> None:
@@ -163,6 +169,19 @@ def encode_examples(
     return encoded, problems
 
 
+def encode_texts(texts: Sequence[str], tokenizer: PreTrainedTokenizerBase, *,
+                 max_length: int) -> list[Encoded]:
+    """Encodes plain texts (general data for replay) as rows with a loss on every token:
+    the tokenizer's special tokens, the text, EOS; ``line`` is the text's 1-based index."""
+    eos = tokenizer.eos_token_id
+    rows = []
+    for index, ids in enumerate(tokenize_texts(texts, [True] * len(texts), tokenizer), start=1):
+        ids = ids + ([eos] if eos is not None and ids[-1:] != [eos] else [])
+        rows.append(Encoded(line=index, input_ids=ids[:max_length], labels=ids[:max_length],
+                            prompt_tokens=0, full_tokens=len(ids)))
+    return rows
+
+
 def tokenize_texts(
     texts: Sequence[str], add_special_tokens: Sequence[bool], tokenizer: PreTrainedTokenizerBase
 ) -> list[list[int]]:
@@ -190,11 +209,27 @@ def build_collator(tokenizer: PreTrainedTokenizerBase, kind: str = "completion")
             every pad-id token masked).
     """
     if kind == "completion":
-        return DataCollatorForSeq2Seq(
+        seq2seq = DataCollatorForSeq2Seq(
             tokenizer, label_pad_token_id=IGNORE_INDEX, padding=True, return_tensors="pt"
         )
+        return lambda features: _with_negative_labels(seq2seq, features)
     language_modeling = DataCollatorForLanguageModeling(tokenizer, mlm=False, return_tensors="pt")
     # It rebuilds labels from input_ids and cannot pad ragged label lists: drop them.
     return lambda features: language_modeling(
         [{"input_ids": feature["input_ids"]} for feature in features]
     )
+
+
+def _with_negative_labels(collate: Collator, features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+    """Collates ``features``; ``negative_labels``, where rows carry them, are padded with
+    -100 to the batch's width (the tokenizer's padding knows only ``labels``)."""
+    negatives = [feature.get("negative_labels") for feature in features]
+    if all(negative is None for negative in negatives):
+        return collate(features)
+    batch = collate([{key: value for key, value in feature.items() if key != "negative_labels"}
+                     for feature in features])
+    width = batch["input_ids"].shape[1]
+    batch["negative_labels"] = torch.tensor(
+        [(negative or []) + [IGNORE_INDEX] * (width - len(negative or [])) for negative in negatives]
+    )
+    return batch

@@ -6,9 +6,11 @@ In order, into one run directory (:class:`retain.rundir.RunDir`):
 2. ``doctor.json``: the pipeline doctor; blockers refuse the run unless ``--force``;
 3. ``base_eval.json``: the base model on the probe suites, the smoke prompts and the
    reference text (what forgetting and drift are measured against);
-4. training with the Hugging Face ``Trainer``, LoRA (peft) or full fine-tuning, watched by
-   the guards (:mod:`retain.training.callback`), checkpoints in ``checkpoints/``;
-5. the best checkpoint restored when a guard with ``restore_best`` stopped the run;
+4. training with the Hugging Face ``Trainer`` and the methods of ``method.use``
+   (:mod:`retain.methods`: LoRA, replay, EWC, ...), watched by the guards
+   (:mod:`retain.training.callback`), checkpoints in ``checkpoints/``;
+5. the best checkpoint restored when a guard with ``restore_best`` stopped the run, then
+   the methods' post-processing (FAPM's pruning);
 6. the final model in ``model/`` (adapters, or the full model; ``--merge`` adds ``merged/``);
 7. ``final_eval.json``: probes per category, task accuracy (held-out, OOD), drift, health;
 8. ``summary.json``: the verdict and the numbers behind it.
@@ -32,13 +34,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import PreTrainedModel, Trainer, TrainerCallback, TrainingArguments
+from transformers import PreTrainedModel, TrainerCallback, TrainingArguments
 
 from retain.audit.doctor import run_doctor
 from retain.audit.runner import run_audit
 from retain.config import RetainConfig
 from retain.config.loading import dump_config
-from retain.config.schema import GuardsConfig
+from retain.config.schema import METHODS, GuardsConfig
 from retain.data import Example, load_examples_for
 from retain.errors import ConfigError, RetainError
 from retain.evaluation.commands import default_suites, settings_from
@@ -53,6 +55,8 @@ from retain.evaluation.prompting import PromptFormat
 from retain.evaluation.suites import load_suite
 from retain.evaluation.task import render_example
 from retain.hardware import resolve_precision
+from retain.lab.base import default_cache_dir
+from retain.methods import MethodContext, methods_for
 from retain.models import LoadedModel, load_model, quiet_peft
 from retain.progress import quiet_trainer
 from retain.rundir import RunDir, default_run_name
@@ -71,6 +75,7 @@ from retain.training.formatting import (
     prepare_tokenizer,
 )
 from retain.training.guards import unsound
+from retain.training.trainer import RetainTrainer
 
 logger = logging.getLogger("retain.train")
 
@@ -182,9 +187,11 @@ class _Plan:
     task_prompts: list[Example]
 
     @classmethod
-    def of(cls, config: RetainConfig, tokenizer, prompt_format: PromptFormat) -> _Plan:
+    def of(cls, config: RetainConfig, tokenizer, prompt_format: PromptFormat,
+           transform: Callable[[list[Encoded]], list[Encoded]]) -> _Plan:
         train = load_examples_for(config.data, config.data.train)[: config.data.size]  # size None: all
-        train_rows = _encode(config, train, config.data.train, tokenizer, prompt_format)
+        # The methods may blend rows in (replay) or mark tokens (token-level forgetting).
+        train_rows = transform(_encode(config, train, config.data.train, tokenizer, prompt_format))
         validation = load_examples_for(config.data, config.data.validation) if config.data.validation else []
         validation_rows = (_encode(config, validation, config.data.validation, tokenizer, prompt_format)
                            if validation else [])
@@ -204,16 +211,28 @@ class _Plan:
 def _train(config: RetainConfig, run: RunDir, *, resume: bool, force: bool, merge: bool,
            progress: bool, echo: Callable[[str], None]) -> TrainOutcome:
     started = time.perf_counter()
+    methods = methods_for(config)
+    for method in methods:
+        method.check()
     suites = [load_suite(name) for name in config.probes.suites or default_suites(config.model.name_or_path)]
     if not resume:
         _preflight(config, run, suites, force=force, echo=echo)
     loaded = load_model(config.model.name_or_path, device=config.model.device, dtype=config.model.dtype,
                         revision=config.model.revision, trust_remote_code=config.model.trust_remote_code,
-                        progress=progress)
+                        progress=progress,
+                        load_kwargs={key: value for method in methods for key, value in method.load_kwargs().items()})
     tokenizer = loaded.tokenizer
     prepare_tokenizer(tokenizer, config.model.pad_token)
     prompt_format = PromptFormat.for_tokenizer(tokenizer, config.model.chat_template)
-    plan = _Plan.of(config, tokenizer, prompt_format)
+    context = MethodContext(config=config, tokenizer=tokenizer, prompt_format=prompt_format,
+                            cache_dir=default_cache_dir() / "methods", echo=echo)
+
+    def transform(rows: list[Encoded]) -> list[Encoded]:
+        for method in methods:
+            rows = method.transform_rows(rows, loaded.model, context)
+        return rows
+
+    plan = _Plan.of(config, tokenizer, prompt_format, transform)
     collate = build_collator(tokenizer, config.train.collator)
     reference = _reference(config, suites)
     probe = Probe(
@@ -229,7 +248,9 @@ def _train(config: RetainConfig, run: RunDir, *, resume: bool, force: bool, merg
     base_result, baseline = _baseline(config, run, loaded, probe, resume=resume)
     echo(f"base model: probe accuracy {_percent(baseline.probe_accuracy)} "
          f"({config.guards.forgetting.method}), smoke failures {baseline.smoke_fail_share:.0%}")
-    model = _apply_method(loaded.model, config)
+    model = loaded.model
+    for method in methods:
+        model = method.prepare_model(model, context)
     checkpoint = _last_checkpoint(run) if resume else None
     if resume:
         dropped = run.rewind_metrics(int(checkpoint.name.rsplit("-", 1)[-1]) if checkpoint else 0)
@@ -240,10 +261,12 @@ def _train(config: RetainConfig, run: RunDir, *, resume: bool, force: bool, merg
         settle_steps=max(int(config.train.warmup_ratio * plan.total_steps), math.ceil(0.1 * plan.total_steps)),
         state=(read_guard_state(checkpoint) if checkpoint else None) or GuardState(), echo=echo,
     )
-    trainer = Trainer(model=model, args=_training_args(config, run, plan), train_dataset=_Rows(plan.train_rows),
-                      data_collator=collate, callbacks=[guard] if config.guards.enabled else [_MetricsOnly(run)])
+    trainer = RetainTrainer(model=model, args=_training_args(config, run, plan), train_dataset=_Rows(plan.train_rows),
+                            data_collator=collate, callbacks=[guard] if config.guards.enabled else [_MetricsOnly(run)],
+                            methods=methods, context=context)
     guard.log = trainer.log
-    quiet_trainer(trainer, f"training ({'+'.join(config.method.use)})" if progress else None)
+    names = "+".join(method.name for method in methods)
+    quiet_trainer(trainer, f"training ({names})" if progress else None)
     echo(f"training {len(plan.train_rows):,} rows, {plan.total_steps:,} steps, checks every "
          f"{plan.interval} steps" + (f", resuming from {checkpoint.name}" if checkpoint else "")
          + ("" if config.guards.enabled else " (guards off)"))
@@ -253,6 +276,8 @@ def _train(config: RetainConfig, run: RunDir, *, resume: bool, force: bool, merg
     if not run.writer:  # another process of a multi-process run: the main one finishes it
         return TrainOutcome(run_dir=run.path, summary={})
     restored = _restore_if_asked(model, guard.state, run, config.guards, echo)
+    for method in methods:
+        model = method.finish(model, context)
     # The saved tokenizer carries the template training used (none for raw prompts), so
     # whoever loads model/ prompts it the way it was trained.
     tokenizer.chat_template = prompt_format.template
@@ -329,30 +354,6 @@ def _baseline(config: RetainConfig, run: RunDir, loaded: LoadedModel, probe: Pro
         logprobs=logprobs,
         smoke_stopped=stopped,
     )
-
-
-def _apply_method(model: PreTrainedModel, config: RetainConfig) -> PreTrainedModel:
-    """Returns the model ready to train by ``method.use``: LoRA adapters, or every weight."""
-    if "lora" not in config.method.use:
-        model.requires_grad_(True)
-        return model
-    from peft import LoraConfig, get_peft_model
-
-    settings = config.method.lora
-    present = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
-    targets = [name for name in settings.target_modules if name in present]
-    if not targets:
-        raise ConfigError(
-            f"none of method.lora.target_modules ({', '.join(settings.target_modules)}) is in "
-            "this model", field="method.lora.target_modules",
-            fix=f"name modules the model has, e.g. {', '.join(sorted(present)[:8])}",
-        )
-    missing = sorted(set(settings.target_modules) - set(targets))
-    if missing:
-        logger.warning("LoRA: this model has no %s; adapting %s", ", ".join(missing), ", ".join(targets))
-    lora = LoraConfig(r=settings.r, lora_alpha=settings.alpha, lora_dropout=settings.dropout,
-                      target_modules=targets, task_type="CAUSAL_LM")
-    return get_peft_model(model, lora)
 
 
 def _encode(config: RetainConfig, examples: list[Example], path: str, tokenizer,
@@ -483,8 +484,8 @@ def _save_model(model: PreTrainedModel, tokenizer, target: Path) -> None:
 
 
 def _save_merged(model: PreTrainedModel, tokenizer, target: Path, config: RetainConfig) -> None:
-    if "lora" not in config.method.use:
-        logger.warning("--merge: full fine-tuning has no adapters to merge; model/ is the full model")
+    if not hasattr(model, "merge_and_unload"):  # full fine-tuning, or adapters fapm already merged
+        logger.warning("--merge: the model has no adapters left to merge; model/ is the full model")
         return
     import copy
 
@@ -517,7 +518,7 @@ def _summary(config: RetainConfig, state: GuardState, base: dict[str, Any], fina
         "restored_step": restored,
         "best_step": state.best_step,
         "steps": steps,
-        "method": list(config.method.use),
+        "method": [name for name in METHODS if name in {config.method.base, *config.method.use}],
         "seconds": round(seconds, 1),
         "train_seconds": round(train_seconds, 1),
         "train_tokens_per_second": round(tokens / train_seconds, 1) if train_seconds else None,

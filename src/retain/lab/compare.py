@@ -1,0 +1,245 @@
+"""``retain lab compare``: every method trained on the lab task from one base, over seeds.
+
+Each recipe (a method with its settings) is a real ``retain train`` of the lab model on the
+lab domain task (``retain lab data``), once per seed, with the guards off: the table
+measures what each method buys by itself, not what the guards rescue. Every run's
+directory is kept, and a run that already finished is read back instead of trained again,
+so an interrupted comparison continues where it stopped.
+
+The result is one row per recipe: task accuracy on the held-out and OOD splits, general
+probe accuracy after training, forgetting relative to the base, and training time
+relative to full fine-tuning, each as a mean with a 95% confidence interval over seeds
+(Student's t; none for a single seed).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import statistics
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from retain.config import load_config
+from retain.errors import RetainError
+from retain.lab.export import export_lab_data
+from retain.rundir import atomic_write_json
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """One row of the comparison: a name and the config overrides that make it."""
+
+    name: str
+    overrides: tuple[str, ...]
+    claim: str = ""  # what its paper says it does, for the table's reader
+
+
+# The aggressive setting of the lab: full fine-tuning at lr 5e-4 for 2 epochs forgets most
+# of the base model's general ability (docs/RESULTS.md, issue 5). Each mitigation is added
+# to the setting it is meant to rescue.
+AGGRESSIVE = ("train.lr=5e-4",)
+DEFAULT_RECIPES: tuple[Recipe, ...] = (
+    Recipe("full (aggressive)", ("method=[full]", *AGGRESSIVE), "the crisis: forgets"),
+    Recipe("lora (retain default)", ("method=[lora]",), "fewer trained weights, less forgetting"),
+    Recipe("lora lr 1e-3", ("method=[lora]", "train.lr=1e-3"), "fewer trained weights, less forgetting"),
+    Recipe("full + freeze", ("method=[full,freeze]", *AGGRESSIVE), "bottom layers kept: less forgetting"),
+    Recipe("full + llrd", ("method=[full,llrd]", *AGGRESSIVE), "lower layers move less: less forgetting"),
+    Recipe("full + ewc", ("method=[full,ewc]", *AGGRESSIVE), "important weights held: less forgetting"),
+    Recipe("full + l2sp", ("method=[full,l2sp]", *AGGRESSIVE), "weights held near the start: less forgetting"),
+    Recipe("full + replay", ("method=[full,replay]", *AGGRESSIVE), "general data rehearsed: less forgetting"),
+    Recipe("full + self_augment", ("method=[full,self_augment]", *AGGRESSIVE),
+           "self-generated rehearsal: less forgetting"),
+    Recipe("full + token_forget", ("method=[full,token_forget]", *AGGRESSIVE),
+           "better task generalisation (the paper does not claim less forgetting)"),
+    Recipe("full + fapm", ("method=[full,fapm]", *AGGRESSIVE), "task vector pruned: less forgetting, task kept"),
+)
+# CI-sized: the micro lab, a few steps, one seed; it checks the machinery, not the claims.
+QUICK_RECIPES: tuple[Recipe, ...] = (
+    Recipe("full (aggressive)", ("method=[full]", *AGGRESSIVE)),
+    Recipe("lora (retain default)", ("method=[lora]",)),
+    Recipe("full + replay", ("method=[full,replay]", *AGGRESSIVE)),
+)
+REFERENCE = "full (aggressive)"  # the recipe training time is quoted against
+
+
+@dataclass
+class RunResult:
+    """The figures of one finished run."""
+
+    recipe: str
+    seed: int
+    task_accuracy: float | None
+    ood_accuracy: float | None
+    probe_accuracy: float | None
+    base_probe_accuracy: float | None
+    forgetting: float | None
+    train_seconds: float
+    run_dir: str
+
+
+@dataclass
+class Row:
+    """One recipe over its seeds: ``(mean, half-width of the 95% interval)`` per figure."""
+
+    recipe: str
+    claim: str
+    seeds: int
+    task_accuracy: tuple[float | None, float | None]
+    ood_accuracy: tuple[float | None, float | None]
+    probe_accuracy: tuple[float | None, float | None]
+    forgetting: tuple[float | None, float | None]
+    time_vs_reference: float | None
+    runs: list[RunResult] = field(default_factory=list)
+
+
+def run_compare(
+    out_dir: Path,
+    recipes: Sequence[Recipe] = DEFAULT_RECIPES,
+    *,
+    seeds: int = 3,
+    size: str = "default",
+    n_train: int = 2000,
+    data_size: int | None = None,
+    extra: Sequence[str] = (),
+    progress: bool = False,
+    echo: Callable[[str], None] = print,
+) -> list[Row]:
+    """Trains every recipe ``seeds`` times and returns the table (also in ``compare.json``).
+
+    Args:
+        out_dir: Holds the lab data (``data/``), the runs (``runs/``) and ``compare.json``.
+        recipes: The rows to train.
+        seeds: Runs per recipe, with ``train.seed`` 0, 1, ...
+        size: The lab preset whose base model and world are used.
+        n_train: Training rows the lab data is written with.
+        data_size: Train on the first N rows only (``data.size``); None uses all.
+        extra: Overrides applied to every run after the recipe's own (``--quick`` sets
+            ``train.max_steps``).
+        progress: Show each run's progress bars.
+        echo: Prints one line per run.
+    """
+    data = out_dir / "data"
+    if not (data / "config.yaml").is_file():
+        export_lab_data(data, size=size, n_train=n_train)
+    # The lab data's config names the default lab model and suite; another preset's model
+    # and its own world's probes are set here.
+    common = [f"probes.suites=[{data / 'probes.jsonl'}]", *extra]
+    if size != "default":
+        from retain.models import lab_model_path
+
+        common.append(f"model.name_or_path={lab_model_path(size, progress=progress)}")
+    runs: list[RunResult] = []
+    for recipe in recipes:
+        for seed in range(seeds):
+            result = _run(recipe, seed, data, out_dir / "runs", data_size, common, progress)
+            runs.append(result)
+            echo(f"{recipe.name}, seed {seed}: task {_pct(result.task_accuracy)}, general "
+                 f"{_pct(result.probe_accuracy)}, forgetting {_pct(result.forgetting)}, "
+                 f"{result.train_seconds:.0f} s")
+    rows = summarise(runs, recipes)
+    atomic_write_json(out_dir / "compare.json", {
+        "size": size, "n_train": n_train, "data_size": data_size, "seeds": seeds, "extra": list(extra),
+        "rows": [asdict(row) for row in rows],
+    })
+    return rows
+
+
+def _run(recipe: Recipe, seed: int, data: Path, runs: Path, data_size: int | None,
+         extra: Sequence[str], progress: bool) -> RunResult:
+    from retain.training.run import run_train
+
+    name = _slug(recipe.name) + (f"-n{data_size}" if data_size else "") + f"-seed{seed}"
+    summary_path = runs / name / "summary.json"
+    if summary_path.is_file():  # finished before: read it back, do not train again
+        summary = json.loads(summary_path.read_text())
+    else:
+        overrides = [*recipe.overrides, f"train.seed={seed}", "guards.enabled=false",
+                     f"output.dir={runs}", f"output.name={name}", *extra]
+        if data_size:
+            overrides.append(f"data.size={data_size}")
+        config = load_config(data / "config.yaml", overrides)
+        try:
+            summary = run_train(config, overwrite=True, progress=progress, echo=lambda line: None).summary
+        except RetainError as error:
+            raise RetainError(f"recipe '{recipe.name}', seed {seed}: {error.message}", fix=error.fix) from None
+    task = summary.get("task") or {}
+    return RunResult(
+        recipe=recipe.name, seed=seed,
+        task_accuracy=(task.get("eval") or {}).get("accuracy"),
+        ood_accuracy=(task.get("ood") or {}).get("accuracy"),
+        probe_accuracy=summary.get("final_probe_accuracy"),
+        base_probe_accuracy=summary.get("base_probe_accuracy"),
+        forgetting=summary.get("forgetting_relative"),
+        train_seconds=float(summary.get("train_seconds") or 0.0),
+        run_dir=str(summary_path.parent),
+    )
+
+
+def summarise(runs: Sequence[RunResult], recipes: Sequence[Recipe]) -> list[Row]:
+    """Returns one :class:`Row` per recipe, in ``recipes`` order."""
+    by_recipe = {recipe.name: [run for run in runs if run.recipe == recipe.name] for recipe in recipes}
+    reference = by_recipe.get(REFERENCE) or []
+    reference_time = statistics.fmean(run.train_seconds for run in reference) if reference else None
+    rows = []
+    for recipe in recipes:
+        mine = by_recipe[recipe.name]
+        seconds = statistics.fmean(run.train_seconds for run in mine) if mine else None
+        rows.append(Row(
+            recipe=recipe.name, claim=recipe.claim, seeds=len(mine),
+            task_accuracy=mean_ci([run.task_accuracy for run in mine]),
+            ood_accuracy=mean_ci([run.ood_accuracy for run in mine]),
+            probe_accuracy=mean_ci([run.probe_accuracy for run in mine]),
+            forgetting=mean_ci([run.forgetting for run in mine]),
+            time_vs_reference=(seconds / reference_time if seconds and reference_time else None),
+            runs=list(mine),
+        ))
+    return rows
+
+
+def mean_ci(values: Sequence[float | None], confidence: float = 0.95) -> tuple[float | None, float | None]:
+    """Returns the mean of the known ``values`` and the half-width of its Student-t
+    confidence interval (None for fewer than two values)."""
+    known = [value for value in values if value is not None and math.isfinite(value)]
+    if not known:
+        return None, None
+    mean = statistics.fmean(known)
+    if len(known) < 2:
+        return mean, None
+    from scipy.stats import t
+
+    return mean, float(t.ppf((1 + confidence) / 2, len(known) - 1) * statistics.stdev(known) / math.sqrt(len(known)))
+
+
+def markdown_table(rows: Sequence[Row]) -> str:
+    """Returns the comparison as a Markdown table (percentages, mean ± 95% CI)."""
+    lines = [("| method | task accuracy | OOD accuracy | general probes after | forgetting, relative | "
+             "time vs full | seeds |"), "| --- | --- | --- | --- | --- | --- | --- |"]
+    for row in rows:
+        time_ratio = f"{row.time_vs_reference:.2f}x" if row.time_vs_reference else "n/a"
+        lines.append(f"| {row.recipe} | {_ci(row.task_accuracy)} | {_ci(row.ood_accuracy)} | "
+                     f"{_ci(row.probe_accuracy)} | {_ci(row.forgetting)} | {time_ratio} | {row.seeds} |")
+    return "\n".join(lines) + "\n"
+
+
+def _ci(value: tuple[float | None, float | None]) -> str:
+    mean, half = value
+    if mean is None:
+        return "n/a"
+    return f"{mean:.1%}" + (f" ± {half:.1%}" if half is not None else "")
+
+
+def _pct(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.1%}"
+
+
+def _slug(name: str) -> str:
+    return re.sub(r"[^a-z0-9.]+", "-", name.lower()).strip("-")
+
+
+def rows_from_json(path: Path) -> list[dict[str, Any]]:
+    """Returns the rows of a ``compare.json`` as dicts."""
+    return json.loads(path.read_text())["rows"]

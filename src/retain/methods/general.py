@@ -1,0 +1,147 @@
+"""General data: what replay blends in, what EWC's Fisher is measured on, and where
+self-augmentation finds its prompts (``method.general``).
+
+Sources:
+
+- ``lab``: the pretraining corpus of the lab world the lab model was built from (read
+  from the model directory's ``retain_lab.json``, so the micro and default labs each get
+  their own world);
+- a file: ``.txt`` with one text per line (``\\n`` inside a text written as a literal
+  backslash-n, as ``retain lab data`` writes ``general.txt``), or a table (``.jsonl``,
+  ``.csv``, ``.parquet``) with a text column or prompt/response columns;
+- ``hf:NAME[:SPLIT]``: a ``datasets`` dataset (the user's choice; it may need the network).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from retain.config import RetainConfig
+from retain.errors import ConfigError, DataError
+
+LAB_SOURCE = "lab"
+HF_PREFIX = "hf:"
+
+
+def load_general_texts(config: RetainConfig) -> list[str]:
+    """Returns the general texts ``config.method.general`` names (at most ``limit``).
+
+    Raises:
+        ConfigError: If no source is set and the model is not a lab model.
+        DataError: If the source cannot be read or holds no text.
+    """
+    settings = config.method.general
+    source = settings.source or (LAB_SOURCE if _lab_world(config) is not None else None)
+    if source is None:
+        raise ConfigError(
+            "this method needs general data and method.general.source is not set",
+            field="method.general.source",
+            fix="name a text/JSONL file of general text, or hf:NAME[:SPLIT] for a datasets dataset",
+        )
+    if source == LAB_SOURCE:
+        texts = _lab_texts(config)
+    elif source.startswith(HF_PREFIX):
+        texts = _dataset_texts(source[len(HF_PREFIX):], settings.text_field, settings.limit)
+    else:
+        texts = _file_texts(Path(source), settings.text_field, config)
+    texts = [text for text in texts if text.strip()][: settings.limit]
+    if not texts:
+        raise DataError("no general text found", file=source,
+                        fix="give a source with at least one non-empty text")
+    return texts
+
+
+def _lab_world(config: RetainConfig):
+    """Returns the world spec of the lab model the config trains, or None for other models."""
+    from retain.lab.base import METADATA_FILE
+    from retain.lab.world import WorldSpec
+
+    name = config.model.name_or_path
+    if name == LAB_SOURCE:
+        from retain.lab.base import lab_size
+
+        return lab_size("default").world
+    path = Path(name)
+    adapter = path / "adapter_config.json"
+    if adapter.is_file():  # an adapter run: the world is its base model's
+        base = json.loads(adapter.read_text()).get("base_model_name_or_path") or ""
+        if base == LAB_SOURCE:
+            from retain.lab.base import lab_size
+
+            return lab_size("default").world
+        path = Path(base)
+    meta = path / METADATA_FILE
+    if not meta.is_file():
+        return None
+    return WorldSpec(**json.loads(meta.read_text())["size"]["world"])
+
+
+def _lab_texts(config: RetainConfig) -> list[str]:
+    from retain.lab.world import build_world
+
+    spec = _lab_world(config)
+    if spec is None:
+        raise ConfigError(
+            f"method.general.source is lab but {config.model.name_or_path} is not a lab model",
+            field="method.general.source", fix="name a general-text file instead",
+        )
+    return list(build_world(spec).documents)
+
+
+def _file_texts(path: Path, text_field: str, config: RetainConfig) -> list[str]:
+    if not path.exists():
+        raise DataError("no such file", file=path, field="method.general.source",
+                        fix="give the path of a general-text file, or lab, or hf:NAME")
+    if path.suffix == ".txt":
+        from retain.data import read_text
+
+        return [line.replace("\\n", "\n") for line in read_text(path, "general text").splitlines()]
+    from retain.data import load_examples_for
+    from retain.evaluation.prompting import PromptFormat
+    from retain.evaluation.task import render_example
+
+    try:
+        examples = load_examples_for(config.data, path)
+        # Rendered as raw text, as training renders rows without a chat template: chat
+        # rows as ``User: ...\nAssistant: answer`` (the space before the answer included).
+        rendered = [render_example(example, PromptFormat.raw()) for example in examples]
+        return [item.prompt + item.response for item in rendered]
+    except DataError:
+        pass  # not prompt/response rows: a text column, read below
+    return _table_texts(path, text_field)
+
+
+def _table_texts(path: Path, text_field: str) -> list[str]:
+    import datasets
+
+    kind = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}.get(path.suffix)
+    if kind is None:
+        raise DataError(f"unknown general-data format {path.suffix!r}", file=path,
+                        fix="use .txt, .jsonl, .csv or .parquet")
+    try:
+        table = datasets.load_dataset(kind, data_files=str(path), split="train")
+    except Exception as error:  # noqa: BLE001 - datasets raises many kinds for a malformed file
+        raise DataError(f"cannot read the file as a table: {str(error).splitlines()[0]}", file=path,
+                        fix="give one JSON object per line (or a valid CSV/Parquet file) with a text column") from None
+    if text_field not in table.column_names:
+        raise DataError(f"no column {text_field!r} (columns: {', '.join(table.column_names)})",
+                        file=path, field="method.general.text_field",
+                        fix="set method.general.text_field to the column holding the text")
+    return [str(text) for text in table[text_field]]
+
+
+def _dataset_texts(spec: str, text_field: str, limit: int) -> list[str]:
+    import datasets
+
+    name, _, split = spec.partition(":")
+    try:
+        table = datasets.load_dataset(name, split=f"{split or 'train'}[:{limit}]")
+    except Exception as error:  # noqa: BLE001 - datasets raises many kinds for a bad name or no network
+        raise ConfigError(f"cannot load the dataset {name!r}: {str(error).splitlines()[0]}",
+                          field="method.general.source",
+                          fix="check the name and split, and that the hub (or its cache) is reachable") from None
+    if text_field not in table.column_names:
+        raise ConfigError(f"dataset {name!r} has no column {text_field!r}", field="method.general.text_field",
+                          fix=f"use one of: {', '.join(table.column_names)}")
+    return [str(text) for text in table[text_field]]

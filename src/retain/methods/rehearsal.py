@@ -1,0 +1,215 @@
+"""Rehearsal: general rows blended into the task rows, so that training keeps practising
+what the model already knows. ``replay`` blends general texts as they are;
+``self_augment`` blends the base model's own answers to prompts cut from them.
+
+Both blend at ``ratio``, the share of the blended set that is general:
+``round(ratio / (1 - ratio) * task_rows)`` general rows (Python's ``round``: halves go to
+the even number). With both methods in one run, each counts against the task rows alone.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+from collections.abc import Sequence
+from dataclasses import replace
+
+from transformers import PreTrainedModel
+
+from retain.data import Example, chat_prompt_text
+from retain.evaluation.generation import Generation, generate_greedy
+from retain.evaluation.health import check_generation
+from retain.evaluation.prompting import PromptFormat
+from retain.evaluation.task import render_example
+from retain.methods.base import Method, MethodContext
+from retain.methods.registry import register
+from retain.training.formatting import Encoded, encode_examples, encode_texts
+
+logger = logging.getLogger("retain.methods")
+
+TASK_ROWS = "rehearsal.task_rows"
+"""``MethodContext.store`` key: the task rows before any rehearsal method blended rows in."""
+
+QUESTION, ANSWER_CUE = "Q:", "\nA:"
+"""The lab's question/answer documents read ``Q: <question>\\nA: <answer>``."""
+
+MARGIN = 1.5
+"""Prompts asked per healthy answer still missing, before any answer was judged."""
+
+MIN_HEALTHY_SHARE = 0.25
+"""Lowest healthy share assumed when sizing the next round (at most 6 prompts per missing
+answer), so a model that fails most prompts cannot make a round unbounded."""
+
+MAX_ROUNDS = 3
+"""Generation rounds before self-augmentation gives up and uses what is healthy."""
+
+
+def general_count(task_rows: int, ratio: float) -> int:
+    """Returns how many general rows make ``ratio`` of the blended set:
+    ``round(ratio / (1 - ratio) * task_rows)``."""
+    return round(ratio / (1 - ratio) * task_rows)
+
+
+def task_row_count(rows: Sequence[Encoded], context: MethodContext) -> int:
+    """Returns the number of task rows: the rows the first rehearsal method of the run saw."""
+    return context.store.setdefault(TASK_ROWS, len(rows))
+
+
+def blend(task: Sequence[Encoded], general: Sequence[Encoded], seed: int) -> list[Encoded]:
+    """Returns task and general rows shuffled together, the same way for the same seed.
+
+    The trainer reshuffles every epoch, but a length-grouped sampler must not find all
+    general rows at the end.
+    """
+    rows = [*task, *general]
+    random.Random(seed).shuffle(rows)
+    return rows
+
+
+def pick_texts(texts: Sequence[str], count: int, rng: random.Random) -> list[str]:
+    """Returns ``count`` texts sampled without replacement, or, when there are fewer texts
+    than that, the texts shuffled once and cycled through (logged: texts repeat)."""
+    if count <= len(texts):
+        return rng.sample(list(texts), count)
+    logger.warning("replay: %d general rows asked but only %d general texts; texts repeat up to %d times",
+                   count, len(texts), math.ceil(count / len(texts)))
+    shuffled = rng.sample(list(texts), len(texts))
+    return [shuffled[index % len(shuffled)] for index in range(count)]
+
+
+@register
+class Replay(Method):
+    """Experience replay: general texts are blended into the training rows, so that
+    ``method.replay.ratio`` of the blended set is general data trained with a loss on
+    every token (Rolnick et al., 2019, Experience Replay for Continual Learning,
+    https://arxiv.org/abs/1811.11682; for LLMs, Scialom et al., 2022, Fine-tuned Language
+    Models are Continual Learners, https://arxiv.org/abs/2205.12393, who rehearse 1% of
+    earlier data).
+
+    Variant: a fixed buffer drawn once before training from ``method.general`` (sampled
+    without replacement, seeded by ``train.seed``), mixed into the task rows; the papers'
+    buffers hold earlier tasks' data, which a user fine-tuning a released model rarely has.
+    """
+
+    name = "replay"
+    paper = ("Rolnick et al., 2019, Experience Replay for Continual Learning, https://arxiv.org/abs/1811.11682; "
+             "Scialom et al., 2022, Fine-tuned Language Models are Continual Learners, "
+             "https://arxiv.org/abs/2205.12393")
+
+    def transform_rows(self, rows: list[Encoded], model: PreTrainedModel,
+                       context: MethodContext) -> list[Encoded]:
+        tasks = task_row_count(rows, context)
+        count = general_count(tasks, self.settings.ratio)
+        seed = self.config.train.seed
+        texts = pick_texts(context.general_texts(), count, random.Random(seed)) if count else []
+        general = encode_texts(texts, context.tokenizer, max_length=self.config.data.max_length)
+        context.echo(f"replay: blended {len(general)} general rows into {tasks} task rows "
+                     f"(method.replay.ratio {self.settings.ratio:g})")
+        return blend(rows, general, seed)
+
+
+def rehearsal_prompt(text: str) -> str | None:
+    """Returns the prompt self-augmentation cuts from a general text, or None if it has none.
+
+    A question/answer document (``Q: ...\\nA: ...``, the lab's format) gives its question up
+    to and including the first ``A:``; any other text gives its first half of words
+    (``len(words) // 2``, joined by single spaces), so a one-word text gives none.
+    """
+    if text.startswith(QUESTION) and ANSWER_CUE in text:
+        return text[: text.index(ANSWER_CUE) + len(ANSWER_CUE)]
+    words = text.split()
+    return " ".join(words[: len(words) // 2]) or None
+
+
+def rehearsal_example(prompt: str, answer: str, line: int, prompt_format: PromptFormat) -> Example:
+    """Returns a prompt and its answer as a training row: prompt/response for raw prompts,
+    one user and one assistant turn for a chat template."""
+    if not prompt_format.is_chat:
+        return Example(prompt=prompt, response=answer, line=line)
+    turns = ({"role": "user", "content": prompt}, {"role": "assistant", "content": answer})
+    return Example(prompt=chat_prompt_text(turns[:1]), response=answer, messages=turns, line=line)
+
+
+@register
+class SelfAugment(Method):
+    """Self-augmentation: before training, the base model answers prompts cut from the
+    general data (greedy, ``method.self_augment.max_new_tokens``); its healthy answers
+    (not empty, blank, an echo or a loop, by :func:`retain.evaluation.health.check_generation`)
+    are encoded like task rows and blended in at ``method.self_augment.ratio``, so the
+    model rehearses its own behaviour while it learns the task (Huang et al., 2024,
+    Mitigating Catastrophic Forgetting in Large Language Models with Self-Synthesized
+    Rehearsal, https://arxiv.org/abs/2403.01244; Sun et al., 2026, Talking to Yourself:
+    Defying Forgetting in Large Language Models (SA-SFT), https://arxiv.org/abs/2602.20162).
+
+    Variant: one fine-tuning stage, so SSR's "base model" and "latest model" are the same
+    model and its refinement step is a no-op; the inputs come from ``method.general`` (see
+    :func:`rehearsal_prompt`) rather than being invented by in-context learning, and SSR's
+    diversity-based selection is replaced by the health filter and a seeded shuffle of the
+    prompts. An answer cut by ``max_new_tokens`` is trained without EOS, so the model does
+    not learn to stop mid-sentence.
+    """
+
+    name = "self_augment"
+    paper = ("Huang et al., 2024, Mitigating Catastrophic Forgetting in Large Language Models with "
+             "Self-Synthesized Rehearsal, https://arxiv.org/abs/2403.01244; Sun et al., 2026, Talking to "
+             "Yourself: Defying Forgetting in Large Language Models, https://arxiv.org/abs/2602.20162")
+
+    def transform_rows(self, rows: list[Encoded], model: PreTrainedModel,
+                       context: MethodContext) -> list[Encoded]:
+        tasks = task_row_count(rows, context)
+        needed = general_count(tasks, self.settings.ratio)
+        prompts = list(dict.fromkeys(filter(None, map(rehearsal_prompt, context.general_texts()))))
+        random.Random(self.config.train.seed).shuffle(prompts)
+        answers, generated = (self._healthy_answers(model, context, prompts, needed)
+                              if needed else ([], 0))
+        general = self._encode(answers, context)
+        short = f" (fewer than the {needed} that method.self_augment.ratio asks for)" if len(general) < needed else ""
+        context.echo(f"self_augment: generated {generated}, kept {len(answers)} healthy; blended "
+                     f"{len(general)} rows into {tasks} task rows{short}")
+        return blend(rows, general, self.config.train.seed)
+
+    def _healthy_answers(self, model: PreTrainedModel, context: MethodContext, prompts: list[str],
+                         needed: int) -> tuple[list[tuple[str, Generation]], int]:
+        """Generates for ``prompts`` in order, round by round, until ``needed`` answers are
+        healthy; returns them (at most ``needed``) with their prompts, and the number of
+        prompts generated for."""
+        prompt_format = context.prompt_format
+        kept: list[tuple[str, Generation]] = []
+        tried = 0
+        for _ in range(MAX_ROUNDS):
+            missing = needed - len(kept)
+            if missing <= 0 or tried >= len(prompts):
+                break
+            share = len(kept) / tried if tried else 1.0
+            batch = prompts[tried : tried + math.ceil(missing * MARGIN / max(share, MIN_HEALTHY_SHARE))]
+            tried += len(batch)
+            rendered = [render_example(rehearsal_example(prompt, "", 0, prompt_format), prompt_format).prompt
+                        for prompt in batch]
+            generations = generate_greedy(model, context.tokenizer, rendered, self.settings.max_new_tokens,
+                                          self.config.eval.batch_size,
+                                          add_special_tokens=prompt_format.add_special_tokens)
+            kept += [(prompt, generation) for prompt, generation in zip(batch, generations, strict=True)
+                     if not check_generation(generation).failed]
+        if len(kept) < needed:
+            logger.warning("self_augment: only %d of %d generations were healthy (%d asked for); training "
+                           "with those: use a larger method.general source or a lower method.self_augment.ratio",
+                           len(kept), tried, needed)
+        return kept[:needed], tried
+
+    def _encode(self, answers: list[tuple[str, Generation]], context: MethodContext) -> list[Encoded]:
+        """Encodes prompt/answer pairs like task rows; answers cut by ``max_new_tokens`` lose
+        the EOS, and rows left with no supervised token are dropped."""
+        examples = [rehearsal_example(prompt, generation.text, line, context.prompt_format)
+                    for line, (prompt, generation) in enumerate(answers, start=1)]
+        rows, _ = encode_examples(examples, context.tokenizer, context.prompt_format,
+                                  max_length=self.config.data.max_length, loss_on=self.config.train.loss_on)
+        eos = context.tokenizer.eos_token_id
+        encoded = []
+        for row in rows:
+            if not answers[row.line - 1][1].stopped and not row.truncated and row.input_ids[-1:] == [eos]:
+                row = replace(row, input_ids=row.input_ids[:-1], labels=row.labels[:-1],
+                              full_tokens=row.full_tokens - 1)
+            if row.supervised:
+                encoded.append(row)
+        return encoded

@@ -1,0 +1,66 @@
+"""`retain lab compare`: the statistics, the table, and a quick end-to-end run."""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+
+import pytest
+from typer.testing import CliRunner
+
+from retain.cli import app
+from retain.errors import ConfigError
+from retain.lab import compare
+from retain.lab.compare import Recipe, RunResult, markdown_table, mean_ci, summarise
+
+
+def _result(recipe: str, seed: int, task: float, forgetting: float, seconds: float) -> RunResult:
+    return RunResult(recipe=recipe, seed=seed, task_accuracy=task, ood_accuracy=task - 0.1,
+                     probe_accuracy=1 - forgetting, base_probe_accuracy=1.0, forgetting=forgetting,
+                     train_seconds=seconds, run_dir="x")
+
+
+def test_mean_ci_is_the_student_t_interval() -> None:
+    values = [0.5, 0.6, 0.7]
+    mean, half = mean_ci(values)
+    # t(0.975, 2 degrees of freedom) = 4.303
+    assert mean == pytest.approx(0.6)
+    assert half == pytest.approx(4.3027 * statistics.stdev(values) / math.sqrt(3), rel=1e-4)
+    assert mean_ci([0.4]) == (0.4, None)
+    assert mean_ci([None, float("nan")]) == (None, None)
+
+
+def test_rows_quote_time_against_full_fine_tuning() -> None:
+    recipes = (Recipe(compare.REFERENCE, ()), Recipe("lora", ()))
+    runs = [_result(compare.REFERENCE, 0, 0.8, 0.9, 100), _result(compare.REFERENCE, 1, 0.9, 0.8, 120),
+            _result("lora", 0, 0.5, 0.1, 55), _result("lora", 1, 0.6, 0.2, 55)]
+    rows = summarise(runs, recipes)
+    assert rows[1].time_vs_reference == pytest.approx(0.5)
+    assert rows[0].task_accuracy[0] == pytest.approx(0.85) and rows[1].seeds == 2
+    table = markdown_table(rows)
+    assert "| lora | 55.0% ± " in table and "0.50x" in table
+
+
+@pytest.mark.slow
+def test_quick_compare_trains_each_recipe_and_resumes(micro_base, tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("RETAIN_CACHE_DIR", str(micro_base[1]))
+    out = tmp_path / "cmp"
+    result = CliRunner().invoke(app, ["lab", "compare", str(out), "--quick"])
+    assert result.exit_code == 0, result.output
+    saved = json.loads((out / "compare.json").read_text())
+    assert [row["recipe"] for row in saved["rows"]] == [recipe.name for recipe in compare.QUICK_RECIPES]
+    for row in saved["rows"]:
+        assert row["seeds"] == 1 and row["forgetting"][0] is not None and row["task_accuracy"][0] is not None
+    assert "| full (aggressive) |" in result.output
+    # A second run reads every finished run back instead of training again.
+    monkeypatch.setattr("retain.training.run.run_train", lambda *a, **k: pytest.fail("trained again"))
+    again = CliRunner().invoke(app, ["lab", "compare", str(out), "--quick"])
+    assert again.exit_code == 0, again.output
+
+
+def test_unknown_recipe_is_a_clear_error(tmp_path) -> None:
+    result = CliRunner().invoke(app, ["lab", "compare", str(tmp_path), "--method", "magic"])
+    assert isinstance(result.exception, ConfigError)
+    assert "no recipe named 'magic'" in str(result.exception) and "full (aggressive)" in result.exception.fix
+    assert not (tmp_path / "data").exists()  # refused before any work
