@@ -46,7 +46,7 @@ def test_rows_quote_time_against_full_fine_tuning() -> None:
 def test_quick_compare_trains_each_recipe_and_resumes(micro_base, tmp_path, monkeypatch) -> None:
     monkeypatch.setenv("RETAIN_CACHE_DIR", str(micro_base[1]))
     out = tmp_path / "cmp"
-    result = CliRunner().invoke(app, ["lab", "compare", str(out), "--quick"])
+    result = CliRunner().invoke(app, ["lab", "compare", str(out), "--quick", "--workers", "2"])
     assert result.exit_code == 0, result.output
     saved = json.loads((out / "compare.json").read_text())
     assert [row["recipe"] for row in saved["rows"]] == [recipe.name for recipe in compare.QUICK_RECIPES]
@@ -64,3 +64,10 @@ def test_unknown_recipe_is_a_clear_error(tmp_path) -> None:
     assert isinstance(result.exception, ConfigError)
     assert "no recipe named 'magic'" in str(result.exception) and "full (aggressive)" in result.exception.fix
     assert not (tmp_path / "data").exists()  # refused before any work
+
+
+def test_errors_keep_their_fix_across_processes() -> None:
+    import pickle
+
+    error = pickle.loads(pickle.dumps(ConfigError("bad", fix="do this", field="train.lr", line=3)))
+    assert (error.message, error.fix, error.field, error.line) == ("bad", "do this", "train.lr", 3)

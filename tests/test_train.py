@@ -116,28 +116,26 @@ def test_the_forgetting_guard_restores_the_best_checkpoint(lab, tmp_path) -> Non
     assert not unguarded["verdict"]["ship"]
 
 
-def test_the_smoke_guard_stops_a_model_that_answers_nothing(lab, tmp_path) -> None:
+def test_the_smoke_guard_stops_a_model_that_answers_nothing(lab, tmp_path, monkeypatch) -> None:
     eos = load_model(str(lab["model"]), device="cpu").tokenizer.eos_token_id
 
     def always_eos(module, inputs, output):  # the planted fault: EOS wins every step
         output[..., eos] = 1e4
         return output
 
-    from retain.training import run as run_module
+    from retain.methods.adapters import Lora
 
-    original = run_module._apply_method
+    original = Lora.prepare_model
 
-    def broken(model, cfg):
-        model = original(model, cfg)
+    def broken(self, model, context):
+        model = original(self, model, context)
         model.get_output_embeddings().register_forward_hook(always_eos)
         return model
 
-    run_module._apply_method = broken
-    try:  # forgetting only warns here: the smoke guard alone decides
-        summary = quiet_train(config(lab, tmp_path, guards={"every_steps": 4,
-                                                            "forgetting": {"action": "warn"}})).summary
-    finally:
-        run_module._apply_method = original
+    monkeypatch.setattr(Lora, "prepare_model", broken)
+    # forgetting only warns here: the smoke guard alone decides
+    summary = quiet_train(config(lab, tmp_path, guards={"every_steps": 4,
+                                                        "forgetting": {"action": "warn"}})).summary
     stop = summary["stopped_by"]
     assert stop["guard"] == "smoke" and stop["step"] == 4  # its first check
     assert "emits EOS at once" in stop["message"] and not summary["verdict"]["ship"]

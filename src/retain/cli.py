@@ -437,6 +437,7 @@ def lab_compare(
     data_size: Annotated[Optional[int], typer.Option("--data-size", min=1, help="Train on the first N rows (data.size).")] = None,
     n_train: Annotated[int, typer.Option("--n-train", min=1, help="Training rows the lab data is written with.")] = 2000,
     quick: Annotated[bool, typer.Option("--quick", help="CI-sized: micro lab, 3 recipes, 1 seed, 20 steps.")] = False,
+    workers: Annotated[int, typer.Option("--workers", min=1, help="Runs trained at once, each in its own process (2 suits a 2-core CPU; 1 on a GPU).")] = 1,
     size: SizeOption = "default",
 ) -> None:
     """Train each method on the lab task from one base, over seeds, and print the table."""
@@ -453,7 +454,8 @@ def lab_compare(
     rows = run_compare(
         out_dir, recipes, seeds=1 if quick else seeds, size="micro" if quick else size,
         n_train=200 if quick else n_train, data_size=data_size,
-        extra=("train.max_steps=20",) if quick else (), progress=not _STATE["quiet"], echo=console.print,
+        extra=("train.max_steps=20",) if quick else (), workers=workers,
+        progress=not _STATE["quiet"] and workers == 1, echo=console.print,
     )
     console.print(markdown_table(rows), markup=False)
     console.print(f"table data: {out_dir / 'compare.json'}")

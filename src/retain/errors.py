@@ -36,6 +36,12 @@ class RetainError(Exception):
         self.field = field
         super().__init__(self.render())
 
+    def __reduce__(self):
+        # Keeps fix, file, line and field when the error crosses a process boundary
+        # (``retain lab compare --workers``); Exception pickles only its positional args.
+        return _rebuild, (type(self), self.message,
+                          {"fix": self.fix, "file": self.file, "line": self.line, "field": self.field})
+
     def render(self) -> str:
         """Returns the error as one line: ``file:line: field: message (fix: ...)``."""
         where = ""
@@ -59,3 +65,7 @@ class DataError(RetainError):
 
 class RunDirError(RetainError):
     """A run directory cannot be created, resumed or written."""
+
+
+def _rebuild(cls: type[RetainError], message: str, details: dict) -> RetainError:
+    return cls(message, **details)
