@@ -26,7 +26,7 @@ RUNS = RESULTS / "method-runs"
 DOC = HERE.parent / "docs" / "RESULTS.md"
 sys.path.insert(0, str(HERE))
 
-from retain.lab.compare import DEFAULT_RECIPES, REFERENCE, Row, run_compare
+from retain.lab.compare import DEFAULT_RECIPES, RECIPE, REFERENCE, Row, run_compare
 from retain.rundir import atomic_write_json, atomic_write_text
 
 PARTS = ("methods", "sizes")
