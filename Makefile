@@ -33,9 +33,11 @@ test-fast: setup
 bench: setup
 	$(BIN)/python benchmarks/run.py
 
-# The evidence in docs/RESULTS.md: real lab trainings (about 30 minutes on 2 cores).
+# The evidence in docs/RESULTS.md: real lab trainings (the guards about 30 minutes on
+# 2 cores, the methods comparison and data sizes longer: see docs/RESULTS.md).
 results: setup
 	$(BIN)/python benchmarks/evidence_guards.py
+	$(BIN)/python benchmarks/evidence_methods.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info .pytest_cache
