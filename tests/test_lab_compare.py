@@ -57,6 +57,10 @@ def test_quick_compare_trains_each_recipe_and_resumes(micro_base, tmp_path, monk
     monkeypatch.setattr("retain.training.run.run_train", lambda *a, **k: pytest.fail("trained again"))
     again = CliRunner().invoke(app, ["lab", "compare", str(out), "--quick"])
     assert again.exit_code == 0, again.output
+    # ... unless the recipe's settings changed: then it trains afresh.
+    with pytest.raises(pytest.fail.Exception, match="trained again"):
+        compare.run_compare(out, compare.QUICK_RECIPES[:1], seeds=1, size="micro", n_train=200,
+                            extra=("train.max_steps=21",), echo=lambda line: None)
 
 
 def test_unknown_recipe_is_a_clear_error(tmp_path) -> None:

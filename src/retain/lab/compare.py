@@ -21,9 +21,9 @@ import statistics
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
 
 from retain.config import load_config
+from retain.config.loading import dump_config
 from retain.errors import RetainError
 from retain.lab.export import export_lab_data
 from retain.rundir import atomic_write_json
@@ -190,14 +190,17 @@ def _run(recipe: Recipe, seed: int, data: Path, runs: Path, data_size: int | Non
 
     name = _slug(recipe.name) + (f"-n{data_size}" if data_size else "") + f"-seed{seed}"
     summary_path = runs / name / "summary.json"
-    if summary_path.is_file():  # finished before: read it back, do not train again
+    overrides = [*recipe.overrides, f"train.seed={seed}", "guards.enabled=false",
+                 f"output.dir={runs}", f"output.name={name}", *extra]
+    if data_size:
+        overrides.append(f"data.size={data_size}")
+    config = load_config(data / "config.yaml", overrides)
+    saved = runs / name / "config.yaml"
+    # A run finished with this very config is read back, not trained again; a recipe whose
+    # settings changed since is trained afresh.
+    if summary_path.is_file() and saved.is_file() and saved.read_text() == dump_config(config):
         summary = json.loads(summary_path.read_text())
     else:
-        overrides = [*recipe.overrides, f"train.seed={seed}", "guards.enabled=false",
-                     f"output.dir={runs}", f"output.name={name}", *extra]
-        if data_size:
-            overrides.append(f"data.size={data_size}")
-        config = load_config(data / "config.yaml", overrides)
         try:
             summary = run_train(config, overwrite=True, progress=progress, echo=lambda line: None).summary
         except RetainError as error:
@@ -274,8 +277,3 @@ def _pct(value: float | None) -> str:
 
 def _slug(name: str) -> str:
     return re.sub(r"[^a-z0-9.]+", "-", name.lower()).strip("-")
-
-
-def rows_from_json(path: Path) -> list[dict[str, Any]]:
-    """Returns the rows of a ``compare.json`` as dicts."""
-    return json.loads(path.read_text())["rows"]
