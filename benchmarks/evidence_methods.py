@@ -37,7 +37,7 @@ PARTS = ("methods", "sizes")
 SIZES = (200, 1000, 4000)
 DEFAULT = RECIPE  # the recipe the targets are about
 SIZE_RECIPES = (REFERENCE, DEFAULT)
-WORKERS = 2  # runs at once: about 1.8x the throughput of one run on 2 cores (compare.run_compare)
+WORKERS = 2  # runs at once, one thread each (see compare.run_compare)
 
 
 def run(seeds: int, parts: tuple[str, ...], previous: dict | None, sizes: tuple[int, ...] = SIZES) -> dict:

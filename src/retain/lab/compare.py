@@ -125,9 +125,10 @@ def run_compare(
         extra: Overrides applied to every run after the recipe's own (``--quick`` sets
             ``train.max_steps``).
         workers: Runs trained at once, each in its own process with an equal share of the
-            CPU threads. On a 2-core CPU two one-thread runs train about 1.8x faster in
-            total than one two-thread run (the lab model's matrices are too small to keep
-            two threads busy); on a GPU keep 1.
+            CPU threads. The lab model's matrices are too small to keep several threads
+            busy, so on a CPU one-thread runs side by side use the cores better than one
+            run with every thread (not yet measured by a benchmark in the repo); on a GPU
+            keep 1.
         progress: Show each run's progress bars (one worker only).
         echo: Prints one line per run.
     """
