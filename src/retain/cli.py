@@ -461,6 +461,22 @@ def lab_compare(
     console.print(f"table data: {out_dir / 'compare.json'}")
 
 
+# --- report ---------------------------------------------------------------------------
+
+
+@app.command("report")
+def report(
+    paths: Annotated[list[Path], typer.Argument(help="Run directories, sweep directories, `retain lab compare` folders or `retain eval --json` files.")],
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="The HTML file (default: report.html inside a single run or sweep directory, else ./retain-report.html); the Markdown summary goes beside it.")] = None,
+) -> None:
+    """One self-contained HTML report (plots, findings, answers) and a Markdown summary."""
+    from retain.report import build_report
+
+    files = build_report(paths, out)
+    console.print(f"report: {files.html}", markup=False, highlight=False)
+    console.print(f"summary: {files.markdown}", markup=False, highlight=False)
+
+
 def _print_accuracy(title: str, accuracy: dict[str, float], counts: dict[str, int]) -> None:
     console.print(title)
     table = Table()
