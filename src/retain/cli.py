@@ -477,6 +477,48 @@ def report(
     console.print(f"summary: {files.markdown}", markup=False, highlight=False)
 
 
+# --- sweep ----------------------------------------------------------------------------
+
+
+@app.command("sweep")
+def sweep(
+    sweep_file: Annotated[Path, typer.Argument(help="Sweep YAML: base config, search space, mode, budget (docs/SWEEP.md).")],
+    set_: SetOption = None,
+    name: Annotated[Optional[str], typer.Option("--name", help="Sweep name (default: the file's name); the same name resumes.")] = None,
+    worker: Annotated[bool, typer.Option("--worker", help="Join the study as one more worker: run trials, then stop without waiting or summarising.")] = False,
+    trials: Annotated[Optional[int], typer.Option("--trials", help="Trial budget (replaces the file's trials).")] = None,
+    storage: Annotated[Optional[str], typer.Option("--storage", help="Optuna storage URL, e.g. postgresql+psycopg2://user:pw@host/db (default: SQLite in the sweep directory).")] = None,
+) -> None:
+    """Search configs (grid or Optuna): Pareto table of task accuracy vs forgetting, recommended config."""
+    from retain.sweep import load_sweep, run_sweep
+
+    spec = load_sweep(sweep_file, overrides=set_ or [], name=name, trials=trials, storage=storage)
+    console.print(f"sweep {spec.name}: {spec.directory} (storage {spec.storage.split('@')[-1]})", markup=False)
+    outcome = run_sweep(spec, worker=worker, echo=lambda line: console.print(line, markup=False, highlight=False))
+    results = outcome.results
+    if results is None:
+        console.print(f"worker done: {outcome.ran} trial(s) run here; summarise with: retain sweep {sweep_file}"
+                      + (f" --storage {storage}" if storage else ""), markup=False)
+        return
+    table = Table(title=f"Pareto-optimal trials ({len(results.records)} trials in all)")
+    keys = [axis.key for axis in spec.axes]
+    for column in ("trial", *keys, f"task ({spec.task_split})", "forgetting", "general"):
+        table.add_column(column, justify="right")
+    for record in results.pareto:
+        table.add_row(str(record.number), *(str(record.params.get(key, "")) for key in keys),
+                      _percent(record.task_accuracy), f"{record.forgetting:+.1%}", _percent(record.general_accuracy))
+    console.print(table)
+    best = results.recommended
+    if best is not None:
+        console.print(f"recommended: trial {best.number} (task {_percent(best.task_accuracy)}, forgetting "
+                      f"{best.forgetting:+.1%}): {results.files['recommended']}", markup=False)
+    else:
+        console.print(f"no trial stayed within the forgetting limit of {spec.forgetting_limit:.1%}: no recommended "
+                      "config (see pareto.md)", markup=False)
+    console.print(f"tables: {results.files['markdown']}, {results.files['csv']}, {results.files['json']}",
+                  markup=False)
+
+
 def _print_accuracy(title: str, accuracy: dict[str, float], counts: dict[str, int]) -> None:
     console.print(title)
     table = Table()
