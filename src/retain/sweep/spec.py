@@ -400,11 +400,11 @@ def _check_storage(url: str, source: str | Path, line: int | None) -> None:
            "(pip install psycopg2-binary)")
     try:
         make_url(url).get_dialect()
+    except NoSuchModuleError:  # a subclass of ArgumentError, so caught first
+        raise ConfigError(f"no database driver for '{make_url(url).drivername}'", file=source, line=line,
+                          field="storage", fix=fix) from None
     except ArgumentError:
         raise ConfigError(f"'{url}' is not a database URL", file=source, line=line, field="storage", fix=fix) from None
-    except NoSuchModuleError as exc:
-        raise ConfigError(f"no database driver for '{make_url(url).drivername}' ({exc})", file=source, line=line,
-                          field="storage", fix=fix) from None
 
 
 # --- small helpers --------------------------------------------------------------------
