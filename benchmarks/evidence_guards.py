@@ -12,7 +12,10 @@ Every run is a real ``retain train`` of the default lab model on the lab domain 
 2. an aggressive full fine-tuning (lr 5e-4, 2 epochs) with the forgetting guard
    (``restore_best``, checks every 10 steps) and the same run with the guards off;
 3. the default config (LoRA r=16 on all projections, lr 1e-4, 2 epochs) over several seeds,
-   listing every guard that fired and the final numbers measured independently.
+   listing every guard that fired and the final numbers measured independently;
+4. the lab's recipe (``retain.lab.compare.RECIPE``: LoRA with replay, the setting of the
+   methods comparison that learns the task within the forgetting limit) over the same
+   seeds, guards on: a healthy run that learns, where no guard should fire.
 
 The raw numbers go to ``benchmarks/results/evidence_guards.json``; docs/RESULTS.md is
 rebuilt from every ``evidence_*.json`` there.
@@ -33,6 +36,7 @@ DOC = HERE.parent / "docs" / "RESULTS.md"
 sys.path.insert(0, str(HERE))
 
 from retain.config import load_config  # noqa: E402
+from retain.lab.compare import DEFAULT_RECIPES, RECIPE  # noqa: E402
 from retain.lab.export import export_lab_data  # noqa: E402
 from retain.rundir import atomic_write_json, atomic_write_text, read_jsonl  # noqa: E402
 from retain.training.run import TrainRefused, run_train  # noqa: E402
@@ -80,7 +84,7 @@ def _trap_data(data: Path) -> Path:
     return path
 
 
-PARTS = ("traps", "aggressive", "default")
+PARTS = ("traps", "aggressive", "default", "recipe")
 
 
 def run(seeds: int, parts: tuple[str, ...] = PARTS, previous: dict | None = None) -> dict:
@@ -89,7 +93,7 @@ def run(seeds: int, parts: tuple[str, ...] = PARTS, previous: dict | None = None
     export_lab_data(data)
     config = data / "config.yaml"
     eos_train = _trap_data(data)
-    result: dict = {"traps": {}, "aggressive": {}, "default": []}
+    result: dict = {"traps": {}, "aggressive": {}, "default": [], "recipe": []}
     if previous:
         result |= {part: previous[part] for part in PARTS if part not in parts and part in previous}
     for index, (name, overrides) in enumerate(TRAPS.items() if "traps" in parts else ()):
@@ -108,11 +112,14 @@ def run(seeds: int, parts: tuple[str, ...] = PARTS, previous: dict | None = None
         result["aggressive"][name] = _train(config, f"aggressive-{name}", AGGRESSIVE + extra)
         print(f"aggressive {name}: forgetting {result['aggressive'][name]['forgetting']}", flush=True)
     result["majority_share"] = _majority_share(data)
-    for seed in range(seeds if "default" in parts else 0):
-        run_result = _train(config, f"default-seed{seed}", [f"train.seed={seed}"])
-        run_result["seed"] = seed
-        result["default"].append(run_result)
-        print(f"default seed {seed}: {[e['guard'] for e in run_result['guard_events']]}", flush=True)
+    recipe = next(item for item in DEFAULT_RECIPES if item.name == RECIPE).overrides
+    for part, overrides in (("default", []), ("recipe", list(recipe))):
+        for seed in range(seeds if part in parts else 0):
+            run_result = _train(config, f"{part}-seed{seed}", [*overrides, f"train.seed={seed}"])
+            run_result["seed"] = seed
+            result[part].append(run_result)
+            print(f"{part} seed {seed}: {[e['guard'] for e in run_result['guard_events']]}", flush=True)
+    result["recipe_overrides"] = list(recipe)
     return result
 
 
@@ -134,7 +141,7 @@ def markdown(result: dict) -> str:
     for name, trap in result["traps"].items():
         forced = trap["forced"]
         stop = forced["stopped_by"] or {}
-        first = forced["checks"][0]["step"] if forced["checks"] else None
+        first = next((check["step"] for check in forced["checks"] if check["step"] > 0), None)  # after step 0
         refused = "refused by the doctor" if trap["refused"] and "doctor" in trap["refused"] else (
             "refused" if trap["refused"] else "trained")
         message = (stop.get("message") or "").replace("|", "/")
@@ -149,28 +156,35 @@ def markdown(result: dict) -> str:
     for name, entry in (("forgetting guard, restore_best", guarded), ("guards off", unguarded)):
         stop = entry["stopped_by"]
         lines.append(
-            f"| {name} | {stop['step'] if stop else '-'} | {entry['restored_step'] or '-'} | "
+            f"| {name} | {stop['step'] if stop else '-'} | {_restored(entry['restored_step'])} | "
             f"{_pct(entry['final_probe_accuracy'])} | {_pct(entry['forgetting'])} | "
             f"{_pct(entry['task_accuracy'].get('eval'))} | {_pct(entry['task_accuracy'].get('ood'))} | "
             f"{'ship' if entry['ship'] else 'do not ship'} |")
-    lines += [
-        f"\nBase general probe accuracy: {_pct(guarded['base_probe_accuracy'])}.\n",
-        "### The default config over seeds (LoRA r=16, lr 1e-4, 2 epochs)\n",
-        "| seed | guards that fired (step: guard -> action) | forgetting at each check | final forgetting | task (eval) | verdict |",
-        "| --- | --- | --- | --- | --- | --- |",
-    ]
-    for entry in result["default"]:
-        events = ", ".join(f"{e['step']}: {e['guard']} -> {e['action']}" for e in entry["guard_events"]) or "none"
-        curve = " ".join(_pct(c["forgetting"]) for c in entry["checks"])
-        lines.append(f"| {entry['seed']} | {events} | {curve} | {_pct(entry['forgetting'])} | "
-                     f"{_pct(entry['task_accuracy'].get('eval'))} | {'ship' if entry['ship'] else 'do not ship'} |")
-    lines.append("\n" + _reading(result))
+    lines.append(f"\nBase general probe accuracy: {_pct(guarded['base_probe_accuracy'])}.\n")
+    titles = {"default": "The default config over seeds (LoRA r=16, lr 1e-4, 2 epochs)",
+              "recipe": "The lab's recipe over seeds (`" + " ".join(result.get("recipe_overrides", [])) + "`)"}
+    for part, title in titles.items():
+        if not result.get(part):
+            continue
+        lines += [f"### {title}\n",
+                  "| seed | guards that fired (step: guard -> action) | forgetting at each check | final forgetting | task (eval) | verdict |",
+                  "| --- | --- | --- | --- | --- | --- |"]
+        for entry in result[part]:
+            events = ", ".join(f"{e['step']}: {e['guard']} -> {e['action']}" for e in entry["guard_events"]) or "none"
+            curve = " ".join(_pct(c["forgetting"]) for c in entry["checks"])
+            lines.append(f"| {entry['seed']} | {events} | {curve} | {_pct(entry['forgetting'])} | "
+                         f"{_pct(entry['task_accuracy'].get('eval'))} | {'ship' if entry['ship'] else 'do not ship'} |")
+        lines.append("\n" + _reading(result, part))
     return "\n".join(lines) + "\n"
 
 
-def _reading(result: dict) -> str:
-    """Returns what the default runs say, computed from the numbers (nothing typed in)."""
-    runs = result["default"]
+def _restored(step: int | None) -> str:
+    return "-" if step is None else ("0 (rolled back to the start)" if step == 0 else str(step))
+
+
+def _reading(result: dict, part: str) -> str:
+    """Returns what the runs of ``part`` say, computed from the numbers (nothing typed in)."""
+    runs = result[part]
     fired: dict[str, int] = {}
     for entry in runs:
         for guard in {event["guard"] for event in entry["guard_events"]}:
@@ -192,7 +206,7 @@ def _reading(result: dict) -> str:
     if majority is not None:
         parts.append(f"Task accuracy on the eval set is {min(tasks):.1%}-{max(tasks):.1%}, against "
                      f"{majority:.1%} for always answering the commonest label.")
-        if max(tasks) < majority + 0.05:
+        if part == "default" and max(tasks) < majority + 0.05:
             parts.append("The default recipe does not learn the lab task in 2 epochs. The loss "
                          "warning, a 10-step mean loss still above 2.0 after the first tenth of the "
                          "run, says so early: it is a true signal, not a false alarm. Which recipe "

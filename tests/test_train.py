@@ -84,7 +84,11 @@ def test_a_healthy_lora_run_leaves_a_complete_run_directory_and_no_alarm(lab, tm
                  "final_eval.json", "summary.json", "log.txt", "model/adapter_config.json",
                  "merged/config.json"):
         assert (run_dir / name).exists(), name
-    assert [c["step"] for c in checks(run_dir)] == [4, 8]
+    # Step 0 measures the starting model; its weights are kept for a roll-back.
+    assert [c["step"] for c in checks(run_dir)] == [0, 4, 8]
+    start = checks(run_dir)[0]
+    assert start["forgetting"] == pytest.approx(0.0) and start["task_accuracy"] is not None
+    assert (run_dir / "checkpoints" / "start" / "adapter_model.safetensors").is_file()
     assert len(json.loads((run_dir / "meta.json").read_text())["data"]["train"]) == 64  # sha256
     losses = [r for r in read_jsonl(run_dir / "metrics.jsonl") if r.get("event") == "log" and "loss" in r]
     assert [r["step"] for r in losses] == list(range(1, 9))  # every step's loss is judged
@@ -114,6 +118,21 @@ def test_the_forgetting_guard_restores_the_best_checkpoint(lab, tmp_path) -> Non
     assert unguarded["status"] == "completed" and unguarded["steps"] == 16
     assert unguarded["forgetting_relative"] > summary["forgetting_relative"] + 0.1
     assert not unguarded["verdict"]["ship"]
+
+
+def test_when_every_check_forgets_too_much_the_run_rolls_back_to_its_start(lab, tmp_path) -> None:
+    # lr 1e-2 wrecks the micro model by the first check; step 0 is the only check within the limit.
+    cfg = config(lab, tmp_path, method={"use": ["full"]}, train={"lr": 1e-2, "max_steps": 8},
+                 guards={"every_steps": 4, "forgetting": {"threshold": 0.01}})
+    summary = quiet_train(cfg).summary
+    assert summary["steps"] == 4  # stopped at the first check (the smoke guard may fire beside it)
+    assert any(event["guard"] == "forgetting" and event["action"] == "restore_best"
+               for event in summary["guard_events"])
+    assert summary["restored_step"] == summary["best_step"] == 0
+    # The starting weights are back: the final model answers the probes as the base did.
+    assert summary["final_probe_accuracy"] == pytest.approx(summary["base_probe_accuracy"])
+    assert not summary["verdict"]["ship"]
+    assert any("rolled back to the starting weights" in reason for reason in summary["verdict"]["reasons"])
 
 
 def test_the_smoke_guard_stops_a_model_that_answers_nothing(lab, tmp_path, monkeypatch) -> None:
@@ -205,7 +224,7 @@ def _train_in_subprocess(values: dict, mode: str) -> subprocess.Popen:
 
 def test_resume_after_kill_9_matches_an_uninterrupted_run(lab, tmp_path) -> None:
     common = {"method": {"use": ["full"]}, "train": {"lr": 3e-4, "max_steps": 12, "save_every": 4},
-              "guards": {"every_steps": 4, "forgetting": {"action": "warn"}}}
+              "guards": {"every_steps": 4, "forgetting": {"action": "warn"}, "smoke": {"action": "warn"}}}
     whole = settings(lab, tmp_path / "whole", **common)
     assert _train_in_subprocess(whole, "new").wait(timeout=600) == 0
     killed = settings(lab, tmp_path / "killed", **common)
@@ -300,10 +319,10 @@ def test_each_guard_keeps_its_own_schedule(lab, tmp_path) -> None:
                  guards={"every_steps": 4, "smoke": {"every_steps": 1}, "loss": {"max_loss_after_warmup": None}})
     quiet_train(cfg)
     found = checks(tmp_path / "run")
-    assert [c["step"] for c in found] == [1, 2, 3, 4]
+    assert [c["step"] for c in found] == [0, 1, 2, 3, 4]  # step 0: the starting model, fully measured
     assert all(c["smoke_fail_share"] is not None for c in found)  # smoke: every step
-    assert [c["probe_accuracy"] is not None for c in found] == [False, False, False, True]  # probes: every 4
-    assert [c["val_loss"] is not None for c in found] == [False, False, False, True]
+    assert [c["probe_accuracy"] is not None for c in found] == [True, False, False, False, True]  # probes: every 4
+    assert [c["val_loss"] is not None for c in found] == [True, False, False, False, True]
 
 
 def test_the_saved_tokenizer_carries_the_template_training_used(lab, tmp_path) -> None:

@@ -492,11 +492,12 @@ class SmokeGuardConfig(_Section):
     )
     max_new_tokens: int = Field(32, gt=0, description="Tokens generated per smoke prompt.")
     fail_share: float = Field(
-        0.5,
+        0.25,
         gt=0,
         le=1,
         description="Share of broken answers, among the general or among the task prompts (and "
-        "more than the base model had), that triggers the action.",
+        "more than the base model had), that triggers the action. The default triggers on one "
+        "newly broken answer among the three default prompts of a group.",
     )
     action: Literal["warn", "stop"] = Field(
         "stop", description="What to do when generations look broken."

@@ -6,8 +6,9 @@ import torch
 from transformers import PreTrainedModel
 
 from retain.errors import ConfigError
-from retain.methods.base import Method, MethodContext, trainable
+from retain.methods.base import Method, MethodContext
 from retain.methods.registry import register
+from retain.methods.regularizers import TrainedWeight, starting_point
 
 EPSILON = 1e-12
 """Stands in for ``|W_pre|`` where a base weight is exactly 0, so that the relative change
@@ -30,9 +31,10 @@ class Fapm(Method):
 
     - full fine-tuning: every 2-D weight that trains is pruned, the embeddings and LM head
       included (a tied embedding/head is one parameter, pruned once); 1-D weights (norms,
-      biases) keep their trained values. ``prepare_model`` snapshots the starting value of
-      those matrices on their own device, so the run holds a second copy of the trained
-      matrices until ``finish`` (twice their memory, plus the optimizer's).
+      biases) keep their trained values. The starting values are the copy l2sp and ewc
+      measure from too (:func:`retain.methods.regularizers.starting_point`, one per run,
+      on each weight's device), so the run holds a second copy of the trained weights
+      until it ends (twice their memory, plus the optimizer's).
     - LoRA: ``dW`` is each adapted layer's merged LoRA delta (peft's ``get_delta_weight``)
       and ``W_pre`` the frozen base weight. A pruned delta is no longer low-rank, so
       ``finish`` writes ``W_pre + pruned dW`` into the base weights and removes the
@@ -47,7 +49,7 @@ class Fapm(Method):
 
     def __init__(self, config) -> None:
         super().__init__(config)
-        self._base_weights: dict[str, torch.Tensor] = {}
+        self._weights: list[TrainedWeight] = []
 
     def check(self) -> None:
         if self.config.method.base == "qlora":
@@ -57,18 +59,16 @@ class Fapm(Method):
                 fix="use lora with fapm (or drop fapm)")
 
     def prepare_model(self, model: PreTrainedModel, context: MethodContext) -> PreTrainedModel:
-        if not self.config.method.adapters:
-            self._base_weights = {name: parameter.detach().clone()
-                                  for name, parameter in trainable(model) if parameter.dim() == 2}
+        # The starting point l2sp and ewc measure from too: one copy of the weights per run.
+        self._weights = [weight for weight in starting_point(model, context) if weight.weight.dim() == 2]
         return model
 
     def finish(self, model: PreTrainedModel, context: MethodContext) -> PreTrainedModel:
         keep = self.settings.keep
+        matrices, reset, total = _prune(self._weights, keep)
+        self._weights = []
         if self.config.method.adapters:
-            model, (matrices, reset, total) = _prune_adapters(model, keep)
-        else:
-            matrices, reset, total = _prune_full(model, self._base_weights, keep)
-            self._base_weights = {}
+            model = model.unload()  # peft: adapters removed, nothing else merged (done above)
         context.echo(f"fapm: kept {keep:.0%} of the task vector of each of {matrices} weight matrices; "
                      f"{reset:,} of {total:,} entries reset to the base weights")
         return model
@@ -96,50 +96,25 @@ def fapm_mask(delta: torch.Tensor, base: torch.Tensor, keep: float) -> torch.Ten
 
 
 @torch.no_grad()
-def _prune_full(model: torch.nn.Module, base_weights: dict[str, torch.Tensor],
-                keep: float) -> tuple[int, int, int]:
-    """Resets the pruned entries of each snapshotted matrix to its starting value.
+def _prune(weights: list[TrainedWeight], keep: float) -> tuple[int, int, int]:
+    """Keeps the top ``keep`` share of each matrix's task vector and resets the rest.
+
+    A weight trained directly is reset entry by entry to its starting copy; an adapted
+    weight gets ``W_pre + pruned dW`` written into its frozen base weight (what peft's
+    merge does, with the pruned delta in place of ``dW``), and the caller drops the adapters.
 
     Returns:
         The matrices pruned, the entries reset, and the entries of those matrices.
     """
-    reset = total = matrices = 0
-    for name, parameter in model.named_parameters():
-        base = base_weights.get(name)
-        if base is None:
-            continue
-        mask = fapm_mask(parameter - base, base, keep)
-        parameter.copy_(torch.where(mask, parameter, base))
-        matrices += 1
+    reset = total = 0
+    for weight in weights:
+        delta = weight.deviation().float()  # (out, in), shaped as the weight
+        base = weight.start if weight.layer is None else weight.weight
+        mask = fapm_mask(delta, base, keep)
+        if weight.layer is None:
+            weight.weight.copy_(torch.where(mask, weight.weight, weight.start))
+        else:
+            weight.weight.add_((delta * mask).to(weight.weight.dtype))
         total += mask.numel()
         reset += mask.numel() - int(mask.sum())
-    return matrices, reset, total
-
-
-@torch.no_grad()
-def _prune_adapters(model: torch.nn.Module, keep: float) -> tuple[torch.nn.Module, tuple[int, int, int]]:
-    """Adds each LoRA layer's pruned delta to its base weight, then drops the adapters.
-
-    Returns:
-        The plain model (peft's ``unload``: adapters removed, nothing else merged), and the
-        matrices pruned, the entries reset, and the entries of those matrices.
-    """
-    from peft.tuners.lora import LoraLayer
-
-    reset = total = matrices = 0
-    for module in model.modules():
-        if not isinstance(module, LoraLayer):
-            continue
-        adapters = [name for name in module.active_adapters
-                    if name in module.lora_A or name in module.lora_embedding_A]
-        if not adapters:
-            continue
-        weight = module.get_base_layer().weight
-        delta = sum(module.get_delta_weight(name).float() for name in adapters)  # (out, in), as weight
-        mask = fapm_mask(delta, weight, keep)
-        # What peft's merge does (W += dW), with the pruned delta in place of dW.
-        weight.add_((delta * mask).to(weight.dtype))
-        matrices += 1
-        total += mask.numel()
-        reset += mask.numel() - int(mask.sum())
-    return model.unload(), (matrices, reset, total)
+    return len(weights), reset, total

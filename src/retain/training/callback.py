@@ -333,6 +333,42 @@ class GuardCallback(TrainerCallback):
         }
         return {part for part, steps in every.items() if last or step % (steps or self.interval) == 0}
 
+    def on_train_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
+                       model: PreTrainedModel | None = None, **kwargs: Any) -> None:
+        """Records the starting model as the check of step 0 (a fresh run only).
+
+        It starts the timeline, and it is a candidate of the selection rule like any other
+        check: when no later check stays within the forgetting limit, ``restore_best``
+        rolls the run back to these weights. When a guard may restore, the trainable
+        weights are saved for that in ``checkpoints/start`` (a complete folder or none).
+        """
+        if model is None or self.state.checks or state.global_step != 0:
+            return
+        # The starting model computes as the base model the baseline measured (LoRA starts
+        # at B = 0; the other methods change nothing before the first step), so only the
+        # validation figures are new; the rest is the baseline's.
+        check = self.measure(model, 0, 0.0, {"validation"})
+        base = self.baseline
+        check.probe_accuracy = base.probe_accuracy
+        check.forgetting = 0.0 if base.probe_accuracy is not None else None
+        check.smoke_fail_share = base.smoke_fail_share
+        if base.logprobs is not None:
+            check.kl, check.perplexity_ratio = 0.0, 1.0
+        self.state.checks.append(check)
+        self.run.append_metrics({"event": "check", **check.to_dict()})
+        if self.echo is not None and self.run.writer:
+            self.echo(describe(check) + " (the starting model)")
+        if check.forgetting is not None or self.baseline.probe_accuracy is None:
+            self.state.best_step = 0
+        if self.restores and self.run.writer:
+            save_start(model, start_folder(self.run))
+
+    @property
+    def restores(self) -> bool:
+        """Whether any guard's action is ``restore_best``."""
+        return "restore_best" in (self.config.forgetting.action, self.config.drift.action,
+                                  self.config.overfitting.action)
+
     def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
                     model: PreTrainedModel | None = None, **kwargs: Any) -> None:
         due = self.due(state.global_step, last=state.global_step >= state.max_steps)
@@ -457,6 +493,23 @@ def describe(check: Check) -> str:
     if check.smoke_fail_share is not None:
         parts.append("smoke ok" if not check.smoke_fail_share else f"smoke {check.smoke_fail_share:.0%} broken")
     return ", ".join(parts)
+
+
+def start_folder(run: RunDir) -> Path:
+    """Returns where the starting weights of a run are kept for ``restore_best``."""
+    return run.checkpoints_dir / "start"
+
+
+def save_start(model: PreTrainedModel, folder: Path) -> None:
+    """Saves what ``model`` trains (its adapters, or all its weights) into ``folder``:
+    written beside it, then renamed, so the folder is complete or absent."""
+    import shutil
+
+    staging = folder.with_name(folder.name + ".partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    model.save_pretrained(staging, safe_serialization=True)
+    shutil.rmtree(folder, ignore_errors=True)
+    staging.rename(folder)
 
 
 def read_guard_state(checkpoint: Path) -> GuardState | None:

@@ -67,6 +67,7 @@ from retain.training.callback import (
     GuardState,
     Probe,
     read_guard_state,
+    start_folder,
 )
 from retain.training.formatting import (
     Encoded,
@@ -253,7 +254,8 @@ def _train(config: RetainConfig, run: RunDir, *, resume: bool, force: bool, merg
         model = method.prepare_model(model, context)
     checkpoint = _last_checkpoint(run) if resume else None
     if resume:
-        dropped = run.rewind_metrics(int(checkpoint.name.rsplit("-", 1)[-1]) if checkpoint else 0)
+        # With no checkpoint, everything is redone, the check of step 0 included.
+        dropped = run.rewind_metrics(int(checkpoint.name.rsplit("-", 1)[-1]) if checkpoint else -1)
         logger.info("resuming from %s; %d metric records after it dropped (they are redone)",
                     checkpoint or "the start", dropped)
     guard = GuardCallback(
@@ -438,11 +440,20 @@ def _restore_if_asked(model: PreTrainedModel, state: GuardState, run: RunDir, co
         echo("restore_best: no checkpoint passed the smoke test with finite losses, so none is "
              f"worth restoring; the model is left as it was at step {state.stopped_by.step}")
         return None
-    load_weights(model, run.checkpoints_dir / f"checkpoint-{best.step}")
+    folder = start_folder(run) if best.step == 0 else run.checkpoints_dir / f"checkpoint-{best.step}"
+    if not folder.is_dir():
+        echo(f"restore_best: the folder of step {best.step} is missing ({folder}); the model is left "
+             f"as it was at step {state.stopped_by.step}")
+        return None
+    load_weights(model, folder)
     figures = (f"probe accuracy {_percent(best.probe_accuracy)}, forgetting {_signed(best.forgetting)}, "
                f"task accuracy {_percent(best.task_accuracy)}")
     threshold = config.forgetting.threshold
-    if best.forgetting is not None and best.forgetting > threshold:
+    if best.step == 0:
+        echo(f"every check after the start forgot more than the limit of {threshold:.0%}, so the run was "
+             f"rolled back to its starting weights ({figures}): lower train.lr, check more often "
+             "(guards.every_steps) or use a mitigation")
+    elif best.forgetting is not None and best.forgetting > threshold:
         echo(f"no checkpoint stayed within the forgetting limit of {threshold:.0%}; restored the one "
              f"that forgot least, step {best.step} ({figures}): lower train.lr, check more often "
              "(guards.every_steps) or use a mitigation")
@@ -511,6 +522,9 @@ def _summary(config: RetainConfig, state: GuardState, base: dict[str, Any], fina
         reasons.append(f"{final.smoke.failures:.0%} of smoke answers are broken")
     if state.stopped_by is not None and state.stopped_by.guard in ("loss", "smoke"):
         reasons.append(f"stopped by the {state.stopped_by.guard} guard: {state.stopped_by.message}")
+    if restored == 0:
+        reasons.append("rolled back to the starting weights: the model learned nothing that could be "
+                       "kept within the forgetting limit")
     task = {name: score.to_dict() for name, score in final.task.items()}
     return {
         "status": "stopped" if state.stopped_by else "completed",
