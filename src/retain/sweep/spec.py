@@ -110,8 +110,10 @@ class Axis:
         return trial.suggest_float(self.key, self.low, self.high, step=self.step, log=self.log)
 
     def override(self, value: Any) -> str:
-        """The ``--set`` override that gives the config this value."""
-        return f"{self.key}={inline(value)}"
+        """The ``--set`` override that gives the config this value (floats in full: a sampled
+        learning rate is trained as sampled, not as its 7-digit display)."""
+        text = repr(value) if isinstance(value, float) else inline(value)
+        return f"{self.key}={text}"
 
     def describe(self) -> Any:
         """JSON form, for the study's identity and sweep.json."""

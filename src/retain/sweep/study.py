@@ -258,6 +258,7 @@ class _Runner:
         run_dir = sweep.trials_dir / name
         trial.set_user_attr("run_dir", str(run_dir))
         trial.set_user_attr("host", self.host)
+        trial.set_user_attr("worker", f"{self.host}:{os.getpid()}")
         settings = ", ".join(f"{key}={inline(value)}" for key, value in values.items())
         self.echo(f"trial {trial.number}: {settings}")
         started = time.perf_counter()
