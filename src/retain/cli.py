@@ -473,8 +473,8 @@ def report(
     from retain.report import build_report
 
     files = build_report(paths, out)
-    console.print(f"report: {files.html}", markup=False, highlight=False)
-    console.print(f"summary: {files.markdown}", markup=False, highlight=False)
+    console.print(f"report: {files.html}", markup=False, highlight=False, soft_wrap=True)
+    console.print(f"summary: {files.markdown}", markup=False, highlight=False, soft_wrap=True)
 
 
 # --- sweep ----------------------------------------------------------------------------

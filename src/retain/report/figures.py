@@ -75,6 +75,13 @@ def _mark_guards(axes, runs: Sequence[RunView]) -> None:
                                  fontsize=7, color=GUARD_COLOR)
 
 
+def _from_start(points: list[tuple[float, float]], start: float | None) -> list[tuple[float, float]]:
+    """Returns ``points`` led by ``(0, start)``: the base model, unless a check of step 0 is there."""
+    if start is None or (points and points[0][0] == 0):
+        return points
+    return [(0, start), *points]
+
+
 def _legend(axis, count: int) -> None:
     if 1 < count <= MAX_LEGEND or (count == 1 and axis.get_legend_handles_labels()[1]):
         axis.legend(fontsize=7, loc="best", frameon=False)
@@ -116,13 +123,13 @@ def probe_figure(run: RunView) -> str | None:
     base = _base_categories(run)
     categories = list(dict.fromkeys(name for check in checks for name in as_dict(check.get("categories"))))
     for name in categories:
-        points = [(0, base[name])] if name in base else []
-        points += [(c["step"], c["categories"][name]) for c in checks if name in as_dict(c.get("categories"))]
+        points = _from_start([(c["step"], c["categories"][name]) for c in checks
+                              if as_number(as_dict(c.get("categories")).get(name)) is not None], base.get(name))
         axis.plot(*zip(*points, strict=True), marker=".", linewidth=1, label=label(name, 28))
     overall = [(c["step"], c["probe_accuracy"]) for c in checks if as_number(c.get("probe_accuracy")) is not None]
     base_overall = as_number(as_dict(run.summary).get("base_probe_accuracy"))
     if overall:
-        overall = ([(0, base_overall)] if base_overall is not None else []) + overall
+        overall = _from_start(overall, base_overall)
         axis.plot(*zip(*overall, strict=True), color="black", linewidth=2, label="all probes")
     task = [(c["step"], c["task_accuracy"]) for c in checks if as_number(c.get("task_accuracy")) is not None]
     if task:
@@ -158,7 +165,7 @@ def drift_figure(runs: Sequence[RunView]) -> str | None:
         for axis, key, base in zip(axes, ("kl", "perplexity_ratio"), (0.0, 1.0), strict=True):
             points = [(c["step"], c[key]) for c in run.checks if as_number(c.get(key)) is not None]
             if points:  # the base model itself: no divergence from itself, the same perplexity
-                points = [(0, base), *points]
+                points = _from_start(points, base)
                 axis.plot(*zip(*points, strict=True), marker=".", linewidth=1,
                           label=label(run.name) if 1 < len(runs) <= MAX_LEGEND else None)
     axes[0].set_ylabel("KL(base || tuned)")
@@ -180,7 +187,7 @@ def probe_overlay_figure(runs: Sequence[RunView]) -> str | None:
         points = [(c["step"], c["probe_accuracy"]) for c in run.checks if as_number(c.get("probe_accuracy")) is not None]
         base = as_number(as_dict(run.summary).get("base_probe_accuracy"))
         if points:
-            points = ([(0, base)] if base is not None else []) + points
+            points = _from_start(points, base)
             axis.plot(*zip(*points, strict=True), marker=".", linewidth=1,
                       label=label(run.name) if len(runs) <= MAX_LEGEND else None)
     _mark_guards([axis], runs)
