@@ -145,10 +145,9 @@ def test_a_killed_sweep_resumes_without_repeating_finished_or_failed_trials(lab,
         assert process.poll() is None, process.stderr.read().decode()
         assert time.monotonic() < deadline, "trial 1 never started"
         time.sleep(0.5)
-        try:
-            trials = trials_of(sweep)
-        except (KeyError, Exception):  # the study is not created yet
+        if not (sweep.trials_dir / "trial-0000.output.txt").is_file():  # the study is not ready yet
             continue
+        trials = trials_of(sweep)
         running = next((t for t in trials if t.number == 1 and t.state.name == "RUNNING" and "pid" in t.user_attrs),
                        None)
     time.sleep(3)  # well inside training's start
@@ -223,7 +222,7 @@ def test_two_workers_share_one_postgresql_study_without_duplicate_trials(lab, tm
     command = [sys.executable, "-m", "retain.cli", "-q", "sweep", str(path), "--worker", "--storage", postgres]
     workers = [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE) for _ in range(2)]
     for worker in workers:
-        out, err = worker.communicate(timeout=900)
+        _, err = worker.communicate(timeout=900)
         assert worker.returncode == 0, err.decode()[-2000:]
     trials = [t for t in trials_of(load_sweep(path, storage=postgres)) if not t.user_attrs.get("stray")]
     complete = [t for t in trials if t.state.name == "COMPLETE"]
