@@ -15,6 +15,9 @@ In order, into one run directory (:class:`retain.rundir.RunDir`):
 7. ``final_eval.json``: probes per category, task accuracy (held-out, OOD), drift, health;
 8. ``summary.json``: the verdict and the numbers behind it.
 
+Steps 5-8 live in :mod:`retain.training.finish`; the guards in
+:mod:`retain.training.callback` and :mod:`retain.training.guards`.
+
 ``--resume`` continues a killed run from its last complete checkpoint, with the trainer's
 data order, optimizer and random state and the guards' state as they were saved.
 """
@@ -34,22 +37,19 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import PreTrainedModel, TrainerCallback, TrainingArguments
+from transformers import TrainerCallback, TrainingArguments
 
 from retain.audit.doctor import run_doctor
 from retain.audit.runner import run_audit
 from retain.config import RetainConfig
 from retain.config.loading import dump_config
-from retain.config.schema import METHODS, GuardsConfig
 from retain.data import Example, load_examples_for
 from retain.errors import ConfigError, RetainError
 from retain.evaluation.commands import default_suites, settings_from
 from retain.evaluation.drift import compute_base_logprobs
 from retain.evaluation.engine import (
-    EvalResult,
     default_reference_text,
     evaluate,
-    forgetting,
 )
 from retain.evaluation.prompting import PromptFormat
 from retain.evaluation.suites import load_suite
@@ -67,7 +67,14 @@ from retain.training.callback import (
     GuardState,
     Probe,
     read_guard_state,
-    start_folder,
+)
+from retain.training.finish import (
+    overall_accuracy,
+    percent,
+    restore_if_asked,
+    save_merged,
+    save_model,
+    summary_of,
 )
 from retain.training.formatting import (
     Encoded,
@@ -75,7 +82,6 @@ from retain.training.formatting import (
     encode_examples,
     prepare_tokenizer,
 )
-from retain.training.guards import unsound
 from retain.training.trainer import RetainTrainer
 
 logger = logging.getLogger("retain.train")
@@ -247,7 +253,7 @@ def _train(config: RetainConfig, run: RunDir, *, resume: bool, force: bool, merg
         collate=collate, batch_size=config.train.batch_size,
     )
     base_result, baseline = _baseline(config, run, loaded, probe, resume=resume)
-    echo(f"base model: probe accuracy {_percent(baseline.probe_accuracy)} "
+    echo(f"base model: probe accuracy {percent(baseline.probe_accuracy)} "
          f"({config.guards.forgetting.method}), smoke failures {baseline.smoke_fail_share:.0%}")
     model = loaded.model
     for method in methods:
@@ -277,21 +283,21 @@ def _train(config: RetainConfig, run: RunDir, *, resume: bool, force: bool, merg
     train_seconds = time.perf_counter() - train_started
     if not run.writer:  # another process of a multi-process run: the main one finishes it
         return TrainOutcome(run_dir=run.path, summary={})
-    restored = _restore_if_asked(model, guard.state, run, config.guards, echo)
+    restored = restore_if_asked(model, guard.state, run, config.guards, echo)
     for method in methods:
         model = method.finish(model, context)
     # The saved tokenizer carries the template training used (none for raw prompts), so
     # whoever loads model/ prompts it the way it was trained.
     tokenizer.chat_template = prompt_format.template
-    _save_model(model, tokenizer, run.path / "model")
+    save_model(model, tokenizer, run.path / "model")
     if merge:
-        _save_merged(model, tokenizer, run.path / "merged", config)
+        save_merged(model, tokenizer, run.path / "merged", config)
     final = evaluate(model, tokenizer, name=str(run.path / "model"), chat_template=config.model.chat_template,
                      suites=suites, task=_read(config, config.data.eval), ood=_read(config, config.data.ood),
                      reference=reference, base_logprobs=baseline.logprobs, settings=probe.settings)
     run.write_json("final_eval.json", final.to_dict())
     epochs_done = trainer.state.global_step / plan.steps_per_epoch
-    summary = _summary(config, guard.state, base_result, final, restored=restored,
+    summary = summary_of(config, guard.state, base_result, final, restored=restored,
                        steps=trainer.state.global_step, train_seconds=train_seconds,
                        tokens=sum(len(row.input_ids) for row in plan.train_rows) * epochs_done,
                        seconds=time.perf_counter() - started, train_output=output.metrics)
@@ -350,7 +356,7 @@ def _baseline(config: RetainConfig, run: RunDir, loaded: LoadedModel, probe: Pro
     logprobs = compute_base_logprobs(loaded.model, loaded.tokenizer, reference) if reference else None
     smoke_share, _, _, stopped = probe.smoke(loaded.model)
     return result, Baseline(
-        probe_accuracy=_overall(result, config.guards.forgetting.method),
+        probe_accuracy=overall_accuracy(result, config.guards.forgetting.method),
         smoke_fail_share=smoke_share,
         perplexity=(result.get("drift") or {}).get("perplexity"),
         logprobs=logprobs,
@@ -424,139 +430,7 @@ def _last_checkpoint(run: RunDir) -> Path | None:
     return None
 
 
-# --- after training -------------------------------------------------------------------
-
-
-def _restore_if_asked(model: PreTrainedModel, state: GuardState, run: RunDir, config: GuardsConfig,
-                      echo: Callable[[str], None]) -> int | None:
-    """Loads the best checkpoint back when a guard that stopped the run asked for ``restore_best``."""
-    if state.stopped_by is None or not state.restore:
-        return None
-    best = state.best()
-    if best is None:
-        echo("restore_best: no check had completed, so there is no checkpoint to restore")
-        return None
-    if unsound(best, config):
-        echo("restore_best: no checkpoint passed the smoke test with finite losses, so none is "
-             f"worth restoring; the model is left as it was at step {state.stopped_by.step}")
-        return None
-    folder = start_folder(run) if best.step == 0 else run.checkpoints_dir / f"checkpoint-{best.step}"
-    if not folder.is_dir():
-        echo(f"restore_best: the folder of step {best.step} is missing ({folder}); the model is left "
-             f"as it was at step {state.stopped_by.step}")
-        return None
-    load_weights(model, folder)
-    figures = (f"probe accuracy {_percent(best.probe_accuracy)}, forgetting {_signed(best.forgetting)}, "
-               f"task accuracy {_percent(best.task_accuracy)}")
-    threshold = config.forgetting.threshold
-    if best.step == 0:
-        echo(f"every check after the start forgot more than the limit of {threshold:.0%}, so the run was "
-             f"rolled back to its starting weights ({figures}): lower train.lr, check more often "
-             "(guards.every_steps) or use a mitigation")
-    elif best.forgetting is not None and best.forgetting > threshold:
-        echo(f"no checkpoint stayed within the forgetting limit of {threshold:.0%}; restored the one "
-             f"that forgot least, step {best.step} ({figures}): lower train.lr, check more often "
-             "(guards.every_steps) or use a mitigation")
-    else:
-        echo(f"restored the checkpoint of step {best.step} ({figures})")
-    return best.step
-
-
-def load_weights(model: PreTrainedModel, folder: Path) -> None:
-    """Loads the trained weights saved in a checkpoint ``folder`` into ``model``."""
-    from safetensors.torch import load_file
-
-    adapter = folder / "adapter_model.safetensors"
-    if adapter.is_file():
-        from peft import set_peft_model_state_dict
-
-        set_peft_model_state_dict(model, load_file(str(adapter)))
-        return
-    index = folder / "model.safetensors.index.json"
-    if index.is_file():
-        from transformers.modeling_utils import load_sharded_checkpoint
-
-        load_sharded_checkpoint(model, str(folder))
-        return
-    _, unexpected = model.load_state_dict(load_file(str(folder / "model.safetensors")), strict=False)
-    if unexpected:
-        raise RetainError(f"checkpoint {folder} does not match the model: unexpected {unexpected[:3]}")
-
-
-def _save_model(model: PreTrainedModel, tokenizer, target: Path) -> None:
-    """Saves the model (adapters, or full weights) and tokenizer; a complete dir or none."""
-    staging = target.with_name(target.name + ".partial")
-    shutil.rmtree(staging, ignore_errors=True)
-    model.save_pretrained(staging, safe_serialization=True)
-    tokenizer.save_pretrained(staging)
-    if target.exists():
-        shutil.rmtree(target)
-    staging.rename(target)
-
-
-def _save_merged(model: PreTrainedModel, tokenizer, target: Path, config: RetainConfig) -> None:
-    if not hasattr(model, "merge_and_unload"):  # full fine-tuning, or adapters fapm already merged
-        logger.warning("--merge: the model has no adapters left to merge; model/ is the full model")
-        return
-    import copy
-
-    merged = copy.deepcopy(model).merge_and_unload()
-    _save_model(merged, tokenizer, target)
-
-
-def _summary(config: RetainConfig, state: GuardState, base: dict[str, Any], final: EvalResult, *,
-             restored: int | None, steps: int, train_seconds: float, tokens: float, seconds: float,
-             train_output: dict[str, Any]) -> dict[str, Any]:
-    """Returns ``summary.json``: the verdict with its reasons, and the numbers behind it."""
-    method = config.guards.forgetting.method
-    reports = forgetting(base, final)
-    watched = {suite: methods[method] for suite, methods in reports.items() if method in methods}
-    drops = [report.overall.relative_drop for report in watched.values()
-             if report.overall.relative_drop is not None]
-    drop = max(drops) if drops else None
-    reasons = []
-    if drop is not None and drop > config.guards.forgetting.threshold:
-        reasons.append(f"general probe accuracy fell {drop:.1%} relative (limit "
-                       f"{config.guards.forgetting.threshold:.0%})")
-    if final.smoke is not None and final.smoke.failures >= config.guards.smoke.fail_share:
-        reasons.append(f"{final.smoke.failures:.0%} of smoke answers are broken")
-    if state.stopped_by is not None and state.stopped_by.guard in ("loss", "smoke"):
-        reasons.append(f"stopped by the {state.stopped_by.guard} guard: {state.stopped_by.message}")
-    if restored == 0:
-        reasons.append("rolled back to the starting weights: the model learned nothing that could be "
-                       "kept within the forgetting limit")
-    task = {name: score.to_dict() for name, score in final.task.items()}
-    return {
-        "status": "stopped" if state.stopped_by else "completed",
-        "stopped_by": state.stopped_by.to_dict() if state.stopped_by else None,
-        "restored_step": restored,
-        "best_step": state.best_step,
-        "steps": steps,
-        "method": [name for name in METHODS if name in {config.method.base, *config.method.use}],
-        "seconds": round(seconds, 1),
-        "train_seconds": round(train_seconds, 1),
-        "train_tokens_per_second": round(tokens / train_seconds, 1) if train_seconds else None,
-        "base_probe_accuracy": _overall(base, method),
-        "final_probe_accuracy": _overall(final.to_dict(), method),
-        "forgetting": {suite: report.to_dict() for suite, report in watched.items()},
-        "forgetting_relative": drop,
-        "task": task,
-        "drift": final.drift.to_dict() if final.drift else None,
-        "smoke": final.smoke.to_dict() if final.smoke else None,
-        "guard_events": [decision.to_dict() for decision in state.decisions if decision.triggered],
-        "checks": len(state.checks),
-        "trainer": train_output,
-        "verdict": {"ship": not reasons, "reasons": reasons},
-    }
-
-
 # --- small helpers --------------------------------------------------------------------
-
-
-def _overall(result: dict[str, Any], method: str) -> float | None:
-    scores = [methods[method] for methods in result.get("probes", {}).values() if method in methods]
-    total = sum(len(score["items"]) for score in scores)
-    return sum(sum(item["correct"] for item in score["items"]) for score in scores) / total if total else None
 
 
 def _reference(config: RetainConfig, suites: list) -> str | None:
@@ -599,9 +473,3 @@ def _check_same_config(run: RunDir, config: RetainConfig) -> RetainConfig:
     return config
 
 
-def _percent(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.1%}"
-
-
-def _signed(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:+.1%}"

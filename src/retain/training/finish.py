@@ -1,0 +1,164 @@
+"""After training: restore the best checkpoint, save the model, write the verdict.
+
+The last steps of ``retain train`` (:mod:`retain.training.run`): the best checkpoint (or
+the starting weights) loaded back when a guard asked for ``restore_best``, the final model
+saved (a complete folder or none), and ``summary.json``'s verdict with its reasons.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from transformers import PreTrainedModel
+
+from retain.config import RetainConfig
+from retain.config.schema import METHODS, GuardsConfig
+from retain.errors import RetainError
+from retain.evaluation.engine import EvalResult, forgetting
+from retain.rundir import RunDir
+from retain.training.callback import GuardState, start_folder
+from retain.training.guards import unsound
+
+logger = logging.getLogger("retain.train")
+
+
+
+def restore_if_asked(model: PreTrainedModel, state: GuardState, run: RunDir, config: GuardsConfig,
+                      echo: Callable[[str], None]) -> int | None:
+    """Loads the best checkpoint back when a guard that stopped the run asked for ``restore_best``."""
+    if state.stopped_by is None or not state.restore:
+        return None
+    best = state.best()
+    if best is None:
+        echo("restore_best: no check had completed, so there is no checkpoint to restore")
+        return None
+    if unsound(best, config):
+        echo("restore_best: no checkpoint passed the smoke test with finite losses, so none is "
+             f"worth restoring; the model is left as it was at step {state.stopped_by.step}")
+        return None
+    folder = start_folder(run) if best.step == 0 else run.checkpoints_dir / f"checkpoint-{best.step}"
+    if not folder.is_dir():
+        echo(f"restore_best: the folder of step {best.step} is missing ({folder}); the model is left "
+             f"as it was at step {state.stopped_by.step}")
+        return None
+    load_weights(model, folder)
+    figures = (f"probe accuracy {percent(best.probe_accuracy)}, forgetting {signed(best.forgetting)}, "
+               f"task accuracy {percent(best.task_accuracy)}")
+    threshold = config.forgetting.threshold
+    if best.step == 0:
+        echo(f"every check after the start forgot more than the limit of {threshold:.0%}, so the run was "
+             f"rolled back to its starting weights ({figures}): lower train.lr, check more often "
+             "(guards.every_steps) or use a mitigation")
+    elif best.forgetting is not None and best.forgetting > threshold:
+        echo(f"no checkpoint stayed within the forgetting limit of {threshold:.0%}; restored the one "
+             f"that forgot least, step {best.step} ({figures}): lower train.lr, check more often "
+             "(guards.every_steps) or use a mitigation")
+    else:
+        echo(f"restored the checkpoint of step {best.step} ({figures})")
+    return best.step
+
+
+def load_weights(model: PreTrainedModel, folder: Path) -> None:
+    """Loads the trained weights saved in a checkpoint ``folder`` into ``model``."""
+    from safetensors.torch import load_file
+
+    adapter = folder / "adapter_model.safetensors"
+    if adapter.is_file():
+        from peft import set_peft_model_state_dict
+
+        set_peft_model_state_dict(model, load_file(str(adapter)))
+        return
+    index = folder / "model.safetensors.index.json"
+    if index.is_file():
+        from transformers.modeling_utils import load_sharded_checkpoint
+
+        load_sharded_checkpoint(model, str(folder))
+        return
+    _, unexpected = model.load_state_dict(load_file(str(folder / "model.safetensors")), strict=False)
+    if unexpected:
+        raise RetainError(f"checkpoint {folder} does not match the model: unexpected {unexpected[:3]}")
+
+
+def save_model(model: PreTrainedModel, tokenizer, target: Path) -> None:
+    """Saves the model (adapters, or full weights) and tokenizer; a complete dir or none."""
+    staging = target.with_name(target.name + ".partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    model.save_pretrained(staging, safe_serialization=True)
+    tokenizer.save_pretrained(staging)
+    if target.exists():
+        shutil.rmtree(target)
+    staging.rename(target)
+
+
+def save_merged(model: PreTrainedModel, tokenizer, target: Path, config: RetainConfig) -> None:
+    if not hasattr(model, "merge_and_unload"):  # full fine-tuning, or adapters fapm already merged
+        logger.warning("--merge: the model has no adapters left to merge; model/ is the full model")
+        return
+    import copy
+
+    merged = copy.deepcopy(model).merge_and_unload()
+    save_model(merged, tokenizer, target)
+
+
+def summary_of(config: RetainConfig, state: GuardState, base: dict[str, Any], final: EvalResult, *,
+             restored: int | None, steps: int, train_seconds: float, tokens: float, seconds: float,
+             train_output: dict[str, Any]) -> dict[str, Any]:
+    """Returns ``summary.json``: the verdict with its reasons, and the numbers behind it."""
+    method = config.guards.forgetting.method
+    reports = forgetting(base, final)
+    watched = {suite: methods[method] for suite, methods in reports.items() if method in methods}
+    drops = [report.overall.relative_drop for report in watched.values()
+             if report.overall.relative_drop is not None]
+    drop = max(drops) if drops else None
+    reasons = []
+    if drop is not None and drop > config.guards.forgetting.threshold:
+        reasons.append(f"general probe accuracy fell {drop:.1%} relative (limit "
+                       f"{config.guards.forgetting.threshold:.0%})")
+    if final.smoke is not None and final.smoke.failures >= config.guards.smoke.fail_share:
+        reasons.append(f"{final.smoke.failures:.0%} of smoke answers are broken")
+    if state.stopped_by is not None and state.stopped_by.guard in ("loss", "smoke"):
+        reasons.append(f"stopped by the {state.stopped_by.guard} guard: {state.stopped_by.message}")
+    if restored == 0:
+        reasons.append("rolled back to the starting weights: the model learned nothing that could be "
+                       "kept within the forgetting limit")
+    task = {name: score.to_dict() for name, score in final.task.items()}
+    return {
+        "status": "stopped" if state.stopped_by else "completed",
+        "stopped_by": state.stopped_by.to_dict() if state.stopped_by else None,
+        "restored_step": restored,
+        "best_step": state.best_step,
+        "steps": steps,
+        "method": [name for name in METHODS if name in {config.method.base, *config.method.use}],
+        "seconds": round(seconds, 1),
+        "train_seconds": round(train_seconds, 1),
+        "train_tokens_per_second": round(tokens / train_seconds, 1) if train_seconds else None,
+        "base_probe_accuracy": overall_accuracy(base, method),
+        "final_probe_accuracy": overall_accuracy(final.to_dict(), method),
+        "forgetting": {suite: report.to_dict() for suite, report in watched.items()},
+        "forgetting_relative": drop,
+        "task": task,
+        "drift": final.drift.to_dict() if final.drift else None,
+        "smoke": final.smoke.to_dict() if final.smoke else None,
+        "guard_events": [decision.to_dict() for decision in state.decisions if decision.triggered],
+        "checks": len(state.checks),
+        "trainer": train_output,
+        "verdict": {"ship": not reasons, "reasons": reasons},
+    }
+
+
+def overall_accuracy(result: dict[str, Any], method: str) -> float | None:
+    scores = [methods[method] for methods in result.get("probes", {}).values() if method in methods]
+    total = sum(len(score["items"]) for score in scores)
+    return sum(sum(item["correct"] for item in score["items"]) for score in scores) / total if total else None
+
+
+def percent(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.1%}"
+
+
+def signed(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:+.1%}"
