@@ -18,6 +18,7 @@ import matplotlib
 
 matplotlib.use("Agg")  # before anything draws: no display, no GUI toolkit
 from matplotlib.figure import Figure
+from matplotlib.ticker import NullFormatter, ScalarFormatter
 
 from retain.report.compare import SizeCurve
 from retain.report.sources import RunView, Trial, as_dict, as_number
@@ -238,6 +239,11 @@ def size_figure(curves: Sequence[SizeCurve]) -> str | None:
     axes[0].set_ylabel("task accuracy")
     axes[1].set_ylabel("forgetting")
     axes[1].set_xlabel("training rows (data.size)")
-    axes[1].set_xscale("log")
+    sizes = [size for curve in curves for size in curve.sizes]
+    if max(sizes) >= 10 * min(sizes):  # a decade or more: log scale, with plain numbers
+        axes[1].set_xscale("log")
+        axes[1].xaxis.set_major_formatter(ScalarFormatter())
+        axes[1].xaxis.set_minor_formatter(NullFormatter())
+    axes[1].set_xticks(sorted(set(sizes)))
     _legend(axes[0], len(curves) if len(curves) > 1 else 0)
     return to_data_uri(figure)
