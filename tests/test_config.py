@@ -293,3 +293,14 @@ def test_reference_lists_every_field_with_a_description() -> None:
         assert len(rows) == 1, name
         description = rows[0].rstrip(" |").rsplit(" | ", 1)[-1]
         assert len(description) > 10, name
+
+
+def test_docs_config_md_is_the_generated_reference() -> None:
+    from pathlib import Path
+
+    from retain.config.reference import REFERENCE_DOC, config_reference_document
+
+    doc = Path(__file__).resolve().parent.parent / REFERENCE_DOC
+    assert doc.read_text() == config_reference_document(), (
+        "docs/CONFIG.md is out of date: run `retain config reference --write docs/CONFIG.md`")
+

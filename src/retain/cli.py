@@ -95,10 +95,18 @@ def config_show(
 
 
 @config_app.command("reference")
-def config_reference() -> None:
+def config_reference(
+    write: Annotated[Optional[Path], typer.Option("--write", help="Write the reference document (docs/CONFIG.md) to this file instead of printing the tables.")] = None,
+) -> None:
     """Print every setting with its type, default and meaning, as Markdown."""
     from retain.config import config_reference_markdown
+    from retain.config.reference import config_reference_document
+    from retain.rundir import atomic_write_text
 
+    if write is not None:
+        atomic_write_text(write, config_reference_document())
+        console.print(f"wrote {write}")
+        return
     console.print(config_reference_markdown(), end="", markup=False, highlight=False, soft_wrap=True)
 
 
@@ -491,9 +499,10 @@ def sweep(
 ) -> None:
     """Search configs (grid or Optuna): Pareto table of task accuracy vs forgetting, recommended config."""
     from retain.sweep import load_sweep, run_sweep
+    from retain.sweep.results import redact_url
 
     spec = load_sweep(sweep_file, overrides=set_ or [], name=name, trials=trials, storage=storage)
-    console.print(f"sweep {spec.name}: {spec.directory} (storage {spec.storage.split('@')[-1]})", markup=False)
+    console.print(f"sweep {spec.name}: {spec.directory} (storage {redact_url(spec.storage)})", markup=False)
     outcome = run_sweep(spec, worker=worker, echo=lambda line: console.print(line, markup=False, highlight=False))
     results = outcome.results
     if results is None:

@@ -52,3 +52,16 @@ def _type_text(field: FieldInfo) -> str:
     if limits:
         text += f" ({limits})"
     return text + (" or null" if optional else "")
+
+
+REFERENCE_DOC = "docs/CONFIG.md"
+
+
+def config_reference_document() -> str:
+    """Returns ``docs/CONFIG.md``: a title, how it is made, and :func:`config_reference_markdown`."""
+    return ("# Configuration reference\n\n"
+            "Every setting of a retain config, generated from the pydantic models by\n"
+            "`retain config reference --write docs/CONFIG.md` (a test fails when this file is out of\n"
+            "date). Any setting can be given on the command line as `--set section.key=value`.\n\n"
+            + config_reference_markdown())
+
