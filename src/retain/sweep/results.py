@@ -150,7 +150,7 @@ def write_results(study, sweep: Sweep) -> SweepResults:
     atomic_write_text(files["csv"], _csv(records, sweep))
     atomic_write_json(files["json"], {
         "retain_version": retain.__version__, "name": sweep.name, "sweep_file": str(sweep.path),
-        "base": str(sweep.base_path), "storage": _redacted(sweep.storage), "mode": sweep.mode,
+        "base": str(sweep.base_path), "storage": redact_url(sweep.storage), "mode": sweep.mode,
         "sampler": sweep.sampler if sweep.mode == "optuna" else None, "budget": sweep.budget,
         "objectives": {"task": sweep.task_split, "forgetting_limit": sweep.forgetting_limit},
         "space": {axis.key: axis.describe() for axis in sweep.axes}, "overrides": sweep.overrides,
@@ -275,7 +275,8 @@ def _signed(value: float | None) -> str:
     return "" if value is None else f"{value:+.1%}"
 
 
-def _redacted(url: str) -> str:
+def redact_url(url: str) -> str:
+    """Returns a storage URL with its password replaced by ``***``."""
     from sqlalchemy.engine import make_url
 
     return make_url(url).render_as_string(hide_password=True)

@@ -243,7 +243,8 @@ class _Runner:
             study.optimize(self.objective, n_trials=1, catch=(TrialFailed,), gc_after_trial=False)
         except KeyboardInterrupt:
             if self.current is not None:  # enqueue its point again: a rerun redoes it
-                _Retry(max_retry=MAX_RETRIES)(study, study._storage.get_trial(self.current))
+                stopped = next(frozen for frozen in study.get_trials(deepcopy=False) if frozen.number == self.current)
+                _Retry(max_retry=MAX_RETRIES)(study, stopped)
             raise
 
     def objective(self, trial: optuna.Trial) -> tuple[float, float]:
@@ -252,7 +253,7 @@ class _Runner:
             # Two workers saw the last waiting point at once; the other one took it.
             trial.set_user_attr("stray", True)
             raise optuna.TrialPruned("no grid point left")
-        self.current = trial._trial_id
+        self.current = trial.number
         values = {axis.key: axis.suggest(trial) for axis in sweep.axes}
         name = f"trial-{trial.number:04d}"
         run_dir = sweep.trials_dir / name
