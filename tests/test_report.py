@@ -201,6 +201,9 @@ def test_one_run_has_its_cards_plots_findings_and_answers(runs, tmp_path) -> Non
                     "Data audit", "Pipeline doctor", "Sample answers before and after"):
         assert f"<h3>{heading}</h3>" in html, heading
     # The guard that stopped the run is in the table, with its message.
+    overall = summary["forgetting"]["lab"]["categories"]["overall"]
+    assert (f'<tr class="overall"><td>lab ({summary["forgetting"]["lab"]["version"]})</td><td>overall</td>'
+            f'<td class="num">{overall["items"]}</td>') in html
     event = summary["stopped_by"]
     assert f"<td>{event['guard']}</td><td>{event['action']}</td>" in html
     # Probe answers before and after come from the evaluations, with the suite's prompts.

@@ -148,8 +148,10 @@ def open_report(
         process = subprocess.Popen(
             [binary, *FLAGS, f"--user-data-dir={profile}", f"--window-size={width},{height}", "about:blank"],
             # The child only calls dup2 before exec (async-signal-safe), so threads are no risk.
-            preexec_fn=place_fds, pass_fds=(3, 4),  # noqa: PLW1509 stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            # close_fds would close 3 and 4 after preexec_fn, and pass_fds=(3, 4) fails where
+            # the parent has no fd 3 or 4; Python's own fds are not inherited anyway (PEP 446).
+            preexec_fn=place_fds,  # noqa: PLW1509
+            close_fds=False, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
         for fd in (command_read, reply_write, child_read, child_write):
             os.close(fd)
@@ -166,10 +168,11 @@ def open_report(
 
 
 def _fd_above(fd: int, low: int) -> int:
-    """Returns a duplicate of ``fd`` numbered ``low`` or more (dup2 onto 3 and 4 cannot clobber it)."""
+    """Returns a close-on-exec duplicate of ``fd`` numbered ``low`` or more, so that dup2 onto
+    3 and 4 cannot clobber it and the browser inherits only 3 and 4."""
     import fcntl
 
-    return fcntl.fcntl(fd, fcntl.F_DUPFD, low)
+    return fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, low)
 
 
 def _visit(pipe: _Pipe, html: Path, expression: str, screenshot: Path | None, width: int,

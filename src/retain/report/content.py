@@ -228,7 +228,7 @@ def forgetting_rows(run: RunView) -> list[dict[str, Any]]:
             ci = values.get("relative_drop_ci") if isinstance(values.get("relative_drop_ci"), list) else [None, None]
             rows.append({
                 "suite": f"{suite} ({report.get('version', '?')})", "category": category,
-                "items": values.get("items"), "before": pct(values.get("accuracy_before")),
+                "n_items": values.get("items"), "before": pct(values.get("accuracy_before")),
                 "after": pct(values.get("accuracy_after")),
                 "relative_drop": signed_pct(values.get("relative_drop")),
                 "interval": f"{signed_pct(ci[0])} to {signed_pct(ci[-1])}" if len(ci) == 2 else "n/a",

@@ -112,7 +112,7 @@ Status: <strong>{{ s.run.status }}</strong>.</p>
 {% if s.forgetting %}
 <h3>General probes before and after, per category</h3>
 <table class="forgetting"><tr><th>suite</th><th>category</th><th>items</th><th>before</th><th>after</th><th>relative drop</th><th>95% interval</th><th>newly wrong</th><th>newly right</th></tr>
-{% for row in s.forgetting %}<tr class="{{ 'overall' if row.overall }}"><td>{{ row.suite }}</td><td>{{ row.category }}</td><td class="num">{{ row.items }}</td>
+{% for row in s.forgetting %}<tr class="{{ 'overall' if row.overall }}"><td>{{ row.suite }}</td><td>{{ row.category }}</td><td class="num">{{ row.n_items }}</td>
 <td class="num">{{ row.before }}</td><td class="num">{{ row.after }}</td><td class="num {{ 'bad' if row.bad }}">{{ row.relative_drop }}</td>
 <td class="num">{{ row.interval }}</td><td class="num">{{ row.newly_wrong }}</td><td class="num">{{ row.newly_right }}</td></tr>{% endfor %}
 </table>{% endif %}

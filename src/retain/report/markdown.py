@@ -82,7 +82,7 @@ def _run(section: RunSection, level: str) -> list[str]:
     if section.forgetting:
         lines += [f"{level}# General probes per category", ""]
         lines += _table(["suite", "category", "items", "before", "after", "relative drop", "95% interval"],
-                        [[r["suite"], r["category"], r["items"], r["before"], r["after"], r["relative_drop"],
+                        [[r["suite"], r["category"], r["n_items"], r["before"], r["after"], r["relative_drop"],
                           r["interval"]] for r in section.forgetting])
     for name, items in (("Data audit", section.audit), ("Pipeline doctor", section.doctor)):
         if items:

@@ -23,7 +23,8 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from retain.config.loading import _parse_yaml, _read
+import yaml
+
 from retain.errors import RetainError
 from retain.rundir import RunDir, read_jsonl
 
@@ -52,6 +53,36 @@ def read_json(path: Path, *, what: str) -> Any:
     except json.JSONDecodeError as error:
         raise RetainError(f"invalid JSON in {what}: {error.msg}", file=path, line=error.lineno,
                           fix="rerun the command that wrote it, or delete the file") from None
+
+
+# libyaml's parser where PyYAML was built with it: a sweep's 50 configs parse 20x faster.
+_YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+def read_config(path: Path) -> dict[str, Any]:
+    """Returns a run's resolved ``config.yaml`` as a plain mapping (not validated: a run
+    written by an older retain is still shown).
+
+    Raises:
+        RetainError: The file is unreadable, not YAML or not a mapping (names file and line).
+    """
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        raise RetainError(f"cannot read the run's config: {error}", file=path,
+                          fix="check the file's permissions and encoding (UTF-8)") from None
+    try:
+        config = yaml.load(text, Loader=_YAML_LOADER)  # a safe loader, C or Python
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        raise RetainError(f"invalid YAML: {getattr(error, 'problem', None) or error}", file=path,
+                          line=mark.line + 1 if mark is not None else None,
+                          fix="rerun the run, or repair the file") from None
+    if config is None:
+        return {}
+    if not isinstance(config, dict):
+        raise RetainError("config.yaml is not a mapping of sections", file=path, fix="rerun the run, or repair the file")
+    return config
 
 
 def _optional_object(path: Path, what: str) -> dict[str, Any] | None:
@@ -184,7 +215,7 @@ def read_run(path: Path) -> RunView:
     return RunView(
         path=path,
         name=path.name,
-        config=_parse_yaml(_read(run_dir.config_path), run_dir.config_path),
+        config=read_config(run_dir.config_path),
         meta=_optional_object(run_dir.meta_path, "meta.json") or {},
         summary=summary,
         metrics=run_dir.read_metrics(),
