@@ -79,7 +79,7 @@ def _sweep(run: Path, root: Path) -> Path:
         summary["task"]["eval"]["accuracy"], summary["task"]["ood"]["accuracy"] = task, ood
         summary["forgetting_relative"] = forgetting
         (trial / "summary.json").write_text(json.dumps(summary))
-        records.append({"number": number, "params": {"data.size": size, "train.lr": lr}, "state": "COMPLETE",
+        records.append({"number": number, "params": {"data.size": size, "train.lr": lr}, "state": "complete",
                         "task_accuracy": task, "ood_accuracy": ood, "forgetting": forgetting,
                         "general_accuracy": summary["final_probe_accuracy"], "seconds": summary["seconds"],
                         "run_dir": f"trials/trial-{number:04d}", "error": None})
@@ -135,14 +135,14 @@ def markdown(result: dict) -> str:
     verdict = "within" if result["build_seconds"] < result["target_seconds"] else "over"
     lines = [
         "## Report: a sweep of 50 trials\n",
-        f"Measured {result.get('date', '?')}. Command: `python benchmarks/run.py report`. One real run of "
-        "the micro lab model (200 rows, 20 steps, checks every 5 steps) copied into a sweep of "
-        f"{result['trials']} trials with varied settings, loss curves and (synthetic) figures; "
-        f"`retain report` on the sweep directory. Target: under {result['target_seconds']:.0f} s.\n",
+        (f"Measured {result.get('date', '?')}. Command: `python benchmarks/run.py report`. One real run of "
+         "the micro lab model (200 rows, 20 steps, checks every 5 steps) copied into a sweep of "
+         f"{result['trials']} trials with varied settings, loss curves and (synthetic) figures; "
+         f"`retain report` on the sweep directory. Target: under {result['target_seconds']:.0f} s.\n"),
         "| measure | value |",
         "| --- | --- |",
-        f"| `build_report` of the sweep, median of {result['repeats']} | {result['build_seconds']:.2f} s "
-        f"({verdict} the target; runs: {', '.join(f'{t:.2f}' for t in result['build_seconds_all'])}) |",
+        (f"| `build_report` of the sweep, median of {result['repeats']} | {result['build_seconds']:.2f} s "
+         f"({verdict} the target; runs: {', '.join(f'{t:.2f}' for t in result['build_seconds_all'])}) |"),
         f"| `retain report SWEEP` command, end to end | {result['cli_seconds']:.2f} s |",
         f"| report of the single run | {result['single_run_seconds']:.2f} s |",
         f"| HTML size, plots | {result['html_bytes'] / 1e6:.1f} MB, {result['plots']} plots |",

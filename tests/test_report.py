@@ -111,16 +111,19 @@ def make_sweep(runs: dict[str, Path], root: Path, *, index: bool = True) -> Path
         summary = json.loads((trial / "summary.json").read_text())
         config = yaml.safe_load((trial / "config.yaml").read_text())
         records.append({
-            "number": number, "state": "COMPLETE", "run_dir": f"trials/trial-{number:04d}",
+            "number": number, "state": "complete", "run_dir": str(trial),
             "params": {"method.use": config["method"]["use"], "data.size": config["data"]["size"] or 64},
             "task_accuracy": summary["task"]["eval"]["accuracy"], "ood_accuracy": summary["task"]["ood"]["accuracy"],
             "forgetting": summary["forgetting_relative"], "general_accuracy": summary["final_probe_accuracy"],
             "seconds": summary["seconds"], "error": None,
         })
-    records.append({"number": 3, "state": "FAIL", "params": {"method.use": ["full"], "data.size": 16},
+    records.append({"number": 3, "state": "failed", "params": {"method.use": ["full"], "data.size": 16},
                     "error": "out of memory", "run_dir": None})
-    if index:
-        (root / "sweep.json").write_text(json.dumps({"name": root.name, "trials": records}))
+    if index:  # the layout of retain sweep's sweep.json (retain.sweep.results), trimmed
+        front = pareto_front([(r.get("task_accuracy"), r.get("forgetting")) for r in records])
+        (root / "sweep.json").write_text(json.dumps({
+            "name": root.name, "trials": records, "pareto": sorted(front), "recommended": 2,
+            "objectives": {"task": "eval", "forgetting_limit": 0.05}}))
     (root / "pareto.md").write_text("| trial | task |\n| --- | --- |\n| 0 | best |\n")
     return root
 
@@ -243,7 +246,8 @@ def test_a_sweep_shows_trials_pareto_front_data_size_curves_and_one_trial_in_det
     sweep_dir = make_sweep(runs, tmp_path / "sweep")
     sweep = read_sweep(sweep_dir)
     assert [t.number for t in sweep.trials] == [0, 1, 2, 3]
-    assert sweep.trials[3].state == "FAIL" and sweep.trials[3].run is None
+    assert sweep.trials[3].state == "failed" and sweep.trials[3].run is None
+    assert sweep.recommended == 2 and sweep.forgetting_limit == 0.05
     assert sweep.trials[1].run is not None and sweep.trials[1].run.name == "trial-0001"
     curves = size_curves(sweep.trials)
     # lora at 32 and 64 rows is one curve; full has one size with a figure (the failed trial has none).
@@ -258,9 +262,10 @@ def test_a_sweep_shows_trials_pareto_front_data_size_curves_and_one_trial_in_det
     assert "<figcaption>Task accuracy against forgetting (Pareto front)</figcaption>" in html
     assert "<figcaption>Data-size curves</figcaption>" in html
     assert "out of memory" in html and "<h3>pareto.md</h3>" in html
-    front = pareto_front([(t.task_accuracy, t.forgetting) for t in sweep.trials])
-    assert html.count('<tr class="front">') == len(front) >= 1
-    assert "| 3 | trial 3 | FAIL |" in files.markdown.read_text()
+    assert html.count('<tr class="front">') == len(sweep.pareto) >= 1
+    # The trial in detail is the sweep's recommendation.
+    assert "<summary>In detail: trial-0002</summary>" in html and "the sweep&#39;s recommendation" in html
+    assert "| 3 | trial 3 | failed |" in files.markdown.read_text()
 
 
 def test_a_sweep_without_an_index_reads_its_trial_directories(runs, tmp_path) -> None:

@@ -187,9 +187,12 @@ def _trial_of(number: int, run: RunView) -> Trial:
 def sweep_section(sweep: SweepView, anchor: str) -> SweepSection:
     """Returns a sweep's trial table, Pareto scatter, data-size curves and overlaid runs."""
     trials = sweep.trials
-    front = pareto_front([(t.task_accuracy, t.forgetting) for t in trials])
+    if sweep.pareto is not None:  # the sweep's own front (Optuna's best trials)
+        front = {index for index, trial in enumerate(trials) if trial.number in sweep.pareto}
+    else:
+        front = pareto_front([(t.task_accuracy, t.forgetting) for t in trials])
     runs = sweep.runs
-    limit = content.forgetting_limit(runs[0]) if runs else content.FORGETTING_LIMIT
+    limit = sweep.forgetting_limit or (content.forgetting_limit(runs[0]) if runs else content.FORGETTING_LIMIT)
     param_keys = list(dict.fromkeys(key for trial in trials for key in trial.params))
     rows = [{
         "number": trial.number, "name": trial.name, "state": trial.state,
@@ -206,7 +209,12 @@ def sweep_section(sweep: SweepView, anchor: str) -> SweepSection:
         "General probe accuracy over steps, all trials": figures.probe_overlay_figure(runs),
         "Drift over steps, all trials": figures.drift_figure(runs),
     }
-    picked, reason = pick_trial(trials, front, limit)
+    recommended = next((trial for trial in trials if trial.number == sweep.recommended), None)
+    if recommended is not None:
+        picked, reason = recommended, (f"trial {recommended.number}: the sweep's recommendation, the best "
+                                       f"task accuracy among trials that forget at most {limit:.1%}")
+    else:
+        picked, reason = pick_trial(trials, front, limit)
     states: dict[str, int] = {}
     for trial in trials:
         states[trial.state] = states.get(trial.state, 0) + 1

@@ -288,7 +288,7 @@ class Trial:
     Attributes:
         number: The trial's number in the sweep.
         params: The settings the sweep chose (dotted config keys -> values).
-        state: ``COMPLETE``, ``PRUNED``, ``FAIL``, ``RUNNING`` (Optuna's states).
+        state: ``complete``, ``failed``, ``killed``, ``interrupted``, ``running``, ``waiting``.
         task_accuracy: Held-out task accuracy.
         ood_accuracy: Out-of-distribution task accuracy.
         forgetting: Relative drop of general probe accuracy from the base.
@@ -300,7 +300,7 @@ class Trial:
 
     number: int
     params: dict[str, Any] = field(default_factory=dict)
-    state: str = "COMPLETE"
+    state: str = "complete"
     task_accuracy: float | None = None
     ood_accuracy: float | None = None
     forgetting: float | None = None
@@ -325,6 +325,10 @@ class SweepView:
         trials: Every trial, in number order.
         notes: Text files of the sweep shown as they are (``pareto.md``, ``recommended.yaml``).
         table: For ``lab compare``, its rows: recipe means with 95% intervals.
+        pareto: The numbers of the Pareto-optimal trials, as the sweep found them (None:
+            the report computes the front).
+        recommended: The number of the trial the sweep recommends, if any.
+        forgetting_limit: The relative forgetting the recommendation had to stay within.
     """
 
     path: Path
@@ -333,6 +337,9 @@ class SweepView:
     trials: list[Trial]
     notes: dict[str, str] = field(default_factory=dict)
     table: list[dict[str, Any]] = field(default_factory=list)
+    pareto: set[int] | None = None
+    recommended: int | None = None
+    forgetting_limit: float | None = None
 
     @property
     def runs(self) -> list[RunView]:
@@ -350,23 +357,25 @@ def is_sweep_dir(path: Path) -> bool:
 def read_sweep(path: Path) -> SweepView:
     """Reads a sweep directory: the one place that knows the format ``retain sweep`` writes.
 
-    The format assumed (align here if ``retain sweep`` writes otherwise)::
+    The format (``retain sweep``'s, see :mod:`retain.sweep.results`; align here if it changes)::
 
-        sweep.json        {"trials": [TRIAL, ...], ...} or [TRIAL, ...]
+        sweep.json        {"trials": [TRIAL, ...], "pareto": [NUMBER, ...], "recommended": NUMBER,
+                           "objectives": {"forgetting_limit": 0.03, ...}, ...}
         trials.jsonl      one TRIAL per line (read when there is no sweep.json)
         trials/trial-NNNN/  each trial's run directory
         pareto.md, recommended.yaml   shown as they are
 
     where ``TRIAL`` is ``{number, params, state, task_accuracy, ood_accuracy, forgetting,
-    general_accuracy, seconds, run_dir, error}``. ``run_dir`` may be absolute or relative
-    to the sweep directory; without one, ``trials/trial-NNNN`` is tried. Figures missing
-    from a record are taken from its run's ``summary.json``. With neither file, every run
-    directory under ``trials/`` is a trial, its params the settings that differ between
-    the trials.
+    general_accuracy, seconds, run_dir, error, ...}``. ``run_dir`` may be absolute or
+    relative to the sweep directory; without one, ``trials/trial-NNNN`` is tried. Figures
+    missing from a record are taken from its run's ``summary.json``. Without ``pareto``
+    the report computes the front. With neither file, every run directory under
+    ``trials/`` is a trial, its params the settings that differ between the trials.
 
     Raises:
         RetainError: A file is corrupt or a record is not an object with a number.
     """
+    data: Any = {}
     if (path / "sweep.json").is_file():
         data = read_json(path / "sweep.json", what="sweep.json")
         records = data.get("trials") if isinstance(data, dict) else data
@@ -386,8 +395,14 @@ def read_sweep(path: Path) -> SweepView:
         trials = [_trial_from_record(record, path, source) for record in records]
     notes = {name: (path / name).read_text(encoding="utf-8", errors="replace")
              for name in ("pareto.md", "recommended.yaml") if (path / name).is_file()}
-    return SweepView(path=path, name=path.name, kind="sweep",
-                     trials=sorted(trials, key=lambda trial: trial.number), notes=notes)
+    index = as_dict(data)
+    pareto = index.get("pareto")
+    return SweepView(
+        path=path, name=path.name, kind="sweep", trials=sorted(trials, key=lambda trial: trial.number), notes=notes,
+        pareto={n for n in pareto if isinstance(n, int)} if isinstance(pareto, list) else None,
+        recommended=index["recommended"] if isinstance(index.get("recommended"), int) else None,
+        forgetting_limit=as_number(as_dict(index.get("objectives")).get("forgetting_limit")),
+    )
 
 
 def _trial_from_record(record: Any, sweep: Path, source: Path) -> Trial:
@@ -419,7 +434,7 @@ def _trial_from_run(number: int, run: RunView) -> Trial:
     task = as_dict(summary.get("task"))
     return Trial(
         number=number,
-        state="COMPLETE" if run.summary is not None else "RUNNING",
+        state="complete" if run.summary is not None else "running",
         task_accuracy=as_number(as_dict(task.get("eval")).get("accuracy")),
         ood_accuracy=as_number(as_dict(task.get("ood")).get("accuracy")),
         forgetting=as_number(summary.get("forgetting_relative")),
