@@ -50,9 +50,9 @@ def load_config(path: str | Path | None, overrides: Sequence[str] = ()) -> Retai
     raw: dict[str, Any] = {}
     lines: dict[str, int] = {}
     if path is not None:
-        text = _read(Path(path))
-        lines = _key_lines(text, path)
-        raw = _parse_yaml(text, path)
+        text = read_text_file(Path(path))
+        lines = key_lines(text, path)
+        raw = parse_yaml(text, path)
     raw = apply_overrides(raw, overrides)
     # (dotted key, override text), so validation errors can blame the override.
     sources = [(override.partition("=")[0].strip(), override) for override in overrides]
@@ -62,7 +62,7 @@ def load_config(path: str | Path | None, overrides: Sequence[str] = ()) -> Retai
         raise config_error(exc, path, lines, sources) from None
 
 
-def _read(path: Path) -> str:
+def read_text_file(path: Path) -> str:
     """Returns the text of the config file, or raises ConfigError saying why not."""
     try:
         return path.read_text(encoding="utf-8")
@@ -74,7 +74,7 @@ def _read(path: Path) -> str:
         raise ConfigError(f"cannot read the file: {exc}", file=path, fix=fix) from None
 
 
-def _parse_yaml(text: str, path: str | Path) -> dict[str, Any]:
+def parse_yaml(text: str, path: str | Path) -> dict[str, Any]:
     """Returns the file's top-level mapping ({} for an empty file)."""
     try:
         data = yaml.safe_load(text)
@@ -107,7 +107,7 @@ def _yaml_error(exc: yaml.YAMLError, path: str | Path) -> ConfigError:
     )
 
 
-def _key_lines(text: str, path: str | Path) -> dict[str, int]:
+def key_lines(text: str, path: str | Path) -> dict[str, int]:
     """Maps each dotted key (list items by index) to its 1-based line in the YAML text.
 
     Raises:

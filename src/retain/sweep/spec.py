@@ -21,7 +21,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from retain.config import RetainConfig, dump_config, load_config
-from retain.config.loading import _key_lines, _parse_yaml, _read
+from retain.config.loading import key_lines, parse_yaml, read_text_file
 from retain.config.messages import OVERRIDE_SOURCE, inline, yaml_kind
 from retain.errors import ConfigError, RetainError
 from retain.rundir import validate_run_name
@@ -205,9 +205,9 @@ def load_sweep(path: str | Path, *, overrides: list[str] | tuple[str, ...] = (),
             with the file, line, field and a fix.
     """
     path = Path(path)
-    text = _read(path)
-    lines = _key_lines(text, path)
-    raw = _parse_yaml(text, path)
+    text = read_text_file(path)
+    lines = key_lines(text, path)
+    raw = parse_yaml(text, path)
     try:
         spec = SweepFile.model_validate(raw)
     except ValidationError as exc:

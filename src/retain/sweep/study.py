@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import optuna
+from optuna.storages import RetryHeartbeatStaleTrialCallback  # Optuna >= 4.9
 from optuna.trial import TrialState
 
 from retain.config.messages import inline
@@ -42,14 +43,6 @@ logger = logging.getLogger("retain.sweep")
 MAX_RETRIES = 3  # a trial whose worker died is run again at most this often
 _IDENTITY = "retain_sweep"
 _GRID_READY = "retain_grid_points"
-try:  # Optuna >= 4.9 names the stale-trial callback apart from the failed-trial one
-    from optuna.storages import RetryHeartbeatStaleTrialCallback as _Retry
-
-    _RETRY_ARGUMENT = "heartbeat_stale_trial_callback"
-except ImportError:  # pragma: no cover - older Optuna
-    from optuna.storages import RetryFailedTrialCallback as _Retry
-
-    _RETRY_ARGUMENT = "failed_trial_callback"
 
 
 @dataclass
@@ -196,7 +189,7 @@ def _storage(sweep: Sweep):
         try:
             return optuna.storages.RDBStorage(
                 url, engine_kwargs=engine_kwargs, heartbeat_interval=sweep.heartbeat,
-                grace_period=3 * sweep.heartbeat, **{_RETRY_ARGUMENT: _Retry(max_retry=MAX_RETRIES)})
+                grace_period=3 * sweep.heartbeat, heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRIES))
         except ImportError as exc:
             raise RetainError(f"cannot open the sweep storage {shown}: {exc}", field="storage",
                               fix="install the database driver, e.g. pip install psycopg2-binary") from None
@@ -244,7 +237,7 @@ class _Runner:
         except KeyboardInterrupt:
             if self.current is not None:  # enqueue its point again: a rerun redoes it
                 stopped = next(frozen for frozen in study.get_trials(deepcopy=False) if frozen.number == self.current)
-                _Retry(max_retry=MAX_RETRIES)(study, stopped)
+                RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRIES)(study, stopped)
             raise
 
     def objective(self, trial: optuna.Trial) -> tuple[float, float]:
