@@ -87,15 +87,13 @@ def _trap_data(data: Path) -> Path:
 PARTS = ("traps", "aggressive", "default", "recipe")
 
 
-def run(seeds: int, parts: tuple[str, ...] = PARTS, previous: dict | None = None) -> dict:
-    """Runs the ``parts`` asked for; the others are kept from ``previous``."""
+def run(seeds: int, parts: tuple[str, ...] = PARTS) -> dict:
+    """Runs the ``parts`` asked for (the others come back empty)."""
     data = RUNS / "data"
     export_lab_data(data)
     config = data / "config.yaml"
     eos_train = _trap_data(data)
     result: dict = {"traps": {}, "aggressive": {}, "default": [], "recipe": []}
-    if previous:
-        result |= {part: previous[part] for part in PARTS if part not in parts and part in previous}
     for index, (name, overrides) in enumerate(TRAPS.items() if "traps" in parts else ()):
         overrides = [item.format(eos_train=eos_train) for item in overrides]
         try:
@@ -244,10 +242,13 @@ def main() -> None:
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
-    previous = json.loads(saved.read_text()) if saved.is_file() else None
-    result = run(args.seeds, tuple(args.parts), previous)
+    result = run(args.seeds, tuple(args.parts))
     result["date"] = time.strftime("%Y-%m-%d", time.gmtime())
-    atomic_write_json(RESULTS / "evidence_guards.json", result)
+    # Read the saved results only now: another invocation running other parts may have
+    # written its own since this one started.
+    latest = json.loads(saved.read_text()) if saved.is_file() else {}
+    result = latest | {key: value for key, value in result.items() if key not in PARTS or key in args.parts}
+    atomic_write_json(saved, result)
     atomic_write_text(DOC, render())
     print(f"wrote {DOC}")
 
