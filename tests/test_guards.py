@@ -37,8 +37,11 @@ def test_smoke_compares_with_the_base_and_names_the_cause() -> None:
     decision = judge_smoke(check, base_fail_share=0.0, config=GUARDS)
     assert decision.triggered and decision.action == "stop" and "EOS at once" in decision.message
     assert not judge_smoke(check, base_fail_share=1.0, config=GUARDS).triggered  # the base was as broken
-    half = Check(step=3, epoch=0.1, smoke_fail_share=1 / 3, smoke_failures={"loop": 1})
-    assert not judge_smoke(half, 0.0, GUARDS).triggered
+    one = Check(step=3, epoch=0.1, smoke_fail_share=1 / 3, smoke_failures={"loop": 1})
+    assert judge_smoke(one, 0.0, GUARDS).triggered  # one newly broken answer of three (fail_share 0.25)
+    assert not judge_smoke(one, 1 / 3, GUARDS).triggered  # the base broke as many
+    lenient = GUARDS.model_copy(update={"smoke": GUARDS.smoke.model_copy(update={"fail_share": 0.5})})
+    assert not judge_smoke(one, 0.0, lenient).triggered
     assert "masked" in smoke_cause({"never_stops": 2, "echo": 1})
     assert "repeats the prompt" in smoke_cause({"echo": 2})
 
