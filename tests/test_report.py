@@ -195,6 +195,7 @@ def test_one_run_has_its_cards_plots_findings_and_answers(runs, tmp_path) -> Non
     assert by_title["Verdict"].value == "not safe to ship"
     assert by_title["Training"].value == summary["status"] == "stopped"
 
+
     files = build_report([runs["aggressive"]], tmp_path / "one.html")
     html = files.html.read_text()
     page = assert_inert(html)
@@ -339,6 +340,16 @@ def test_a_run_refused_by_the_doctor_shows_the_blockers(runs, tmp_path) -> None:
     assert verdict(run) == (False, ["refused before training", "doctor: EOS carries no loss"])
     html = build_report([run_dir], tmp_path / "r.html").html.read_text()
     assert '<td class="sev-blocker">blocker</td>' in html and "figure" not in html.split("<body>")[1]
+
+
+def test_a_task_split_answered_with_no_label_is_flagged_whatever_the_verdict(runs, tmp_path) -> None:
+    run_dir = copy_run(runs["lora"], tmp_path / "silent")
+    summary = json.loads((run_dir / "summary.json").read_text())
+    for unparsed, tone in ((0.9, "bad"), (0.1, "neutral")):
+        summary["task"]["eval"]["unparsed"] = unparsed
+        (run_dir / "summary.json").write_text(json.dumps(summary))
+        card = next(card for card in cards(read_run(run_dir)) if card.title == "Task accuracy, held-out")
+        assert card.tone == tone and ("not one of the task's labels" in card.lines[-1]) == (tone == "bad")
 
 
 def test_hostile_strings_from_data_config_and_answers_are_escaped(runs, tmp_path) -> None:

@@ -43,12 +43,13 @@ def varying_settings(runs: Sequence[RunView]) -> list[str]:
 
 def describe(values: dict[str, Any]) -> str:
     """Returns ``"train.lr=0.001, method.use=[full]"``: settings as one short line."""
-    return ", ".join(f"{key}={_short(value)}" for key, value in values.items())
+    return ", ".join(f"{key}={format_value(value)}" for key, value in values.items())
 
 
-def _short(value: Any) -> str:
+def format_value(value: Any) -> str:
+    """Returns a setting's value as it would be written on the command line: ``[lora,replay]``, ``0.001``."""
     if isinstance(value, list):
-        return "[" + ",".join(_short(item) for item in value) + "]"
+        return "[" + ",".join(format_value(item) for item in value) + "]"
     if isinstance(value, float):
         return f"{value:g}"
     return str(value)

@@ -15,6 +15,7 @@ from retain.report.sources import RunView, as_dict, as_number, dotted
 
 FORGETTING_LIMIT = 0.03  # guards.forgetting.threshold's default, for runs whose config lacks it
 SMOKE_LIMIT = 0.5  # guards.smoke.fail_share's default
+SILENT_SHARE = 0.5  # a task split where this share of answers is no label at all is flagged
 SAMPLES_PER_CATEGORY = 4
 SAMPLES_MAX = 30
 
@@ -115,7 +116,11 @@ def _task_card(run: RunView, split: str, title: str, base_task: dict, check: dic
         lines.append(f"{score.get('n', '?')} examples, no answer {pct(score.get('unparsed'))}")
     if before is not None and after is not None:
         lines.insert(0, f"change: {signed_pct(after - before)}")
-    return Card(title, pct(after), lines)
+    # Most answers unparsed is the silent failure: the model does not answer the task's way.
+    silent = (as_number(score.get("unparsed")) or 0.0) >= SILENT_SHARE
+    if silent:
+        lines.append("most answers are not one of the task's labels: read the sample answers")
+    return Card(title, pct(after), lines, "bad" if silent else "neutral")
 
 
 def _probe_card(run: RunView, summary: dict, check: dict) -> Card:

@@ -18,7 +18,7 @@ import matplotlib
 
 matplotlib.use("Agg")  # before anything draws: no display, no GUI toolkit
 from matplotlib.figure import Figure
-from matplotlib.ticker import NullFormatter, ScalarFormatter
+from matplotlib.ticker import MaxNLocator, NullFormatter, ScalarFormatter
 
 from retain.report.compare import SizeCurve
 from retain.report.sources import RunView, Trial, as_dict, as_number
@@ -56,17 +56,22 @@ def to_data_uri(figure: Figure) -> str:
     return "data:image/svg+xml;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
-def _figure(rows: int = 1, width: float = 7.5, height: float = 3.2, legend_inches: float = 0.0) -> tuple[Figure, Any]:
+def _figure(rows: int = 1, width: float = 7.5, height: float = 3.2, legend_inches: float = 0.0,
+            steps: bool = True) -> tuple[Figure, Any]:
     """Returns a figure of ``rows`` axes sharing x, with fixed margins in inches.
 
     Fixed margins, not a layout engine: measuring every label to place the axes took a
-    third of a 50-trial sweep's report time. ``legend_inches`` keeps room on the right.
+    third of a 50-trial sweep's report time. ``legend_inches`` keeps room on the right;
+    ``steps`` puts the x ticks on whole numbers.
     """
     total = height * rows
     figure = Figure(figsize=(width + legend_inches, total))
     figure.subplots_adjust(left=0.8 / (width + legend_inches), right=1 - (0.15 + legend_inches) / (width + legend_inches),
                            bottom=0.5 / total, top=1 - 0.15 / total, hspace=0.12 * rows)
-    return figure, figure.subplots(rows, 1, squeeze=False, sharex=True)[:, 0]
+    axes = figure.subplots(rows, 1, squeeze=False, sharex=True)[:, 0]
+    if steps:
+        axes[-1].xaxis.set_major_locator(MaxNLocator(integer=True))
+    return figure, axes
 
 
 def _mark_guards(axes, runs: Sequence[RunView]) -> None:
@@ -214,7 +219,7 @@ def pareto_figure(trials: Sequence[Trial], front: set[int], limit: float | None 
               if trial.task_accuracy is not None and trial.forgetting is not None]
     if not points:
         return None
-    figure, (axis,) = _figure(height=4.0)
+    figure, (axis,) = _figure(height=4.0, steps=False)
     others = [trial for index, trial in points if index not in front]
     best = sorted((trial for index, trial in points if index in front), key=lambda t: t.forgetting)
     axis.scatter([t.forgetting for t in others], [t.task_accuracy for t in others], s=18, color="#7f8c8d",
@@ -238,7 +243,7 @@ def size_figure(curves: Sequence[SizeCurve]) -> str | None:
     """Task accuracy and forgetting against the number of training rows."""
     if not curves:
         return None
-    figure, axes = _figure(rows=2, height=2.6)
+    figure, axes = _figure(rows=2, height=2.6, steps=False)
     for curve in curves:
         for axis, values in zip(axes, (curve.task_accuracy, curve.forgetting), strict=True):
             points = [(size, value) for size, value in zip(curve.sizes, values, strict=True) if value is not None]

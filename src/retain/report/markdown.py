@@ -17,7 +17,8 @@ def cell(value: Any, limit: int = 160) -> str:
     text = " ".join(str("" if value is None else value).split())
     if len(text) > limit:
         text = text[: limit - 1] + "…"
-    return html.escape(text, quote=True).replace("|", "\\|").replace("`", "\\`")
+    # Outside tags, <, > and & are all HTML needs escaped; quotes stay readable.
+    return html.escape(text, quote=False).replace("|", "\\|").replace("`", "\\`")
 
 
 def _table(header: list[str], rows: list[list[Any]]) -> list[str]:

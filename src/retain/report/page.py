@@ -15,8 +15,14 @@ import yaml
 
 import retain
 from retain.report import content, figures
-from retain.report.compare import describe, pareto_front, size_curves, varying_settings
-from retain.report.sources import RunView, SweepView, Trial, as_dict, dotted
+from retain.report.compare import (
+    describe,
+    format_value,
+    pareto_front,
+    size_curves,
+    varying_settings,
+)
+from retain.report.sources import RunView, SweepView, Trial, as_dict, as_number, dotted
 
 # What training does not save yet, said where the report would show it.
 MISSING_GENERATIONS = (
@@ -180,8 +186,8 @@ def _trial_of(number: int, run: RunView) -> Trial:
     summary = as_dict(run.summary)
     return Trial(number=number, task_accuracy=content.task_accuracy(run, "eval"),
                  ood_accuracy=content.task_accuracy(run, "ood"),
-                 forgetting=summary.get("forgetting_relative"),
-                 general_accuracy=summary.get("final_probe_accuracy"), run=run)
+                 forgetting=as_number(summary.get("forgetting_relative")),
+                 general_accuracy=as_number(summary.get("final_probe_accuracy")), run=run)
 
 
 def sweep_section(sweep: SweepView, anchor: str) -> SweepSection:
@@ -243,6 +249,4 @@ def pick_trial(trials: Sequence[Trial], front: set[int], limit: float) -> tuple[
 
 
 def _value(value: Any) -> str:
-    if value is None:
-        return ""
-    return describe({"": value})[1:]
+    return "" if value is None else format_value(value)
