@@ -105,3 +105,20 @@ def test_broken_checks_are_never_best_while_a_sound_one_exists() -> None:
     nan = Check(step=6, epoch=0.3, forgetting=0.0, task_accuracy=0.9, val_loss=math.nan)
     assert not better(silent, sound, GUARDS) and not better(nan, sound, GUARDS)
     assert better(sound, silent, GUARDS)
+
+
+def test_task_reasons_refuse_a_model_that_did_not_learn_or_answers_nothing() -> None:
+    from retain.training.finish import task_reasons
+
+    def score(accuracy: float, unparsed: float = 0.0, failures: float = 0.0) -> dict:
+        return {"accuracy": accuracy, "unparsed": unparsed, "health": {"failures": failures}}
+
+    assert task_reasons({"eval": score(0.4)}, {"eval": score(0.8), "ood": score(0.7)}, 0.25) == []
+    flat = task_reasons({"eval": score(0.4)}, {"eval": score(0.4)}, 0.25)
+    assert len(flat) == 1 and "did not improve" in flat[0] and "40.0% -> 40.0%" in flat[0]
+    # The seed article's lie: a majority-label score from a model whose answers carry no label.
+    silent = task_reasons({"eval": score(0.3)}, {"eval": score(0.52, unparsed=0.9, failures=0.9)}, 0.25)
+    assert any("commit to no label" in reason for reason in silent)
+    assert any("are broken" in reason for reason in silent)
+    assert task_reasons({}, {"eval": score(0.1)}, 0.25) == []  # no base score: nothing to compare
+

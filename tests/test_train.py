@@ -79,7 +79,10 @@ def test_a_healthy_lora_run_leaves_a_complete_run_directory_and_no_alarm(lab, tm
     outcome = quiet_train(cfg, merge=True)
     summary, run_dir = outcome.summary, outcome.run_dir
     assert summary["status"] == "completed" and summary["guard_events"] == []
-    assert summary["verdict"]["ship"], summary["verdict"]
+    # No guard fired; the micro model learns nothing of the task in 8 steps at lr 1e-5, and
+    # the verdict says so instead of calling the run safe.
+    assert set(summary["task_base"]) == {"eval", "ood"}
+    assert summary["verdict"]["reasons"] and all("task" in reason for reason in summary["verdict"]["reasons"])
     for name in ("config.yaml", "meta.json", "audit.json", "doctor.json", "base_eval.json",
                  "final_eval.json", "summary.json", "log.txt", "model/adapter_config.json",
                  "merged/config.json"):

@@ -108,11 +108,9 @@ def records_of(study, sweep: Sweep) -> list[TrialRecord]:
 
 def recommend(records: list[TrialRecord], limit: float) -> TrialRecord | None:
     """Returns the complete trial with the best task accuracy among those whose forgetting is
-    within ``limit`` and whose verdict did not say "do not ship" for another reason (broken
-    smoke answers, a loss or smoke stop, a roll-back to the start); ties go to less
-    forgetting, then the earlier trial. None if no trial qualifies."""
+    within ``limit`` (ties: less forgetting, then the earlier trial); None if none is."""
     eligible = [record for record in records if record.state == "complete" and record.task_accuracy is not None
-                and record.forgetting is not None and record.forgetting <= limit and record.ship is not False]
+                and record.forgetting is not None and record.forgetting <= limit]
     if not eligible:
         return None
     return min(eligible, key=lambda record: (-record.task_accuracy, record.forgetting, record.number))

@@ -122,6 +122,8 @@ def summary_of(config: RetainConfig, state: GuardState, base: dict[str, Any], fi
         reasons.append(f"{final.smoke.failures:.0%} of smoke answers are broken")
     if state.stopped_by is not None and state.stopped_by.guard in ("loss", "smoke"):
         reasons.append(f"stopped by the {state.stopped_by.guard} guard: {state.stopped_by.message}")
+    reasons += task_reasons(base.get("task") or {}, {name: score.to_dict() for name, score in final.task.items()},
+                            config.guards.smoke.fail_share)
     if restored == 0:
         reasons.append("rolled back to the starting weights: the model learned nothing that could be "
                        "kept within the forgetting limit")
@@ -141,6 +143,7 @@ def summary_of(config: RetainConfig, state: GuardState, base: dict[str, Any], fi
         "forgetting": {suite: report.to_dict() for suite, report in watched.items()},
         "forgetting_relative": drop,
         "task": task,
+        "task_base": {name: score.get("accuracy") for name, score in (base.get("task") or {}).items()},
         "drift": final.drift.to_dict() if final.drift else None,
         "smoke": final.smoke.to_dict() if final.smoke else None,
         "guard_events": [decision.to_dict() for decision in state.decisions if decision.triggered],
@@ -148,6 +151,34 @@ def summary_of(config: RetainConfig, state: GuardState, base: dict[str, Any], fi
         "trainer": train_output,
         "verdict": {"ship": not reasons, "reasons": reasons},
     }
+
+
+def task_reasons(before: dict[str, dict[str, Any]], after: dict[str, dict[str, Any]],
+                 fail_share: float) -> list[str]:
+    """Returns why the fine-tuned task answers forbid shipping: the held-out accuracy did not
+    rise above the base model's, most answers commit to no label, or too many are broken.
+
+    A model that answers nothing can still score the majority label's share on some
+    metrics; these reasons keep the verdict from calling such a model safe.
+
+    Args:
+        before: The base model's task scores by split (``base_eval.json``'s ``task``).
+        after: The final model's task scores by split.
+        fail_share: The broken share that fails (``guards.smoke.fail_share``).
+    """
+    reasons = []
+    held_out, base = after.get("eval"), before.get("eval")
+    if held_out and base and held_out["accuracy"] <= base["accuracy"]:
+        reasons.append(f"task accuracy on the held-out set did not improve on the base model "
+                       f"({base['accuracy']:.1%} -> {held_out['accuracy']:.1%})")
+    for split, score in after.items():
+        if (score.get("unparsed") or 0.0) >= 0.5:
+            reasons.append(f"{score['unparsed']:.0%} of the task answers ({split}) commit to no label")
+        failures = (score.get("health") or {}).get("failures") or 0.0
+        if failures >= fail_share:
+            reasons.append(f"{failures:.0%} of the task answers ({split}) are broken (empty, blank, "
+                           "an echo or a loop)")
+    return reasons
 
 
 def overall_accuracy(result: dict[str, Any], method: str) -> float | None:

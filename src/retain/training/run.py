@@ -4,8 +4,9 @@ In order, into one run directory (:class:`retain.rundir.RunDir`):
 
 1. ``audit.json``: the data audit; blockers refuse the run unless ``--force``;
 2. ``doctor.json``: the pipeline doctor; blockers refuse the run unless ``--force``;
-3. ``base_eval.json``: the base model on the probe suites, the smoke prompts and the
-   reference text (what forgetting and drift are measured against);
+3. ``base_eval.json``: the base model on the probe suites, the task (held-out and OOD),
+   the smoke prompts and the reference text (what forgetting, drift and the task's gain
+   are measured against);
 4. training with the Hugging Face ``Trainer`` and the methods of ``method.use``
    (:mod:`retain.methods`: LoRA, replay, EWC, ...), watched by the guards
    (:mod:`retain.training.callback`), checkpoints in ``checkpoints/``;
@@ -348,8 +349,11 @@ def _baseline(config: RetainConfig, run: RunDir, loaded: LoadedModel, probe: Pro
     if resume and path.is_file():
         result = json.loads(path.read_text())
     else:
+        # The task too, held-out and OOD: the "before" of task accuracy, and what the
+        # verdict checks that training improved on.
         result = evaluate(loaded.model, loaded.tokenizer, name=config.model.name_or_path,
                           chat_template=config.model.chat_template, suites=probe.suites,
+                          task=_read(config, config.data.eval), ood=_read(config, config.data.ood),
                           reference=probe.reference, settings=probe.settings).to_dict()
         run.write_json(path.name, result)
     reference = probe.reference
