@@ -36,6 +36,7 @@ DOC = HERE.parent / "docs" / "RESULTS.md"
 sys.path.insert(0, str(HERE))
 
 from retain.config import load_config  # noqa: E402
+from retain.config.loading import dump_config  # noqa: E402
 from retain.lab.compare import DEFAULT_RECIPES, RECIPE  # noqa: E402
 from retain.lab.export import export_lab_data  # noqa: E402
 from retain.rundir import atomic_write_json, atomic_write_text, read_jsonl  # noqa: E402
@@ -50,12 +51,17 @@ TRAPS = {
 
 def _train(config_path: Path, name: str, overrides: list[str], *, force: bool = False) -> dict:
     config = load_config(config_path, [*overrides, f"output.dir={RUNS}", f"output.name={name}"])
-    started = time.perf_counter()
-    outcome = run_train(config, overwrite=True, force=force, progress=False, echo=lambda line: None)
-    checks = [r for r in read_jsonl(outcome.run_dir / "metrics.jsonl") if r.get("event") == "check"]
-    summary = outcome.summary
+    run_dir = RUNS / name
+    saved = run_dir / "config.yaml"
+    # A run that finished with this very config is read back, not trained again (as
+    # `retain lab compare` does), so an interrupted evidence run continues where it stopped.
+    if (run_dir / "summary.json").is_file() and saved.is_file() and saved.read_text() == dump_config(config):
+        summary = json.loads((run_dir / "summary.json").read_text())
+    else:
+        summary = run_train(config, overwrite=True, force=force, progress=False, echo=lambda line: None).summary
+    checks = [r for r in read_jsonl(run_dir / "metrics.jsonl") if r.get("event") == "check"]
     return {
-        "seconds": round(time.perf_counter() - started, 1),
+        "seconds": summary["seconds"],
         "status": summary["status"],
         "stopped_by": summary["stopped_by"],
         "restored_step": summary["restored_step"],
@@ -132,7 +138,7 @@ def markdown(result: dict) -> str:
         "(real `retain train` runs of the default lab model on the lab domain task; run "
         "directories in `benchmarks/results/guard-runs/`, not committed). Forgetting is relative "
         "to the base model's general probe accuracy by generation.\n",
-        "### The silent failures, reproduced on purpose\n",
+        f"### The silent failures, reproduced on purpose{_when(result, 'traps')}\n",
         "| trap | without --force | with --force: stopped by | at step (first check) | message |",
         "| --- | --- | --- | --- | --- |",
     ]
@@ -147,7 +153,7 @@ def markdown(result: dict) -> str:
                      f"{message[:300]} |")
     guarded, unguarded = result["aggressive"]["guarded"], result["aggressive"]["unguarded"]
     lines += [
-        "\n### Aggressive full fine-tuning (lr 5e-4, 2 epochs, checks every 10 steps)\n",
+        f"\n### Aggressive full fine-tuning (lr 5e-4, 2 epochs, checks every 10 steps){_when(result, 'aggressive')}\n",
         "| run | stopped at step | restored step | general probes after | forgetting | task (eval) | task (ood) | verdict |",
         "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
@@ -164,7 +170,7 @@ def markdown(result: dict) -> str:
     for part, title in titles.items():
         if not result.get(part):
             continue
-        lines += [f"### {title}\n",
+        lines += [f"### {title}{_when(result, part)}\n",
                   "| seed | guards that fired (step: guard -> action) | forgetting at each check | final forgetting | task (eval) | verdict |",
                   "| --- | --- | --- | --- | --- | --- |"]
         for entry in result[part]:
@@ -174,6 +180,13 @@ def markdown(result: dict) -> str:
                          f"{_pct(entry['task_accuracy'].get('eval'))} | {'ship' if entry['ship'] else 'do not ship'} |")
         lines.append("\n" + _reading(result, part))
     return "\n".join(lines) + "\n"
+
+
+def _when(result: dict, part: str) -> str:
+    """Returns " (measured DATE)" for a part measured on another day than the latest run."""
+    date = result.get(f"{part}_date")
+    return f" (measured {date})" if date and date != result.get("date") else (
+        "" if date else " (measured before per-part dates were kept, with an older retain)")
 
 
 def _restored(step: int | None) -> str:
@@ -244,6 +257,7 @@ def main() -> None:
     hf_logging.disable_progress_bar()
     result = run(args.seeds, tuple(args.parts))
     result["date"] = time.strftime("%Y-%m-%d", time.gmtime())
+    result |= {f"{part}_date": result["date"] for part in args.parts}  # parts may be measured apart
     # Read the saved results only now: another invocation running other parts may have
     # written its own since this one started.
     latest = json.loads(saved.read_text()) if saved.is_file() else {}
