@@ -122,3 +122,23 @@ def test_task_reasons_refuse_a_model_that_did_not_learn_or_answers_nothing() -> 
     assert any("are broken" in reason for reason in silent)
     assert task_reasons({}, {"eval": score(0.1)}, 0.25) == []  # no base score: nothing to compare
 
+
+def test_forgetting_patience_waits_out_a_dip_but_not_the_last_check() -> None:
+    patient = GUARDS.model_copy(update={"forgetting": GUARDS.forgetting.model_copy(update={"patience": 2})})
+
+    def check(step: int, forgetting: float) -> Check:
+        return Check(step=step, epoch=0.1, probe_accuracy=0.9, forgetting=forgetting)
+
+    history = [check(0, 0.0), check(10, 0.08)]
+    first = judge_forgetting(history[1], patient, history)
+    assert not first.triggered and "1 check(s) in a row (patience 2)" in first.message
+    assert judge_forgetting(history[1], GUARDS, history).triggered  # patience 1: at once
+    recovered = [*history, check(20, 0.01)]
+    assert not judge_forgetting(recovered[2], patient, recovered).triggered
+    again = [*recovered, check(30, 0.05)]
+    assert not judge_forgetting(again[3], patient, again).triggered  # the run of drops restarted
+    assert judge_forgetting(again[3], patient, again, last=True).triggered  # no later check to wait for
+    twice = [*again, check(40, 0.06)]
+    decision = judge_forgetting(twice[4], patient, twice)
+    assert decision.triggered and decision.action == "restore_best"
+

@@ -449,6 +449,9 @@ class TrainConfig(_Section):
 # --- guards ---------------------------------------------------------------------------
 
 
+PATIENCE_DEFAULT = 1
+
+
 class ForgettingGuardConfig(_Section):
     """Stops forgetting while it happens, by watching the probe suites."""
 
@@ -468,6 +471,13 @@ class ForgettingGuardConfig(_Section):
         "generation",
         description="Probe accuracy the guard watches: by `generation` (what the model says) or "
         "by `loglik` ranking.",
+    )
+    patience: int = Field(
+        PATIENCE_DEFAULT,
+        ge=1,
+        description="Checks in a row over the threshold before the action: forgetting that "
+        "recovers (the 'stability gap' of rehearsal) is waited out. The last check of a run "
+        "acts at once, and restore_best still picks the best check within the threshold.",
     )
     every_steps: int | None = Field(
         None, gt=0, description="Check every N steps; null follows guards.every_steps."

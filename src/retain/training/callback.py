@@ -403,7 +403,7 @@ class GuardCallback(TrainerCallback):
             should_log = control.should_log  # Trainer.log clears it; this step's loss must still log
             self.log({TRACKER_PREFIX + name: value for name, value in tracker_values(check).items()})
             control.should_log = should_log
-        decisions = self.judge(check)
+        decisions = self.judge(check, last=state.global_step >= state.max_steps)
         for decision in decisions:
             self._record(decision, control, stop=False)
         # Several guards may stop at one check: the run is reported as stopped by the one that
@@ -443,11 +443,11 @@ class GuardCallback(TrainerCallback):
             check.task_accuracy = self.probe.task_accuracy(model)
         return check
 
-    def judge(self, check: Check) -> list[Decision]:
-        """Returns every guard's decision on ``check``."""
+    def judge(self, check: Check, last: bool = False) -> list[Decision]:
+        """Returns every guard's decision on ``check`` (``last``: the run's last check)."""
         decisions = [
             judge_smoke(check, self.baseline.smoke_fail_share, self.config),
-            judge_forgetting(check, self.config),
+            judge_forgetting(check, self.config, self.state.checks, last),
             judge_drift(check, self.config),
             judge_overfitting([c for c in self.state.checks if c.val_loss is not None], self.config)
             if check.val_loss is not None else None,

@@ -15,6 +15,8 @@ wins, and the summary says the limit was not met.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -99,20 +101,35 @@ def relative_drop(base: float, now: float) -> float:
     return (base - now) / base if base > 0 else 0.0
 
 
-def judge_forgetting(check: Check, config: GuardsConfig) -> Decision | None:
-    """Triggers when probe accuracy fell more than the threshold below the base model's."""
+def judge_forgetting(check: Check, config: GuardsConfig, earlier: Sequence[Check] = (),
+                     last: bool = False) -> Decision | None:
+    """Triggers when probe accuracy fell more than the threshold below the base model's at
+    ``guards.forgetting.patience`` checks in a row (this one and the ``earlier`` ones that
+    measured forgetting), or at the ``last`` check of the run, which has no later one to
+    recover at."""
     settings = config.forgetting
     if check.forgetting is None:
         return None
-    triggered = check.forgetting > settings.threshold
+    over = check.forgetting > settings.threshold
+    measured = [c for c in earlier if c.forgetting is not None and c.step < check.step]
+    run = 1 if over else 0
+    for previous in reversed(measured):
+        if not run or previous.forgetting <= settings.threshold:
+            break
+        run += 1
+    triggered = over and (run >= settings.patience or last)
     worst = sorted(check.categories.items(), key=lambda item: item[1])[:2]
+    message = (f"general probe accuracy {check.probe_accuracy:.1%}, {check.forgetting:+.1%} "
+               f"relative drop from the base (limit {settings.threshold:.0%})")
+    if over and settings.patience > 1:
+        message += f", over the limit at {run} check(s) in a row (patience {settings.patience}"
+        message += ", the last check)" if last else ")"
+    if triggered:
+        message += f"; weakest: {', '.join(f'{name} {acc:.0%}' for name, acc in worst)}"
     return Decision(
         guard="forgetting", step=check.step, triggered=triggered,
         action=settings.action if triggered else "none",
-        value=check.forgetting, threshold=settings.threshold,
-        message=f"general probe accuracy {check.probe_accuracy:.1%}, {check.forgetting:+.1%} "
-        f"relative drop from the base (limit {settings.threshold:.0%})"
-        + (f"; weakest: {', '.join(f'{name} {acc:.0%}' for name, acc in worst)}" if triggered else ""),
+        value=check.forgetting, threshold=settings.threshold, message=message,
     )
 
 
