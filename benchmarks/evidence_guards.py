@@ -15,7 +15,8 @@ Every run is a real ``retain train`` of the default lab model on the lab domain 
    listing every guard that fired and the final numbers measured independently;
 4. the lab's recipe (``retain.lab.compare.RECIPE``: LoRA with replay, the setting of the
    methods comparison that learns the task within the forgetting limit) over the same
-   seeds, guards on: a healthy run that learns, where no guard should fire.
+   seeds, guards on: a healthy run that learns, where no guard should fire; then the same
+   with the forgetting guard's patience at one epoch of checks (``recipe_patience``).
 
 The raw numbers go to ``benchmarks/results/evidence_guards.json``; docs/RESULTS.md is
 rebuilt from every ``evidence_*.json`` there.
@@ -90,7 +91,8 @@ def _trap_data(data: Path) -> Path:
     return path
 
 
-PARTS = ("traps", "aggressive", "default", "recipe")
+PARTS = ("traps", "aggressive", "default", "recipe", "recipe_patience")
+PATIENCE = "guards.forgetting.patience=4"  # one epoch of checks at the default 4 per epoch
 
 
 def run(seeds: int, parts: tuple[str, ...] = PARTS) -> dict:
@@ -99,7 +101,7 @@ def run(seeds: int, parts: tuple[str, ...] = PARTS) -> dict:
     export_lab_data(data)
     config = data / "config.yaml"
     eos_train = _trap_data(data)
-    result: dict = {"traps": {}, "aggressive": {}, "default": [], "recipe": []}
+    result: dict = {"traps": {}, "aggressive": {}, "default": [], "recipe": [], "recipe_patience": []}
     for index, (name, overrides) in enumerate(TRAPS.items() if "traps" in parts else ()):
         overrides = [item.format(eos_train=eos_train) for item in overrides]
         try:
@@ -117,7 +119,7 @@ def run(seeds: int, parts: tuple[str, ...] = PARTS) -> dict:
         print(f"aggressive {name}: forgetting {result['aggressive'][name]['forgetting']}", flush=True)
     result["majority_share"] = _majority_share(data)
     recipe = next(item for item in DEFAULT_RECIPES if item.name == RECIPE).overrides
-    for part, overrides in (("default", []), ("recipe", list(recipe))):
+    for part, overrides in (("default", []), ("recipe", list(recipe)), ("recipe_patience", [*recipe, PATIENCE])):
         for seed in range(seeds if part in parts else 0):
             run_result = _train(config, f"{part}-seed{seed}", [*overrides, f"train.seed={seed}"])
             run_result["seed"] = seed
@@ -166,7 +168,9 @@ def markdown(result: dict) -> str:
             f"{'ship' if entry['ship'] else 'do not ship'} |")
     lines.append(f"\nBase general probe accuracy: {_pct(guarded['base_probe_accuracy'])}.\n")
     titles = {"default": "The default config over seeds (LoRA r=16, lr 1e-4, 2 epochs)",
-              "recipe": "The lab's recipe over seeds (`" + " ".join(result.get("recipe_overrides", [])) + "`)"}
+              "recipe": "The lab's recipe over seeds (`" + " ".join(result.get("recipe_overrides", [])) + "`)",
+              "recipe_patience": "The lab's recipe over seeds, the forgetting guard waiting one epoch (`"
+              + PATIENCE + "`)"}
     for part, title in titles.items():
         if not result.get(part):
             continue
