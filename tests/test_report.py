@@ -365,6 +365,9 @@ def test_hostile_strings_from_data_config_and_answers_are_escaped(runs, tmp_path
     for name in ("base_eval.json", "final_eval.json"):
         result = json.loads((run_dir / name).read_text())
         result["probes"]["lab"]["generation"]["items"][0]["output"] = HOSTILE
+        # Task answers kept by each evaluation: a prompt, an expected answer and an answer from data.
+        result["task"]["eval"]["samples"] = [{"prompt": HOSTILE, "expected": HOSTILE, "answer": HOSTILE,
+                                              "correct": False}]
         (run_dir / name).write_text(json.dumps(result))
     audit = json.loads((run_dir / "audit.json").read_text())
     audit["findings"].append({"code": "x", "severity": "warning", "title": HOSTILE, "count": 1, "fix": HOSTILE,
@@ -383,7 +386,7 @@ def test_hostile_strings_from_data_config_and_answers_are_escaped(runs, tmp_path
     escaped = "&lt;script&gt;alert(1)&lt;/script&gt; &#34;double&#34; &#39;single&#39; &amp; &lt;img src=x"
     # config, reason (card and the table's title attribute), prediction, broken answer (prompt,
     # answer, flags), probe answers before and after, audit title/fix/example, guard, message, log
-    assert html.count(escaped) >= 12, html.count(escaped)
+    assert html.count(escaped) >= 16, html.count(escaped)  # + the task sample's prompt, expected, before, after
     assert 'title="' + "general probe accuracy" in html  # reasons sit inside an attribute, quotes escaped
     assert "run-&#34;&#39;&lt;img src=x onerror=alert(3)&gt;" in html
     markdown = files.markdown.read_text()
@@ -424,3 +427,14 @@ def test_bad_inputs_are_one_line_errors(runs, tmp_path) -> None:
                             capture_output=True, text=True, check=False)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert result.stderr.startswith("error: ") and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_task_answers_before_and_after_are_shown(runs) -> None:
+    from retain.report.content import task_samples
+    from retain.report.sources import read_run
+
+    samples = task_samples(read_run(runs["aggressive"]))
+    assert {sample.split for sample in samples} == {"eval", "ood"}
+    # retain train keeps the first task answers of the base model and of the trained one.
+    assert all(sample.before is not None and sample.after is not None and sample.expected for sample in samples)
+

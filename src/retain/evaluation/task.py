@@ -82,6 +82,9 @@ class TaskScore:
         health: Health of the generations (empty, echo, loops, ...).
         predictions: Per example: the parsed label (classification) or the generation.
         correct: Per example, by the headline rule.
+        samples: The first :data:`SAMPLES` examples as the model answered them: prompt
+            (its end), expected answer, the generation and whether it was right; kept in
+            every result so that reports show answers before and after training.
     """
 
     name: str
@@ -96,6 +99,7 @@ class TaskScore:
     health: HealthReport | None = None
     predictions: tuple[str, ...] = ()
     correct: tuple[bool, ...] = ()
+    samples: tuple[dict, ...] = ()
 
     def to_dict(self, with_items: bool = False) -> dict:
         """Returns the score as JSON-ready data; per-example results when ``with_items``."""
@@ -110,6 +114,7 @@ class TaskScore:
             "unparsed": self.unparsed,
             "predicted": self.predicted,
             "health": self.health.to_dict() if self.health else None,
+            "samples": list(self.samples),
         }
         if with_items:
             data["items"] = [
@@ -162,6 +167,7 @@ def score_task(
         return TaskScore(
             name, len(examples), _share(exact), _share(exact), health=health,
             predictions=tuple(g.text for g in generations), correct=tuple(exact),
+            samples=_samples(rendered, generations, exact),
         )
     gold = [normalize_label(example.response) for example in examples]
     parsed = [parse_label(g.text, labels) for g in generations]
@@ -181,7 +187,18 @@ def score_task(
         health=health,
         predictions=tuple(p if p is not None else UNPARSED for p in parsed),
         correct=tuple(right),
+        samples=_samples(rendered, generations, right),
     )
+
+
+SAMPLES = 5  # task answers kept in every result, for reports
+PROMPT_TAIL = 300  # characters of a sample's prompt kept: its end, where the question is
+
+
+def _samples(rendered: Sequence[Rendered], generations: Sequence, correct: Sequence[bool]) -> tuple[dict, ...]:
+    return tuple({"prompt": r.prompt[-PROMPT_TAIL:], "expected": r.response.strip(), "answer": g.text,
+                  "correct": bool(ok)}
+                 for r, g, ok in list(zip(rendered, generations, correct))[:SAMPLES])
 
 
 def _generate(

@@ -391,3 +391,39 @@ def broken_answers(run: RunView) -> list[dict[str, Any]]:
                 rows.append({"where": where, "prompt": example.get("prompt"), "answer": example.get("text"),
                              "flags": ", ".join(map(str, flags)) if isinstance(flags, list) else ""})
     return rows
+
+
+@dataclass(frozen=True)
+class TaskSample:
+    """One task example answered by the base model and by the trained one."""
+
+    split: str
+    prompt: str
+    expected: str
+    before: str | None
+    before_correct: bool | None
+    after: str | None
+    after_correct: bool | None
+
+
+def task_samples(run: RunView) -> list[TaskSample]:
+    """Returns the task examples each evaluation keeps (``samples``), paired by position:
+    the same first examples of each split, answered before (``base_eval.json``) and after
+    (``final_eval.json``)."""
+    before_task = as_dict(as_dict(run.base_eval).get("task"))
+    after_task = as_dict(as_dict(run.final_eval).get("task"))
+    rows = []
+    for split in sorted(set(before_task) | set(after_task)):
+        before = [as_dict(item) for item in as_dict(before_task.get(split)).get("samples") or []]
+        after = [as_dict(item) for item in as_dict(after_task.get(split)).get("samples") or []]
+        for index in range(max(len(before), len(after))):
+            old = before[index] if index < len(before) else {}
+            new = after[index] if index < len(after) else {}
+            base = new or old
+            rows.append(TaskSample(
+                split=split, prompt=str(base.get("prompt", "")), expected=str(base.get("expected", "")),
+                before=old.get("answer"), before_correct=old.get("correct"),
+                after=new.get("answer"), after_correct=new.get("correct"),
+            ))
+    return rows
+

@@ -142,13 +142,21 @@ Status: <strong>{{ s.run.status }}</strong>.</p>
 <td>{{ sample.change }}</td></tr>{% endfor %}
 </table></div>
 {% else %}<p class="muted">No probe answers saved (no base_eval.json and final_eval.json).</p>{% endif %}
+<h4>Task answers before and after</h4>
+{% if s.task_samples %}
+<p class="muted">The first examples of each task split, as the base model and the trained model answered them.</p>
+<div class="wide"><table class="task-samples"><tr><th>split</th><th>prompt (its end)</th><th>expected</th><th>before</th><th>after</th></tr>
+{% for sample in s.task_samples %}<tr><td>{{ sample.split }}</td><td class="answer">{{ sample.prompt }}</td><td class="answer">{{ sample.expected }}</td>
+<td class="answer {{ 'good' if sample.before_correct else ('bad' if sample.before_correct is false) }}">{{ sample.before if sample.before is not none else "n/a" }}</td>
+<td class="answer {{ 'good' if sample.after_correct else ('bad' if sample.after_correct is false) }}">{{ sample.after if sample.after is not none else "n/a" }}</td></tr>{% endfor %}
+</table></div>
+{% else %}<p class="muted">{{ page.missing_generations }}</p>{% endif %}
 <h4>Broken answers kept by the smoke test and the final evaluation</h4>
 {% if s.broken %}
 <div class="wide"><table class="broken"><tr><th>where</th><th>prompt</th><th>answer</th><th>flags</th></tr>
 {% for row in s.broken[:20] %}<tr><td>{{ row.where }}</td><td class="answer">{{ row.prompt }}</td><td class="answer">{{ row.answer }}</td><td>{{ row.flags }}</td></tr>{% endfor %}
 </table></div>
 {% else %}<p class="muted">None: no broken answer was recorded.</p>{% endif %}
-<p class="muted">{{ page.missing_generations }}</p>
 {% if s.run.log_tail %}<h3>End of log.txt</h3><pre>{{ s.run.log_tail | join("\n") }}</pre>{% endif %}
 {% if s.config_text %}<details class="config"><summary style="font-size:14px">Configuration (config.yaml)</summary><pre>{{ s.config_text }}</pre></details>{% endif %}
 {%- endmacro %}

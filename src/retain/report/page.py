@@ -26,9 +26,8 @@ from retain.report.sources import RunView, SweepView, Trial, as_dict, as_number,
 
 # What training does not save yet, said where the report would show it.
 MISSING_GENERATIONS = (
-    "Training saves every probe answer before and after, but task answers only when they are "
-    "broken (empty, echo, loop, no EOS), and no task answers of the base model: correct task "
-    "answers before and after cannot be shown."
+    "This run saved no task answers (runs from before retain kept the first task answers of "
+    "each evaluation): only broken ones can be shown."
 )
 
 
@@ -47,6 +46,7 @@ class RunSection:
     audit: list[dict[str, Any]]
     doctor: list[dict[str, Any]]
     samples: list[content.ProbeSample]
+    task_samples: list[content.TaskSample]
     broken: list[dict[str, Any]]
     config_text: str
     open: bool = True
@@ -141,7 +141,8 @@ def run_section(run: RunView, anchor: str, *, open_: bool = True) -> RunSection:
         forgetting=content.forgetting_rows(run), task=content.task_rows(run),
         brittleness=content.brittleness_rows(run), guards=content.guard_rows(run),
         audit=content.findings(run.audit), doctor=content.findings(run.doctor),
-        samples=content.probe_samples(run), broken=content.broken_answers(run),
+        samples=content.probe_samples(run), task_samples=content.task_samples(run),
+        broken=content.broken_answers(run),
         config_text=yaml.safe_dump(run.config, sort_keys=False, allow_unicode=True) if run.config else "",
         open=open_,
     )
