@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import shutil
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -361,7 +362,7 @@ class GuardCallback(TrainerCallback):
         if check.forgetting is not None or self.baseline.probe_accuracy is None:
             self.state.best_step = 0
         if self.restores and self.run.writer:
-            save_start(model, start_folder(self.run))
+            save_model(model, start_folder(self.run))
 
     @property
     def restores(self) -> bool:
@@ -500,16 +501,16 @@ def start_folder(run: RunDir) -> Path:
     return run.checkpoints_dir / "start"
 
 
-def save_start(model: PreTrainedModel, folder: Path) -> None:
-    """Saves what ``model`` trains (its adapters, or all its weights) into ``folder``:
-    written beside it, then renamed, so the folder is complete or absent."""
-    import shutil
-
-    staging = folder.with_name(folder.name + ".partial")
+def save_model(model: PreTrainedModel, target: Path, tokenizer: PreTrainedTokenizerBase | None = None) -> None:
+    """Saves ``model`` (its adapters, or all its weights) and the tokenizer, if given, into
+    ``target``: written beside it, then renamed, so the folder is complete or absent."""
+    staging = target.with_name(target.name + ".partial")
     shutil.rmtree(staging, ignore_errors=True)
     model.save_pretrained(staging, safe_serialization=True)
-    shutil.rmtree(folder, ignore_errors=True)
-    staging.rename(folder)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(staging)
+    shutil.rmtree(target, ignore_errors=True)
+    staging.rename(target)
 
 
 def read_guard_state(checkpoint: Path) -> GuardState | None:

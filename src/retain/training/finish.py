@@ -8,7 +8,6 @@ saved (a complete folder or none), and ``summary.json``'s verdict with its reaso
 from __future__ import annotations
 
 import logging
-import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -20,7 +19,7 @@ from retain.config.schema import METHODS, GuardsConfig
 from retain.errors import RetainError
 from retain.evaluation.engine import EvalResult, forgetting
 from retain.rundir import RunDir
-from retain.training.callback import GuardState, start_folder
+from retain.training.callback import GuardState, save_model, start_folder
 from retain.training.guards import unsound
 
 logger = logging.getLogger("retain.train")
@@ -83,17 +82,6 @@ def load_weights(model: PreTrainedModel, folder: Path) -> None:
         raise RetainError(f"checkpoint {folder} does not match the model: unexpected {unexpected[:3]}")
 
 
-def save_model(model: PreTrainedModel, tokenizer, target: Path) -> None:
-    """Saves the model (adapters, or full weights) and tokenizer; a complete dir or none."""
-    staging = target.with_name(target.name + ".partial")
-    shutil.rmtree(staging, ignore_errors=True)
-    model.save_pretrained(staging, safe_serialization=True)
-    tokenizer.save_pretrained(staging)
-    if target.exists():
-        shutil.rmtree(target)
-    staging.rename(target)
-
-
 def save_merged(model: PreTrainedModel, tokenizer, target: Path, config: RetainConfig) -> None:
     if not hasattr(model, "merge_and_unload"):  # full fine-tuning, or adapters fapm already merged
         logger.warning("--merge: the model has no adapters left to merge; model/ is the full model")
@@ -101,7 +89,7 @@ def save_merged(model: PreTrainedModel, tokenizer, target: Path, config: RetainC
     import copy
 
     merged = copy.deepcopy(model).merge_and_unload()
-    save_model(merged, tokenizer, target)
+    save_model(merged, target, tokenizer)
 
 
 def summary_of(config: RetainConfig, state: GuardState, base: dict[str, Any], final: EvalResult, *,

@@ -68,13 +68,13 @@ from retain.training.callback import (
     GuardState,
     Probe,
     read_guard_state,
+    save_model,
 )
 from retain.training.finish import (
     overall_accuracy,
     percent,
     restore_if_asked,
     save_merged,
-    save_model,
     summary_of,
 )
 from retain.training.formatting import (
@@ -290,7 +290,7 @@ def _train(config: RetainConfig, run: RunDir, *, resume: bool, force: bool, merg
     # The saved tokenizer carries the template training used (none for raw prompts), so
     # whoever loads model/ prompts it the way it was trained.
     tokenizer.chat_template = prompt_format.template
-    save_model(model, tokenizer, run.path / "model")
+    save_model(model, run.path / "model", tokenizer)
     if merge:
         save_merged(model, tokenizer, run.path / "merged", config)
     final = evaluate(model, tokenizer, name=str(run.path / "model"), chat_template=config.model.chat_template,
