@@ -37,11 +37,10 @@ DOC = HERE.parent / "docs" / "RESULTS.md"
 sys.path.insert(0, str(HERE))
 
 from retain.config import load_config  # noqa: E402
-from retain.config.loading import dump_config  # noqa: E402
 from retain.lab.compare import DEFAULT_RECIPES, RECIPE  # noqa: E402
 from retain.lab.export import export_lab_data  # noqa: E402
 from retain.rundir import atomic_write_json, atomic_write_text, read_jsonl  # noqa: E402
-from retain.training.run import TrainRefused, run_train  # noqa: E402
+from retain.training.run import TrainRefused, finished_summary, run_train  # noqa: E402
 
 AGGRESSIVE = ["method=full", "train.lr=5e-4", "guards.every_steps=10"]
 TRAPS = {
@@ -53,12 +52,10 @@ TRAPS = {
 def _train(config_path: Path, name: str, overrides: list[str], *, force: bool = False) -> dict:
     config = load_config(config_path, [*overrides, f"output.dir={RUNS}", f"output.name={name}"])
     run_dir = RUNS / name
-    saved = run_dir / "config.yaml"
     # A run that finished with this very config is read back, not trained again (as
     # `retain lab compare` does), so an interrupted evidence run continues where it stopped.
-    if (run_dir / "summary.json").is_file() and saved.is_file() and saved.read_text() == dump_config(config):
-        summary = json.loads((run_dir / "summary.json").read_text())
-    else:
+    summary = finished_summary(config)
+    if summary is None:
         summary = run_train(config, overwrite=True, force=force, progress=False, echo=lambda line: None).summary
     checks = [r for r in read_jsonl(run_dir / "metrics.jsonl") if r.get("event") == "check"]
     return {

@@ -14,7 +14,6 @@ relative to full fine-tuning, each as a mean with a 95% confidence interval over
 
 from __future__ import annotations
 
-import json
 import math
 import re
 import statistics
@@ -23,7 +22,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from retain.config import load_config
-from retain.config.loading import dump_config
 from retain.errors import RetainError
 from retain.lab.export import export_lab_data
 from retain.rundir import atomic_write_json
@@ -187,7 +185,7 @@ def _init_worker(threads: int) -> None:
 
 def _run(recipe: Recipe, seed: int, data: Path, runs: Path, data_size: int | None,
          extra: Sequence[str], progress: bool = False) -> RunResult:
-    from retain.training.run import run_train
+    from retain.training.run import finished_summary, run_train
 
     name = _slug(recipe.name) + (f"-n{data_size}" if data_size else "") + f"-seed{seed}"
     summary_path = runs / name / "summary.json"
@@ -196,12 +194,10 @@ def _run(recipe: Recipe, seed: int, data: Path, runs: Path, data_size: int | Non
     if data_size:
         overrides.append(f"data.size={data_size}")
     config = load_config(data / "config.yaml", overrides)
-    saved = runs / name / "config.yaml"
     # A run finished with this very config is read back, not trained again; a recipe whose
     # settings changed since is trained afresh.
-    if summary_path.is_file() and saved.is_file() and saved.read_text() == dump_config(config):
-        summary = json.loads(summary_path.read_text())
-    else:
+    summary = finished_summary(config)
+    if summary is None:
         try:
             summary = run_train(config, overwrite=True, progress=progress, echo=lambda line: None).summary
         except RetainError as error:

@@ -253,7 +253,8 @@ def _train(config: RetainConfig, run: RunDir, *, resume: bool, force: bool, merg
         validation=plan.validation[:VALIDATION_LIMIT], validation_encoded=plan.validation_rows,
         collate=collate, batch_size=config.train.batch_size,
     )
-    base_result, baseline = _baseline(config, run, loaded, probe, resume=resume)
+    task, ood = _read(config, config.data.eval), _read(config, config.data.ood)  # before and after
+    base_result, baseline = _baseline(config, run, loaded, probe, task, ood, resume=resume)
     echo(f"base model: probe accuracy {percent(baseline.probe_accuracy)} "
          f"({config.guards.forgetting.method}), smoke failures {baseline.smoke_fail_share:.0%}")
     model = loaded.model
@@ -294,7 +295,7 @@ def _train(config: RetainConfig, run: RunDir, *, resume: bool, force: bool, merg
     if merge:
         save_merged(model, tokenizer, run.path / "merged", config)
     final = evaluate(model, tokenizer, name=str(run.path / "model"), chat_template=config.model.chat_template,
-                     suites=suites, task=_read(config, config.data.eval), ood=_read(config, config.data.ood),
+                     suites=suites, task=task, ood=ood,
                      reference=reference, base_logprobs=baseline.logprobs, settings=probe.settings)
     run.write_json("final_eval.json", final.to_dict())
     epochs_done = trainer.state.global_step / plan.steps_per_epoch
@@ -343,7 +344,7 @@ def _preflight(config: RetainConfig, run: RunDir, suites: list, *, force: bool,
 
 
 def _baseline(config: RetainConfig, run: RunDir, loaded: LoadedModel, probe: Probe,
-              *, resume: bool) -> tuple[dict[str, Any], Baseline]:
+              task: list[Example] | None, ood: list[Example] | None, *, resume: bool) -> tuple[dict[str, Any], Baseline]:
     """Measures (or, resuming, reads) the base model; returns its result and baseline numbers."""
     path = run.path / "base_eval.json"
     if resume and path.is_file():
@@ -353,7 +354,7 @@ def _baseline(config: RetainConfig, run: RunDir, loaded: LoadedModel, probe: Pro
         # verdict checks that training improved on.
         result = evaluate(loaded.model, loaded.tokenizer, name=config.model.name_or_path,
                           chat_template=config.model.chat_template, suites=probe.suites,
-                          task=_read(config, config.data.eval), ood=_read(config, config.data.ood),
+                          task=task, ood=ood,
                           reference=probe.reference, settings=probe.settings).to_dict()
         run.write_json(path.name, result)
     reference = probe.reference
@@ -461,6 +462,17 @@ def _data_hashes(config: RetainConfig) -> dict[str, str]:
                     digest.update(block)
             hashes[name] = digest.hexdigest()
     return hashes
+
+
+def finished_summary(config: RetainConfig) -> dict[str, Any] | None:
+    """Returns the summary of the run ``config`` names if that run finished with this very
+    config (its saved ``config.yaml`` equals ``config`` dumped), else None: comparisons and
+    evidence scripts read such a run back instead of training it again."""
+    folder = Path(config.output.dir) / (config.output.name or "")
+    summary, saved = folder / "summary.json", folder / "config.yaml"
+    if config.output.name and summary.is_file() and saved.is_file() and saved.read_text() == dump_config(config):
+        return json.loads(summary.read_text())
+    return None
 
 
 def _check_same_config(run: RunDir, config: RetainConfig) -> RetainConfig:
