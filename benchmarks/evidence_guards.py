@@ -14,9 +14,12 @@ Every run is a real ``retain train`` of the default lab model on the lab domain 
 3. the default config (LoRA r=16 on all projections, lr 1e-4, 2 epochs) over several seeds,
    listing every guard that fired and the final numbers measured independently;
 4. the lab's recipe (``retain.lab.compare.RECIPE``: LoRA with replay, the setting of the
-   methods comparison that learns the task within the forgetting limit) over the same
-   seeds, guards on: a healthy run that learns, where no guard should fire; then the same
-   with the forgetting guard's patience at one epoch of checks (``recipe_patience``).
+   methods comparison that learns the task within the forgetting limit), a healthy run
+   that learns, where no guard should fire: with the forgetting guard acting at the first
+   check over the limit (``recipe_at_once``, patience 0), with the default guards over the
+   same seeds (``recipe``), and with the default guards over as many further seeds that
+   were not looked at when the forgetting guard's patience rule was chosen
+   (``recipe_heldout``).
 
 The raw numbers go to ``benchmarks/results/evidence_guards.json``; docs/RESULTS.md is
 rebuilt from every ``evidence_*.json`` there.
@@ -88,8 +91,8 @@ def _trap_data(data: Path) -> Path:
     return path
 
 
-PARTS = ("traps", "aggressive", "default", "recipe", "recipe_patience")
-PATIENCE = "guards.forgetting.patience=4"  # one epoch of checks at the default 4 per epoch
+PARTS = ("traps", "aggressive", "default", "recipe_at_once", "recipe", "recipe_heldout")
+AT_ONCE = "guards.forgetting.patience=0"
 
 
 def run(seeds: int, parts: tuple[str, ...] = PARTS) -> dict:
@@ -98,7 +101,7 @@ def run(seeds: int, parts: tuple[str, ...] = PARTS) -> dict:
     export_lab_data(data)
     config = data / "config.yaml"
     eos_train = _trap_data(data)
-    result: dict = {"traps": {}, "aggressive": {}, "default": [], "recipe": [], "recipe_patience": []}
+    result: dict = {"traps": {}, "aggressive": {}} | {part: [] for part in SEEDED}
     for index, (name, overrides) in enumerate(TRAPS.items() if "traps" in parts else ()):
         overrides = [item.format(eos_train=eos_train) for item in overrides]
         try:
@@ -116,14 +119,20 @@ def run(seeds: int, parts: tuple[str, ...] = PARTS) -> dict:
         print(f"aggressive {name}: forgetting {result['aggressive'][name]['forgetting']}", flush=True)
     result["majority_share"] = _majority_share(data)
     recipe = next(item for item in DEFAULT_RECIPES if item.name == RECIPE).overrides
-    for part, overrides in (("default", []), ("recipe", list(recipe)), ("recipe_patience", [*recipe, PATIENCE])):
-        for seed in range(seeds if part in parts else 0):
-            run_result = _train(config, f"{part}-seed{seed}", [*overrides, f"train.seed={seed}"])
+    plan = {"default": ([], range(seeds)), "recipe_at_once": ([*recipe, AT_ONCE], range(seeds)),
+            "recipe": (list(recipe), range(seeds)), "recipe_heldout": (list(recipe), range(seeds, 2 * seeds))}
+    for part, (overrides, part_seeds) in plan.items():
+        for seed in part_seeds if part in parts else ():
+            name = "recipe" if part == "recipe_heldout" else part  # one run directory per seed
+            run_result = _train(config, f"{name}-seed{seed}", [*overrides, f"train.seed={seed}"])
             run_result["seed"] = seed
             result[part].append(run_result)
             print(f"{part} seed {seed}: {[e['guard'] for e in run_result['guard_events']]}", flush=True)
     result["recipe_overrides"] = list(recipe)
     return result
+
+
+SEEDED = ("default", "recipe_at_once", "recipe", "recipe_heldout")
 
 
 def _pct(value: float | None) -> str:
@@ -164,10 +173,13 @@ def markdown(result: dict) -> str:
             f"{_pct(entry['task_accuracy'].get('eval'))} | {_pct(entry['task_accuracy'].get('ood'))} | "
             f"{'ship' if entry['ship'] else 'do not ship'} |")
     lines.append(f"\nBase general probe accuracy: {_pct(guarded['base_probe_accuracy'])}.\n")
+    recipe = "`" + " ".join(result.get("recipe_overrides", [])) + "`"
     titles = {"default": "The default config over seeds (LoRA r=16, lr 1e-4, 2 epochs)",
-              "recipe": "The lab's recipe over seeds (`" + " ".join(result.get("recipe_overrides", [])) + "`)",
-              "recipe_patience": "The lab's recipe over seeds, the forgetting guard waiting one epoch (`"
-              + PATIENCE + "`)"}
+              "recipe_at_once": f"The lab's recipe ({recipe}), the forgetting guard acting at the "
+              f"first check over the limit (`{AT_ONCE}`)",
+              "recipe": f"The lab's recipe ({recipe}), default guards",
+              "recipe_heldout": f"The lab's recipe ({recipe}), default guards, seeds not seen when "
+              "the patience rule was chosen"}
     for part, title in titles.items():
         if not result.get(part):
             continue

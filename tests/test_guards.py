@@ -25,7 +25,8 @@ def test_forgetting_triggers_only_above_the_threshold() -> None:
     quiet = judge_forgetting(Check(step=5, epoch=0.1, probe_accuracy=0.88, forgetting=0.02), GUARDS)
     assert quiet is not None and not quiet.triggered and quiet.action == "none"
     loud = judge_forgetting(Check(step=5, epoch=0.1, probe_accuracy=0.8, forgetting=0.1,
-                                  categories={"lab/capitals": 0.5, "lab/greetings": 1.0}), GUARDS)
+                                  categories={"lab/capitals": 0.5, "lab/greetings": 1.0}), GUARDS,
+                            last=True)
     assert loud.triggered and loud.action == "restore_best" and loud.stops
     assert "lab/capitals 50%" in loud.message
     assert judge_forgetting(Check(step=5, epoch=0.1), GUARDS) is None
@@ -123,22 +124,28 @@ def test_task_reasons_refuse_a_model_that_did_not_learn_or_answers_nothing() -> 
     assert task_reasons({}, {"eval": score(0.1)}, 0.25) == []  # no base score: nothing to compare
 
 
-def test_forgetting_patience_waits_out_a_dip_but_not_the_last_check() -> None:
-    patient = GUARDS.model_copy(update={"forgetting": GUARDS.forgetting.model_copy(update={"patience": 2})})
+def test_forgetting_patience_waits_out_a_falling_dip_but_not_a_holding_drop() -> None:
+    def guards(patience: int) -> GuardsConfig:
+        return GUARDS.model_copy(update={"forgetting": GUARDS.forgetting.model_copy(update={"patience": patience})})
 
-    def check(step: int, forgetting: float) -> Check:
-        return Check(step=step, epoch=0.1, probe_accuracy=0.9, forgetting=forgetting)
+    def judge(values: list[float], patience: int, last: bool = False):
+        history = [Check(step=10 * i, epoch=0.1, probe_accuracy=0.9, forgetting=v) for i, v in enumerate(values)]
+        return judge_forgetting(history[-1], guards(patience), history, last=last)
 
-    history = [check(0, 0.0), check(10, 0.08)]
-    first = judge_forgetting(history[1], patient, history)
-    assert not first.triggered and "1 check(s) in a row (patience 2)" in first.message
-    assert judge_forgetting(history[1], GUARDS, history).triggered  # patience 1: at once
-    recovered = [*history, check(20, 0.01)]
-    assert not judge_forgetting(recovered[2], patient, recovered).triggered
-    again = [*recovered, check(30, 0.05)]
-    assert not judge_forgetting(again[3], patient, again).triggered  # the run of drops restarted
-    assert judge_forgetting(again[3], patient, again, last=True).triggered  # no later check to wait for
-    twice = [*again, check(40, 0.06)]
-    decision = judge_forgetting(twice[4], patient, twice)
-    assert decision.triggered and decision.action == "restore_best"
-
+    assert GUARDS.forgetting.patience == 2
+    assert judge([0.0, 0.08], 0).triggered  # patience 0: the first check over the limit acts
+    first = judge([0.0, 0.08], 2)
+    assert not first.triggered and "1 check(s) in a row, 0 without a new low (patience 2)" in first.message
+    # The stability gap: a dip that keeps falling is waited out however long it lasts.
+    assert not judge([0.0, 0.09, 0.066, 0.063, 0.039, 0.035], 2).triggered
+    # A drop that holds or grows acts after `patience` checks without a new low.
+    assert not judge([0.0, 0.05, 0.06], 2).triggered
+    growing = judge([0.0, 0.05, 0.06, 0.07], 2)
+    assert growing.triggered and growing.action == "restore_best"
+    assert "3 check(s) in a row, 2 without a new low" in growing.message
+    assert judge([0.0, 0.09, 0.07, 0.08, 0.075], 2).triggered  # 0.07 stays the low for two checks
+    # Back within the limit ends the stretch; the next stretch counts afresh.
+    assert not judge([0.0, 0.05, 0.06, 0.01, 0.05, 0.06], 2).triggered
+    # The run's last check acts at once: no later check to recover at.
+    assert judge([0.0, 0.05], 2, last=True).triggered
+    assert not judge([0.0, 0.02], 2, last=True).triggered

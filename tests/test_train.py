@@ -107,7 +107,7 @@ def test_a_healthy_lora_run_leaves_a_complete_run_directory_and_no_alarm(lab, tm
 
 def test_the_forgetting_guard_restores_the_best_checkpoint(lab, tmp_path) -> None:
     aggressive = {"method": {"use": ["full"]}, "train": {"lr": 1e-3, "max_steps": 16},
-                  "guards": {"every_steps": 2, "forgetting": {"threshold": 0.1}}}
+                  "guards": {"every_steps": 2, "forgetting": {"threshold": 0.1, "patience": 0}}}
     summary = quiet_train(config(lab, tmp_path / "guarded", **aggressive)).summary
     assert any(event["guard"] == "forgetting" and event["action"] == "restore_best"
                for event in summary["guard_events"])
@@ -126,7 +126,7 @@ def test_the_forgetting_guard_restores_the_best_checkpoint(lab, tmp_path) -> Non
 def test_when_every_check_forgets_too_much_the_run_rolls_back_to_its_start(lab, tmp_path) -> None:
     # lr 1e-2 wrecks the micro model by the first check; step 0 is the only check within the limit.
     cfg = config(lab, tmp_path, method={"use": ["full"]}, train={"lr": 1e-2, "max_steps": 8},
-                 guards={"every_steps": 4, "forgetting": {"threshold": 0.01}})
+                 guards={"every_steps": 4, "forgetting": {"threshold": 0.01, "patience": 0}})
     summary = quiet_train(cfg).summary
     assert summary["steps"] == 4  # stopped at the first check (the smoke guard may fire beside it)
     assert any(event["guard"] == "forgetting" and event["action"] == "restore_best"

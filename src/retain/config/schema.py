@@ -449,9 +449,6 @@ class TrainConfig(_Section):
 # --- guards ---------------------------------------------------------------------------
 
 
-PATIENCE_DEFAULT = 1
-
-
 class ForgettingGuardConfig(_Section):
     """Stops forgetting while it happens, by watching the probe suites."""
 
@@ -473,11 +470,13 @@ class ForgettingGuardConfig(_Section):
         "by `loglik` ranking.",
     )
     patience: int = Field(
-        PATIENCE_DEFAULT,
-        ge=1,
-        description="Checks in a row over the threshold before the action: forgetting that "
-        "recovers (the 'stability gap' of rehearsal) is waited out. The last check of a run "
-        "acts at once, and restore_best still picks the best check within the threshold.",
+        2,
+        ge=0,
+        description="Early-stopping patience: checks over the threshold that set no new low of "
+        "the current stretch over it before the action (0 acts at the first check over it). "
+        "Forgetting that is falling back (the 'stability gap' of rehearsal) is waited out; "
+        "forgetting that stays or grows is not. The last check of a run acts at once, and "
+        "restore_best still picks the best check within the threshold.",
     )
     every_steps: int | None = Field(
         None, gt=0, description="Check every N steps; null follows guards.every_steps."

@@ -102,26 +102,40 @@ def relative_drop(base: float, now: float) -> float:
 
 def judge_forgetting(check: Check, config: GuardsConfig, earlier: Sequence[Check] = (),
                      last: bool = False) -> Decision | None:
-    """Triggers when probe accuracy fell more than the threshold below the base model's at
-    ``guards.forgetting.patience`` checks in a row (this one and the ``earlier`` ones that
-    measured forgetting), or at the ``last`` check of the run, which has no later one to
-    recover at."""
+    """Triggers when probe accuracy fell more than the threshold below the base model's and
+    has set no new low for ``guards.forgetting.patience`` checks, or at the ``last`` check of
+    the run, which has no later one to recover at.
+
+    This is early stopping's patience (as in Keras' and Lightning's ``EarlyStopping``),
+    counted within the current stretch of checks over the threshold: the stretch's first
+    check is its first low, a check that forgets less than every earlier one of the stretch
+    is a new low and resets the count, any other check adds one. A falling dip (the
+    stability gap of rehearsal) is waited out however long it lasts; a drop that holds or
+    grows acts after ``patience`` checks.
+    """
     settings = config.forgetting
     if check.forgetting is None:
         return None
-    over = check.forgetting > settings.threshold
-    measured = [c for c in earlier if c.forgetting is not None and c.step < check.step]
-    run = 1 if over else 0
-    for previous in reversed(measured):
-        if not run or previous.forgetting <= settings.threshold:
-            break
-        run += 1
-    triggered = over and (run >= settings.patience or last)
+    threshold = settings.threshold
+    over = check.forgetting > threshold
+    stretch: list[float] = []
+    if over:
+        measured = [c for c in earlier if c.forgetting is not None and c.step < check.step]
+        for previous in reversed(measured):
+            if previous.forgetting <= threshold:
+                break
+            stretch.insert(0, previous.forgetting)
+        stretch.append(check.forgetting)
+    stalled, low = 0, float("inf")
+    for value in stretch:
+        stalled, low = (0, value) if value < low else (stalled + 1, low)
+    triggered = over and (stalled >= settings.patience or last)
     worst = sorted(check.categories.items(), key=lambda item: item[1])[:2]
     message = (f"general probe accuracy {check.probe_accuracy:.1%}, {check.forgetting:+.1%} "
                f"relative drop from the base (limit {settings.threshold:.0%})")
-    if over and settings.patience > 1:
-        message += f", over the limit at {run} check(s) in a row (patience {settings.patience}"
+    if over and settings.patience > 0:
+        message += (f", over the limit at {len(stretch)} check(s) in a row, {stalled} without a "
+                    f"new low (patience {settings.patience}")
         message += ", the last check)" if last else ")"
     if triggered:
         message += f"; weakest: {', '.join(f'{name} {acc:.0%}' for name, acc in worst)}"
