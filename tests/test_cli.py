@@ -92,16 +92,15 @@ def test_lab_data_writes_every_file(tmp_path) -> None:
 
 
 @pytest.mark.slow
-def test_lab_writes_a_run_directory_and_refuses_to_overwrite(micro_base, tmp_path) -> None:
+def test_lab_base_step_writes_a_run_directory_and_the_lab_refuses_to_overwrite(micro_base, tmp_path) -> None:
     _, cache = micro_base
-    args = ["-q", "lab", "--size", "micro", "--cache-dir", str(cache), "--output-dir", str(tmp_path), "--name", "r"]
-    result = runner.invoke(app, args)
+    where = ["--size", "micro", "--cache-dir", str(cache), "--output-dir", str(tmp_path)]
+    result = runner.invoke(app, ["-q", "lab", "step", "base", "--name", "r", *where])
     assert result.exit_code == 0, result.output
-    assert "reused from cache" in result.stdout and "overall" in result.stdout
+    assert "reused from the cache" in result.stdout and "overall" in result.stdout
     run = tmp_path / "r"
-    assert {p.name for p in run.iterdir()} >= {"config.yaml", "meta.json", "metrics.jsonl", "summary.json", "log.txt"}
+    assert {p.name for p in run.iterdir()} >= {"config.yaml", "meta.json", "summary.json", "log.txt", "steps"}
     summary = json.loads((run / "summary.json").read_text())
-    assert summary["base_reused"] is True and "overall" in summary["probe_accuracy"]
-    again = _run(*args)
+    assert summary["steps"]["base"]["figures"]["reused"] is True
+    again = _run("lab", *where, "--name", "r")  # the whole lab into an existing run: refused
     assert again.returncode == 2 and "already exists" in again.stderr
-    assert runner.invoke(app, [*args, "--overwrite"]).exit_code == 0

@@ -364,31 +364,74 @@ CacheOption = Annotated[
 ]
 
 
+LabNameOption = Annotated[Optional[str], typer.Option("--name", help="Lab run name (default lab-<time>).")]
+OutputDirOption = Annotated[Path, typer.Option("--output-dir", help="Folder of run directories.")]
+
+
 @lab_app.callback()
 def lab(
     ctx: typer.Context,
     size: SizeOption = "default",
     seed: SeedOption = 0,
     cache_dir: CacheOption = None,
-    output_dir: Annotated[Path, typer.Option("--output-dir", help="Folder of run directories.")] = Path("runs"),
-    name: Annotated[Optional[str], typer.Option("--name", help="Run name (default lab-<time>).")] = None,
+    output_dir: OutputDirOption = Path("runs"),
+    name: LabNameOption = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing run.")] = False,
 ) -> None:
-    """Build or reuse the lab base model and show its general ability per category."""
+    """The whole story on the lab model: base, audit, baseline, trap, aggressive, recipe, report."""
     if ctx.invoked_subcommand is not None:
         return
-    from retain.lab.base import lab_size
-    from retain.lab.runner import run_lab
+    from retain.lab.story import STEPS
     from retain.rundir import RunDir, default_run_name
 
-    preset = lab_size(size, seed)
     run = RunDir.create(output_dir, name or default_run_name("lab"), overwrite=overwrite)
-    result = run_lab(preset, run, cache_dir, progress=not _STATE["quiet"])
-    how = "reused from cache" if result.base.reused else f"built in {result.base.metadata['build_seconds']:.0f} s"
-    console.print(f"base model: {result.base.path} ({how}, {result.base.metadata['parameters']:,} parameters)")
-    _print_accuracy("general ability of the base model (greedy exact match)", result.probes.accuracy,
-                    result.probes.counts)
-    console.print(f"run directory: {result.run_dir}")
+    _run_lab_steps(run, STEPS, size, seed, cache_dir)
+
+
+@lab_app.command("step")
+def lab_step(
+    step: Annotated[str, typer.Argument(help="Step number 1-7 or name: base, audit, baseline, trap, aggressive, recipe, report.")],
+    name: Annotated[str, typer.Option("--name", help="The lab run to add the step to (created if missing).")] = "lab",
+    output_dir: OutputDirOption = Path("runs"),
+    size: SizeOption = "default",
+    seed: SeedOption = 0,
+    cache_dir: CacheOption = None,
+) -> None:
+    """Run one step of the lab's story in the lab run NAME (earlier steps are not rerun)."""
+    from retain.lab.story import step_named
+    from retain.rundir import RunDir
+
+    chosen = step_named(step)
+    exists = (output_dir / name).is_dir()
+    run = RunDir.create(output_dir, name, resume=exists)
+    _run_lab_steps(run, (chosen,), size, seed, cache_dir)
+
+
+def _run_lab_steps(run, steps, size: str, seed: int, cache_dir: Optional[Path]) -> None:
+    """Runs lab ``steps`` in ``run`` and prints each finding, then the table if it was made."""
+    import yaml
+
+    from retain.lab.story import SCALES, Lab, markdown_table, run_story
+
+    if size not in SCALES:
+        raise ConfigError(f"unknown lab size {size!r}", field="--size", fix=f"use one of: {', '.join(SCALES)}")
+    lab = Lab(SCALES[size], seed, run.path, cache_dir, progress=not _STATE["quiet"],
+              echo=lambda line: console.print(line, markup=False, highlight=False, soft_wrap=True))
+    with run:
+        if not run.config_path.is_file():
+            run.write_config(yaml.safe_dump({"lab": {"size": size, "seed": seed}}, sort_keys=False))
+            run.write_meta({"command": "lab", "size": size, "seed": seed})
+        results = run_story(lab, steps)
+        summary = run.read_summary() if run.summary_path.is_file() else {}
+        summary.setdefault("steps", {}).update({result.step: result.to_dict() for result in results})
+        run.write_summary(summary)
+    for result in results:
+        if result.step == "base":
+            _print_accuracy("general ability of the base model (greedy exact match)",
+                            result.figures["accuracy"], result.figures["counts"])
+        if result.step == "report":
+            console.print(markdown_table(result.figures["rows"]), markup=False)
+    console.print(f"lab run directory: {run.path}", markup=False, highlight=False, soft_wrap=True)
 
 
 @lab_app.command("build-base")

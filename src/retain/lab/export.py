@@ -26,8 +26,11 @@ def export_lab_data(
     duplicates: float = 0.0,
     conflicts: float = 0.0,
     contamination: float = 0.0,
+    n_eval: int | None = None,
 ) -> dict[Path, int]:
     """Writes the lab data into ``out_dir`` and returns each data file with its row count.
+
+    ``n_eval`` sets the rows of the validation, test and OOD splits (their defaults when None).
 
     Also writes ``config.yaml``, the default lab config on these files, and
     ``manifest.json``, which records how to regenerate them.
@@ -40,6 +43,7 @@ def export_lab_data(
     domain_spec = DomainSpec(
         seed=seed, n_train=n_train, duplicates=duplicates, conflicts=conflicts,
         contamination=contamination,
+        **({"n_validation": n_eval, "n_test": n_eval, "n_ood": n_eval} if n_eval else {}),
     )
     task = build_domain(domain_spec)
     written: dict[Path, int] = {}

@@ -1,0 +1,427 @@
+"""`retain lab`: what retain is for, end to end on the lab model, in seven steps.
+
+1. ``base``: build or reuse the lab base model and measure its general ability per category;
+2. ``audit``: audit a 200-row training set (blocked by the size rule), a flawed one
+   (duplicates, conflicts, contamination) and the clean training set;
+3. ``baseline``: zero- and few-shot accuracy of the base model on the domain task;
+4. ``trap``: the seed article's silent failure (pad = EOS with a collator that masks pad
+   labels): refused by the doctor, and with the doctor overridden stopped by the smoke guard;
+5. ``aggressive``: naive full fine-tuning at a high learning rate with the guards off
+   (the task learned, general ability lost, per category), then the same run guarded;
+6. ``recipe``: the lab's recipe (``retain.lab.compare.RECIPE``: LoRA on every projection
+   with general-data replay) under the default guards;
+7. ``report``: the table of every model and one HTML report of the trainings.
+
+Every step is ordinary retain: the lab data are files written by ``retain lab data``, the
+trainings are ``retain train`` runs of the config beside them. A step writes
+``steps/N-NAME.json`` in the lab's run directory, so steps can be run one at a time
+(``retain lab step NAME``) and the last step tabulates whichever ran.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from retain.config import RetainConfig, load_config
+from retain.errors import RetainError
+from retain.rundir import atomic_write_json
+
+STEPS = ("base", "audit", "baseline", "trap", "aggressive", "recipe", "report")
+
+
+@dataclass(frozen=True)
+class Scale:
+    """How big the lab's story is.
+
+    Attributes:
+        size: The lab preset of the base model and its world.
+        n_train: Rows of the clean domain training set.
+        small_rows: Rows of the set the size rule blocks (the articles' 200).
+        n_eval: Rows of each evaluation split (validation, test, OOD); the lab data's
+            defaults when None.
+        train: Overrides for every training of the story.
+        trap_every: Steps between guard checks of the trap run; its first check is the
+            catch, and the run is capped at two checks.
+        guarded_every: Steps between guard checks of the guarded aggressive run.
+    """
+
+    size: str
+    n_train: int
+    small_rows: int = 200
+    n_eval: int | None = None
+    train: tuple[str, ...] = ()
+    trap_every: int = 25
+    guarded_every: int = 10
+
+
+SCALES: dict[str, Scale] = {
+    "default": Scale("default", n_train=2000),
+    # For tests: the micro model, a small task and a few steps; it runs every step's
+    # machinery, its numbers are not the lab's findings.
+    "micro": Scale("micro", n_train=64, small_rows=40, n_eval=16, trap_every=4, guarded_every=4,
+                   train=("train.max_steps=8", "eval.perturbations=[]", "eval.shots=[0,1]")),
+}
+AGGRESSIVE = ("method=[full]", "train.lr=5e-4")
+
+
+@dataclass
+class StepResult:
+    """What one step found: its one-line finding and the figures behind it."""
+
+    step: str
+    line: str
+    figures: dict[str, Any] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"step": self.step, "line": self.line, "figures": self.figures, "seconds": self.seconds}
+
+
+@dataclass
+class Lab:
+    """One lab run: its scale and seed, its run directory, how it reports.
+
+    Attributes:
+        scale: The story's size.
+        seed: Seed of the world, the data and every training.
+        root: The lab's run directory; data in ``data/``, trainings in ``runs/``,
+            step results in ``steps/``.
+        cache_dir: Base model cache; the default cache when None.
+        progress: Show progress bars.
+        echo: Prints one line per step and per notable event.
+    """
+
+    scale: Scale
+    seed: int
+    root: Path
+    cache_dir: Path | None = None
+    progress: bool = True
+    echo: Callable[[str], None] = print
+
+    @property
+    def data(self) -> Path:
+        return self.root / "data"
+
+    def step_file(self, step: str) -> Path:
+        return self.root / "steps" / f"{STEPS.index(step) + 1}-{step}.json"
+
+    def result(self, step: str) -> dict[str, Any] | None:
+        """Returns a step's saved result, or None if it has not run in this lab."""
+        path = self.step_file(step)
+        return json.loads(path.read_text()) if path.is_file() else None
+
+    def base_path(self) -> Path:
+        from retain.lab.base import build_base, lab_size
+
+        return build_base(lab_size(self.scale.size, self.seed), self.cache_dir, progress=self.progress).path
+
+    def ensure_data(self) -> Path:
+        """Writes the clean lab data (once) and returns its config file."""
+        from retain.lab.export import export_lab_data
+
+        if not (self.data / "config.yaml").is_file():
+            export_lab_data(self.data, size=self.scale.size, seed=self.seed, n_train=self.scale.n_train,
+                            n_eval=self.scale.n_eval)
+        return self.data / "config.yaml"
+
+    def config(self, name: str, overrides: Sequence[str] = ()) -> RetainConfig:
+        """Returns the lab config for the training ``name`` with ``overrides``."""
+        path = self.ensure_data()
+        common = [f"model.name_or_path={self.base_path()}", f"probes.suites=[{self.data / 'probes.jsonl'}]",
+                  f"train.seed={self.seed}", *self.scale.train]
+        return load_config(path, [*common, *overrides, f"output.dir={self.root / 'runs'}", f"output.name={name}"])
+
+    def train(self, name: str, overrides: Sequence[str], *, force: bool = False) -> dict[str, Any]:
+        """Runs ``retain train`` of the lab config and returns its summary with its run directory."""
+        from retain.training.run import run_train
+
+        config = self.config(name, overrides)
+        outcome = run_train(config, overwrite=True, force=force, progress=self.progress, echo=lambda line: None)
+        return outcome.summary | {"run_dir": str(outcome.run_dir)}
+
+
+def run_story(lab: Lab, steps: Sequence[str] = STEPS) -> list[StepResult]:
+    """Runs ``steps`` in order, saving and echoing each one's finding."""
+    import time
+
+    results = []
+    for name in steps:
+        if name not in STEPS:
+            raise RetainError(f"no lab step named {name!r}", field="step",
+                              fix=f"use a number 1-{len(STEPS)} or one of: {', '.join(STEPS)}")
+        lab.echo(f"[{STEPS.index(name) + 1}/{len(STEPS)}] {name}: {DESCRIPTIONS[name]}")
+        started = time.perf_counter()
+        result = RUNNERS[name](lab)
+        result.seconds = round(time.perf_counter() - started, 1)
+        lab.step_file(name).parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(lab.step_file(name), result.to_dict())
+        lab.echo(f"    {result.line} ({result.seconds:.0f} s)")
+        results.append(result)
+    return results
+
+
+def step_named(value: str) -> str:
+    """Returns the step a user named by number (1-7) or name."""
+    if value.isdigit() and 1 <= int(value) <= len(STEPS):
+        return STEPS[int(value) - 1]
+    if value in STEPS:
+        return value
+    raise RetainError(f"no lab step {value!r}", field="step",
+                      fix=f"use a number 1-{len(STEPS)} or one of: {', '.join(STEPS)}")
+
+
+# --- the steps ------------------------------------------------------------------------
+
+
+def base_step(lab: Lab) -> StepResult:
+    from retain.evaluation.generation import score_probes_by_generation
+    from retain.lab.base import build_base, lab_size
+    from retain.lab.world import build_world
+    from retain.models import load_model
+
+    size = lab_size(lab.scale.size, lab.seed)
+    base = build_base(size, lab.cache_dir, progress=lab.progress)
+    # Reloaded from disk the way a user's model is, with no remote code.
+    loaded = load_model(str(base.path), progress=lab.progress)
+    score = score_probes_by_generation(loaded.model, loaded.tokenizer, build_world(size.world).probes)
+    weakest = sorted((value, name) for name, value in score.accuracy.items() if name != "overall")[:2]
+    how = "reused from the cache" if base.reused else f"built in {base.metadata['build_seconds']:.0f} s"
+    line = (f"base model ({base.metadata['parameters']:,} parameters, {how}) answers "
+            f"{score.accuracy['overall']:.1%} of the general probes; weakest: "
+            + ", ".join(f"{name} {value:.0%}" for value, name in weakest))
+    return StepResult("base", line, {
+        "path": str(base.path), "reused": base.reused, "parameters": base.metadata["parameters"],
+        "build_seconds": base.metadata.get("build_seconds"), "accuracy": score.accuracy,
+        "counts": score.counts,
+    })
+
+
+def audit_step(lab: Lab) -> StepResult:
+    from retain.audit.runner import run_audit
+    from retain.lab.export import export_lab_data
+
+    config = lab.config("audit")
+    sets: dict[str, dict[str, Any]] = {}
+    small = lab.root / "data-small"
+    export_lab_data(small, size=lab.scale.size, seed=lab.seed, n_train=lab.scale.small_rows,
+                    n_eval=lab.scale.n_eval)
+    # The lab config relaxes the size rule for its tiny model; this audit keeps it, as
+    # retain's default does for a user's data.
+    strict = config.model_copy(update={"audit": config.audit.model_copy(update={"allow_small_data": False})})
+    flawed = lab.root / "data-flawed"
+    export_lab_data(flawed, size=lab.scale.size, seed=lab.seed, n_train=lab.scale.n_train,
+                    duplicates=0.05, conflicts=0.03, contamination=0.05, n_eval=lab.scale.n_eval)
+    for name, cfg, data in (("small", strict, small), ("flawed", config, flawed), ("clean", config, lab.data)):
+        report = run_audit(cfg, data / "train.jsonl", eval_data=data / "test.jsonl",
+                           probes=_suites(cfg))
+        sets[name] = {"rows": report.rows, "counts": report.counts(),
+                      "blockers": [f.code for f in report.findings if f.severity == "blocker"],
+                      "warnings": [f.code for f in report.findings if f.severity == "warning"],
+                      "findings": [f.to_dict() for f in report.findings]}
+    found = sorted({*sets["flawed"]["blockers"], *sets["flawed"]["warnings"]} - set(sets["clean"]["warnings"]))
+    line = (f"{sets['small']['rows']} rows: {_go(sets['small'])} ({', '.join(sets['small']['blockers']) or 'no blocker'}); "
+            f"flawed set: {_go(sets['flawed'])}, found {', '.join(found) or 'nothing'}; "
+            f"clean {sets['clean']['rows']:,} rows: {_go(sets['clean'])}")
+    return StepResult("audit", line, sets)
+
+
+def baseline_step(lab: Lab) -> StepResult:
+    from retain.evaluation.commands import run_baseline_command
+
+    result = run_baseline_command(lab.config("baseline"), progress=lab.progress)
+    shots, best = result.best
+    scores = {str(k): score.accuracy for k, score in result.scores.items()}
+    line = (f"prompting alone: " + ", ".join(f"{k}-shot {v:.1%}" for k, v in scores.items())
+            + f" on the held-out task; {result.verdict()}")
+    return StepResult("baseline", line, {"accuracy": scores, "best_shots": shots,
+                                         "best_accuracy": best.accuracy, "verdict": result.verdict()})
+
+
+def trap_step(lab: Lab) -> StepResult:
+    from retain.training.run import TrainRefused
+
+    # The lab recipe's pipeline with the bug in it: pad = EOS and a collator that masks
+    # every pad label, so no EOS is ever trained.
+    every = lab.scale.trap_every
+    trap = [*_recipe(), "model.pad_token=eos", "train.collator=language_modeling",
+            f"guards.every_steps={every}", f"train.max_steps={2 * every}"]
+    try:
+        lab.train("trap-refused", trap)
+        refused = None
+    except TrainRefused as error:
+        refused = error.message
+    forced = lab.train("trap-forced", trap, force=True)
+    stop = forced.get("stopped_by") or {}
+    line = ("doctor: " + ("refused the run" if refused else "did NOT refuse the run")
+            + f"; forced past it, {'the ' + stop['guard'] + ' guard stopped it at step ' + str(stop['step']) if stop else 'no guard stopped it'}"
+            + (f" ({_first_sentence(stop.get('message', ''))})" if stop else ""))
+    return StepResult("trap", line, {"refused": refused, "forced": _run_figures(forced)})
+
+
+def aggressive_step(lab: Lab) -> StepResult:
+    naive = lab.train("aggressive-naive", [*AGGRESSIVE, "guards.enabled=false"])
+    guarded = lab.train("aggressive-guarded", [*AGGRESSIVE, f"guards.every_steps={lab.scale.guarded_every}"])
+    lost = _categories_lost(naive)
+    stop = guarded.get("stopped_by") or {}
+    line = (f"naive: task {_pct(_task(naive))}, forgetting {_pct(naive.get('forgetting_relative'))} "
+            f"(" + ", ".join(f"{name} {drop:.0%}" for name, drop in lost[:3]) + "); "
+            f"guarded: {('stopped at step ' + str(stop['step']) + ' by ' + stop['guard']) if stop else 'not stopped'}"
+            f"{_restored(guarded)}, forgetting {_pct(guarded.get('forgetting_relative'))}")
+    return StepResult("aggressive", line, {"naive": _run_figures(naive), "guarded": _run_figures(guarded),
+                                           "categories_lost": lost})
+
+
+def recipe_step(lab: Lab) -> StepResult:
+    overrides = _recipe()
+    summary = lab.train("recipe", list(overrides))
+    events = ", ".join(f"{e['guard']} -> {e['action']} at {e['step']}" for e in summary["guard_events"]) or "no guard fired"
+    line = (f"{' '.join(overrides)}: task {_pct(_task(summary))} (base {_pct((summary.get('task_base') or {}).get('eval'))}), "
+            f"forgetting {_pct(summary.get('forgetting_relative'))}, {events}; "
+            f"verdict: {'ship' if summary['verdict']['ship'] else 'do not ship'}")
+    return StepResult("recipe", line, {"overrides": list(overrides), "run": _run_figures(summary)})
+
+
+def report_step(lab: Lab) -> StepResult:
+    from retain.report import build_report
+
+    rows = table_rows(lab)
+    runs = [row["run_dir"] for row in rows if row.get("run_dir")]
+    html = None
+    if runs:
+        html = str(build_report(runs, lab.root / "report.html").html)
+    if not rows:
+        raise RetainError("no lab step has results to tabulate yet", field="step",
+                          fix="run the lab (retain lab) or its earlier steps first")
+    line = f"table of {len(rows)} models; report: {html or 'none (no training ran)'}"
+    return StepResult("report", line, {"rows": rows, "html": html})
+
+
+def table_rows(lab: Lab) -> list[dict[str, Any]]:
+    """Returns the final table: one row per model the earlier steps measured."""
+    rows = []
+    base = lab.result("base")
+    baseline = lab.result("baseline")
+    if base:
+        general = base["figures"]["accuracy"]["overall"]
+        few = baseline["figures"] if baseline else {}
+        rows.append({"model": f"base model, {few.get('best_shots', '?')}-shot prompt" if few else "base model",
+                     "task": few.get("best_accuracy"), "ood": None, "general": general,
+                     "forgetting": 0.0, "seconds": None})
+    trainings = []
+    if (trap := lab.result("trap")):
+        trainings.append(("pad = EOS trap, forced (guarded)", trap["figures"]["forced"]))
+    if (aggressive := lab.result("aggressive")):
+        trainings += [("full fine-tuning, lr 5e-4, guards off", aggressive["figures"]["naive"]),
+                      ("full fine-tuning, lr 5e-4, guarded", aggressive["figures"]["guarded"])]
+    if (recipe := lab.result("recipe")):
+        trainings.append(("lab recipe: LoRA + replay, guarded", recipe["figures"]["run"]))
+    for name, run in trainings:
+        rows.append({"model": name, "task": run["task"], "ood": run["ood"], "general": run["general"],
+                     "forgetting": run["forgetting"], "seconds": run["train_seconds"],
+                     "ship": run["ship"], "run_dir": run["run_dir"]})
+    return rows
+
+
+def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
+    """Returns the final table as Markdown."""
+    lines = ["| model | task acc | OOD acc | general acc | forgetting | train time | verdict |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
+    for row in rows:
+        seconds = f"{row['seconds']:.0f} s" if row.get("seconds") is not None else "-"
+        verdict = "-" if "ship" not in row else ("ship" if row["ship"] else "do not ship")
+        lines.append(f"| {row['model']} | {_pct(row['task'])} | {_pct(row['ood'])} | {_pct(row['general'])} | "
+                     f"{_pct(row['forgetting'])} | {seconds} | {verdict} |")
+    return "\n".join(lines) + "\n"
+
+
+DESCRIPTIONS = {
+    "base": "the lab base model and its general ability",
+    "audit": "the domain data: a 200-row set, a flawed set, the clean set",
+    "baseline": "how far prompting alone gets on the domain task",
+    "trap": "the silent failure: pad = EOS with the pad labels masked",
+    "aggressive": "naive full fine-tuning at lr 5e-4, unguarded and guarded",
+    "recipe": "the lab's recipe under the default guards",
+    "report": "the table and the HTML report",
+}
+RUNNERS: dict[str, Callable[[Lab], StepResult]] = {
+    "base": base_step, "audit": audit_step, "baseline": baseline_step, "trap": trap_step,
+    "aggressive": aggressive_step, "recipe": recipe_step, "report": report_step,
+}
+
+
+# --- helpers --------------------------------------------------------------------------
+
+
+def _recipe() -> tuple[str, ...]:
+    from retain.lab.compare import DEFAULT_RECIPES, RECIPE
+
+    return next(item for item in DEFAULT_RECIPES if item.name == RECIPE).overrides
+
+
+def _suites(config: RetainConfig) -> list:
+    from retain.evaluation.suites import load_suite
+
+    from retain.evaluation.commands import default_suites
+
+    return [load_suite(name) for name in config.probes.suites or default_suites(config.model.name_or_path)]
+
+
+def _run_figures(summary: dict[str, Any]) -> dict[str, Any]:
+    """The figures of a training the lab keeps: task, general, forgetting, guards, verdict."""
+    task = summary.get("task") or {}
+    return {
+        "run_dir": summary["run_dir"], "steps": summary.get("steps"),
+        "task": (task.get("eval") or {}).get("accuracy"), "ood": (task.get("ood") or {}).get("accuracy"),
+        "task_base": (summary.get("task_base") or {}).get("eval"),
+        "general": summary.get("final_probe_accuracy"), "base_general": summary.get("base_probe_accuracy"),
+        "forgetting": summary.get("forgetting_relative"),
+        "stopped_by": summary.get("stopped_by"), "restored_step": summary.get("restored_step"),
+        "guard_events": summary.get("guard_events") or [],
+        "train_seconds": summary.get("train_seconds"),
+        "ship": summary["verdict"]["ship"], "reasons": summary["verdict"]["reasons"],
+        "categories": _category_drops(summary),
+    }
+
+
+def _category_drops(summary: dict[str, Any]) -> dict[str, dict[str, float | None]]:
+    """Returns per category the base and final accuracy of the watched probe suite."""
+    out: dict[str, dict[str, float | None]] = {}
+    for report in (summary.get("forgetting") or {}).values():
+        for name, category in (report.get("categories") or {}).items():
+            if name != "overall":
+                out[name] = {"base": category.get("accuracy_before"), "final": category.get("accuracy_after"),
+                             "drop": category.get("relative_drop")}
+    return out
+
+
+def _categories_lost(summary: dict[str, Any]) -> list[tuple[str, float]]:
+    drops = [(name, values["drop"]) for name, values in _category_drops(summary).items()
+             if values.get("drop") is not None]
+    return sorted(drops, key=lambda item: -item[1])
+
+
+def _task(summary: dict[str, Any]) -> float | None:
+    return ((summary.get("task") or {}).get("eval") or {}).get("accuracy")
+
+
+def _restored(summary: dict[str, Any]) -> str:
+    step = summary.get("restored_step")
+    if step is None:
+        return ""
+    return ", rolled back to its starting weights" if step == 0 else f", restored step {step}"
+
+
+def _go(audit: dict[str, Any]) -> str:
+    return "blocked" if audit["blockers"] else "go"
+
+
+def _first_sentence(message: str) -> str:
+    return message.split(":")[0] if message else ""
+
+
+def _pct(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.1%}"
