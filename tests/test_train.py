@@ -339,3 +339,17 @@ def test_the_saved_tokenizer_carries_the_template_training_used(lab, tmp_path) -
     outcome = quiet_train(cfg)
     saved = AutoTokenizer.from_pretrained(outcome.run_dir / "model")
     assert saved.chat_template == template.read_text()
+
+
+def test_the_base_evaluation_is_measured_once_per_base_data_and_settings(lab, tmp_path) -> None:
+    first = quiet_train(config(lab, tmp_path / "a", train={"max_steps": 2, "batch_size": 8, "seed": 1}))
+    second = quiet_train(config(lab, tmp_path / "b", train={"max_steps": 2, "batch_size": 8, "seed": 2}))
+    assert "base model evaluation reused" in (second.run_dir / "log.txt").read_text()
+    assert (first.run_dir / "base_eval.json").read_text() == (second.run_dir / "base_eval.json").read_text()
+    # Other evaluation data: measured afresh.
+    shorter = tmp_path / "test.jsonl"
+    shorter.write_text("".join((lab["root"] / "test.jsonl").read_text().splitlines(keepends=True)[:5]))
+    third = quiet_train(config(lab, tmp_path / "c", train={"max_steps": 2, "batch_size": 8},
+                              data={**settings(lab, tmp_path)["data"], "eval": str(shorter)}))
+    assert "base model evaluation reused" not in (third.run_dir / "log.txt").read_text()
+    assert json.loads((third.run_dir / "base_eval.json").read_text())["task"]["eval"]["n"] == 5

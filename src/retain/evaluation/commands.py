@@ -121,7 +121,7 @@ def run_eval(
         loaded_base = _load(config, base, progress)
         base_result = _evaluate(loaded_base, config, probe_suites, None, None, None, settings, "base")
         if reference_text:
-            base_logprobs = _cached_base_logprobs(loaded_base, base, reference_text)
+            base_logprobs = cached_base_logprobs(loaded_base, base, reference_text)
         base_source = base
         del loaded_base
         gc.collect()
@@ -130,7 +130,7 @@ def run_eval(
         with loaded.model.disable_adapter():
             base_result = _evaluate(loaded, config, probe_suites, None, None, None, settings, "base")
             if reference_text:
-                base_logprobs = _cached_base_logprobs(loaded, loaded.base, reference_text)
+                base_logprobs = cached_base_logprobs(loaded, loaded.base, reference_text)
         base_source = f"{loaded.base} (adapters disabled)"
     result = evaluate(
         loaded.model, loaded.tokenizer, name=model_name, chat_template=config.model.chat_template,
@@ -196,11 +196,11 @@ def _read_previous(path: Path) -> dict:
     return data
 
 
-def _cached_base_logprobs(loaded: LoadedModel, base_name: str, text: str) -> BaseLogprobs:
+def cached_base_logprobs(loaded: LoadedModel, base_name: str, text: str) -> BaseLogprobs:
     """Returns the base's log-probabilities on ``text``, computed once per base and text."""
     from retain.lab.base import default_cache_dir
 
-    key = hashlib.sha256(f"{_model_identity(base_name)}\n{text}".encode()).hexdigest()[:16]
+    key = hashlib.sha256(f"{model_identity(base_name)}\n{text}".encode()).hexdigest()[:16]
     path = default_cache_dir() / "drift" / f"base-{key}.safetensors"
     if path.is_file():
         try:
@@ -213,7 +213,7 @@ def _cached_base_logprobs(loaded: LoadedModel, base_name: str, text: str) -> Bas
     return base
 
 
-def _model_identity(name: str) -> str:
+def model_identity(name: str) -> str:
     """Returns a string that changes when the named model's weights change."""
     path = Path(name)
     if not path.is_dir():

@@ -33,7 +33,7 @@ import os
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +46,7 @@ from retain.config import RetainConfig
 from retain.config.loading import dump_config
 from retain.data import Example, load_examples_for
 from retain.errors import ConfigError, RetainError
-from retain.evaluation.commands import default_suites, settings_from
+from retain.evaluation.commands import cached_base_logprobs, default_suites, model_identity, settings_from
 from retain.evaluation.drift import compute_base_logprobs
 from retain.evaluation.engine import (
     default_reference_text,
@@ -60,7 +60,7 @@ from retain.lab.base import default_cache_dir
 from retain.methods import MethodContext, methods_for
 from retain.models import LoadedModel, load_model, quiet_peft
 from retain.progress import quiet_trainer
-from retain.rundir import RunDir, default_run_name
+from retain.rundir import RunDir, atomic_write_json, default_run_name
 from retain.training.callback import (
     STATE_FILE,
     Baseline,
@@ -347,8 +347,13 @@ def _baseline(config: RetainConfig, run: RunDir, loaded: LoadedModel, probe: Pro
               task: list[Example] | None, ood: list[Example] | None, *, resume: bool) -> tuple[dict[str, Any], Baseline]:
     """Measures (or, resuming, reads) the base model; returns its result and baseline numbers."""
     path = run.path / "base_eval.json"
+    cached = _base_eval_cache(config, probe, task, ood)
     if resume and path.is_file():
         result = json.loads(path.read_text())
+    elif cached is not None and cached.is_file():
+        result = json.loads(cached.read_text())
+        logger.info("base model evaluation reused from %s", cached)
+        run.write_json(path.name, result)
     else:
         # The task too, held-out and OOD: the "before" of task accuracy, and what the
         # verdict checks that training improved on.
@@ -357,8 +362,14 @@ def _baseline(config: RetainConfig, run: RunDir, loaded: LoadedModel, probe: Pro
                           task=task, ood=ood,
                           reference=probe.reference, settings=probe.settings).to_dict()
         run.write_json(path.name, result)
+        if cached is not None:
+            cached.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_json(cached, result)
     reference = probe.reference
-    logprobs = compute_base_logprobs(loaded.model, loaded.tokenizer, reference) if reference else None
+    logprobs = None
+    if reference:
+        logprobs = (cached_base_logprobs(loaded, config.model.name_or_path, reference) if cached is not None
+                    else compute_base_logprobs(loaded.model, loaded.tokenizer, reference))
     smoke_share, _, _, stopped = probe.smoke(loaded.model)
     return result, Baseline(
         probe_accuracy=overall_accuracy(result, config.guards.forgetting.method),
@@ -367,6 +378,35 @@ def _baseline(config: RetainConfig, run: RunDir, loaded: LoadedModel, probe: Pro
         logprobs=logprobs,
         smoke_stopped=stopped,
     )
+
+
+def _base_eval_cache(config: RetainConfig, probe: Probe, task: list[Example] | None,
+                     ood: list[Example] | None) -> Path | None:
+    """Returns where the base model's evaluation for this config is cached, or None when
+    the model is not a local directory (a hub id's weights can change under its name).
+
+    The key holds everything the result depends on: the weights (path, sizes and
+    modification times), the tokenizer and template settings, the device and dtype, every
+    probe item, task row and reference text, the evaluation settings, and the versions of
+    retain and torch. Several runs on one base (``retain lab``, ``lab compare``, sweeps)
+    then measure it once.
+    """
+    if not Path(config.model.name_or_path).is_dir():
+        return None
+    import retain
+
+    key = {
+        "model": model_identity(config.model.name_or_path),
+        "model_settings": config.model.model_dump(mode="json"),
+        "suites": [asdict(suite) for suite in probe.suites],
+        "task": [vars(example) for example in task or []],
+        "ood": [vars(example) for example in ood or []],
+        "reference": probe.reference,
+        "settings": asdict(probe.settings),
+        "versions": [retain.__version__, torch.__version__],
+    }
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:24]
+    return default_cache_dir() / "base-eval" / f"{digest}.json"
 
 
 def _encode(config: RetainConfig, examples: list[Example], path: str, tokenizer,
