@@ -45,7 +45,9 @@ def test_the_lab_tells_the_whole_story_at_micro_size(lab_run) -> None:
     assert {"exact_duplicates", "conflicting_labels", "train_eval_overlap"} <= flawed
     assert audit["clean"]["blockers"] == []  # the lab config relaxes the size rule to a warning
     # 3. the few-shot baseline on the held-out task
-    assert set(_step(run, "baseline")["figures"]["accuracy"]) == {"0", "1"}
+    baseline = _step(run, "baseline")
+    assert set(baseline["figures"]["accuracy"]) == {"0", "1"}
+    assert baseline["figures"]["fine_tuning_needed"] and "commonest label" in baseline["line"]
     # 4. the trap: the doctor refuses it; forced past it, the run still trains under the guards
     trap = _step(run, "trap")["figures"]
     assert trap["refused"] and "doctor" in trap["refused"]

@@ -203,7 +203,9 @@ def _fitting(
     """Returns the few-shot prompt with as many shots as fit, and 1 if any were dropped."""
     for keep in range(len(shots), -1, -1):
         rendered = few_shot(example, shots[:keep], prompt_format)
-        length = len(tokenizer(rendered.prompt, add_special_tokens=rendered.add_special_tokens)["input_ids"])
+        # verbose=False: measuring a prompt that is too long is the point here, not a mistake.
+        length = len(tokenizer(rendered.prompt, add_special_tokens=rendered.add_special_tokens,
+                               verbose=False)["input_ids"])
         if limit is None or length + max_new_tokens <= limit:
             return rendered, int(keep < len(shots))
     return rendered, int(bool(shots))

@@ -47,6 +47,7 @@ class Scale:
         trap_every: Steps between guard checks of the trap run; its first check is the
             catch, and the run is capped at two checks.
         guarded_every: Steps between guard checks of the guarded aggressive run.
+        shots: Few-shot settings of the baseline (3 shots fit the lab model's 512 tokens).
     """
 
     size: str
@@ -56,14 +57,15 @@ class Scale:
     train: tuple[str, ...] = ()
     trap_every: int = 25
     guarded_every: int = 10
+    shots: tuple[int, ...] = (0, 3)
 
 
 SCALES: dict[str, Scale] = {
     "default": Scale("default", n_train=2000),
     # For tests: the micro model, a small task and a few steps; it runs every step's
     # machinery, its numbers are not the lab's findings.
-    "micro": Scale("micro", n_train=64, small_rows=40, n_eval=16, trap_every=4, guarded_every=4,
-                   train=("train.max_steps=8", "eval.perturbations=[]", "eval.shots=[0,1]")),
+    "micro": Scale("micro", n_train=64, small_rows=40, n_eval=16, trap_every=4, guarded_every=4, shots=(0, 1),
+                   train=("train.max_steps=8", "eval.perturbations=[]")),
 }
 AGGRESSIVE = ("method=[full]", "train.lr=5e-4")
 
@@ -230,15 +232,22 @@ def audit_step(lab: Lab) -> StepResult:
 
 
 def baseline_step(lab: Lab) -> StepResult:
+    from collections import Counter
+
     from retain.evaluation.commands import run_baseline_command
 
-    result = run_baseline_command(lab.config("baseline"), progress=lab.progress)
+    config = lab.config("baseline", [f"eval.shots=[{','.join(map(str, lab.scale.shots))}]"])
+    result = run_baseline_command(config, progress=lab.progress)
     shots, best = result.best
     scores = {str(k): score.accuracy for k, score in result.scores.items()}
-    line = (f"prompting alone: " + ", ".join(f"{k}-shot {v:.1%}" for k, v in scores.items())
-            + f" on the held-out task; {result.verdict()}")
-    return StepResult("baseline", line, {"accuracy": scores, "best_shots": shots,
-                                         "best_accuracy": best.accuracy, "verdict": result.verdict()})
+    labels = Counter(json.loads(line).get("label") for line in (lab.data / "test.jsonl").read_text().splitlines())
+    majority = max(labels.values()) / sum(labels.values())
+    needed = best.accuracy <= majority + 0.05
+    line = ("prompting alone: " + ", ".join(f"{k}-shot {v:.1%}" for k, v in scores.items())
+            + f" on the held-out task, against {majority:.1%} for always answering the commonest label"
+            + (": fine-tuning is needed" if needed else f"; {result.verdict()}"))
+    return StepResult("baseline", line, {"accuracy": scores, "best_shots": shots, "best_accuracy": best.accuracy,
+                                         "majority": majority, "fine_tuning_needed": needed})
 
 
 def trap_step(lab: Lab) -> StepResult:
