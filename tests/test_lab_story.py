@@ -68,11 +68,16 @@ def test_the_lab_tells_the_whole_story_at_micro_size(lab_run) -> None:
     assert all(Path(row["run_dir"]).name in html for row in rows[1:])
     summary = json.loads((run / "summary.json").read_text())
     assert set(summary["steps"]) == set(STEPS)
+    assert json.loads((run / "meta.json").read_text())["workers"] == 2  # the default on a 2-core CPU
 
 
 def test_one_step_reruns_alone_and_bad_steps_are_one_line(lab_run) -> None:
     run, _, args = lab_run
     before = _step(run, "aggressive")
+    # The lab above sent its trainings to two worker processes; this step trains here.
+    result = runner.invoke(app, ["-q", "lab", "step", "recipe", "--workers", "1", "--name", "story", *args])
+    assert result.exit_code == 0, result.output
+    assert "[6/7] recipe" in result.stdout and _step(run, "recipe")["figures"]["run"]["steps"] == 8
     result = runner.invoke(app, ["-q", "lab", "step", "7", "--name", "story", *args])
     assert result.exit_code == 0, result.output
     assert "[7/7] report" in result.stdout and "[5/7]" not in result.stdout

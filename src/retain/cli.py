@@ -366,6 +366,7 @@ CacheOption = Annotated[
 
 LabNameOption = Annotated[Optional[str], typer.Option("--name", help="Lab run name (default lab-<time>).")]
 OutputDirOption = Annotated[Path, typer.Option("--output-dir", help="Folder of run directories.")]
+LabWorkersOption = Annotated[Optional[int], typer.Option("--workers", min=1, help="Trainings run at once, each in its own process (default: 2 on a CPU with 2+ cores, 1 with a GPU).")]
 
 
 @lab_app.callback()
@@ -377,6 +378,7 @@ def lab(
     output_dir: OutputDirOption = Path("runs"),
     name: LabNameOption = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing run.")] = False,
+    workers: LabWorkersOption = None,
 ) -> None:
     """The whole story on the lab model: base, audit, baseline, trap, aggressive, recipe, report."""
     if ctx.invoked_subcommand is not None:
@@ -385,7 +387,7 @@ def lab(
     from retain.rundir import RunDir, default_run_name
 
     run = RunDir.create(output_dir, name or default_run_name("lab"), overwrite=overwrite)
-    _run_lab_steps(run, STEPS, size, seed, cache_dir)
+    _run_lab_steps(run, STEPS, size, seed, cache_dir, workers)
 
 
 @lab_app.command("step")
@@ -396,6 +398,7 @@ def lab_step(
     size: SizeOption = "default",
     seed: SeedOption = 0,
     cache_dir: CacheOption = None,
+    workers: LabWorkersOption = None,
 ) -> None:
     """Run one step of the lab's story in the lab run NAME (earlier steps are not rerun)."""
     from retain.lab.story import step_named
@@ -404,23 +407,24 @@ def lab_step(
     chosen = step_named(step)
     exists = (output_dir / name).is_dir()
     run = RunDir.create(output_dir, name, resume=exists)
-    _run_lab_steps(run, (chosen,), size, seed, cache_dir)
+    _run_lab_steps(run, (chosen,), size, seed, cache_dir, workers)
 
 
-def _run_lab_steps(run, steps, size: str, seed: int, cache_dir: Optional[Path]) -> None:
+def _run_lab_steps(run, steps, size: str, seed: int, cache_dir: Optional[Path], workers: Optional[int]) -> None:
     """Runs lab ``steps`` in ``run`` and prints each finding, then the table if it was made."""
     import yaml
 
-    from retain.lab.story import SCALES, Lab, markdown_table, run_story
+    from retain.lab.story import SCALES, Lab, default_workers, markdown_table, run_story
 
     if size not in SCALES:
         raise ConfigError(f"unknown lab size {size!r}", field="--size", fix=f"use one of: {', '.join(SCALES)}")
     lab = Lab(SCALES[size], seed, run.path, cache_dir, progress=not _STATE["quiet"],
-              echo=lambda line: console.print(line, markup=False, highlight=False, soft_wrap=True))
+              echo=lambda line: console.print(line, markup=False, highlight=False, soft_wrap=True),
+              workers=workers or default_workers())
     with run:
         if not run.config_path.is_file():
             run.write_config(yaml.safe_dump({"lab": {"size": size, "seed": seed}}, sort_keys=False))
-            run.write_meta({"command": "lab", "size": size, "seed": seed})
+            run.write_meta({"command": "lab", "size": size, "seed": seed, "workers": lab.workers})
         results = run_story(lab, steps)
         summary = run.read_summary() if run.summary_path.is_file() else {}
         summary.setdefault("steps", {}).update({result.step: result.to_dict() for result in results})

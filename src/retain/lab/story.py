@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -83,6 +85,16 @@ class StepResult:
         return {"step": self.step, "line": self.line, "figures": self.figures, "seconds": self.seconds}
 
 
+@dataclass(frozen=True)
+class Training:
+    """One ``retain train`` run of the story: its name, its overrides of the lab config,
+    and whether audit and doctor blockers are overridden (``--force``)."""
+
+    name: str
+    overrides: tuple[str, ...]
+    force: bool = False
+
+
 @dataclass
 class Lab:
     """One lab run: its scale and seed, its run directory, how it reports.
@@ -95,6 +107,8 @@ class Lab:
         cache_dir: Base model cache; the default cache when None.
         progress: Show progress bars.
         echo: Prints one line per step and per notable event.
+        workers: Trainings run at once, each in its own process with an equal share of
+            the CPU threads (see :func:`run_story`).
     """
 
     scale: Scale
@@ -103,6 +117,8 @@ class Lab:
     cache_dir: Path | None = None
     progress: bool = True
     echo: Callable[[str], None] = print
+    workers: int = 1
+    pending: dict[str, Future] = field(default_factory=dict)
 
     @property
     def data(self) -> Path:
@@ -137,33 +153,119 @@ class Lab:
                   f"train.seed={self.seed}", *self.scale.train]
         return load_config(path, [*common, *overrides, f"output.dir={self.root / 'runs'}", f"output.name={name}"])
 
-    def train(self, name: str, overrides: Sequence[str], *, force: bool = False) -> dict[str, Any]:
-        """Runs ``retain train`` of the lab config and returns its summary with its run directory."""
-        from retain.training.run import run_train
+    def train(self, training: Training) -> dict[str, Any]:
+        """Returns the summary of ``training`` with its run directory: from the worker
+        process it was sent to, or run here.
 
-        config = self.config(name, overrides)
-        outcome = run_train(config, overwrite=True, force=force, progress=self.progress, echo=lambda line: None)
-        return outcome.summary | {"run_dir": str(outcome.run_dir)}
+        Raises:
+            TrainRefused: When the audit or the doctor refused it.
+        """
+        from retain.training.run import TrainRefused
+
+        future = self.pending.pop(training.name, None)
+        if future is None:
+            outcome = _train(self.root, self.scale, self.seed, self.cache_dir, training, self.progress)
+        elif self.progress:
+            from rich.console import Console
+
+            with Console(stderr=True).status(f"training {training.name} (in a worker process)"):
+                outcome = future.result()
+        else:
+            outcome = future.result()
+        if "refused" in outcome:
+            raise TrainRefused(outcome["refused"])
+        return outcome
+
+
+def _train(root: Path, scale: Scale, seed: int, cache_dir: Path | None, training: Training,
+           progress: bool = False) -> dict[str, Any]:
+    """Runs one training of the story (in this process or a worker's); a refusal comes
+    back as ``{"refused": message}``, which crosses a process boundary where the
+    exception might not."""
+    from retain.training.run import TrainRefused, run_train
+
+    lab = Lab(scale, seed, root, cache_dir, progress=progress)
+    config = lab.config(training.name, training.overrides)
+    try:
+        outcome = run_train(config, overwrite=True, force=training.force, progress=progress, echo=lambda line: None)
+    except TrainRefused as error:
+        return {"refused": error.message}
+    return outcome.summary | {"run_dir": str(outcome.run_dir)}
+
+
+def _init_worker(threads: int) -> None:
+    import torch
+    from transformers.utils import logging as hf_logging
+
+    torch.set_num_threads(threads)
+    hf_logging.disable_progress_bar()
 
 
 def run_story(lab: Lab, steps: Sequence[str] = STEPS) -> list[StepResult]:
-    """Runs ``steps`` in order, saving and echoing each one's finding."""
+    """Runs ``steps`` in order, saving and echoing each one's finding.
+
+    With ``lab.workers`` above 1, every training of the steps asked for is sent at the
+    start to a pool of worker processes (the longest first), while the steps before them
+    run here; each step then waits for its own trainings and prints its finding in
+    order. On a CPU the lab model's matrices are too small to keep two threads busy, so
+    two one-thread trainings side by side use two cores better than one training with
+    both (docs/BENCHMARKS.md, "make lab").
+    """
     import time
 
-    results = []
     for name in steps:
         if name not in STEPS:
             raise RetainError(f"no lab step named {name!r}", field="step",
                               fix=f"use a number 1-{len(STEPS)} or one of: {', '.join(STEPS)}")
-        lab.echo(f"[{STEPS.index(name) + 1}/{len(STEPS)}] {name}: {DESCRIPTIONS[name]}")
-        started = time.perf_counter()
-        result = RUNNERS[name](lab)
-        result.seconds = round(time.perf_counter() - started, 1)
-        lab.step_file(name).parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(lab.step_file(name), result.to_dict())
-        lab.echo(f"    {result.line} ({result.seconds:.0f} s)")
-        results.append(result)
+    trainings = [training for name in steps for training in TRAININGS.get(name, lambda lab: [])(lab)]
+    with _pool(lab, trainings):
+        results = []
+        for name in steps:
+            lab.echo(f"[{STEPS.index(name) + 1}/{len(STEPS)}] {name}: {DESCRIPTIONS[name]}")
+            started = time.perf_counter()
+            result = RUNNERS[name](lab)
+            result.seconds = round(time.perf_counter() - started, 1)
+            lab.step_file(name).parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_json(lab.step_file(name), result.to_dict())
+            lab.echo(f"    {result.line} ({result.seconds:.0f} s)")
+            results.append(result)
     return results
+
+
+@contextmanager
+def _pool(lab: Lab, trainings: Sequence[Training]):
+    """Sends ``trainings`` to ``lab.workers`` processes for the block's duration (none
+    with one worker or one training)."""
+    if lab.workers <= 1 or len(trainings) <= 1:
+        yield
+        return
+    import multiprocessing
+    import os
+    from concurrent.futures import ProcessPoolExecutor
+
+    lab.ensure_data()
+    lab.base_path()  # built once here, not by each worker
+    threads = max(1, (os.cpu_count() or 1) // lab.workers)
+    # spawn: a fresh interpreter per worker, no forked torch thread pools or locks.
+    with ProcessPoolExecutor(lab.workers, mp_context=multiprocessing.get_context("spawn"),
+                             initializer=_init_worker, initargs=(threads,)) as pool:
+        for training in sorted(trainings, key=lambda t: -COST.get(t.name, 0)):
+            lab.pending[training.name] = pool.submit(_train, lab.root, lab.scale, lab.seed, lab.cache_dir, training)
+        try:
+            yield
+        finally:
+            for future in lab.pending.values():
+                future.cancel()
+            lab.pending.clear()
+
+
+def default_workers() -> int:
+    """2 on a machine with no GPU and at least 2 CPU cores, else 1 (a GPU runs one at a time)."""
+    import os
+
+    import torch
+
+    return 1 if torch.cuda.is_available() or (os.cpu_count() or 1) < 2 else 2
 
 
 def step_named(value: str) -> str:
@@ -250,20 +352,25 @@ def baseline_step(lab: Lab) -> StepResult:
                                          "majority": majority, "fine_tuning_needed": needed})
 
 
+def trap_trainings(lab: Lab) -> list[Training]:
+    # The lab recipe's pipeline with the bug in it: pad = EOS and a collator that masks
+    # every pad label, so no EOS is ever trained. Capped at two checks: the first is the catch.
+    every = lab.scale.trap_every
+    trap = (*_recipe(), "model.pad_token=eos", "train.collator=language_modeling",
+            f"guards.every_steps={every}", f"train.max_steps={2 * every}")
+    return [Training("trap-refused", trap), Training("trap-forced", trap, force=True)]
+
+
 def trap_step(lab: Lab) -> StepResult:
     from retain.training.run import TrainRefused
 
-    # The lab recipe's pipeline with the bug in it: pad = EOS and a collator that masks
-    # every pad label, so no EOS is ever trained.
-    every = lab.scale.trap_every
-    trap = [*_recipe(), "model.pad_token=eos", "train.collator=language_modeling",
-            f"guards.every_steps={every}", f"train.max_steps={2 * every}"]
+    refusing, forcing = trap_trainings(lab)
     try:
-        lab.train("trap-refused", trap)
+        lab.train(refusing)
         refused = None
     except TrainRefused as error:
         refused = error.message
-    forced = lab.train("trap-forced", trap, force=True)
+    forced = lab.train(forcing)
     stop = forced.get("stopped_by") or {}
     line = ("doctor: " + ("refused the run" if refused else "did NOT refuse the run")
             + f"; forced past it, {'the ' + stop['guard'] + ' guard stopped it at step ' + str(stop['step']) if stop else 'no guard stopped it'}"
@@ -271,9 +378,13 @@ def trap_step(lab: Lab) -> StepResult:
     return StepResult("trap", line, {"refused": refused, "forced": _run_figures(forced)})
 
 
+def aggressive_trainings(lab: Lab) -> list[Training]:
+    return [Training("aggressive-naive", (*AGGRESSIVE, "guards.enabled=false")),
+            Training("aggressive-guarded", (*AGGRESSIVE, f"guards.every_steps={lab.scale.guarded_every}"))]
+
+
 def aggressive_step(lab: Lab) -> StepResult:
-    naive = lab.train("aggressive-naive", [*AGGRESSIVE, "guards.enabled=false"])
-    guarded = lab.train("aggressive-guarded", [*AGGRESSIVE, f"guards.every_steps={lab.scale.guarded_every}"])
+    naive, guarded = (lab.train(training) for training in aggressive_trainings(lab))
     lost = _categories_lost(naive)
     stop = guarded.get("stopped_by") or {}
     line = (f"naive: task {_pct(_task(naive))}, forgetting {_pct(naive.get('forgetting_relative'))} "
@@ -284,14 +395,19 @@ def aggressive_step(lab: Lab) -> StepResult:
                                            "categories_lost": lost})
 
 
+def recipe_trainings(lab: Lab) -> list[Training]:
+    return [Training("recipe", _recipe())]
+
+
 def recipe_step(lab: Lab) -> StepResult:
-    overrides = _recipe()
-    summary = lab.train("recipe", list(overrides))
+    (training,) = recipe_trainings(lab)
+    summary = lab.train(training)
     events = ", ".join(f"{e['guard']} -> {e['action']} at {e['step']}" for e in summary["guard_events"]) or "no guard fired"
-    line = (f"{' '.join(overrides)}: task {_pct(_task(summary))} (base {_pct((summary.get('task_base') or {}).get('eval'))}), "
+    line = (f"{' '.join(training.overrides)}: task {_pct(_task(summary))} "
+            f"(base {_pct((summary.get('task_base') or {}).get('eval'))}), "
             f"forgetting {_pct(summary.get('forgetting_relative'))}, {events}; "
             f"verdict: {'ship' if summary['verdict']['ship'] else 'do not ship'}")
-    return StepResult("recipe", line, {"overrides": list(overrides), "run": _run_figures(summary)})
+    return StepResult("recipe", line, {"overrides": list(training.overrides), "run": _run_figures(summary)})
 
 
 def report_step(lab: Lab) -> StepResult:
@@ -356,6 +472,13 @@ DESCRIPTIONS = {
     "recipe": "the lab's recipe under the default guards",
     "report": "the table and the HTML report",
 }
+TRAININGS: dict[str, Callable[[Lab], list[Training]]] = {
+    "trap": trap_trainings, "aggressive": aggressive_trainings, "recipe": recipe_trainings,
+}
+# Relative cost of each training, to send the longest to the workers first: the recipe
+# trains twice the rows (half of them replay) for 2 epochs; the naive run trains the task
+# rows for 2 epochs; the others stop within a few dozen steps.
+COST = {"recipe": 3.0, "aggressive-naive": 2.0, "aggressive-guarded": 0.5, "trap-forced": 0.5, "trap-refused": 0.1}
 RUNNERS: dict[str, Callable[[Lab], StepResult]] = {
     "base": base_step, "audit": audit_step, "baseline": baseline_step, "trap": trap_step,
     "aggressive": aggressive_step, "recipe": recipe_step, "report": report_step,
@@ -366,6 +489,7 @@ RUNNERS: dict[str, Callable[[Lab], StepResult]] = {
 
 
 def _recipe() -> tuple[str, ...]:
+    """The lab's recipe: the setting of ``retain lab compare`` named ``RECIPE``."""
     from retain.lab.compare import DEFAULT_RECIPES, RECIPE
 
     return next(item for item in DEFAULT_RECIPES if item.name == RECIPE).overrides
