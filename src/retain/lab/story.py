@@ -158,38 +158,28 @@ class Lab:
         process it was sent to, or run here.
 
         Raises:
-            TrainRefused: When the audit or the doctor refused it.
+            TrainRefused: When the audit or the doctor refused it (a RetainError keeps
+                its message across the process boundary).
         """
-        from retain.training.run import TrainRefused
-
         future = self.pending.pop(training.name, None)
         if future is None:
-            outcome = _train(self.root, self.scale, self.seed, self.cache_dir, training, self.progress)
-        elif self.progress:
-            from rich.console import Console
+            return _train(self.root, self.scale, self.seed, self.cache_dir, training, self.progress)
+        if not self.progress:
+            return future.result()
+        from rich.console import Console
 
-            with Console(stderr=True).status(f"training {training.name} (in a worker process)"):
-                outcome = future.result()
-        else:
-            outcome = future.result()
-        if "refused" in outcome:
-            raise TrainRefused(outcome["refused"])
-        return outcome
+        with Console(stderr=True).status(f"training {training.name} (in a worker process)"):
+            return future.result()
 
 
 def _train(root: Path, scale: Scale, seed: int, cache_dir: Path | None, training: Training,
            progress: bool = False) -> dict[str, Any]:
-    """Runs one training of the story (in this process or a worker's); a refusal comes
-    back as ``{"refused": message}``, which crosses a process boundary where the
-    exception might not."""
-    from retain.training.run import TrainRefused, run_train
+    """Runs one training of the story, in this process or a worker's."""
+    from retain.training.run import run_train
 
     lab = Lab(scale, seed, root, cache_dir, progress=progress)
     config = lab.config(training.name, training.overrides)
-    try:
-        outcome = run_train(config, overwrite=True, force=training.force, progress=progress, echo=lambda line: None)
-    except TrainRefused as error:
-        return {"refused": error.message}
+    outcome = run_train(config, overwrite=True, force=training.force, progress=progress, echo=lambda line: None)
     return outcome.summary | {"run_dir": str(outcome.run_dir)}
 
 
@@ -553,7 +543,9 @@ def _go(audit: dict[str, Any]) -> str:
 
 
 def _first_sentence(message: str) -> str:
-    return message.split(":")[0] if message else ""
+    """A guard's message up to its first sentence: what it saw and what that means,
+    without the examples and the list of likely causes."""
+    return message.split("; e.g.")[0].split(". ")[0]
 
 
 def _pct(value: float | None) -> str:
