@@ -121,6 +121,28 @@ def atomic_write_json(path: str | Path, obj: Any) -> None:
     atomic_write_text(path, to_json(obj, indent=2) + "\n")
 
 
+def fsync_tree(folder: str | Path) -> None:
+    """Flushes every file under ``folder``, then the folders themselves, to disk.
+
+    Files written by someone else (``torch.save``, safetensors) reach the disk only when
+    the kernel gets round to it; after this call a marker written next can no longer
+    survive a power loss that the files it vouches for do not.
+
+    Raises:
+        OSError: A file cannot be opened or flushed (e.g. ENOSPC reported at fsync).
+    """
+    folder = Path(folder)
+    for directory, _, files in os.walk(folder):
+        for name in files:
+            fd = os.open(os.path.join(directory, name), os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        _fsync_dir(Path(directory))
+    _fsync_dir(folder.parent)
+
+
 def _fsync_dir(directory: Path) -> None:
     """Flushes a directory entry to disk; a no-op where directories cannot be opened."""
     if os.name == "nt":
