@@ -6,7 +6,9 @@ subprocess with its own ``RETAIN_CACHE_DIR``:
 - ``cold``: an empty cache, so the base model is pretrained and every evaluation of it
   measured; the issue's target is 5 minutes on 2 cores;
 - ``warm``: the same command again on the filled cache (the base model and its
-  evaluation are reused; every training runs again); target 2 minutes.
+  evaluation are reused; every training runs again); target 2 minutes;
+- the peer: ``warm`` again with ``--workers 1`` (the trainings one after another, each
+  with both cores' threads), to measure what two one-thread worker processes buy.
 
 Each step's seconds come from the lab's ``steps/*.json``. The warm run's table is also
 written to ``results/evidence_lab.json``, the "lab" section of docs/RESULTS.md, so the
@@ -27,10 +29,10 @@ HERE = Path(__file__).resolve().parent
 TARGETS = {"cold": 300.0, "warm": 120.0}
 
 
-def _lab(cache: Path, out: Path, name: str) -> dict:
+def _lab(cache: Path, out: Path, name: str, *extra: str) -> dict:
     env = {**os.environ, "RETAIN_CACHE_DIR": str(cache)}
     started = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "retain.cli", "-q", "lab", "--output-dir", str(out), "--name", name],
+    subprocess.run([sys.executable, "-m", "retain.cli", "-q", "lab", "--output-dir", str(out), "--name", name, *extra],
                    env=env, check=True, stdout=subprocess.DEVNULL)
     seconds = time.perf_counter() - started
     steps = {}
@@ -45,7 +47,8 @@ def run() -> dict:
         root = Path(tmp)
         cold = _lab(root / "cache", root / "runs", "cold")
         warm = _lab(root / "cache", root / "runs", "warm")
-    result = {"cold": _times(cold), "warm": _times(warm)}
+        serial = _lab(root / "cache", root / "runs", "serial", "--workers", "1")
+    result = {"cold": _times(cold), "warm": _times(warm), "warm_one_worker": _times(serial)}
     table = {"date": time.strftime("%Y-%m-%d", time.gmtime()),
              "lines": {name: step["line"] for name, step in warm["steps"].items()},
              "rows": warm["steps"]["report"]["figures"]["rows"],
@@ -74,11 +77,16 @@ def markdown(result: dict) -> str:
         "with an empty cache (the base model is pretrained), then again on the filled cache (the base model "
         "and its evaluation reused, every training run again). Seconds per step from the lab's `steps/`; the "
         "whole command includes starting Python and loading torch.\n",
-        "| step | cold s | warm s |", "| --- | --- | --- |",
+        "| step | cold s | warm s | warm, --workers 1 s |", "| --- | --- | --- | --- |",
     ]
+    serial = result["warm_one_worker"]
     for name in steps:
-        lines.append(f"| {name} | {result['cold']['steps'].get(name, 0):.0f} | {result['warm']['steps'][name]:.0f} |")
-    lines.append(f"| **whole command** | **{result['cold']['seconds']:.0f}** | **{result['warm']['seconds']:.0f}** |")
+        lines.append(f"| {name} | {result['cold']['steps'].get(name, 0):.0f} | {result['warm']['steps'][name]:.0f} | "
+                     f"{serial['steps'].get(name, 0):.0f} |")
+    lines.append(f"| **whole command** | **{result['cold']['seconds']:.0f}** | **{result['warm']['seconds']:.0f}** | "
+                 f"**{serial['seconds']:.0f}** |")
+    lines.append(f"\nTwo worker processes (the default on a CPU) / one: {result['warm']['seconds'] / serial['seconds']:.2f}x "
+                 "the wall time of the warm command.")
     verdicts = [f"{kind}: {result[kind]['seconds']:.0f} s against a target of {TARGETS[kind]:.0f} s "
                 f"({'met' if result[kind]['seconds'] <= TARGETS[kind] else 'NOT met'})" for kind in ("cold", "warm")]
     lines.append("\nTargets (issue 8): " + "; ".join(verdicts) + ".\n")

@@ -210,16 +210,28 @@ def _reading(result: dict, part: str) -> str:
     """Returns what the runs of ``part`` say, computed from the numbers (nothing typed in)."""
     runs = result[part]
     fired: dict[str, int] = {}
+    warned: dict[str, int] = {}
     for entry in runs:
-        for guard in {event["guard"] for event in entry["guard_events"]}:
+        for guard in {event["guard"] for event in entry["guard_events"] if event["action"] != "warn"}:
             fired[guard] = fired.get(guard, 0) + 1
+        for guard in {event["guard"] for event in entry["guard_events"] if event["action"] == "warn"}:
+            warned[guard] = warned.get(guard, 0) + 1
     forgetting_true = sum(
         any(event["guard"] == "forgetting" and event["value"] > event["threshold"] for event in entry["guard_events"])
         for entry in runs)
     tasks = [entry["task_accuracy"].get("eval") or 0.0 for entry in runs]
     majority = result.get("majority_share")
-    parts = [f"Guards that fired, in how many of the {len(runs)} seeds: "
-             + (", ".join(f"{guard} {count}" for guard, count in sorted(fired.items())) or "none") + "."]
+    shipped = sum(bool(entry["ship"]) for entry in runs)
+    parts = [f"Guards that acted (stop or restore), in how many of the {len(runs)} seeds: "
+             + (", ".join(f"{guard} {count}" for guard, count in sorted(fired.items())) or "none")
+             + "; warnings only: "
+             + (", ".join(f"{guard} {count}" for guard, count in sorted(warned.items())) or "none")
+             + f". Verdict ship: {shipped} of {len(runs)}."]
+    for entry in runs:
+        for event in entry["guard_events"]:
+            if event["action"] != "warn" and event["guard"] != "forgetting":
+                said = event["message"].split("; e.g.")[0].split(". ")[0]
+                parts.append(f"Seed {entry['seed']}, step {event['step']}, {event['guard']} guard: {said}.")
     if "forgetting" in fired:
         triggered = [entry for entry in runs if any(e["guard"] == "forgetting" for e in entry["guard_events"])]
         limit = next(e["threshold"] for e in triggered[0]["guard_events"] if e["guard"] == "forgetting")

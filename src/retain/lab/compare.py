@@ -169,13 +169,15 @@ def _map(jobs: list[tuple], workers: int, progress: bool):
     threads = max(1, (os.cpu_count() or 1) // workers)
     # spawn: a fresh interpreter per worker, no forked torch thread pools or locks.
     with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
-                             initializer=_init_worker, initargs=(threads,)) as pool:
+                             initializer=init_worker, initargs=(threads,)) as pool:
         futures = [pool.submit(_run, *job) for job in jobs]
         for future in as_completed(futures):
             yield future.result()
 
 
-def _init_worker(threads: int) -> None:
+def init_worker(threads: int) -> None:
+    """Sets up a worker process of a pool of trainings: ``threads`` torch threads, no
+    progress bars (nobody sees a worker's terminal)."""
     import torch
     from transformers.utils import logging as hf_logging
 

@@ -183,14 +183,6 @@ def _train(root: Path, scale: Scale, seed: int, cache_dir: Path | None, training
     return outcome.summary | {"run_dir": str(outcome.run_dir)}
 
 
-def _init_worker(threads: int) -> None:
-    import torch
-    from transformers.utils import logging as hf_logging
-
-    torch.set_num_threads(threads)
-    hf_logging.disable_progress_bar()
-
-
 def run_story(lab: Lab, steps: Sequence[str] = STEPS) -> list[StepResult]:
     """Runs ``steps`` in order, saving and echoing each one's finding.
 
@@ -203,10 +195,7 @@ def run_story(lab: Lab, steps: Sequence[str] = STEPS) -> list[StepResult]:
     """
     import time
 
-    for name in steps:
-        if name not in STEPS:
-            raise RetainError(f"no lab step named {name!r}", field="step",
-                              fix=f"use a number 1-{len(STEPS)} or one of: {', '.join(STEPS)}")
+    steps = [step_named(name) for name in steps]
     trainings = [training for name in steps for training in TRAININGS.get(name, lambda lab: [])(lab)]
     with _pool(lab, trainings):
         results = []
@@ -233,12 +222,14 @@ def _pool(lab: Lab, trainings: Sequence[Training]):
     import os
     from concurrent.futures import ProcessPoolExecutor
 
+    from retain.lab.compare import init_worker
+
     lab.ensure_data()
     lab.base_path()  # built once here, not by each worker
     threads = max(1, (os.cpu_count() or 1) // lab.workers)
     # spawn: a fresh interpreter per worker, no forked torch thread pools or locks.
     with ProcessPoolExecutor(lab.workers, mp_context=multiprocessing.get_context("spawn"),
-                             initializer=_init_worker, initargs=(threads,)) as pool:
+                             initializer=init_worker, initargs=(threads,)) as pool:
         for training in sorted(trainings, key=lambda t: -COST.get(t.name, 0)):
             lab.pending[training.name] = pool.submit(_train, lab.root, lab.scale, lab.seed, lab.cache_dir, training)
         try:
