@@ -3,7 +3,8 @@
 Layout of ``<output.dir>/<name>/``::
 
     config.yaml     the fully resolved configuration
-    meta.json       versions, platform, git commit, command line, start time
+    meta.json       versions, platform, git commit, command line, start time, and what
+                    else a rerun must match (threads, determinism settings, input hashes)
     metrics.jsonl   one JSON object per line, appended as training goes
     summary.json    the final results
     log.txt         everything logged on the ``retain`` logger
@@ -20,6 +21,7 @@ JSON has no NaN or infinity; they are written as the strings ``"NaN"``,
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
 import math
@@ -44,6 +46,15 @@ from retain.errors import RunDirError
 logger = logging.getLogger(__name__)
 
 _RUN_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]*")
+# Libraries beside the model stack (``packages``) whose version can change a result:
+# tokenisation, data loading, random numbers, the distributed runtime.
+_DEPENDENCIES = ("accelerate", "tokenizers", "safetensors", "datasets", "numpy")
+# Environment variables that change what a run computes. Only these are recorded: the
+# environment also holds secrets (HF_TOKEN, cloud keys) that must never reach a run.
+_REPRODUCIBILITY_ENV = (
+    "PYTHONHASHSEED", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "CUDA_VISIBLE_DEVICES",
+    "CUBLAS_WORKSPACE_CONFIG", "WORLD_SIZE", "HF_HUB_OFFLINE",
+)
 _LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
@@ -141,6 +152,45 @@ def fsync_tree(folder: str | Path) -> None:
                 os.close(fd)
         _fsync_dir(Path(directory))
     _fsync_dir(folder.parent)
+
+
+def sha256_file(path: str | Path) -> str:
+    """Returns the SHA-256 hex digest of a file, read in 1 MiB blocks.
+
+    Raises:
+        OSError: The file cannot be read.
+    """
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def config_file_hashes(settings: dict[str, Any]) -> dict[str, str]:
+    """Returns the SHA-256 of every existing file a config names, by dotted field.
+
+    ``settings`` is a config as plain data (``model_dump(mode="json")``); every string in
+    it that names a file is hashed: data splits, probe suite files (``probes.suites.0``),
+    the reference text, a replay source, a chat template. Hub names (``hf:...``) and
+    directories (the model) are not files and are left to ``config.yaml``.
+    """
+    hashes: dict[str, str] = {}
+
+    def visit(value: Any, field: str) -> None:
+        if isinstance(value, dict):
+            for key, item in value.items():
+                visit(item, f"{field}.{key}" if field else str(key))
+        elif isinstance(value, list):
+            for index, item in enumerate(value):
+                visit(item, f"{field}.{index}")
+        elif isinstance(value, str) and value and "\n" not in value and len(value) < 4096:
+            with contextlib.suppress(OSError, ValueError):
+                if Path(value).is_file():
+                    hashes[field] = sha256_file(value)
+
+    visit(settings, "")
+    return hashes
 
 
 def _fsync_dir(directory: Path) -> None:
@@ -327,9 +377,31 @@ class RunDir:
             atomic_write_text(self.config_path, text)
 
     def write_json(self, name: str, obj: Any) -> None:
-        """Atomically writes ``obj`` as ``<run>/<name>`` (e.g. ``audit.json``)."""
+        """Atomically writes ``obj`` as ``<run>/<name>`` (e.g. ``audit.json``).
+
+        Raises:
+            RunDirError: ``name`` leads outside the run directory.
+        """
         if self.writer:
-            atomic_write_json(self.path / name, obj)
+            atomic_write_json(self.inside(name), obj)
+
+    def inside(self, name: str | Path) -> Path:
+        """Returns ``<run>/<name>``, checked to stay inside the run directory.
+
+        Raises:
+            RunDirError: ``name`` is absolute, climbs out with ``..``, or passes through a
+                symbolic link that points outside the run directory.
+        """
+        root = self.path.resolve()
+        target = (root / name).resolve()
+        if Path(name).is_absolute() or not target.is_relative_to(root):
+            raise RunDirError(
+                f"'{name}' leads outside the run directory {self.path}",
+                file=self.path,
+                fix="name files inside the run directory, without '..', absolute paths or "
+                "links that lead out",
+            )
+        return self.path / name
 
     def write_summary(self, summary: dict[str, Any]) -> None:
         """Atomically writes ``summary.json``.
@@ -379,6 +451,7 @@ class RunDir:
         Returns:
             The metadata written.
         """
+        source = Path(retain.__file__).resolve().parent
         meta: dict[str, Any] = {
             "retain_version": retain.__version__,
             "python": platform.python_version(),
@@ -386,9 +459,18 @@ class RunDir:
             "packages": {
                 name: _package_version(name) for name in ("torch", "transformers", "peft")
             },
-            "git_commit": _git_commit(),
+            "dependencies": {name: _package_version(name) for name in _DEPENDENCIES},
+            # retain's own source when it runs from a git checkout (None from a wheel), and
+            # whether its tracked files differ from that commit.
+            "git_commit": _git_commit(source),
+            "git_dirty": _git_dirty(source),
+            # The checkout retain was run from (the user's project), if it is one.
+            "project_git_commit": _git_commit(Path.cwd()),
             "command": list(sys.argv),
             "started_at": self.started_at.isoformat(timespec="seconds"),
+            "torch_threads": _torch_threads(),
+            "deterministic_algorithms": _deterministic_algorithms(),
+            "environment": {name: os.environ[name] for name in _REPRODUCIBILITY_ENV if name in os.environ},
             **(extra or {}),
         }
         if self.writer:
@@ -535,13 +617,42 @@ def _package_version(name: str) -> str | None:
         return None
 
 
-def _git_commit() -> str | None:
-    """Returns the commit checked out in the working directory, or None if there is none."""
+def _git(directory: Path, *arguments: str) -> subprocess.CompletedProcess[str] | None:
+    """Runs ``git -C directory ...``; None where git is missing or hangs."""
     try:
-        result = subprocess.run(
-            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=False
-        )
+        return subprocess.run(["git", "-C", str(directory), *arguments], capture_output=True, text=True,
+                              timeout=5, check=False)
     except (OSError, subprocess.SubprocessError):
         return None
-    commit = result.stdout.strip()
-    return commit if result.returncode == 0 and commit else None
+
+
+def _git_commit(directory: Path) -> str | None:
+    """Returns the commit checked out where ``directory`` is, or None if it is in no checkout
+    (or, for retain's source, in a checkout that does not track it: a virtualenv inside
+    someone's project)."""
+    tracked = _git(directory, "ls-files", "--error-unmatch", "--", ".")
+    result = _git(directory, "rev-parse", "HEAD")
+    if tracked is None or result is None or tracked.returncode != 0 or result.returncode != 0:
+        return None
+    return result.stdout.strip() or None
+
+
+def _git_dirty(directory: Path) -> bool | None:
+    """Returns whether tracked files under ``directory`` differ from the commit; None
+    outside a checkout."""
+    if _git_commit(directory) is None:
+        return None
+    result = _git(directory, "status", "--porcelain", "--untracked-files=no", "--", ".")
+    return None if result is None or result.returncode != 0 else bool(result.stdout.strip())
+
+
+def _torch_threads() -> int | None:
+    """Returns torch's intra-op thread count (float sums depend on it), if torch is loaded."""
+    torch = sys.modules.get("torch")
+    return torch.get_num_threads() if torch is not None else None
+
+
+def _deterministic_algorithms() -> bool | None:
+    """Returns whether torch was told to use deterministic algorithms only, if torch is loaded."""
+    torch = sys.modules.get("torch")
+    return torch.are_deterministic_algorithms_enabled() if torch is not None else None

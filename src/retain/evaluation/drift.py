@@ -35,6 +35,7 @@ from safetensors.torch import save_file
 from transformers import PreTrainedTokenizerBase
 
 import retain
+from retain.hardware import batches_with_backoff
 
 if TYPE_CHECKING:
     from peft import PeftModel
@@ -441,12 +442,13 @@ def _scored_batches(
 
     Windows are right-padded; positions whose target is padding are dropped, and rows
     keep window order, so concatenating the batches lists every predicted position once.
+    Out of memory halves the batch (:func:`retain.hardware.batches_with_backoff`).
 
     Yields:
         ``(log_probs, targets)``: (n, vocab) float32 and (n,) int64.
     """
-    for start in range(0, len(windows), batch_size):
-        batch = windows[start : start + batch_size]
+
+    def score(batch: Sequence[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
         longest = max(len(piece) for piece in batch)
         input_ids = torch.zeros(len(batch), longest, dtype=torch.int64)
         attention_mask = torch.zeros(len(batch), longest, dtype=torch.int64)
@@ -457,7 +459,10 @@ def _scored_batches(
         logits = model(input_ids=input_ids, attention_mask=attention_mask).logits
         predicted = attention_mask[:, 1:].bool()  # (batch, seq - 1): target is a real token
         log_probs = logits[:, :-1][predicted].float().log_softmax(-1)  # (n, vocab)
-        yield log_probs, input_ids[:, 1:][predicted]
+        return log_probs, input_ids[:, 1:][predicted]
+
+    for _, scored in batches_with_backoff(windows, batch_size, score, owner=model, kind="drift"):
+        yield scored
 
 
 @contextmanager

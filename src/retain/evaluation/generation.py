@@ -15,6 +15,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from retain.evaluation.probes import ProbeScore, ProbeSuite, check_answer, cut_at_stop
 from retain.evaluation.prompting import PromptFormat
+from retain.hardware import batches_with_backoff
 
 
 @dataclass(frozen=True)
@@ -54,7 +55,8 @@ def generate_greedy(
             padding when there is none: padding sits on the left and is masked).
         prompts: Prompts as raw text (apply a chat template before calling, if any).
         max_new_tokens: Hard cap on new tokens per prompt.
-        batch_size: Prompts per forward pass.
+        batch_size: Prompts per forward pass; halved while the device runs out of memory
+            (:func:`retain.hardware.batches_with_backoff`).
         add_special_tokens: False for chat-formatted prompts, whose template writes BOS.
 
     Returns:
@@ -81,20 +83,23 @@ def generate_greedy(
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
+
+    def generate(batch: Sequence[int]) -> list[list[int]]:
+        ids, mask = left_pad([encoded[index] for index in batch], pad_id)
+        output = model.generate(
+            input_ids=ids.to(device),
+            attention_mask=mask.to(device),
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            eos_token_id=eos_id,
+            pad_token_id=pad_id,
+        )
+        return output[:, ids.shape[1] :].tolist()  # (batch, generated)
+
     try:
-        for start in range(0, len(order), batch_size):
-            batch = order[start : start + batch_size]
-            ids, mask = left_pad([encoded[index] for index in batch], pad_id)
-            output = model.generate(
-                input_ids=ids.to(device),
-                attention_mask=mask.to(device),
-                max_new_tokens=max_new_tokens,
-                do_sample=False,
-                eos_token_id=eos_id,
-                pad_token_id=pad_id,
-            )
-            new_ids = output[:, ids.shape[1] :]  # (batch, generated)
-            for index, row in zip(batch, new_ids.tolist()):
+        # Out of memory halves the batch: the answers are the same, only slower.
+        for batch, new_ids in batches_with_backoff(order, batch_size, generate, owner=model, kind="generation"):
+            for index, row in zip(batch, new_ids):
                 results[index] = _to_generation(prompts[index], row, eos_id, tokenizer)
     finally:
         model.train(was_training)

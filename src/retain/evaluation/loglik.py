@@ -38,6 +38,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from retain.evaluation.generation import left_pad
 from retain.evaluation.probes import ProbeScore, ProbeSuite
 from retain.evaluation.prompting import PromptFormat
+from retain.hardware import batches_with_backoff
 
 
 @dataclass(frozen=True)
@@ -133,6 +134,7 @@ def score_continuations(
         requests: Prompts with their candidate continuations (written as they follow the
             prompt, delimiter included).
         batch_size: Prompts per forward pass; their continuations share the pass's cache.
+            Halved while the device runs out of memory.
         add_special_tokens: False when the prompt is already chat-formatted (the template
             writes BOS itself).
         strategy: ``packed``, ``cache``, or ``auto`` (packed where the attention
@@ -157,9 +159,10 @@ def score_continuations(
     was_training = model.training
     model.eval()
     try:
-        for start in range(0, len(encoded), batch_size):
-            batch = encoded[start : start + batch_size]
-            for request, scores in zip(batch, score_batch(model, tokenizer, batch)):
+        # Out of memory halves the batch: the scores are the same up to float rounding.
+        for batch, scored in batches_with_backoff(encoded, batch_size, lambda batch: score_batch(model, tokenizer, batch),
+                                                  owner=model, kind="loglik"):
+            for request, scores in zip(batch, scored):
                 results[request.index] = scores
     finally:
         model.train(was_training)

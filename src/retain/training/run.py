@@ -58,9 +58,9 @@ from retain.evaluation.task import render_example
 from retain.hardware import resolve_precision
 from retain.lab.base import default_cache_dir
 from retain.methods import MethodContext, methods_for
-from retain.models import LoadedModel, load_model, quiet_peft
+from retain.models import LoadedModel, check_training_memory, load_model, quiet_peft
 from retain.progress import quiet_trainer
-from retain.rundir import RunDir, atomic_write_json, default_run_name
+from retain.rundir import RunDir, atomic_write_json, config_file_hashes, default_run_name
 from retain.training.callback import (
     STATE_FILE,
     Baseline,
@@ -223,6 +223,8 @@ def _train(config: RetainConfig, run: RunDir, *, resume: bool, force: bool, merg
     for method in methods:
         method.check()
     suites = [load_suite(name) for name in config.probes.suites or default_suites(config.model.name_or_path)]
+    if not force:  # before the audit, the doctor and the model: a run that cannot fit stops at once
+        check_training_memory(config)
     if not resume:
         _preflight(config, run, suites, force=force, echo=echo)
     loaded = load_model(config.model.name_or_path, device=config.model.device, dtype=config.model.dtype,
@@ -491,17 +493,11 @@ def _read(config: RetainConfig, path: str | None):
 
 
 def _data_hashes(config: RetainConfig) -> dict[str, str]:
-    """Returns the SHA-256 of each data file the config names, for reproducing the run."""
-    hashes = {}
-    for name in ("train", "validation", "eval", "ood"):
-        path = getattr(config.data, name)
-        if path and Path(path).is_file():
-            digest = hashlib.sha256()
-            with open(path, "rb") as handle:
-                for block in iter(lambda: handle.read(1 << 20), b""):
-                    digest.update(block)
-            hashes[name] = digest.hexdigest()
-    return hashes
+    """Returns the SHA-256 of every file the config names, for reproducing the run: the data
+    splits by name (``train``, ``eval``, ...), the others by dotted field (``probes.suites.0``,
+    ``eval.reference``, ``method.replay.source``)."""
+    hashes = config_file_hashes(config.model_dump(mode="json"))
+    return {field.removeprefix("data."): digest for field, digest in hashes.items()}
 
 
 def finished_summary(config: RetainConfig) -> dict[str, Any] | None:
