@@ -387,12 +387,18 @@ class MemoryEstimate:
     available: int | None
 
     def describe(self) -> str:
-        """Returns the estimate in one phrase, in GiB."""
+        """Returns the estimate in one phrase."""
         dtype = str(self.dtype).removeprefix("torch.")
-        return (f"about {self.needed / _GIB:.1f} GiB ({self.parameters / 1e9:.2f}B parameters: "
-                f"{self.weights / _GIB:.1f} GiB of {dtype} weights, {self.training_state / _GIB:.1f} GiB "
-                f"of gradients, optimizer state and weight copies, +{_MARGIN:.0%} for activations and "
-                "the runtime)")
+        count = (f"{self.parameters / 1e9:.2f}B" if self.parameters >= 1e9
+                 else f"{self.parameters / 1e6:.1f}M")
+        return (f"about {_in_bytes(self.needed)} ({count} parameters: {_in_bytes(self.weights)} of {dtype} "
+                f"weights, {_in_bytes(self.training_state)} of gradients, optimizer state and weight "
+                f"copies, +{_MARGIN:.0%} for activations and the runtime)")
+
+
+def _in_bytes(size: int) -> str:
+    """Returns a byte count in GiB, or in MiB below one GiB."""
+    return f"{size / _GIB:.1f} GiB" if size >= _GIB else f"{size / (1 << 20):.1f} MiB"
 
 
 def estimate_training_memory(config: RetainConfig) -> MemoryEstimate | None:
@@ -446,12 +452,12 @@ def check_training_memory(config: RetainConfig) -> MemoryEstimate | None:
         logger.info("memory check skipped: %s", "no CPU estimate for this model" if estimate is None
                     else "this system does not say how much memory is available")
         return None
-    logger.info("training %s on the CPU needs %s; %.1f GiB available", estimate.model, estimate.describe(),
-                estimate.available / _GIB)
+    logger.info("training %s on the CPU needs %s; %s available", estimate.model, estimate.describe(),
+                _in_bytes(estimate.available))
     if estimate.needed > estimate.available:
         raise InsufficientMemory(
             f"training '{estimate.model}' on the CPU needs {estimate.describe()}, and this machine has "
-            f"{estimate.available / _GIB:.1f} GiB available",
+            f"{_in_bytes(estimate.available)} available",
             field="model.name_or_path",
             fix="train LoRA adapters (method.use: [lora]) or a smaller model, use a GPU (model.device), "
             "free memory, or pass --force to try anyway",

@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import TrainerCallback, TrainingArguments
+from transformers import TrainerCallback, TrainingArguments, set_seed
 
 from retain.audit.doctor import run_doctor
 from retain.audit.runner import run_audit
@@ -260,6 +260,7 @@ def _train(config: RetainConfig, run: RunDir, *, resume: bool, force: bool, merg
     echo(f"base model: probe accuracy {percent(baseline.probe_accuracy)} "
          f"({config.guards.forgetting.method}), smoke failures {baseline.smoke_fail_share:.0%}")
     model = loaded.model
+    set_seed(config.train.seed)  # LoRA's random init is the seed's, whatever ran before in this process
     for method in methods:
         model = method.prepare_model(model, context)
     checkpoint = _last_checkpoint(run) if resume else None
