@@ -30,6 +30,9 @@ _NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")  # YAML 1.1 reads
 _RANGE_KEYS = ("low", "high", "log", "step")
 # Set by the sweep itself for every trial: its run directory.
 _RESERVED = ("output", "output.dir", "output.name")
+# More values (in one range, or grid points in all) than any sweep could train; listing
+# them would exhaust memory before the first trial.
+MAX_GRID_VALUES = 10_000
 
 
 class _Strict(BaseModel):
@@ -317,6 +320,8 @@ def _axes(spec: SweepFile, path: Path, lines: dict[str, int]) -> list[Axis]:
         if isinstance(entry, list):
             if not entry:
                 raise error("no values to try", "list at least one value, e.g. [1.0e-4, 1.0e-3]")
+            if len(entry) > MAX_GRID_VALUES:
+                raise error(f"{len(entry):,} values, more than {MAX_GRID_VALUES:,}", "list fewer values")
             labels = [value if _scalar(value) else inline(value) for value in entry]
             if len({repr(label) for label in labels}) < len(labels):
                 raise error("a value is listed twice", "list each value once")
@@ -333,6 +338,8 @@ def _axes(spec: SweepFile, path: Path, lines: dict[str, int]) -> list[Axis]:
             raise error("a range needs low and high", "write {low: 1.0e-5, high: 1.0e-3}")
         low, high = (_number(entry[name], error) for name in ("low", "high"))
         step = _number(entry["step"], error) if entry.get("step") is not None else None
+        if not all(math.isfinite(value) for value in (low, high, step or 1)):
+            raise error("low, high and step must be finite numbers", "write numbers such as 1.0e-4 or 8")
         log = entry.get("log", False)
         if not isinstance(log, bool):
             raise error(f"log must be true or false, got {inline(log)}", "write log: true or log: false")
@@ -345,14 +352,28 @@ def _axes(spec: SweepFile, path: Path, lines: dict[str, int]) -> list[Axis]:
         if spec.mode == "grid" and step is None:
             raise error("grid mode needs values, and a range without a step has none",
                         "add step: to the range, list the values, or use mode: optuna")
+        if step is not None and (high - low) / step >= MAX_GRID_VALUES:
+            raise error(f"the step makes {(high - low) / step + 1:.3g} values, more than {MAX_GRID_VALUES:,}",
+                        "use a larger step, or mode: optuna with a range without a step")
         axes.append(Axis(key, low=low, high=high, log=log, step=step))
+    if spec.mode == "grid" and math.prod(len(axis.grid_values()) for axis in axes) > MAX_GRID_VALUES:
+        raise ConfigError(f"the grid has more than {MAX_GRID_VALUES:,} points", file=path, line=lines.get("space"),
+                          field="space", fix="vary fewer settings or fewer values, or use mode: optuna with trials: N")
     return axes
 
 
 def _check_axis(axis: Axis, base_path: Path, overrides: list[str], path: Path, lines: dict[str, int]) -> None:
     """Applies each value (a range's ends) to the base config; a setting or value the config
     refuses is an error at the value's line."""
-    values = axis.grid_values() if axis.values is not None or axis.step is not None else [axis.low, axis.high]
+    if axis.values is not None:
+        values = list(axis.values)
+    elif axis.step is not None:
+        # The config's bounds are intervals: the ends and one step in (a fractional step
+        # on an integer setting) stand for the whole range, which may hold thousands.
+        grid = axis.grid_values()
+        values = grid[:2] + grid[2:][-1:]
+    else:
+        values = [axis.low, axis.high]
     for index, value in enumerate(values):
         try:
             load_config(base_path, [*overrides, axis.override(value)])
