@@ -160,8 +160,8 @@ def test_retains_code_never_unpickles_without_weights_only() -> None:
 
 @pytest.fixture(scope="module")
 def trained(micro_base, tmp_path_factory):
-    """A micro `retain train` through the CLI with HF_TOKEN set, then a resume of it, with
-    every torch.load call recorded."""
+    """A micro `retain train` through the CLI with HF_TOKEN set, then a resume of it from its
+    first checkpoint, with every torch.load call recorded."""
     base, _ = micro_base
     root = tmp_path_factory.mktemp("hostile")
     task = build_domain(DomainSpec(n_train=32, n_validation=8, n_test=8, n_ood=8))
@@ -195,6 +195,9 @@ def trained(micro_base, tmp_path_factory):
         runner = CliRunner()
         first = runner.invoke(app, ["-q", "train", str(root / "config.yaml"), "--name", "run"], env=environment)
         assert first.exit_code == 0, first.output
+        # As if killed after its first checkpoint: the resume loads checkpoint-2's optimizer,
+        # scheduler and random state and trains steps 3 and 4 again.
+        shutil.rmtree(root / "runs" / "run" / "checkpoints" / "checkpoint-4")
         resumed = runner.invoke(app, ["-q", "train", str(root / "config.yaml"), "--name", "run", "--resume"],
                                 env=environment)
         assert resumed.exit_code == 0, resumed.output
@@ -215,7 +218,7 @@ def test_hf_token_never_reaches_the_run_directory(trained) -> None:
 
 def test_training_and_resume_unpickle_with_weights_only(trained) -> None:
     loaded = {Path(call["file"]).name for call in trained["calls"]}
-    assert {"optimizer.pt", "scheduler.pt"} <= loaded, trained["calls"]  # the resume read the checkpoint
+    assert {"optimizer.pt", "scheduler.pt", "rng_state.pth"} <= loaded, trained["calls"]  # the resume read them
     assert [call for call in trained["calls"] if call["weights_only"] is not True] == []
 
 
