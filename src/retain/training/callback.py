@@ -8,9 +8,12 @@ and acts: a stop ends training after this step; a new best check makes the train
 a checkpoint now and protects it from rotation (``state.best_global_step``), so that
 ``restore_best`` can load it back. Every logged training loss passes the loss guard.
 
-The guard state (checks, decisions, warnings given) is written into each checkpoint as
-``retain_state.json`` after the trainer has saved everything else, so a checkpoint with
-that file is complete, and ``--resume`` continues with the guards where they were.
+Every checkpoint is sealed (:class:`CheckpointSeal`): once the trainer has saved
+everything else, the files are flushed to disk and ``retain_state.json`` is written last,
+atomically, with the guard state (checks, decisions, warnings given, recent losses) and
+the size of every other file. ``--resume`` takes only a checkpoint whose seal is there and
+whose files still match it (:func:`checkpoint_problem`), and continues with the guards
+where they were.
 """
 
 from __future__ import annotations
@@ -19,7 +22,6 @@ import json
 import logging
 import math
 import shutil
-from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +36,7 @@ from transformers import (
     TrainerState,
     TrainingArguments,
 )
+from transformers.trainer_pt_utils import LengthGroupedSampler
 
 from retain.config.schema import GuardsConfig
 from retain.data import Example
@@ -44,7 +47,7 @@ from retain.evaluation.health import check_generation
 from retain.evaluation.probes import ProbeSuite
 from retain.evaluation.prompting import PromptFormat
 from retain.evaluation.task import score_task
-from retain.rundir import RunDir, atomic_write_json
+from retain.rundir import RunDir, atomic_write_json, fsync_tree
 from retain.training.formatting import IGNORE_INDEX, Collator, Encoded
 from retain.training.guards import (
     LOSS_WINDOW,
@@ -63,7 +66,7 @@ logger = logging.getLogger("retain.train")
 
 GUARD_ORDER = ("loss", "smoke", "overfitting", "forgetting", "drift")
 TRACKER_PREFIX = "retain/"  # check values as report_to trackers (TensorBoard, MLflow, W&B) see them
-STATE_FILE = "retain_state.json"  # written last into a checkpoint: its presence means complete
+STATE_FILE = "retain_state.json"  # a checkpoint's seal, written last: guard state and file sizes
 HEALTH_KINDS = ("empty", "whitespace_only", "echo", "loop")
 
 
@@ -228,6 +231,7 @@ class GuardState:
     stopped_by: Decision | None = None
     restore: bool = False
     losses_since_check: list[float] = field(default_factory=list)
+    recent_losses: list[float] = field(default_factory=list)  # the last LOSS_WINDOW, for the loss guard
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -238,6 +242,7 @@ class GuardState:
             "stopped_by": self.stopped_by.to_dict() if self.stopped_by else None,
             "restore": self.restore,
             "losses_since_check": self.losses_since_check,
+            "recent_losses": self.recent_losses,
         }
 
     @classmethod
@@ -256,6 +261,7 @@ class GuardState:
             stopped_by=Decision(**stopped) if stopped else None,
             restore=data.get("restore", False),
             losses_since_check=list(data.get("losses_since_check", [])),
+            recent_losses=list(data.get("recent_losses", [])),
         )
 
     def best(self) -> Check | None:
@@ -301,7 +307,6 @@ class GuardCallback(TrainerCallback):
         # Set to ``Trainer.log`` by the caller: checks then reach report_to trackers too.
         self.log: Callable[[dict[str, float]], None] | None = None
         self._last_checked = self.state.checks[-1].step if self.state.checks else 0
-        self._window: deque[float] = deque(maxlen=LOSS_WINDOW)
 
     # --- trainer events ----------------------------------------------------------------
 
@@ -314,8 +319,9 @@ class GuardCallback(TrainerCallback):
         if loss is None:
             return
         self.state.losses_since_check.append(loss)
-        self._window.append(loss)
-        recent = sum(self._window) / len(self._window) if len(self._window) == LOSS_WINDOW else None
+        # Kept in the state, so a resumed run judges the same window as an uninterrupted one.
+        window = self.state.recent_losses = (self.state.recent_losses + [loss])[-LOSS_WINDOW:]
+        recent = sum(window) / len(window) if len(window) == LOSS_WINDOW else None
         decision = judge_train_loss(loss, state.global_step, self.settle_steps, self.config,
                                     self.state.warned, recent)
         if decision is not None:
@@ -381,12 +387,6 @@ class GuardCallback(TrainerCallback):
         # An epoch ending a few steps after a scheduled check adds nothing but its cost.
         if state.global_step - self._last_checked >= max(1, self.interval // 2):
             self._check(state, control, model, self.due(state.global_step, last=True))
-
-    def on_save(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
-                **kwargs: Any) -> None:
-        folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
-        if folder.is_dir() and state.is_world_process_zero:
-            atomic_write_json(folder / STATE_FILE, self.state.to_dict())
 
     # --- checks ------------------------------------------------------------------------
 
@@ -503,14 +503,114 @@ def start_folder(run: RunDir) -> Path:
 
 def save_model(model: PreTrainedModel, target: Path, tokenizer: PreTrainedTokenizerBase | None = None) -> None:
     """Saves ``model`` (its adapters, or all its weights) and the tokenizer, if given, into
-    ``target``: written beside it, then renamed, so the folder is complete or absent."""
+    ``target``: written beside it, flushed to disk, then renamed, so the folder is complete
+    or absent."""
     staging = target.with_name(target.name + ".partial")
     shutil.rmtree(staging, ignore_errors=True)
     model.save_pretrained(staging, safe_serialization=True)
     if tokenizer is not None:
         tokenizer.save_pretrained(staging)
+    fsync_tree(staging)
     shutil.rmtree(target, ignore_errors=True)
     staging.rename(target)
+
+
+# --- checkpoints ----------------------------------------------------------------------
+
+
+class CheckpointSeal(TrainerCallback):
+    """Seals each checkpoint the trainer saves (see :func:`seal_checkpoint`).
+
+    The trainer writes ``checkpoint-N`` in place, file by file, and then calls
+    ``on_save``; a kill before the seal leaves a folder without one, which ``--resume``
+    removes instead of loading.
+
+    Args:
+        guard_state: Returns the guard state to keep with the checkpoint; None when the
+            guards are off.
+    """
+
+    def __init__(self, guard_state: Callable[[], GuardState] | None = None) -> None:
+        self.guard_state = guard_state
+
+    def on_save(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
+                **kwargs: Any) -> None:
+        folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        if folder.is_dir() and state.is_world_process_zero:
+            seal_checkpoint(folder, self.guard_state() if self.guard_state else None)
+
+
+class SeededEpochOrder(TrainerCallback):
+    """Draws each epoch's length-grouped order (``train.group_by_length``) from the data
+    seed and the epoch number, so that a resume in the middle of any epoch sees the same
+    order as the uninterrupted run.
+
+    The trainer's random sampler is seeded that way already (accelerate's seedable
+    sampler); its length-grouped sampler would draw from the global random state as the
+    epoch begins, a state that a resume in a later epoch does not have (it restores the
+    state of the checkpoint's step).
+
+    Args:
+        steps_per_epoch: Optimizer steps in one epoch.
+    """
+
+    def __init__(self, steps_per_epoch: int) -> None:
+        self.steps_per_epoch = max(1, steps_per_epoch)
+
+    def on_epoch_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
+                       train_dataloader: Any = None, **kwargs: Any) -> None:
+        sampler = _length_grouped_sampler(train_dataloader)
+        if sampler is not None:
+            seed = args.data_seed if args.data_seed is not None else args.seed
+            sampler.generator = torch.Generator().manual_seed(seed + state.global_step // self.steps_per_epoch)
+
+
+def _length_grouped_sampler(dataloader: Any) -> LengthGroupedSampler | None:
+    """Returns the length-grouped sampler inside the trainer's (accelerate-wrapped) loader."""
+    batches = getattr(dataloader, "batch_sampler", None)
+    for sampler in (getattr(dataloader, "sampler", None), getattr(batches, "sampler", None),
+                    getattr(getattr(batches, "batch_sampler", None), "sampler", None)):
+        if isinstance(sampler, LengthGroupedSampler):
+            return sampler
+    return None
+
+
+def seal_checkpoint(folder: Path, guards: GuardState | None) -> None:
+    """Marks ``folder`` complete: flushes its files to disk, then writes ``retain_state.json``
+    (atomically: temp file, fsync, rename) with ``guards`` and each other file's size.
+
+    Raises:
+        OSError: A file cannot be flushed or the seal written (a full disk); the folder
+            is then left unsealed.
+    """
+    fsync_tree(folder)
+    files = {path.relative_to(folder).as_posix(): path.stat().st_size
+             for path in sorted(folder.rglob("*")) if path.is_file() and path.name != STATE_FILE}
+    atomic_write_json(folder / STATE_FILE, {"files": files, "guards": guards.to_dict() if guards else None})
+
+
+def checkpoint_problem(folder: Path) -> str | None:
+    """Returns why ``folder`` is not a complete checkpoint, or None when it is one.
+
+    Complete means sealed (:func:`seal_checkpoint`) with every file the seal lists still
+    there at its size: a kill while the trainer saves leaves no seal, and a kill while
+    the trainer deletes an old checkpoint (``train.save_total_limit``) leaves files
+    missing. A seal from before file sizes were recorded is trusted as it is.
+    """
+    seal = folder / STATE_FILE
+    if not seal.is_file():
+        return f"no {STATE_FILE}: interrupted while saving"
+    try:
+        files = json.loads(seal.read_text()).get("files", {})
+    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
+        return f"{STATE_FILE} is not a JSON object"
+    for name, size in files.items():
+        path = folder / name
+        if not path.is_file():
+            return f"{name} is missing (interrupted while deleting an old checkpoint?)"
+        if path.stat().st_size != size:
+            return f"{name} has {path.stat().st_size} bytes where the seal says {size}"
+    return None
 
 
 def read_guard_state(checkpoint: Path) -> GuardState | None:
@@ -518,4 +618,7 @@ def read_guard_state(checkpoint: Path) -> GuardState | None:
     path = checkpoint / STATE_FILE
     if not path.is_file():
         return None
-    return GuardState.from_dict(json.loads(path.read_text()))
+    data = json.loads(path.read_text())
+    if "files" not in data:  # a seal from before file sizes were recorded: the state itself
+        return GuardState.from_dict(data)
+    return GuardState.from_dict(data["guards"]) if data["guards"] is not None else None

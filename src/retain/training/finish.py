@@ -19,7 +19,7 @@ from retain.config.schema import METHODS, GuardsConfig
 from retain.errors import RetainError
 from retain.evaluation.engine import EvalResult, forgetting
 from retain.rundir import RunDir
-from retain.training.callback import GuardState, save_model, start_folder
+from retain.training.callback import GuardState, checkpoint_problem, save_model, start_folder
 from retain.training.guards import unsound
 
 logger = logging.getLogger("retain.train")
@@ -41,7 +41,12 @@ def restore_if_asked(model: PreTrainedModel, state: GuardState, run: RunDir, con
         return None
     folder = start_folder(run) if best.step == 0 else run.checkpoints_dir / f"checkpoint-{best.step}"
     if not folder.is_dir():
-        echo(f"restore_best: the folder of step {best.step} is missing ({folder}); the model is left "
+        problem = "missing"
+    else:  # the start folder is complete or absent (save_model); checkpoints carry a seal
+        problem = None if best.step == 0 else checkpoint_problem(folder)
+        problem = problem and f"incomplete ({problem})"
+    if problem:
+        echo(f"restore_best: the folder of step {best.step} ({folder}) is {problem}; the model is left "
              f"as it was at step {state.stopped_by.step}")
         return None
     load_weights(model, folder)

@@ -25,6 +25,7 @@ data order, optimizer and random state and the guards' state as they were saved.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
@@ -38,14 +39,15 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import TrainerCallback, TrainingArguments, set_seed
+from transformers import TrainerCallback, TrainerState, TrainingArguments, set_seed
+from transformers.trainer import TRAINER_STATE_NAME
 
 from retain.audit.doctor import run_doctor
 from retain.audit.runner import run_audit
 from retain.config import RetainConfig
 from retain.config.loading import dump_config
 from retain.data import Example, load_examples_for
-from retain.errors import ConfigError, RetainError
+from retain.errors import ConfigError, RetainError, RunDirError
 from retain.evaluation.commands import cached_base_logprobs, default_suites, model_identity, settings_from
 from retain.evaluation.drift import compute_base_logprobs
 from retain.evaluation.engine import (
@@ -62,15 +64,18 @@ from retain.models import LoadedModel, check_training_memory, load_model, quiet_
 from retain.progress import quiet_trainer
 from retain.rundir import RunDir, atomic_write_json, config_file_hashes, default_run_name
 from retain.training.callback import (
-    STATE_FILE,
     Baseline,
+    CheckpointSeal,
     GuardCallback,
     GuardState,
     Probe,
+    SeededEpochOrder,
+    checkpoint_problem,
     read_guard_state,
     save_model,
 )
 from retain.training.finish import (
+    load_weights,
     overall_accuracy,
     percent,
     restore_if_asked,
@@ -92,6 +97,10 @@ VALIDATION_LIMIT = 200  # validation rows whose answers are generated at each ch
 
 class TrainRefused(RetainError):
     """The audit or the doctor found blockers, and ``--force`` was not given."""
+
+
+class DiskFull(RunDirError):
+    """The disk of the run directory filled up; the last complete checkpoint is kept."""
 
 
 @dataclass
@@ -140,6 +149,8 @@ def run_train(
     Raises:
         ConfigError: If ``data.train`` is not set, or ``--resume`` names no run.
         TrainRefused: If the audit or the doctor found blockers and ``force`` is False.
+        DiskFull: If the disk filled up; it names the file, the space to free and the
+            checkpoint ``--resume`` continues from, which is intact.
         RetainError: For anything the user named that cannot be read or loaded.
     """
     if not config.data.train:
@@ -152,12 +163,18 @@ def run_train(
     if not run.writer:
         echo, progress = (lambda line: None), False
     with run, quiet_peft():
-        if resume:
-            config = _check_same_config(run, config)
-        else:
-            run.write_config(dump_config(config))
-            run.write_meta({"data": _data_hashes(config)})
-        return _train(config, run, resume=resume, force=force, merge=merge, progress=progress, echo=echo)
+        try:
+            if resume:
+                config = _check_same_config(run, config)
+            else:
+                run.write_config(dump_config(config))
+                run.write_meta({"data": _data_hashes(config)})
+            return _train(config, run, resume=resume, force=force, merge=merge, progress=progress, echo=echo)
+        except Exception as error:
+            full = _disk_full(error, run)
+            if full is None:
+                raise
+            raise full from error
 
 
 def _open_run(config: RetainConfig, *, overwrite: bool, resume: bool) -> RunDir:
@@ -266,7 +283,7 @@ def _train(config: RetainConfig, run: RunDir, *, resume: bool, force: bool, merg
     checkpoint = _last_checkpoint(run) if resume else None
     if resume:
         # With no checkpoint, everything is redone, the check of step 0 included.
-        dropped = run.rewind_metrics(int(checkpoint.name.rsplit("-", 1)[-1]) if checkpoint else -1)
+        dropped = run.rewind_metrics(_step(checkpoint) if checkpoint else -1)
         logger.info("resuming from %s; %d metric records after it dropped (they are redone)",
                     checkpoint or "the start", dropped)
     guard = GuardCallback(
@@ -274,8 +291,11 @@ def _train(config: RetainConfig, run: RunDir, *, resume: bool, force: bool, merg
         settle_steps=max(int(config.train.warmup_ratio * plan.total_steps), math.ceil(0.1 * plan.total_steps)),
         state=(read_guard_state(checkpoint) if checkpoint else None) or GuardState(), echo=echo,
     )
+    seal = CheckpointSeal((lambda: guard.state) if config.guards.enabled else None)
     trainer = RetainTrainer(model=model, args=_training_args(config, run, plan), train_dataset=_Rows(plan.train_rows),
-                            data_collator=collate, callbacks=[guard] if config.guards.enabled else [_MetricsOnly(run)],
+                            data_collator=collate,
+                            callbacks=[guard if config.guards.enabled else _MetricsOnly(run), seal,
+                                       SeededEpochOrder(plan.steps_per_epoch)],
                             methods=methods, context=context)
     guard.log = trainer.log
     names = "+".join(method.name for method in methods)
@@ -284,7 +304,7 @@ def _train(config: RetainConfig, run: RunDir, *, resume: bool, force: bool, merg
          f"{plan.interval} steps" + (f", resuming from {checkpoint.name}" if checkpoint else "")
          + ("" if config.guards.enabled else " (guards off)"))
     train_started = time.perf_counter()
-    output = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    train_metrics = _run_trainer(trainer, checkpoint, guard.state, plan.total_steps)
     train_seconds = time.perf_counter() - train_started
     if not run.writer:  # another process of a multi-process run: the main one finishes it
         return TrainOutcome(run_dir=run.path, summary={})
@@ -305,7 +325,7 @@ def _train(config: RetainConfig, run: RunDir, *, resume: bool, force: bool, merg
     summary = summary_of(config, guard.state, base_result, final, restored=restored,
                        steps=trainer.state.global_step, train_seconds=train_seconds,
                        tokens=sum(len(row.input_ids) for row in plan.train_rows) * epochs_done,
-                       seconds=time.perf_counter() - started, train_output=output.metrics)
+                       seconds=time.perf_counter() - started, train_output=train_metrics)
     run.write_summary(summary)
     return TrainOutcome(run_dir=run.path, summary=summary)
 
@@ -463,19 +483,130 @@ def _training_args(config: RetainConfig, run: RunDir, plan: _Plan) -> TrainingAr
     )
 
 
+def _run_trainer(trainer: RetainTrainer, checkpoint: Path | None, state: GuardState,
+                 total_steps: int) -> dict[str, Any]:
+    """Trains, from ``checkpoint`` when resuming; returns the trainer's metrics.
+
+    A checkpoint saved when training had ended (at its last step, or when a guard stopped
+    it) is loaded as it is, without training: the trainer would take one more step from
+    the last step of a partial epoch, and would not stop again for a guard that already
+    had. Its metrics are then ``{}``.
+    """
+    if checkpoint is None:
+        return trainer.train().metrics
+    if state.stopped_by is None and _step(checkpoint) < total_steps:
+        return trainer.train(resume_from_checkpoint=str(checkpoint)).metrics
+    logger.info("%s was saved when training had ended (%s): loaded, not trained further", checkpoint,
+                f"stopped by the {state.stopped_by.guard} guard" if state.stopped_by else "the last step")
+    load_weights(trainer.model, checkpoint)
+    trainer.state = TrainerState.load_from_json(str(checkpoint / TRAINER_STATE_NAME))
+    return {}
+
+
+def _step(checkpoint: Path) -> int:
+    return int(checkpoint.name.rsplit("-", 1)[-1])
+
+
 def _last_checkpoint(run: RunDir) -> Path | None:
-    """Returns the newest complete checkpoint; incomplete ones (killed mid-save) are removed."""
-    if not run.checkpoints_dir.is_dir():
-        return None
-    found = sorted((path for path in run.checkpoints_dir.glob("checkpoint-*") if path.is_dir()),
-                   key=lambda path: int(path.name.rsplit("-", 1)[-1]))
-    for path in reversed(found):
-        if (path / STATE_FILE).is_file():
+    """Returns the newest complete checkpoint (:func:`checkpoint_problem`); incomplete ones
+    after it (killed mid-save) are removed, since the steps they hold are redone."""
+    for path in reversed(_checkpoints(run)):
+        problem = checkpoint_problem(path)
+        if problem is None:
             return path
         if run.writer:
-            logger.warning("removing incomplete checkpoint %s (interrupted while saving)", path)
+            logger.warning("removing incomplete checkpoint %s: %s", path, problem)
             shutil.rmtree(path, ignore_errors=True)
     return None
+
+
+def _checkpoints(run: RunDir) -> list[Path]:
+    """Returns the run's ``checkpoint-N`` folders, oldest first."""
+    if not run.checkpoints_dir.is_dir():
+        return []
+    return sorted((path for path in run.checkpoints_dir.glob("checkpoint-*")
+                   if path.is_dir() and path.name.rsplit("-", 1)[-1].isdigit()),
+                  key=_step)
+
+
+# --- a full disk ----------------------------------------------------------------------
+
+LOW_SPACE = 1 << 20  # bytes free under which a failed write is put down to a full disk
+_FULL_WORDS = ("No space left on device", "Disk quota exceeded", "os error 28", "os error 122")
+
+
+def _disk_full(error: BaseException, run: RunDir) -> DiskFull | None:
+    """Returns the error to raise when ``error`` came from a full disk, else None.
+
+    The disk is full when an error in the chain says so (ENOSPC, EDQUOT, or their text:
+    safetensors wraps the OS error in its own) or, since ``torch.save`` reports only
+    "unexpected pos", when less than :data:`LOW_SPACE` is left on the run's disk. The
+    checkpoint being written is removed (it is incomplete, and its space is what a
+    resume needs); the complete ones are left as they are.
+    """
+    reason = _full_reason(error, run.path)
+    if reason is None or not run.writer:
+        return None
+    written = next((link.filename for link in _chain(error)
+                    if isinstance(link, OSError) and link.filename), None)
+    incomplete = [path for path in _checkpoints(run) if checkpoint_problem(path) is not None]
+    if written is None and incomplete:
+        written = incomplete[-1]
+    last = _last_checkpoint(run)  # removes the incomplete ones after it
+    for staging in (*run.path.glob("*.partial"), *run.checkpoints_dir.glob("*.partial")):
+        shutil.rmtree(staging, ignore_errors=True)
+    mount = _mount_point(run.path)
+    free = shutil.disk_usage(run.path).free
+    if last is None:
+        kept = "no checkpoint was complete yet, so --resume starts the training over"
+        room = f"free space on {mount} ({_size(free)} free now)"
+    else:
+        need = sum(path.stat().st_size for path in last.rglob("*") if path.is_file())
+        kept = f"the last complete checkpoint, {last}, is intact and --resume continues from it"
+        room = (f"free at least {_size(need)} on {mount} (one checkpoint of this run; {_size(free)} "
+                "free now)")
+    return DiskFull(
+        f"the disk filled up ({reason}) while this was being written; {kept}", file=written or run.path,
+        fix=f"{room}, or set output.dir to a larger disk or lower train.save_total_limit, then run "
+        "the same command with --resume",
+    )
+
+
+def _full_reason(error: BaseException, path: Path) -> str | None:
+    for link in _chain(error):
+        if isinstance(link, OSError) and link.errno in (errno.ENOSPC, errno.EDQUOT):
+            return os.strerror(link.errno)
+        if any(words in str(link) for words in _FULL_WORDS):
+            return str(link)
+    free = shutil.disk_usage(path).free
+    return f"{_size(free)} free after {type(error).__name__}: {error}" if free < LOW_SPACE else None
+
+
+def _chain(error: BaseException) -> list[BaseException]:
+    """Returns ``error`` and the errors it was raised from or during, without repeats."""
+    links: list[BaseException] = []
+    link: BaseException | None = error
+    while link is not None and link not in links:
+        links.append(link)
+        link = link.__cause__ or link.__context__
+    return links
+
+
+def _mount_point(path: Path) -> Path:
+    path = path.resolve()
+    while not os.path.ismount(path):
+        path = path.parent
+    return path
+
+
+def _size(count: float) -> str:
+    if count < 1024:
+        return f"{count:.0f} bytes"
+    for unit in ("KiB", "MiB", "GiB"):
+        count /= 1024
+        if count < 1024 or unit == "GiB":
+            break
+    return f"{count:.1f} {unit}"
 
 
 # --- small helpers --------------------------------------------------------------------
