@@ -524,3 +524,32 @@ def test_a_checkpoint_is_complete_only_with_its_seal_and_every_file_at_its_size(
     assert not folders[2].exists() and not folders[3].exists()
     (folders[1] / STATE_FILE).unlink()  # never sealed
     assert _last_checkpoint(run) == folders[0]
+
+
+def test_only_a_full_disk_becomes_the_disk_error(tmp_path) -> None:
+    import errno
+
+    import torch
+
+    from retain.errors import RetainError
+    from retain.rundir import RunDir
+    from retain.training.callback import seal_checkpoint
+    from retain.training.run import DiskFull, _disk_full
+
+    run = RunDir(tmp_path)
+    kept, half = run.checkpoints_dir / "checkpoint-4", run.checkpoints_dir / "checkpoint-6"
+    for folder in (kept, half):
+        folder.mkdir(parents=True)
+        torch.save({}, folder / "optimizer.pt")
+    seal_checkpoint(kept, None)
+    full = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(half / "model.safetensors"))
+    error = _disk_full(full, run)
+    assert isinstance(error, DiskFull) and error.file == str(half / "model.safetensors")
+    assert f"{kept}, is intact" in error.message and "free at least" in error.fix and "--resume" in error.fix
+    assert not half.exists() and checkpoint_problem(kept) is None  # the half-written one is removed
+    # The same text wrapped by another library (safetensors) counts; other errors do not,
+    # nor does an error retain already explains, on a disk with room.
+    wrapped = RuntimeError("Error while serializing: I/O error: No space left on device (os error 28)")
+    assert isinstance(_disk_full(wrapped, run), DiskFull)
+    assert _disk_full(ValueError("shapes do not match"), run) is None
+    assert _disk_full(RetainError("no space left on device in the data"), run) is None

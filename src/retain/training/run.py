@@ -544,8 +544,10 @@ def _disk_full(error: BaseException, run: RunDir) -> DiskFull | None:
     checkpoint being written is removed (it is incomplete, and its space is what a
     resume needs); the complete ones are left as they are.
     """
+    if isinstance(error, RetainError) or not run.writer:  # already a clear error; or not the writer
+        return None
     reason = _full_reason(error, run.path)
-    if reason is None or not run.writer:
+    if reason is None:
         return None
     written = next((link.filename for link in _chain(error)
                     if isinstance(link, OSError) and link.filename), None)
@@ -578,7 +580,10 @@ def _full_reason(error: BaseException, path: Path) -> str | None:
             return os.strerror(link.errno)
         if any(words in str(link) for words in _FULL_WORDS):
             return str(link)
-    free = shutil.disk_usage(path).free
+    try:
+        free = shutil.disk_usage(path).free
+    except OSError:
+        return None
     return f"{_size(free)} free after {type(error).__name__}: {error}" if free < LOW_SPACE else None
 
 
