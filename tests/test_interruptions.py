@@ -220,13 +220,14 @@ def enospc_at_fsync(step: int) -> None:
     os.fsync = failing
 
 
-def wait_for_training(training: Training, run_dir: Path, since: float) -> float | None:
-    """Waits until ``training`` has written a metric record (training has begun: the check of
-    step 0, or a resumed step's loss); returns when it did, or None if the process ended."""
+def wait_for_records(training: Training, run_dir: Path, since: float, count: int = 1) -> float | None:
+    """Waits until ``training`` has written ``count`` metric records since ``since`` (the
+    first: training has begun, the check of step 0 or a resumed step's loss); returns when,
+    or None if the process ended first."""
     metrics = run_dir / "metrics.jsonl"
     deadline = time.time() + TIMEOUT
     while training.running() and time.time() < deadline:
-        if metrics.exists() and any(record.get("time", 0) >= since for record in read_jsonl(metrics)):
+        if metrics.exists() and sum(record.get("time", 0) >= since for record in read_jsonl(metrics)) >= count:
             return time.time()
         time.sleep(0.02)
     return None
@@ -315,15 +316,19 @@ def steps_done(run_dir: Path) -> int:
 
 
 def reference_run(lab: dict[str, Path], out: Path) -> dict[str, Any]:
-    """Trains uninterrupted; returns its final metrics and how long its training took (from
-    its first metric record to its exit: the window a random kill falls in)."""
+    """Trains uninterrupted; returns its final metrics and its timeline: the time of each
+    metric record and of its exit, counted from its first record (the window a random kill
+    falls in)."""
     config = write_config(lab, out)
     started = time.time()
     training = Training(config)
-    began = wait_for_training(training, out / "run", started)
+    began = wait_for_records(training, out / "run", started)
     code, stderr = training.finish()
     assert code == 0 and began is not None, stderr[-3000:]
-    return {"metrics": final_metrics(out / "run"), "seconds": time.time() - began}
+    ended = time.time()
+    times = [record["time"] for record in read_jsonl(out / "run" / "metrics.jsonl")]
+    return {"metrics": final_metrics(out / "run"), "records": [round(t - times[0], 3) for t in times],
+            "seconds": ended - times[0]}
 
 
 def resume(config: Path, run_dir: Path) -> int | None:
@@ -337,26 +342,30 @@ def kill_trial(lab: dict[str, Path], out: Path, reference: dict[str, Any], seed:
     """Kills a training with SIGKILL at a random moment, resumes it to the end with
     ``--resume``, and returns what happened and how its numbers compare.
 
-    The moment is seeded: a share, uniform in [0, 0.9), of the reference's time from its
-    first metric record to its exit (training, checks, checkpoints, the final evaluation),
-    counted from this run's first metric record. Below 0.9, so that a run a little faster
-    than the reference is still killed.
+    The moment is seeded: a share, uniform in [0, 1), of the reference's time from its
+    first metric record to its exit (training, checks, checkpoints, the final evaluation).
+    The run is followed along the reference's timeline, so that a run slower or faster
+    than the reference is killed at the same point of its work: it is killed once it has
+    written the records the reference had by then, and the time the reference took from
+    the last of them.
     """
-    share = 0.9 * random.Random(seed).random()
+    share = random.Random(seed).random()
+    moment = share * reference["seconds"]
+    passed = [offset for offset in reference["records"] if offset <= moment]
     config = write_config(lab, out)
     run_dir = out / "run"
     started = time.time()
     training = Training(config)
-    began = wait_for_training(training, run_dir, started)
-    assert began is not None, training.finish()[1][-3000:]
-    time.sleep(max(0.0, began + share * reference["seconds"] - time.time()))
+    reached = wait_for_records(training, run_dir, started, count=len(passed))
+    assert reached is not None, training.finish()[1][-3000:]
+    time.sleep(max(0.0, moment - passed[-1]))
     killed = training.running()
     if killed:
         training.kill()
     else:  # the run ended before its kill time
         assert training.finish()[0] == 0
-    trial: dict[str, Any] = {"seed": seed, "kill_share": round(share, 3),
-                             "kill_seconds": round(share * reference["seconds"], 2), "killed": killed}
+    trial: dict[str, Any] = {"seed": seed, "kill_share": round(share, 3), "kill_seconds": round(moment, 2),
+                             "killed": killed}
     if killed:
         at_kill = checkpoint_state(run_dir)
         done = steps_done(run_dir)
