@@ -35,6 +35,9 @@ lab_app = typer.Typer(
 app.add_typer(config_app, name="config")
 app.add_typer(lab_app, name="lab")
 
+# click's exceptions, as typer raises them (its vendored click from typer 0.2x, click before).
+_click_errors = sys.modules[typer.BadParameter.__module__]
+
 console = Console()
 errors = Console(stderr=True)
 
@@ -74,6 +77,31 @@ def _root(
     _STATE["quiet"] = quiet
 
 
+def _output_file(param: typer.CallbackParam, value: Optional[Path]) -> Optional[Path]:
+    """Refuses an output file that cannot be written, before the command does any work."""
+    if value is None:
+        return value
+    option = param.opts[0] if param.opts else param.name
+    if value.is_dir():
+        raise ConfigError(f"{value} is a folder", file=option, fix="give the path of a file to write")
+    if not value.parent.is_dir():
+        raise ConfigError(f"no folder {value.parent} to write {value.name} into", file=option,
+                          fix="create the folder first, or give a path in an existing folder")
+    return value
+
+
+def _usage_error(error: Exception) -> RetainError:
+    """Returns click's complaint about the command line as one line naming the option."""
+    context = getattr(error, "ctx", None)
+    command = context.command_path if context is not None else "retain"
+    param = getattr(error, "param", None)
+    option = (param.opts[0] if param.opts else param.name) if param is not None else None
+    # A bad value's message follows its option; other usage errors say what is wrong whole.
+    plain = isinstance(error, _click_errors.BadParameter) and type(error) is _click_errors.BadParameter
+    message = error.message if plain and option else error.format_message()
+    return ConfigError(message[:1].lower() + message[1:].rstrip("."), file=option, fix=f"see '{command} --help'")
+
+
 SetOption = Annotated[
     Optional[list[str]],
     typer.Option("--set", "-s", help="Override a setting: section.key=value (repeatable)."),
@@ -96,7 +124,7 @@ def config_show(
 
 @config_app.command("reference")
 def config_reference(
-    write: Annotated[Optional[Path], typer.Option("--write", help="Write the reference document (docs/CONFIG.md) to this file instead of printing the tables.")] = None,
+    write: Annotated[Optional[Path], typer.Option("--write", callback=_output_file, help="Write the reference document (docs/CONFIG.md) to this file instead of printing the tables.")] = None,
 ) -> None:
     """Print every setting with its type, default and meaning, as Markdown."""
     from retain.config import config_reference_markdown
@@ -123,7 +151,7 @@ def audit(
     domain: Annotated[Optional[str], typer.Option("--domain", help="Domain for the size rule: general, medical, legal, finance, code (default audit.domain, general).")] = None,
     allow_small_data: Annotated[bool, typer.Option("--allow-small-data", help="Too little data is a warning, not a blocker (also audit.allow_small_data).")] = False,
     strict: Annotated[bool, typer.Option("--strict", help="Exit 1 when there are warnings.")] = False,
-    json_out: Annotated[Optional[Path], typer.Option("--json", help="Write the machine-readable report.")] = None,
+    json_out: Annotated[Optional[Path], typer.Option("--json", callback=_output_file, help="Write the machine-readable report.")] = None,
 ) -> None:
     """Audit training data before training: exit 0 go, 1 warnings (--strict), 2 blockers."""
     from retain.audit.runner import run_audit
@@ -151,7 +179,7 @@ def doctor(
     config: Annotated[Path, typer.Argument(help="YAML config naming the model and data.train.")],
     set_: SetOption = None,
     strict: Annotated[bool, typer.Option("--strict", help="Exit 1 when there are warnings.")] = False,
-    json_out: Annotated[Optional[Path], typer.Option("--json", help="Write the machine-readable report.")] = None,
+    json_out: Annotated[Optional[Path], typer.Option("--json", callback=_output_file, help="Write the machine-readable report.")] = None,
 ) -> None:
     """Check the training pipeline on real batches: labels, EOS, masking, template, generation."""
     from retain.audit.doctor import run_doctor
@@ -247,7 +275,7 @@ def eval_(
     compare_to: Annotated[Optional[Path], typer.Option("--compare-to", help="A previous `retain eval --json` result to compare against.")] = None,
     reference: Annotated[Optional[str], typer.Option("--reference", help="Reference text file for drift (default eval.reference).")] = None,
     no_drift: Annotated[bool, typer.Option("--no-drift", help="Skip KL and perplexity.")] = False,
-    json_out: Annotated[Optional[Path], typer.Option("--json", help="Write the full result, per item, as JSON.")] = None,
+    json_out: Annotated[Optional[Path], typer.Option("--json", callback=_output_file, help="Write the full result, per item, as JSON.")] = None,
     config: ConfigOption = None,
     set_: SetOption = None,
 ) -> None:
@@ -271,7 +299,7 @@ def eval_(
 def baseline(
     config: Annotated[Path, typer.Argument(help="YAML config naming model, data.train and data.eval.")],
     set_: SetOption = None,
-    json_out: Annotated[Optional[Path], typer.Option("--json", help="Write the result as JSON.")] = None,
+    json_out: Annotated[Optional[Path], typer.Option("--json", callback=_output_file, help="Write the result as JSON.")] = None,
 ) -> None:
     """Zero- and few-shot accuracy of the base model: is fine-tuning needed at all?"""
     from retain.config import load_config
@@ -589,14 +617,34 @@ def _print_accuracy(title: str, accuracy: dict[str, float], counts: dict[str, in
 
 
 def main() -> None:
-    """Entry point of the ``retain`` script."""
+    """Entry point of the ``retain`` script.
+
+    A user mistake, in the files or on the command line, is one ``error:`` line on stderr
+    and exit code 2 (``retain`` alone still prints the help).
+    """
     try:
-        app()
+        code = app(prog_name="retain", standalone_mode=False)
     except RetainError as error:
         if "--debug" in sys.argv:
             raise
-        errors.print(f"error: {error.render()}", markup=False, highlight=False, soft_wrap=True)
-        sys.exit(2)
+        _fail(error)
+    except getattr(_click_errors, "NoArgsIsHelpError", ()) as error:
+        error.show()
+        sys.exit(error.exit_code)
+    except _click_errors.UsageError as error:
+        _fail(_usage_error(error))
+    except _click_errors.ClickException as error:  # e.g. a file click was asked to open
+        errors.print(f"error: {error.format_message()}", markup=False, highlight=False, soft_wrap=True)
+        sys.exit(error.exit_code)
+    except _click_errors.Abort:
+        errors.print("Aborted!", markup=False, highlight=False)
+        sys.exit(1)
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+def _fail(error: RetainError) -> None:
+    errors.print(f"error: {error.render()}", markup=False, highlight=False, soft_wrap=True)
+    sys.exit(2)
 
 
 if __name__ == "__main__":

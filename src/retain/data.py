@@ -224,6 +224,24 @@ def read_text(path: str | Path, what: str) -> str:
                         fix=f"check the path and permissions of {what}") from None
 
 
+def decode_json(text: str) -> object:
+    """Returns the JSON value in ``text`` (one JSONL line, or one cell).
+
+    Raises:
+        ValueError: Saying in a few words why it is not valid JSON: the parser's
+            complaint and column, a number of more than 4,300 digits (Python refuses
+            to convert them), or nesting deeper than Python's recursion limit.
+    """
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{error.msg} (column {error.colno})") from None
+    except ValueError:  # int() refuses 4,301+ digits: quadratic-time conversion (CVE-2020-10735)
+        raise ValueError("a number has more than 4,300 digits") from None
+    except RecursionError:
+        raise ValueError("nested too deeply (arrays or objects hundreds of levels deep)") from None
+
+
 def chat_prompt_text(turns: Sequence[Mapping[str, Any]]) -> str:
     """Returns ``turns`` as plain text ending in an ``Assistant:`` cue.
 
@@ -428,12 +446,14 @@ def _jsonl_rows(path: Path, fields: _Fields) -> Iterator[tuple[int, object]]:
 def _decode_json_line(raw: bytes) -> object:
     """Returns the JSON value on one line, or a :class:`_BadRow` saying why there is none."""
     try:
-        return json.loads(raw.decode("utf-8-sig"))
+        text = raw.decode("utf-8-sig")
     except UnicodeDecodeError:
         return _BadRow(None, "the line is not UTF-8 text", "save the file as UTF-8")
-    except json.JSONDecodeError as error:
+    try:
+        return decode_json(text)
+    except ValueError as error:
         return _BadRow(
-            None, f"invalid JSON: {error.msg} (column {error.colno})",
+            None, f"invalid JSON: {error}",
             "make the line one complete JSON object; a JSONL record cannot span lines",
         )
 
@@ -442,20 +462,25 @@ def _csv_rows(path: Path, fields: _Fields) -> Iterator[tuple[int, object]]:
     """Yields (line, row) per CSV record, the line where it starts; the header is line 1."""
     # Long contexts exceed the csv module's 128 KiB default cell limit.
     csv.field_size_limit(2**31 - 1)
+    ended = 0  # the line the last record ended on: the next one starts after it
     try:
         with path.open(newline="", encoding="utf-8-sig") as handle:
-            reader = csv.DictReader(handle)
+            # strict: a quote left open is an error, not a cell that swallows the file.
+            reader = csv.DictReader(handle, strict=True)
             _check_columns(reader.fieldnames or [], fields, path)
+            ended = reader.line_num
             for record in reader:
                 # line_num is where the record ends; quoted cells may hold line breaks.
                 cells = [cell for cell in record.values() if isinstance(cell, str)]
                 breaks = sum(len(_LINE_BREAK.findall(cell)) for cell in cells)
+                ended = reader.line_num
                 yield reader.line_num - breaks, _csv_row(record, fields)
     except UnicodeDecodeError as error:
         raise DataError("the file is not UTF-8 text", file=path, fix="save it as UTF-8") from error
     except csv.Error as error:
         raise DataError(
-            f"malformed CSV: {error}", file=path, fix="check the quoting of cells"
+            f"malformed CSV: {error}", file=path, line=ended + 1,
+            fix='close every quoted cell with a quote, and double the quotes inside one ("")',
         ) from error
     except OSError as error:
         raise _unreadable(path, error) from error
@@ -472,10 +497,10 @@ def _csv_row(record: dict[Any, Any], fields: _Fields) -> object:
     turns = row.get(fields.messages)
     if isinstance(turns, str):
         try:
-            row[fields.messages] = json.loads(turns)
-        except json.JSONDecodeError as error:
+            row[fields.messages] = decode_json(turns)
+        except ValueError as error:
             return _BadRow(
-                fields.messages, f"the chat turns are not valid JSON: {error.msg}",
+                fields.messages, f"the chat turns are not valid JSON: {error}",
                 f"write the cell as a JSON list: {_CHAT_EXAMPLE}",
             )
     return row
@@ -485,6 +510,8 @@ def _parquet_rows(path: Path, fields: _Fields) -> Iterator[tuple[int, object]]:
     """Yields (row number, row) per Parquet row, reading one batch at a time."""
     import pyarrow.parquet as pq  # installed with datasets; imported late, it is slow
 
+    from pyarrow import ArrowException
+
     try:
         table = pq.ParquetFile(path)
         _check_columns(table.schema_arrow.names, fields, path)
@@ -493,7 +520,8 @@ def _parquet_rows(path: Path, fields: _Fields) -> Iterator[tuple[int, object]]:
             for row in batch.to_pylist():
                 number += 1
                 yield number, row
-    except (OSError, ValueError) as error:  # pyarrow's ArrowInvalid is a ValueError
+    # ArrowInvalid is a ValueError; ArrowException covers its other errors (types, not implemented).
+    except (OSError, ValueError, ArrowException) as error:
         raise DataError(
             f"cannot read it as Parquet: {error}", file=path,
             fix="check that it is a Parquet file, or set data.format to its real format",
@@ -506,18 +534,20 @@ def _datasets_rows(path: Path, fields: _Fields) -> Iterator[tuple[int, object]]:
 
     try:
         dataset = load_from_disk(str(path))
-    except (OSError, ValueError) as error:
+    # A folder of the wrong files fails inside datasets in many ways (a KeyError for a
+    # state.json without its keys, ...); every one means it is not a saved dataset.
+    except Exception as error:  # noqa: BLE001
         raise DataError(
-            "not a dataset saved with save_to_disk", file=path,
+            f"not a dataset saved with save_to_disk ({type(error).__name__}: {str(error)[:200]})", file=path,
             fix="point to a directory written by save_to_disk, or to a .jsonl, .csv or "
             ".parquet file",
         ) from error
     if not isinstance(dataset, Dataset):
         splits = list(dataset)
         raise DataError(
-            f"the directory holds a dataset with splits ({', '.join(splits)}), not one split",
+            f"the directory holds a dataset with splits ({', '.join(splits) or 'none'}), not one split",
             file=path,
-            fix=f"point to one split, e.g. {path / splits[0]}",
+            fix=f"point to one split, e.g. {path / splits[0]}" if splits else "save one split with save_to_disk",
         )
     _check_columns(dataset.column_names, fields, path)
     yield from enumerate(dataset, start=1)

@@ -80,6 +80,8 @@ def parse_yaml(text: str, path: str | Path) -> dict[str, Any]:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise _yaml_error(exc, path) from None
+    except RecursionError:
+        raise _too_deep(path) from None
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -107,6 +109,22 @@ def _yaml_error(exc: yaml.YAMLError, path: str | Path) -> ConfigError:
     )
 
 
+def _too_deep(path: str | Path) -> ConfigError:
+    """The error for YAML nested past Python's recursion limit (PyYAML recurses per level)."""
+    return ConfigError("invalid YAML: nested too deeply", file=path,
+                       fix="a config is sections of 'key: value' settings; remove the nested brackets")
+
+
+def _key_name(node: yaml.Node) -> str:
+    """Returns a mapping key as pydantic names it: ``~`` is ``None``, ``0x10`` is ``16``."""
+    if isinstance(node, yaml.ScalarNode):
+        try:
+            return str(yaml.SafeLoader("").construct_object(node))
+        except yaml.YAMLError:
+            pass
+    return str(node.value)
+
+
 def key_lines(text: str, path: str | Path) -> dict[str, int]:
     """Maps each dotted key (list items by index) to its 1-based line in the YAML text.
 
@@ -118,12 +136,14 @@ def key_lines(text: str, path: str | Path) -> dict[str, int]:
         root = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.YAMLError as exc:
         raise _yaml_error(exc, path) from None
+    except RecursionError:
+        raise _too_deep(path) from None
     lines: dict[str, int] = {}
 
     def visit(node: yaml.Node, prefix: str) -> None:
         if isinstance(node, yaml.MappingNode):
             for key_node, value_node in node.value:
-                dotted = prefix + str(key_node.value)
+                dotted = prefix + _key_name(key_node)
                 line = key_node.start_mark.line + 1
                 if dotted in lines:
                     raise ConfigError(
@@ -141,7 +161,10 @@ def key_lines(text: str, path: str | Path) -> dict[str, int]:
                 visit(item, f"{prefix}{index}.")
 
     if root is not None:
-        visit(root, "")
+        try:
+            visit(root, "")
+        except RecursionError:
+            raise _too_deep(path) from None
     return lines
 
 

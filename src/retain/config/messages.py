@@ -54,8 +54,13 @@ def config_error(
 
 
 def _loc_parts(error: Any) -> list[str]:
-    """Returns a pydantic error's location as dotted-name parts (list indices as digits)."""
-    return [str(part) for part in error["loc"]]
+    """Returns a pydantic error's location as dotted-name parts (list indices as digits).
+
+    A section validator's own error may name the setting it is about (``ctx["field"]``).
+    """
+    parts = [str(part) for part in error["loc"]]
+    field = (error.get("ctx") or {}).get("field") if error["type"] == "retain" else None
+    return [*parts, field] if field else parts
 
 
 def _override_for(parts: Sequence[str], overrides: Sequence[tuple[str, str]]) -> str | None:

@@ -22,9 +22,16 @@ METHODS = (*BASE_METHODS, "freeze", "llrd", "token_forget", "replay", "self_augm
 _SMOKE_PROMPTS = ("Hello, how are you?", "What is 2+2?", "Is the sky blue? Answer yes or no.")
 
 
-def _invalid(message: str, fix: str) -> PydanticCustomError:
-    """Returns a validation error that :func:`load_config` shows with its own fix."""
-    return PydanticCustomError("retain", "{message}", {"message": message, "fix": fix})
+def _invalid(message: str, fix: str, field: str | None = None) -> PydanticCustomError:
+    """Returns a validation error that :func:`load_config` shows with its own fix.
+
+    ``field`` names the setting within the section a model validator checks (pydantic
+    places such errors on the section), so the error points at its line.
+    """
+    context = {"message": message, "fix": fix}
+    if field is not None:
+        context["field"] = field
+    return PydanticCustomError("retain", "{message}", context)
 
 
 class _Section(BaseModel):
@@ -682,6 +689,7 @@ class AuditConfig(_Section):
                 raise _invalid(
                     f"unknown {kind} '{name}'",
                     f"use one of {', '.join(table)}, or add it in audit.{kind}_multipliers",
+                    field=kind,
                 )
         return self
 

@@ -25,7 +25,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from retain.data import read_text
+from retain.data import decode_json, read_text
 from retain.errors import DataError
 from retain.evaluation.lmeval import is_lmeval_name, load_lmeval_suite
 from retain.evaluation.probes import CHECKERS, Checker, ProbeItem, ProbeSuite
@@ -134,14 +134,10 @@ def _jsonl_rows(path: Path) -> tuple[dict[str, Any], list[tuple[int, Any]]]:
         if not line.strip():
             continue
         try:
-            row = json.loads(line)
-        except json.JSONDecodeError as error:
-            raise DataError(
-                f"not valid JSON ({error.msg}, column {error.colno})",
-                file=path,
-                line=number,
-                fix="write one JSON object per line",
-            ) from None
+            row = decode_json(line)
+        except ValueError as error:
+            raise DataError(f"not valid JSON ({error})", file=path, line=number,
+                            fix="write one JSON object per line") from None
         if not rows and not header and isinstance(row, dict) and "suite" in row:
             header = row
             _check_header(header, path, number)
@@ -151,18 +147,21 @@ def _jsonl_rows(path: Path) -> tuple[dict[str, Any], list[tuple[int, Any]]]:
 
 
 def _yaml_rows(path: Path) -> tuple[dict[str, Any], list[tuple[int, Any]]]:
+    text = read_text(path, "a probe suite")
     try:
-        text = read_text(path, "a probe suite")
-        document = yaml.compose(text)
+        document = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.safe_load(text)
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         raise DataError(
-            f"not valid YAML ({getattr(error, 'problem', error)})",
+            f"not valid YAML ({getattr(error, 'problem', None) or error})",
             file=path,
             line=mark.line + 1 if mark else None,
             fix="check the indentation and quoting near this line",
         ) from None
-    data = yaml.safe_load(text)
+    except RecursionError:
+        raise DataError("not valid YAML: nested too deeply", file=path,
+                        fix="write the suite as a mapping with an 'items' list of flat items") from None
     if not isinstance(data, dict) or not isinstance(data.get("items"), list):
         raise DataError(
             "a YAML probe suite is a mapping with an 'items' list",
@@ -172,8 +171,12 @@ def _yaml_rows(path: Path) -> tuple[dict[str, Any], list[tuple[int, Any]]]:
         )
     header = {key: value for key, value in data.items() if key != "items"}
     _check_header(header, path, 1)
-    item_nodes = next(value for key, value in document.value if key.value == "items").value
+    # The items' lines, where the document spells them out (not through a merge key '<<').
+    item_nodes = next((value.value for key, value in document.value
+                       if key.value == "items" and isinstance(value, yaml.SequenceNode)), [])
     lines = [node.start_mark.line + 1 for node in item_nodes]
+    if len(lines) != len(data["items"]):
+        lines = [document.start_mark.line + 1] * len(data["items"])
     return header, list(zip(lines, data["items"]))
 
 
