@@ -97,6 +97,18 @@ def test_a_grid_sweep_writes_pareto_table_and_a_config_retain_train_accepts(lab,
     # Rerunning the same command resumes the finished study: nothing is trained again.
     again = run_sweep(load_sweep(path), echo=lambda line: None)
     assert again.ran == 0 and len(again.results.records) == 2
+    # The acceptance path to its end: `retain train` trains the recommended config,
+    # and the sweep's report renders in a real browser.
+    trained_run = CliRunner().invoke(app, ["-q", "train", str(directory / "recommended.yaml"), "--name", "chosen"])
+    assert trained_run.exit_code == 0, trained_run.output
+    assert json.loads((tmp_path / "chosen" / "summary.json").read_text())["status"] == "completed"
+    from retain.report import build_report
+    from retain.report.browser import find_chromium, open_report
+
+    html = build_report([directory], directory / "report.html").html
+    if find_chromium() is not None:
+        seen = open_report(html, expression="document.querySelectorAll('section').length")
+        assert seen.console == [] and int(seen.value) >= 1
 
 
 def test_an_optuna_sweep_samples_within_its_ranges_up_to_the_budget(lab, tmp_path) -> None:
