@@ -8,7 +8,7 @@ PIP_FLAGS ?= --quiet --disable-pip-version-check
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup lab test test-fast bench results clean
+.PHONY: setup lab test test-fast bench results fuzz clean
 
 setup: $(STAMP)
 
@@ -38,6 +38,12 @@ bench: setup
 results: setup
 	$(BIN)/python benchmarks/evidence_guards.py
 	$(BIN)/python benchmarks/evidence_methods.py
+
+# The long fuzz run of docs/RELIABILITY.md: 5,000 generated inputs for each of the data
+# loaders (JSONL, CSV), the probe-suite loader and the audit, 20,000 in all (a few minutes
+# on 2 cores); tests/test_properties.py runs 150 per target.
+fuzz: setup
+	RETAIN_FUZZ_INPUTS=5000 $(BIN)/python benchmarks/reliability.py fuzz
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info .pytest_cache
