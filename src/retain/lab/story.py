@@ -190,8 +190,8 @@ def run_story(lab: Lab, steps: Sequence[str] = STEPS) -> list[StepResult]:
     start to a pool of worker processes (the longest first), while the steps before them
     run here; each step then waits for its own trainings and prints its finding in
     order. On a CPU the lab model's matrices are too small to keep two threads busy, so
-    two one-thread trainings side by side use two cores better than one training with
-    both (docs/BENCHMARKS.md, "make lab").
+    two one-thread trainings side by side should use two cores better than one training
+    with both; ``python benchmarks/run.py lab`` measures it against ``--workers 1``.
     """
     import time
 
