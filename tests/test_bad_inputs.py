@@ -147,6 +147,8 @@ CASES: list[Case] = [
     _c("data file", "jsonl_deeply_nested", f"{_EVAL_TASK} d.jsonl",
        {"d.jsonl": _GOOD_ROW + '{"prompt": "a", "response": "b", "x": ' + _nested(100_000) + "}\n"},
        "d.jsonl:2:"),
+    _c("data file", "jsonl_lone_surrogate", "audit d.jsonl",
+       {"d.jsonl": '{"prompt": "a\\ud9dc", "response": "b"}\n'}, "d.jsonl:1:", "surrogate"),
     _c("data file", "jsonl_nan_prompt", f"{_EVAL_TASK} d.jsonl",
        {"d.jsonl": '{"prompt": NaN, "response": "b"}\n'}, "d.jsonl:1:", "prompt:"),
     _c("data file", "chat_messages_not_a_list", f"{_EVAL_TASK} d.jsonl",

@@ -204,3 +204,17 @@ def test_a_ci_sized_fuzz_round_finds_no_crash() -> None:
     result = fuzz.run_fuzz(inputs=150, seed=7)
     assert result["inputs"] == 150 * len(result["targets"])
     assert result["crashes"] == 0, json.dumps(result["targets"], indent=1)[:4000]
+
+
+def test_the_fuzz_counts_crashes_apart_from_user_errors() -> None:
+    def call(value: int, folder: Path) -> int:
+        if value == 0:
+            raise DataError("empty", file="x.jsonl")
+        return 1 // (value - 1)  # 1 crashes: ZeroDivisionError
+
+    target = fuzz.Target("demo", st.integers(), call)
+    for value in (0, 1, 2, 1):
+        target.one(value, Path("."))
+    tally = target.tally()
+    assert (tally["inputs"], tally["results"], tally["user_errors"], tally["crashes"]) == (4, 1, 1, 2)
+    assert tally["crash_samples"][0]["error"].startswith("ZeroDivisionError") and tally["crash_samples"][0]["input"] == "1"
