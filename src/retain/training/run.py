@@ -159,6 +159,8 @@ def run_train(
     if resume and not config.output.name:
         raise ConfigError("--resume needs the name of the run to continue", field="output.name",
                           fix="pass --name NAME (the run directory's name) or set output.name")
+    if not resume:
+        _check_inputs(config)
     run = _open_run(config, overwrite=overwrite, resume=resume)
     if not run.writer:
         echo, progress = (lambda line: None), False
@@ -175,6 +177,17 @@ def run_train(
             if full is None:
                 raise
             raise full from error
+
+
+def _check_inputs(config: RetainConfig) -> None:
+    """Reads every data file and probe suite the config names before anything is written
+    or loaded, so a missing or unreadable one is refused with no run directory left
+    behind (and before the memory check, which may build the lab model)."""
+    for path in (config.data.train, config.data.validation, config.data.eval, config.data.ood):
+        if path:
+            load_examples_for(config.data, path)
+    for name in config.probes.suites or default_suites(config.model.name_or_path):
+        load_suite(name)
 
 
 def _open_run(config: RetainConfig, *, overwrite: bool, resume: bool) -> RunDir:
