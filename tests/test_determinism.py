@@ -11,10 +11,7 @@ from pathlib import Path
 import pytest
 
 from retain.config import RetainConfig, dump_config
-from retain.evaluation.suites import write_suite
-from retain.lab.base import lab_size
-from retain.lab.domain import DomainSpec, build_domain, write_jsonl
-from retain.lab.world import build_world
+from retain.lab.export import export_lab_data
 from retain.rundir import read_jsonl
 from retain.training.run import run_train
 
@@ -24,11 +21,7 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def data(micro_base, tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("determinism")
-    task = build_domain(DomainSpec(n_train=32, n_validation=8, n_test=8, n_ood=8))
-    for split, rows in (("train", task.train), ("validation", task.validation), ("test", task.test),
-                        ("ood", task.ood)):
-        write_jsonl(rows, root / f"{split}.jsonl")
-    write_suite(build_world(lab_size("micro").world).probes, root / "probes.jsonl")
+    export_lab_data(root, size="micro", n_train=32, n_eval=8)
     return root
 
 

@@ -50,18 +50,11 @@ TIMEOUT = 900  # seconds for one training process; a hang fails instead of block
 def make_lab(root: Path, cache: Path) -> dict[str, Path]:
     """Builds (or reuses from ``cache``) the micro lab model, and writes a small domain task
     and the lab's probe suite into ``root``; returns the paths a config needs."""
-    from retain.evaluation.suites import write_suite
     from retain.lab.base import build_base, lab_size
-    from retain.lab.domain import DomainSpec, build_domain, write_jsonl
-    from retain.lab.world import build_world
+    from retain.lab.export import export_lab_data
 
     base = build_base(lab_size("micro"), cache, progress=False)
-    task = build_domain(DomainSpec(n_train=64, n_validation=16, n_test=16, n_ood=16))
-    root.mkdir(parents=True, exist_ok=True)
-    for split, rows in (("train", task.train), ("validation", task.validation), ("test", task.test),
-                        ("ood", task.ood)):
-        write_jsonl(rows, root / f"{split}.jsonl")
-    write_suite(build_world(lab_size("micro").world).probes, root / "probes.jsonl")
+    export_lab_data(root, size="micro", n_train=64, n_eval=16)
     return {"root": root, "model": base.path}
 
 

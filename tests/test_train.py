@@ -18,10 +18,7 @@ from typer.testing import CliRunner
 from retain.cli import app
 from retain.config import RetainConfig
 from retain.errors import ConfigError
-from retain.evaluation.suites import write_suite
-from retain.lab.base import lab_size
-from retain.lab.domain import DomainSpec, build_domain, write_jsonl
-from retain.lab.world import build_world
+from retain.lab.export import export_lab_data
 from retain.models import load_model
 from retain.rundir import RunDir, read_jsonl
 from retain.training.callback import STATE_FILE
@@ -35,11 +32,7 @@ def lab(micro_base, tmp_path_factory) -> dict[str, Path]:
     """The micro lab model with a small domain task and its own probe suite."""
     base, _ = micro_base
     root = tmp_path_factory.mktemp("train-data")
-    task = build_domain(DomainSpec(n_train=64, n_validation=16, n_test=16, n_ood=16))
-    for split, rows in (("train", task.train), ("validation", task.validation), ("test", task.test),
-                        ("ood", task.ood)):
-        write_jsonl(rows, root / f"{split}.jsonl")
-    write_suite(build_world(lab_size("micro").world).probes, root / "probes.jsonl")
+    export_lab_data(root, size="micro", n_train=64, n_eval=16)
     return {"root": root, "model": base.path}
 
 
