@@ -61,10 +61,11 @@ def test_debug_shows_the_traceback() -> None:
     assert result.returncode != 0 and "Traceback" in result.stderr
 
 
-def test_unknown_lab_size_is_a_clean_error() -> None:
-    result = _run("lab", "--size", "huge")
+def test_unknown_lab_size_is_a_clean_error(tmp_path) -> None:
+    result = _run("lab", "--size", "huge", "--output-dir", str(tmp_path / "runs"))
     assert result.returncode == 2 and "unknown lab size 'huge'" in result.stderr
     assert "Traceback" not in result.stderr
+    assert not (tmp_path / "runs").exists()  # refused before any run directory is made
 
 
 def test_config_reference_lists_fields() -> None:

@@ -414,8 +414,8 @@ def lab(
     from retain.lab.story import STEPS
     from retain.rundir import RunDir, default_run_name
 
-    run = RunDir.create(output_dir, name or default_run_name("lab"), overwrite=overwrite)
-    _run_lab_steps(run, STEPS, size, seed, cache_dir, workers)
+    _run_lab_steps(lambda: RunDir.create(output_dir, name or default_run_name("lab"), overwrite=overwrite),
+                   STEPS, size, seed, cache_dir, workers)
 
 
 @lab_app.command("step")
@@ -433,19 +433,21 @@ def lab_step(
     from retain.rundir import RunDir
 
     chosen = step_named(step)
-    exists = (output_dir / name).is_dir()
-    run = RunDir.create(output_dir, name, resume=exists)
-    _run_lab_steps(run, (chosen,), size, seed, cache_dir, workers)
+    _run_lab_steps(lambda: RunDir.create(output_dir, name, resume=(output_dir / name).is_dir()),
+                   (chosen,), size, seed, cache_dir, workers)
 
 
-def _run_lab_steps(run, steps, size: str, seed: int, cache_dir: Optional[Path], workers: Optional[int]) -> None:
-    """Runs lab ``steps`` in ``run`` and prints each finding, then the table if it was made."""
+def _run_lab_steps(open_run, steps, size: str, seed: int, cache_dir: Optional[Path], workers: Optional[int]) -> None:
+    """Checks the lab size, then opens the lab's run directory with ``open_run`` (so a
+    mistake leaves none behind), runs ``steps`` in it and prints each finding, then the
+    table if it was made."""
     import yaml
 
     from retain.lab.story import SCALES, Lab, default_workers, markdown_table, run_story
 
     if size not in SCALES:
         raise ConfigError(f"unknown lab size {size!r}", field="--size", fix=f"use one of: {', '.join(SCALES)}")
+    run = open_run()
     lab = Lab(SCALES[size], seed, run.path, cache_dir, progress=not _STATE["quiet"],
               echo=lambda line: console.print(line, markup=False, highlight=False, soft_wrap=True),
               workers=workers or default_workers())
