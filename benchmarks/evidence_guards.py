@@ -251,13 +251,12 @@ def _reading(result: dict, part: str) -> str:
 
 
 def render() -> str:
-    sections = ["# Results\n",
-                "Evidence measured on the lab by commands in the repo; each section names its "
-                "command. Figures are from one machine (2 CPU cores) and one run unless stated.\n"]
-    for path in sorted(RESULTS.glob("evidence_*.json")):
-        module = __import__(path.stem)
-        sections.append(module.markdown(json.loads(path.read_text())))
-    return "\n".join(sections)
+    from sections import sections
+
+    return "\n".join(["# Results\n",
+                      "Evidence measured on the lab by commands in the repo; each section names its "
+                      "command. Figures are from one machine (2 CPU cores) and one run unless stated.\n",
+                      *sections("evidence", "evidence_")])
 
 
 def main() -> None:

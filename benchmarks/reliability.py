@@ -10,7 +10,6 @@ so running one part keeps the others' sections (the pattern of ``benchmarks/run.
 from __future__ import annotations
 
 import importlib
-import json
 import sys
 import time
 from pathlib import Path
@@ -21,27 +20,22 @@ DOC = HERE.parent / "docs" / "RELIABILITY.md"
 sys.path.insert(0, str(HERE))
 
 from retain.rundir import atomic_write_json, atomic_write_text  # noqa: E402
+from sections import parts, sections  # noqa: E402
 
 
 def available() -> list[str]:
-    return sorted(path.stem.removeprefix("reliability_") for path in HERE.glob("reliability_*.py"))
+    return parts("reliability")
 
 
 def render() -> str:
-    sections = [
+    return "\n".join([
         "# Reliability\n",
         "Every figure here is written by `python benchmarks/reliability.py [PART ...]`, which "
         "stores the raw results in `benchmarks/results/reliability_*.json` and rebuilds this "
         "file from all of them (`make fuzz` runs the long fuzz part). The same checks run, "
         "smaller, in the test suite.\n",
-    ]
-    for name in available():
-        path = RESULTS / f"reliability_{name}.json"
-        if not path.is_file():
-            continue
-        result = json.loads(path.read_text())
-        sections.append(importlib.import_module(f"reliability_{name}").markdown(result))
-    return "\n".join(sections)
+        *sections("reliability", "reliability_"),
+    ])
 
 
 def main(names: list[str]) -> None:

@@ -9,7 +9,6 @@ from every JSON in ``results/``, so running one benchmark keeps the others' sect
 from __future__ import annotations
 
 import importlib
-import json
 import platform
 import sys
 import time
@@ -21,10 +20,11 @@ DOC = HERE.parent / "docs" / "BENCHMARKS.md"
 sys.path.insert(0, str(HERE))
 
 from retain.rundir import atomic_write_json, atomic_write_text  # noqa: E402
+from sections import parts, sections  # noqa: E402
 
 
 def available() -> list[str]:
-    return sorted(path.stem.removeprefix("bench_") for path in HERE.glob("bench_*.py"))
+    return parts("bench")
 
 
 def machine() -> dict[str, object]:
@@ -45,21 +45,14 @@ def machine() -> dict[str, object]:
 
 
 def render() -> str:
-    sections = [
+    return "\n".join([
         "# Benchmarks\n",
         "Every figure here is written by `make bench` (`python benchmarks/run.py`), which "
         "stores the raw numbers in `benchmarks/results/*.json` and rebuilds this file. "
         "The machine is shared and noisy: compare ratios measured in the same run, not "
         "absolute times across runs.\n",
-    ]
-    for name in available():
-        path = RESULTS / f"{name}.json"
-        if not path.is_file():
-            continue
-        result = json.loads(path.read_text())
-        module = importlib.import_module(f"bench_{name}")
-        sections.append(module.markdown(result))
-    return "\n".join(sections)
+        *sections("bench"),
+    ])
 
 
 def main(names: list[str]) -> None:
