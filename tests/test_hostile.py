@@ -29,7 +29,7 @@ from typer.testing import CliRunner
 from retain import models
 from retain.cli import app
 from retain.config import RetainConfig, dump_config, load_config
-from retain.errors import RunDirError
+from retain.errors import RetainError, RunDirError
 from retain.evaluation.suites import write_suite
 from retain.lab.base import lab_size
 from retain.lab.domain import DomainSpec, build_domain, write_jsonl
@@ -134,9 +134,7 @@ def _unsafe_loads(tree: ast.AST) -> list[str]:
                       "numpy.load", "np.load") and name.split(".")[0] != "np" or (
                 name in ("np.load", "numpy.load")
                 and not (isinstance(keywords.get("allow_pickle"), ast.Constant)
-                         and keywords["allow_pickle"].value is False)):
-            found.append(f"{node.lineno}: {ast.unparse(node)}")
-        elif keywords.get("use_safetensors") is not None and isinstance(keywords["use_safetensors"], ast.Constant) \
+                         and keywords["allow_pickle"].value is False)) or keywords.get("use_safetensors") is not None and isinstance(keywords["use_safetensors"], ast.Constant) \
                 and keywords["use_safetensors"].value is False:
             found.append(f"{node.lineno}: {ast.unparse(node)}")
     return found
@@ -233,14 +231,21 @@ def test_a_checkpoint_holding_code_is_refused_and_the_code_not_run(trained, micr
     # The copy's own config names the new output.dir too, or the resume is refused as another config.
     (run / "config.yaml").write_text(dump_config(load_config(tmp_path / "config.yaml", ["output.name=run"])))
     marker = tmp_path / "ran"
-    for checkpoint in (run / "checkpoints").glob("checkpoint-*"):
-        plant_pickle(checkpoint / "optimizer.pt", marker)
+    # As if killed after checkpoint-2, whose optimizer state was then replaced by a pickle
+    # that runs a command, and resealed (the seal lists sizes, so it would see the change
+    # otherwise): the resume must refuse the file, not run it.
+    shutil.rmtree(run / "checkpoints" / "checkpoint-4")
+    checkpoint = run / "checkpoints" / "checkpoint-2"
+    plant_pickle(checkpoint / "optimizer.pt", marker)
+    seal = json.loads((checkpoint / "retain_state.json").read_text())
+    seal["files"]["optimizer.pt"] = (checkpoint / "optimizer.pt").stat().st_size
+    (checkpoint / "retain_state.json").write_text(json.dumps(seal))
     result = CliRunner().invoke(app, ["-q", "train", str(tmp_path / "config.yaml"), "--name", "run", "--resume"],
                                 env={"OMP_NUM_THREADS": "1", "RETAIN_CACHE_DIR": str(tmp_path / "cache")})
-    # Either the checkpoints are found altered and redone (their seal no longer matches) or the
-    # unpickler refuses them; never is the payload run.
-    assert result.exit_code == 0 or "weights only" in str(result.exception).lower(), result.output
-    assert not marker.exists()
+    # A RetainError: the CLI's main() prints it as one line and exits 2.
+    assert isinstance(result.exception, RetainError), result.output
+    assert "checkpoint-2 holds a pickle that loading with weights_only refuses" in str(result.exception)
+    assert result.exception.file == str(checkpoint) and not marker.exists()
     # 2. The trainer's own loaders, the ones a resume calls, on each pickled file of a checkpoint:
     #    weights_only=True refuses the payload.
     from transformers import Trainer, TrainingArguments

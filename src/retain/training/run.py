@@ -31,6 +31,7 @@ import json
 import logging
 import math
 import os
+import pickle
 import shutil
 import time
 from collections.abc import Callable
@@ -48,7 +49,12 @@ from retain.config import RetainConfig
 from retain.config.loading import dump_config
 from retain.data import Example, load_examples_for
 from retain.errors import ConfigError, RetainError, RunDirError
-from retain.evaluation.commands import cached_base_logprobs, default_suites, model_identity, settings_from
+from retain.evaluation.commands import (
+    cached_base_logprobs,
+    default_suites,
+    model_identity,
+    settings_from,
+)
 from retain.evaluation.drift import compute_base_logprobs
 from retain.evaluation.engine import (
     default_reference_text,
@@ -62,7 +68,12 @@ from retain.lab.base import default_cache_dir
 from retain.methods import MethodContext, methods_for
 from retain.models import LoadedModel, check_training_memory, load_model, quiet_peft
 from retain.progress import quiet_trainer
-from retain.rundir import RunDir, atomic_write_json, config_file_hashes, default_run_name
+from retain.rundir import (
+    RunDir,
+    atomic_write_json,
+    config_file_hashes,
+    default_run_name,
+)
 from retain.training.callback import (
     Baseline,
     CheckpointSeal,
@@ -508,7 +519,19 @@ def _run_trainer(trainer: RetainTrainer, checkpoint: Path | None, state: GuardSt
     if checkpoint is None:
         return trainer.train().metrics
     if state.stopped_by is None and _step(checkpoint) < total_steps:
-        return trainer.train(resume_from_checkpoint=str(checkpoint)).metrics
+        try:
+            return trainer.train(resume_from_checkpoint=str(checkpoint)).metrics
+        except pickle.UnpicklingError as error:
+            # transformers loads the optimizer, scheduler and RNG states with
+            # weights_only=True, which refuses a pickle holding code: a checkpoint whose seal
+            # still matched but whose content was replaced (by hand or by an attacker).
+            raise RetainError(
+                f"checkpoint {checkpoint.name} holds a pickle that loading with weights_only "
+                f"refuses (it would run code): {str(error).splitlines()[0]}",
+                file=checkpoint,
+                fix=f"delete {checkpoint} to resume from an earlier checkpoint, or start over "
+                "with --overwrite; do not load checkpoints from a source you do not trust",
+            ) from None
     logger.info("%s was saved when training had ended (%s): loaded, not trained further", checkpoint,
                 f"stopped by the {state.stopped_by.guard} guard" if state.stopped_by else "the last step")
     load_weights(trainer.model, checkpoint)
