@@ -276,6 +276,29 @@ def test_a_sweep_without_an_index_reads_its_trial_directories(runs, tmp_path) ->
     assert {"method.use", "data.size"} <= set(sweep.trials[0].params)
 
 
+def test_a_sweep_or_compare_folder_cannot_point_the_report_at_runs_outside_it(runs, tmp_path) -> None:
+    # A shared folder whose JSON names a run elsewhere on this disk: that run's config and log
+    # must not be copied into the report (they could be someone's private run).
+    private = copy_run(runs["lora"], tmp_path / "private" / "secret-run")
+    (private / "log.txt").write_text("PRIVATE-LOG-LINE\n")
+    sweep_dir = make_sweep(runs, tmp_path / "sweep")
+    index = json.loads((sweep_dir / "sweep.json").read_text())
+    index["trials"][0]["run_dir"] = str(private)
+    index["trials"][1]["run_dir"] = "../private/secret-run"
+    (sweep_dir / "sweep.json").write_text(json.dumps(index))
+    shutil.rmtree(sweep_dir / "trials" / "trial-0000")  # no fallback inside for trial 0
+    sweep = read_sweep(sweep_dir)
+    assert sweep.trials[0].run is None and sweep.trials[0].task_accuracy is not None  # the record's figures stay
+    assert sweep.trials[1].run is not None and sweep.trials[1].run.path == sweep_dir / "trials" / "trial-0001"
+    compare = tmp_path / "compare"
+    copy_run(runs["small"], compare / "runs" / "small-seed0")
+    rows = [{"recipe": "lora", "runs": [{"recipe": "lora", "seed": 0, "run_dir": str(private)}]}]
+    (compare / "compare.json").write_text(json.dumps({"rows": rows}))
+    assert read_source(compare).trials[0].run is None
+    for folder in (sweep_dir, compare):
+        assert "PRIVATE-LOG-LINE" not in build_report([folder], tmp_path / f"{folder.name}.html").html.read_text()
+
+
 def test_pareto_front_keeps_only_undominated_points() -> None:
     points = [(0.9, 0.5), (0.8, 0.1), (0.7, 0.2), (0.9, 0.5), (None, 0.0), (0.95, 0.6)]
     assert pareto_front(points) == {0, 1, 3, 5}

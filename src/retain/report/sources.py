@@ -414,7 +414,7 @@ def _trial_from_record(record: Any, sweep: Path, source: Path) -> Trial:
     candidates = [Path(record["run_dir"])] if isinstance(record.get("run_dir"), str) else []
     candidates = [c if c.is_absolute() else sweep / c for c in candidates] + [sweep / "trials" / f"trial-{number:04d}"]
     for candidate in candidates:
-        if is_run_dir(candidate):
+        if _within(sweep, candidate) and is_run_dir(candidate):
             run = read_run(candidate)
             break
     trial = _trial_from_run(number, run) if run is not None else Trial(number=number)
@@ -427,6 +427,20 @@ def _trial_from_record(record: Any, sweep: Path, source: Path) -> Trial:
     trial.state = str(record.get("state") or trial.state)
     trial.error = str(record["error"]) if record.get("error") else None
     return trial
+
+
+def _within(folder: Path, candidate: Path) -> bool:
+    """True when ``candidate`` resolves inside ``folder``.
+
+    A sweep or compare folder names its runs' directories in its own JSON. A folder from
+    someone else could name any run-shaped directory on this disk (``/home/me/secret-run``),
+    whose config and log would then be copied into a report that gets shared; only runs
+    inside the folder are read (retain writes them there: ``trials/``, ``runs/``).
+    """
+    try:
+        return candidate.resolve().is_relative_to(folder.resolve())
+    except (OSError, RuntimeError):  # a link loop
+        return False
 
 
 def _trial_from_run(number: int, run: RunView) -> Trial:
@@ -479,7 +493,7 @@ def read_compare(path: Path) -> SweepView:
             named = Path(str(result.get("run_dir") or ""))
             run = None
             for candidate in (named, path / "runs" / named.name):
-                if named.name and is_run_dir(candidate):
+                if named.name and _within(path, candidate) and is_run_dir(candidate):
                     run = read_run(candidate)
                     break
             trials.append(Trial(
