@@ -80,6 +80,44 @@ def test_a_7b_model_that_cannot_fit_is_refused_with_the_estimate(seven_b, monkey
         check_training_memory(cpu_config(seven_b, "lora"))
 
 
+def test_merging_adapters_counts_the_merged_copy(seven_b, monkeypatch) -> None:
+    monkeypatch.setattr(models, "available_memory", lambda: 64 * GIB)
+    lora = estimate_training_memory(cpu_config(seven_b, "lora"))
+    merged = estimate_training_memory(cpu_config(seven_b, "lora"), merge=True)
+    assert merged.training_state == lora.weights and merged.needed > lora.needed
+    # Full fine-tuning has nothing to merge (--merge only warns): no copy is added.
+    assert estimate_training_memory(cpu_config(seven_b, "full"), merge=True) == \
+        estimate_training_memory(cpu_config(seven_b, "full"))
+    monkeypatch.setattr(models, "available_memory", lambda: 40 * GIB)
+    assert check_training_memory(cpu_config(seven_b, "lora")) is not None  # 30 GiB: fits
+    with pytest.raises(InsufficientMemory, match="about 60.2 GiB"):
+        check_training_memory(cpu_config(seven_b, "lora"), merge=True)
+
+
+@pytest.mark.parametrize(("files", "room"), [
+    ({"memory.max": "1073741824\n", "memory.current": "268435456\n"}, 768 << 20),  # cgroup v2
+    ({"memory.max": "max\n", "memory.current": "268435456\n"}, None),  # v2 without a limit
+    ({"memory/memory.limit_in_bytes": "2147483648", "memory/memory.usage_in_bytes": "1073741824"}, 1 << 30),  # v1
+    ({"memory/memory.limit_in_bytes": str((1 << 63) - 4096), "memory/memory.usage_in_bytes": "5"}, None),  # v1 unlimited
+    ({"memory.max": "1000", "memory.current": "5000"}, 0),  # over its limit: no room, not negative
+    ({"memory.max": "garbage", "memory.current": "5"}, None),  # unreadable: unknown
+    ({}, None),  # no cgroup file system
+])
+def test_the_cgroup_limit_is_read_for_v2_and_v1(files, room, tmp_path) -> None:
+    for name, text in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    assert hardware._cgroup_room(tmp_path) == room
+
+
+def test_available_memory_is_the_smaller_of_the_kernels_and_the_cgroups(monkeypatch) -> None:
+    monkeypatch.setattr(hardware, "_meminfo_available", lambda: 8 * GIB)
+    monkeypatch.setattr(hardware, "_cgroup_room", lambda: 2 * GIB)
+    assert hardware.available_memory() == 2 * GIB
+    monkeypatch.setattr(hardware, "_cgroup_room", lambda: None)
+    assert hardware.available_memory() == 8 * GIB
+
+
 def test_the_check_is_skipped_where_it_cannot_judge(seven_b, monkeypatch) -> None:
     monkeypatch.setattr(models, "available_memory", lambda: None)
     assert check_training_memory(cpu_config(seven_b, "full")) is None  # memory unknown

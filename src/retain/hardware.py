@@ -95,20 +95,24 @@ def _meminfo_available() -> int | None:
     return None
 
 
-def _cgroup_room() -> int | None:
-    """Returns the cgroup's memory limit minus its usage; None without a limit."""
-    for limit_file, usage_file in (("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
-                                   ("/sys/fs/cgroup/memory/memory.limit_in_bytes",
-                                    "/sys/fs/cgroup/memory/memory.usage_in_bytes")):
+def _cgroup_room(root: Path = Path("/sys/fs/cgroup")) -> int | None:
+    """Returns the cgroup's memory limit minus its usage; None without a limit.
+
+    Args:
+        root: Where the cgroup file system is mounted (a test points it elsewhere).
+    """
+    for limit_file, usage_file in (("memory.max", "memory.current"),
+                                   ("memory/memory.limit_in_bytes", "memory/memory.usage_in_bytes")):
         try:
-            limit = Path(limit_file).read_text().strip()
-            usage = int(Path(usage_file).read_text().strip())
+            text = (root / limit_file).read_text().strip()
+            usage = int((root / usage_file).read_text().strip())
+            # "max" (v2) or a page-rounded 2^63 (v1) mean no limit.
+            limit = None if text == "max" else int(text)
         except (OSError, ValueError):
             continue
-        # "max" (v2) or a page-rounded 2^63 (v1) mean no limit.
-        if limit == "max" or int(limit) >= 1 << 60:
+        if limit is None or limit >= 1 << 60:
             return None
-        return max(0, int(limit) - usage)
+        return max(0, limit - usage)
     return None
 
 

@@ -401,15 +401,16 @@ def _in_bytes(size: int) -> str:
     return f"{size / _GIB:.1f} GiB" if size >= _GIB else f"{size / (1 << 20):.1f} MiB"
 
 
-def estimate_training_memory(config: RetainConfig) -> MemoryEstimate | None:
+def estimate_training_memory(config: RetainConfig, *, merge: bool = False) -> MemoryEstimate | None:
     """Estimates the memory ``retain train`` needs for ``config`` on the CPU, loading nothing.
 
     Per parameter: the weights in the load dtype; under full fine-tuning also a gradient
     and AdamW's two moments in that dtype; a copy of the starting weights for l2sp, ewc
     or fapm and a Fisher estimate for ewc (under full fine-tuning); a second model with
-    its own optimizer while token_forget fits its reference model (full fine-tuning).
-    LoRA's adapters are left out (about 1% of the weights). A margin of 20% covers
-    activations and the runtime.
+    its own optimizer while token_forget fits its reference model (full fine-tuning); a
+    copy of the weights when ``merge`` (``--merge`` merges the adapters into a copy, so
+    that the trained model stays as it is). LoRA's adapters are left out (about 1% of the
+    weights). A margin of 20% covers activations and the runtime.
 
     Returns:
         The estimate, or None when the model does not train on the CPU or its parameter
@@ -431,13 +432,19 @@ def estimate_training_memory(config: RetainConfig) -> MemoryEstimate | None:
         copies += 1 if use & {"l2sp", "ewc", "fapm"} else 0  # one shared copy of the start
         copies += 1 if "ewc" in use else 0  # the Fisher information
         copies += 4 if "token_forget" in use else 0  # the reference model, its gradient and moments
+    elif merge:
+        copies += 1  # training.finish.save_merged merges into a deep copy
     weights, state = parameters * size, parameters * size * copies
     return MemoryEstimate(config.model.name_or_path, parameters, dtype, weights, state,
                           needed=math.ceil((weights + state) * (1 + _MARGIN)), available=available_memory())
 
 
-def check_training_memory(config: RetainConfig) -> MemoryEstimate | None:
+def check_training_memory(config: RetainConfig, *, merge: bool = False) -> MemoryEstimate | None:
     """Refuses a CPU training that cannot fit in the memory this machine has available.
+
+    Args:
+        config: The run's config.
+        merge: ``--merge`` was asked for (a second copy of the weights, for adapters).
 
     Returns:
         The estimate (logged), or None when there is none (see
@@ -447,7 +454,7 @@ def check_training_memory(config: RetainConfig) -> MemoryEstimate | None:
         InsufficientMemory: If the estimate exceeds the available memory; the message
             carries the estimate.
     """
-    estimate = estimate_training_memory(config)
+    estimate = estimate_training_memory(config, merge=merge)
     if estimate is None or estimate.available is None:
         logger.info("memory check skipped: %s", "no CPU estimate for this model" if estimate is None
                     else "this system does not say how much memory is available")

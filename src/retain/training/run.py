@@ -265,7 +265,7 @@ def _train(config: RetainConfig, run: RunDir, *, resume: bool, force: bool, merg
         method.check()
     suites = [load_suite(name) for name in config.probes.suites or default_suites(config.model.name_or_path)]
     if not force:  # before the audit, the doctor and the model: a run that cannot fit stops at once
-        check_training_memory(config)
+        check_training_memory(config, merge=merge)
     if not resume:
         _preflight(config, run, suites, force=force, echo=echo)
     loaded = load_model(config.model.name_or_path, device=config.model.device, dtype=config.model.dtype,
