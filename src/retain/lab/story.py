@@ -161,18 +161,26 @@ class Lab:
             TrainRefused: When the audit or the doctor refused it (a RetainError keeps
                 its message across the process boundary).
         """
-        future = self.pending.pop(training.name, None)
+        return self._outcome(training.name, f"training {training.name}", _train, training)
+
+    def baseline(self) -> dict[str, Any]:
+        """Returns the base model's few-shot scores (:func:`_baseline`): from the worker
+        process it was sent to, or measured here."""
+        return self._outcome(BASELINE_JOB, "few-shot baseline", _baseline)
+
+    def _outcome(self, name: str, what: str, job: Callable[..., dict[str, Any]], *args: Any) -> dict[str, Any]:
+        future = self.pending.pop(name, None)
         if future is None:
-            return _train(self.root, self.scale, self.seed, self.cache_dir, training, self.progress)
+            return job(self.root, self.scale, self.seed, self.cache_dir, *args, progress=self.progress)
         if not self.progress:
             return future.result()
         from rich.console import Console
 
-        with Console(stderr=True).status(f"training {training.name} (in a worker process)"):
+        with Console(stderr=True).status(f"{what} (in a worker process)"):
             return future.result()
 
 
-def _train(root: Path, scale: Scale, seed: int, cache_dir: Path | None, training: Training,
+def _train(root: Path, scale: Scale, seed: int, cache_dir: Path | None, training: Training, *,
            progress: bool = False) -> dict[str, Any]:
     """Runs one training of the story, in this process or a worker's."""
     from retain.training.run import run_train
@@ -181,6 +189,21 @@ def _train(root: Path, scale: Scale, seed: int, cache_dir: Path | None, training
     config = lab.config(training.name, training.overrides)
     outcome = run_train(config, overwrite=True, force=training.force, progress=progress, echo=lambda line: None)
     return outcome.summary | {"run_dir": str(outcome.run_dir)}
+
+
+def _baseline(root: Path, scale: Scale, seed: int, cache_dir: Path | None, *,
+              progress: bool = False) -> dict[str, Any]:
+    """Measures the base model's zero- and few-shot accuracy on the held-out task, in this
+    process or a worker's; returns ``{"accuracy": {shots: accuracy}, "best_shots",
+    "best_accuracy", "verdict"}``."""
+    from retain.evaluation.commands import run_baseline_command
+
+    lab = Lab(scale, seed, root, cache_dir, progress=progress)
+    config = lab.config("baseline", [f"eval.shots=[{','.join(map(str, scale.shots))}]"])
+    result = run_baseline_command(config, progress=progress)
+    shots, best = result.best
+    return {"accuracy": {str(k): score.accuracy for k, score in result.scores.items()}, "best_shots": shots,
+            "best_accuracy": best.accuracy, "verdict": result.verdict()}
 
 
 def run_story(lab: Lab, steps: Sequence[str] = STEPS) -> list[StepResult]:
@@ -195,11 +218,14 @@ def run_story(lab: Lab, steps: Sequence[str] = STEPS) -> list[StepResult]:
     """
     steps = [step_named(name) for name in steps]
     trainings = [training for name in steps for training in TRAININGS.get(name, lambda lab: [])(lab)]
+    # The baseline's few-shot generation is as long as a training: a job for the pool too,
+    # so that the main process does not compete with the workers for the cores.
+    jobs: list[Training | str] = [*trainings, *([BASELINE_JOB] if "baseline" in steps else [])]
     # The base step first, on its own: it builds the base model a cold cache lacks (and says
     # so) before any worker needs it.
     first = steps[:1] if steps[:1] == ["base"] else []
     results = [_run_step(lab, name) for name in first]
-    with _pool(lab, trainings):
+    with _pool(lab, jobs):
         results += [_run_step(lab, name) for name in steps[len(first):]]
     return results
 
@@ -219,10 +245,10 @@ def _run_step(lab: Lab, name: str) -> StepResult:
 
 
 @contextmanager
-def _pool(lab: Lab, trainings: Sequence[Training]):
-    """Sends ``trainings`` to ``lab.workers`` processes for the block's duration (none
-    with one worker or one training)."""
-    if lab.workers <= 1 or len(trainings) <= 1:
+def _pool(lab: Lab, jobs: Sequence[Training | str]):
+    """Sends ``jobs`` (trainings, and the baseline as :data:`BASELINE_JOB`) to
+    ``lab.workers`` processes for the block's duration (none with one worker or one job)."""
+    if lab.workers <= 1 or len(jobs) <= 1:
         yield
         return
     import multiprocessing
@@ -237,14 +263,20 @@ def _pool(lab: Lab, trainings: Sequence[Training]):
     # spawn: a fresh interpreter per worker, no forked torch thread pools or locks.
     with ProcessPoolExecutor(lab.workers, mp_context=multiprocessing.get_context("spawn"),
                              initializer=init_worker, initargs=(threads,)) as pool:
-        for training in sorted(trainings, key=lambda t: -COST.get(t.name, 0)):
-            lab.pending[training.name] = pool.submit(_train, lab.root, lab.scale, lab.seed, lab.cache_dir, training)
+        common = (lab.root, lab.scale, lab.seed, lab.cache_dir)
+        for job in sorted(jobs, key=lambda job: -COST.get(_job_name(job), 0)):
+            lab.pending[_job_name(job)] = (pool.submit(_baseline, *common) if job == BASELINE_JOB
+                                           else pool.submit(_train, *common, job))
         try:
             yield
         finally:
             for future in lab.pending.values():
                 future.cancel()
             lab.pending.clear()
+
+
+def _job_name(job: Training | str) -> str:
+    return job if isinstance(job, str) else job.name
 
 
 def default_workers() -> int:
@@ -324,19 +356,16 @@ def audit_step(lab: Lab) -> StepResult:
 def baseline_step(lab: Lab) -> StepResult:
     from collections import Counter
 
-    from retain.evaluation.commands import run_baseline_command
-
-    config = lab.config("baseline", [f"eval.shots=[{','.join(map(str, lab.scale.shots))}]"])
-    result = run_baseline_command(config, progress=lab.progress)
-    shots, best = result.best
-    scores = {str(k): score.accuracy for k, score in result.scores.items()}
+    measured = lab.baseline()
+    scores, best_accuracy = measured["accuracy"], measured["best_accuracy"]
     labels = Counter(json.loads(line).get("label") for line in (lab.data / "test.jsonl").read_text().splitlines())
     majority = max(labels.values()) / sum(labels.values())
-    needed = best.accuracy <= majority + 0.05
+    needed = best_accuracy <= majority + 0.05
     line = ("prompting alone: " + ", ".join(f"{k}-shot {v:.1%}" for k, v in scores.items())
             + f" on the held-out task, against {majority:.1%} for always answering the commonest label"
-            + (": fine-tuning is needed" if needed else f"; {result.verdict()}"))
-    return StepResult("baseline", line, {"accuracy": scores, "best_shots": shots, "best_accuracy": best.accuracy,
+            + (": fine-tuning is needed" if needed else f"; {measured['verdict']}"))
+    return StepResult("baseline", line, {"accuracy": scores, "best_shots": measured["best_shots"],
+                                         "best_accuracy": best_accuracy,
                                          "majority": majority, "fine_tuning_needed": needed})
 
 
@@ -463,10 +492,13 @@ DESCRIPTIONS = {
 TRAININGS: dict[str, Callable[[Lab], list[Training]]] = {
     "trap": trap_trainings, "aggressive": aggressive_trainings, "recipe": recipe_trainings,
 }
-# Relative cost of each training, to send the longest to the workers first: the recipe
-# trains twice the rows (half of them replay) for 2 epochs; the naive run trains the task
-# rows for 2 epochs; the others stop within a few dozen steps.
-COST = {"recipe": 3.0, "aggressive-naive": 2.0, "aggressive-guarded": 0.5, "trap-forced": 0.5, "trap-refused": 0.1}
+# Relative cost of each job, to send the longest to the workers first (measured on the
+# default lab, docs/BENCHMARKS.md "make lab"): the recipe trains twice the rows (half of
+# them replay) for 2 epochs; the naive run trains the task rows for 2 epochs; the baseline
+# generates for every held-out row at 0 and 3 shots; the others stop within a few dozen steps.
+BASELINE_JOB = "baseline"
+COST = {"recipe": 3.0, "aggressive-naive": 2.0, BASELINE_JOB: 1.5, "aggressive-guarded": 0.5, "trap-forced": 0.5,
+        "trap-refused": 0.1}
 RUNNERS: dict[str, Callable[[Lab], StepResult]] = {
     "base": base_step, "audit": audit_step, "baseline": baseline_step, "trap": trap_step,
     "aggressive": aggressive_step, "recipe": recipe_step, "report": report_step,
@@ -484,9 +516,8 @@ def _recipe() -> tuple[str, ...]:
 
 
 def _suites(config: RetainConfig) -> list:
-    from retain.evaluation.suites import load_suite
-
     from retain.evaluation.commands import default_suites
+    from retain.evaluation.suites import load_suite
 
     return [load_suite(name) for name in config.probes.suites or default_suites(config.model.name_or_path)]
 
