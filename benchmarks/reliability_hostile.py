@@ -26,7 +26,8 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULT = ROOT / "benchmarks" / "results" / "reliability_hostile.json"
 TESTS = {
     "hostile content": ["tests/test_hostile.py",
-                        "tests/test_report.py::test_hostile_strings_from_data_config_and_answers_are_escaped"],
+                        "tests/test_report.py::test_hostile_strings_from_data_config_and_answers_are_escaped",
+                        "tests/test_report.py::test_a_sweep_or_compare_folder_cannot_point_the_report_at_runs_outside_it"],
     "resource limits": ["tests/test_resources.py"],
     "determinism": ["tests/test_determinism.py"],
 }
@@ -116,10 +117,14 @@ def markdown(result: dict) -> str:
         "`.bin` is refused, unread. retain's own code calls `torch.load` nowhere (a test scans it); "
         "a resumed training unpickles the optimizer, scheduler and random state through the "
         "`Trainer`, whose every `torch.load` passes `weights_only=True` (table below), so a "
-        "checkpoint holding code fails to load instead of running it.",
+        "checkpoint holding code fails to load instead of running it: `--resume` stops with one "
+        "error naming the checkpoint and the fix (delete it, or start over).",
         "- **Strings from data** are HTML-escaped in reports (script tags, quotes, event handlers).",
         "- **Names from configs** (`output.name`, `--name`) are one path component, and files a run "
-        "writes cannot leave its directory (`..`, absolute paths, links that lead out are refused).",
+        "writes cannot leave its directory (`..`, absolute paths, links that lead out are refused). "
+        "A sweep or `lab compare` folder names its runs in its own JSON; `retain report` reads only "
+        "runs inside the folder, so a folder from elsewhere cannot copy a private run's config and "
+        "log into a report.",
         "- **Secrets**: the environment is never recorded whole; `meta.json` keeps only the variables "
         "that change results (thread counts, visible GPUs, `PYTHONHASHSEED`, ...). A real training "
         "with `HF_TOKEN` set leaves the token in no file of its run directory, checkpoints included.",
@@ -133,7 +138,8 @@ def markdown(result: dict) -> str:
         "- **Memory**: before the audit, the doctor or the model load, `retain train` on a CPU "
         "estimates what the run needs from the parameter count (safetensors headers, or the config "
         "on the meta device): the weights; under full fine-tuning a gradient and AdamW's two "
-        "moments, and the weight copies of l2sp/ewc/fapm/token_forget; +20% for activations. More "
+        "moments, and the weight copies of l2sp/ewc/fapm/token_forget; with `--merge`, the merged "
+        "copy of an adapter model; +20% for activations. More "
         "than the memory available (the container's limit counts) is refused in one line with the "
         "estimate; `--force` tries anyway. Evaluation (generation, log-likelihood, drift) halves "
         "its batch when the device runs out of memory and retries the same items, so the results "
@@ -157,7 +163,7 @@ def markdown(result: dict) -> str:
               "always passes, and peft is only reached with `adapter_model.safetensors` present.",
               "", "Not covered: the memory check estimates CPU training only (GPU memory is left to "
               "the out-of-memory backoff of evaluation and to PyTorch's error in training); "
-              "`--merge` holds a second copy of the model that the estimate does not count.", ""]
+              "training itself does not back off on out-of-memory.", ""]
     return "\n".join(lines)
 
 
