@@ -34,10 +34,12 @@ bench: setup
 	$(BIN)/python benchmarks/run.py
 
 # The evidence in docs/RESULTS.md: real lab trainings (the guards about 30 minutes on
-# 2 cores, the methods comparison and data sizes longer: see docs/RESULTS.md).
+# 2 cores, the methods comparison and data sizes longer, the recipe search about 40
+# minutes: see docs/RESULTS.md).
 results: setup
 	$(BIN)/python benchmarks/evidence_guards.py
 	$(BIN)/python benchmarks/evidence_methods.py
+	$(BIN)/python benchmarks/evidence_recipe.py
 
 # The long fuzz run of docs/RELIABILITY.md: 5,000 generated inputs for each of the data
 # loaders (JSONL, CSV), the probe-suite loader and the audit, 20,000 in all (a few minutes
