@@ -492,10 +492,11 @@ DESCRIPTIONS = {
 TRAININGS: dict[str, Callable[[Lab], list[Training]]] = {
     "trap": trap_trainings, "aggressive": aggressive_trainings, "recipe": recipe_trainings,
 }
-# Relative cost of each job, to send the longest to the workers first (measured on the
-# default lab, docs/BENCHMARKS.md "make lab"): the recipe trains twice the rows (half of
-# them replay) for 2 epochs; the naive run trains the task rows for 2 epochs; the baseline
-# generates for every held-out row at 0 and 3 shots; the others stop within a few dozen steps.
+# Rough relative cost of each job, to send the longest to the workers first: the recipe
+# trains twice the rows (half of them replay) for 2 epochs; the naive run trains the task
+# rows for 2 epochs; the baseline generates for every held-out row at 0 and 3 shots; the
+# others stop within a few dozen steps, but each still pays a final evaluation (with
+# --workers 1 the baseline took 24 s and the two trap runs 75 s: docs/BENCHMARKS.md).
 BASELINE_JOB = "baseline"
 COST = {"recipe": 3.0, "aggressive-naive": 2.0, BASELINE_JOB: 1.5, "aggressive-guarded": 0.5, "trap-forced": 0.5,
         "trap-refused": 0.1}

@@ -367,7 +367,8 @@ def read_sweep(path: Path) -> SweepView:
 
     where ``TRIAL`` is ``{number, params, state, task_accuracy, ood_accuracy, forgetting,
     general_accuracy, seconds, run_dir, error, ...}``. ``run_dir`` may be absolute or
-    relative to the sweep directory; without one, ``trials/trial-NNNN`` is tried. Figures
+    relative to the sweep directory, and is read only if it lies inside the sweep
+    directory (:func:`_within`); otherwise ``trials/trial-NNNN`` is tried. Figures
     missing from a record are taken from its run's ``summary.json``. Without ``pareto``
     the report computes the front. With neither file, every run directory under
     ``trials/`` is a trial, its params the settings that differ between the trials.
@@ -475,7 +476,8 @@ def is_compare_dir(path: Path) -> bool:
 def read_compare(path: Path) -> SweepView:
     """Reads a ``retain lab compare`` folder: each recipe and seed a trial.
 
-    A run directory named in ``compare.json`` that moved is looked for under ``runs/``.
+    A run directory named in ``compare.json`` is read only inside the folder (:func:`_within`);
+    one that moved, or lies outside, is looked for under ``runs/``.
 
     Raises:
         RetainError: ``compare.json`` or a run's file is corrupt.
