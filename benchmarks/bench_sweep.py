@@ -22,10 +22,8 @@ import time
 from pathlib import Path
 
 from retain.config import load_config
-from retain.evaluation.suites import write_suite
 from retain.lab.base import build_base, lab_size
-from retain.lab.domain import DomainSpec, build_domain, write_jsonl
-from retain.lab.world import build_world
+from retain.lab.export import export_lab_data
 from retain.rundir import RunDir
 from retain.sweep import load_sweep, run_sweep
 from retain.training.run import run_train
@@ -36,12 +34,8 @@ TARGET = 0.05  # the issue's limit: overhead under 5% of a trial's time
 
 def _lab(root: Path) -> Path:
     base = build_base(lab_size("micro"), progress=False)
-    task = build_domain(DomainSpec(n_train=200, n_validation=32, n_test=64, n_ood=64))
-    for split, rows in (("train", task.train), ("validation", task.validation), ("test", task.test),
-                        ("ood", task.ood)):
-        write_jsonl(rows, root / f"{split}.jsonl")
-    write_suite(build_world(lab_size("micro").world).probes, root / "probes.jsonl")
-    config = root / "config.yaml"
+    export_lab_data(root, size="micro", n_train=200, n_eval=64)
+    config = root / "config.yaml"  # replaces the exported default: the micro base, a few steps
     config.write_text(f"""
 model: {{name_or_path: {base.path}}}
 data: {{train: {root / 'train.jsonl'}, validation: {root / 'validation.jsonl'}, eval: {root / 'test.jsonl'},
