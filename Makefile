@@ -34,8 +34,7 @@ bench: setup
 	$(BIN)/python benchmarks/run.py
 
 # The evidence in docs/RESULTS.md: real lab trainings (the guards about 30 minutes on
-# 2 cores, the methods comparison and data sizes longer, the recipe search about 40
-# minutes: see docs/RESULTS.md).
+# 2 cores; the methods comparison, data sizes and recipe search longer: see docs/RESULTS.md).
 results: setup
 	$(BIN)/python benchmarks/evidence_guards.py
 	$(BIN)/python benchmarks/evidence_methods.py

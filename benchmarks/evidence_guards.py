@@ -60,7 +60,7 @@ def _train(config_path: Path, name: str, overrides: list[str], *, force: bool = 
     summary = finished_summary(config)
     if summary is None:
         summary = run_train(config, overwrite=True, force=force, progress=False, echo=lambda line: None).summary
-    checks = [r for r in read_jsonl(run_dir / "metrics.jsonl") if r.get("event") == "check"]
+    checks = guard_checks(run_dir)
     return {
         "seconds": summary["seconds"],
         "status": summary["status"],
@@ -76,6 +76,11 @@ def _train(config_path: Path, name: str, overrides: list[str], *, force: bool = 
                                                 "smoke_fail_share")} for check in checks],
         "ship": summary["verdict"]["ship"],
     }
+
+
+def guard_checks(run_dir: Path) -> list[dict]:
+    """Returns the guard checks a run recorded in its ``metrics.jsonl``, in order."""
+    return [r for r in read_jsonl(run_dir / "metrics.jsonl") if r.get("event") == "check"]
 
 
 def _majority_share(data: Path) -> float:

@@ -7,7 +7,7 @@ Issue 6 asks for a default recipe that forgets at most 2% while reaching 95% of 
 task accuracy; issue 8's story shows it in `retain lab`'s step 6, with the default guards
 on. Each sweep here is a real `retain sweep` of the default lab model on the lab domain
 task (seed 0, default guards), so a trial's outcome is what a user of that setting gets:
-shipped, or stopped or rolled back by a guard. The two sweeps run side by side, one
+shipped, or stopped or rolled back by a guard. The sweeps run two at a time, one
 thread each. The table keeps each trial's forgetting at every guard check, because the
 question is the transient dip early in training (the stability gap), not only the end.
 
@@ -33,8 +33,11 @@ RESULTS = HERE / "results"
 SAVED = RESULTS / "evidence_recipe.json"
 sys.path.insert(0, str(HERE))
 
+from evidence_guards import guard_checks
+from evidence_guards import render as render_results
+
 from retain.lab.export import export_lab_data
-from retain.rundir import atomic_write_json, atomic_write_text, read_jsonl
+from retain.rundir import atomic_write_json, atomic_write_text
 
 # name -> (overrides for every trial, the grid). The first is the recipe `retain lab`
 # trains (LoRA + replay) around its current setting (lr 1e-3, replay 0.5, 2 epochs);
@@ -87,17 +90,19 @@ def _trials(folder: Path) -> dict:
     trials = []
     for record in index["trials"]:
         run_dir = folder / "trials" / f"trial-{record['number']:04d}"
-        summary = json.loads((run_dir / "summary.json").read_text())
-        checks = [r for r in read_jsonl(run_dir / "metrics.jsonl") if r.get("event") == "check"]
-        trials.append({
-            "number": record["number"], "params": record["params"], "state": record["state"],
-            "task_accuracy": record.get("task_accuracy"), "ood_accuracy": record.get("ood_accuracy"),
-            "forgetting": record.get("forgetting"), "seconds": record.get("seconds"),
-            "ship": summary["verdict"]["ship"], "stopped_by": summary["stopped_by"],
-            "restored_step": summary["restored_step"], "steps": summary["steps"],
-            "guard_events": [f"{e['step']}: {e['guard']} -> {e['action']}" for e in summary["guard_events"]],
-            "checks": [{"step": c["step"], "forgetting": c["forgetting"]} for c in checks],
-        })
+        trial = {"number": record["number"], "params": record["params"], "state": record["state"],
+                 "task_accuracy": record.get("task_accuracy"), "ood_accuracy": record.get("ood_accuracy"),
+                 "forgetting": record.get("forgetting"), "seconds": record.get("seconds"), "error": record.get("error"),
+                 "ship": False, "guard_events": [], "checks": []}
+        if (run_dir / "summary.json").is_file():  # a failed trial (refused, crashed) has none
+            summary = json.loads((run_dir / "summary.json").read_text())
+            trial |= {
+                "ship": summary["verdict"]["ship"], "stopped_by": summary["stopped_by"],
+                "restored_step": summary["restored_step"], "steps": summary["steps"],
+                "guard_events": [f"{e['step']}: {e['guard']} -> {e['action']}" for e in summary["guard_events"]],
+                "checks": [{"step": c["step"], "forgetting": c["forgetting"]} for c in guard_checks(run_dir)],
+            }
+        trials.append(trial)
     return {"objectives": index.get("objectives"), "recommended": index.get("recommended"), "trials": trials}
 
 
@@ -107,9 +112,10 @@ def _pct(value: float | None) -> str:
 
 def markdown(result: dict) -> str:
     lines = ["## Searching the recipe: LoRA with rehearsal under the guards (issues 6 and 8)", "",
-             (f"Measured {result['date']}. Command: `python benchmarks/evidence_recipe.py` (two `retain sweep` "
-              "grids of the default lab model on the lab domain task, seed 0, default guards, one thread each, "
-              "side by side). Forgetting at each check is the guard's measure (relative drop of general probe "
+             (f"Measured {result['date']}. Command: `python benchmarks/evidence_recipe.py` (`retain sweep` "
+              "grids of the default lab model on the lab domain task, seed 0 unless the grid is over seeds, "
+              "default guards, two sweeps at a time, one thread each). Forgetting at each check is the guard's "
+              "measure (relative drop of general probe "
               "accuracy by generation); \"task\" is the final model's accuracy on the held-out split."), ""]
     for name, sweep in result["sweeps"].items():
         overrides, _ = SWEEPS[name]
@@ -118,12 +124,16 @@ def markdown(result: dict) -> str:
                    "OOD | verdict |"), "| --- | --- | --- | --- | --- | --- | --- | --- |"]
         for trial in sweep["trials"]:
             settings = ", ".join(f"{k}={_value(v)}" for k, v in trial["params"].items())
-            acted = "; ".join(event for event in trial["guard_events"] if "warn" not in event) or "none"
+            acted = ("; ".join(event for event in trial["guard_events"] if "warn" not in event) or "none"
+                     if trial["state"] == "complete" else f"{trial['state']}: {trial['error']}")
             path = " ".join(_pct(c["forgetting"]) for c in trial["checks"])
             lines.append(f"| {trial['number']} | {settings} | {acted} | {path} | {_pct(trial['forgetting'])} | "
                          f"{_pct(trial['task_accuracy'])} | {_pct(trial['ood_accuracy'])} | "
                          f"{'ship' if trial['ship'] else 'do not ship'} |")
         lines += ["", _reading(sweep), ""]
+    trials = [trial for sweep in result["sweeps"].values() for trial in sweep["trials"]]
+    minutes = sum(trial["seconds"] or 0.0 for trial in trials) / 60
+    lines += [f"The {len(trials)} trials took {minutes:.0f} minutes of trial time in all, two at a time.", ""]
     return "\n".join(lines) + "\n"
 
 
@@ -137,22 +147,18 @@ def _reading(sweep: dict) -> str:
     dips = [max((c["forgetting"] or 0.0) for c in t["checks"][1:]) for t in trials if len(t["checks"]) > 1]
     over_seeds = any("train.seed" in t["params"] for t in trials)
     text = (f"{len(shipped)} of {len(trials)} {'seeds' if over_seeds else 'settings'} ship"
-            f"{'' if over_seeds else ' at seed 0'}. The deepest dip of each run (its "
-            f"largest forgetting at any check after the start) ranges {_pct(min(dips))}-{_pct(max(dips))}.")
+            f"{'' if over_seeds else ' at seed 0'}.")
+    if dips:
+        text += (f" The deepest dip of each run (its largest forgetting at any check after the start) ranges "
+                 f"{_pct(min(dips))}-{_pct(max(dips))}.")
     if shipped:
         best = max(shipped, key=lambda t: t["task_accuracy"] or 0.0)
         text += (f" The best task accuracy among those that ship is {_pct(best['task_accuracy'])} (trial "
                  f"{best['number']}), final forgetting {_pct(best['forgetting'])}.")
-    if over_seeds:
+    if over_seeds and any(t["task_accuracy"] is not None for t in trials):
         tasks = [t["task_accuracy"] for t in trials if t["task_accuracy"] is not None]
         text += f" Task accuracy over the seeds: {_pct(min(tasks))}-{_pct(max(tasks))}."
     return text
-
-
-def render() -> str:
-    from evidence_guards import render as render_results
-
-    return render_results()
 
 
 def main() -> None:
@@ -166,7 +172,7 @@ def main() -> None:
         result = run(args.runs.resolve())
         result["date"] = time.strftime("%Y-%m-%d", time.gmtime())
         atomic_write_json(SAVED, result)
-    atomic_write_text(HERE.parent / "docs" / "RESULTS.md", render())
+    atomic_write_text(HERE.parent / "docs" / "RESULTS.md", render_results())
 
 
 if __name__ == "__main__":
