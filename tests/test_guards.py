@@ -122,6 +122,12 @@ def test_task_reasons_refuse_a_model_that_did_not_learn_or_answers_nothing() -> 
     assert any("commit to no label" in reason for reason in silent)
     assert any("are broken" in reason for reason in silent)
     assert task_reasons({}, {"eval": score(0.1)}, 0.25) == []  # no base score: nothing to compare
+    # Better than the base, but no better than always answering the commonest label.
+    majority = {"label": "no", "share": 0.405}
+    constant = task_reasons({"eval": score(0.0)}, {"eval": score(0.408) | {"n": 400, "majority": majority}}, 0.25)
+    assert len(constant) == 1 and "always answering 'no' (40.5%)" in constant[0] and "not learned" in constant[0]
+    learned = {"eval": score(0.623) | {"n": 400, "majority": majority}}
+    assert task_reasons({"eval": score(0.0)}, learned, 0.25) == []
 
 
 def test_forgetting_patience_waits_out_a_falling_dip_but_not_a_holding_drop() -> None:

@@ -8,7 +8,7 @@ from retain.data import Example
 from retain.evaluation import task as task_module
 from retain.evaluation.generation import Generation
 from retain.evaluation.prompting import PromptFormat
-from retain.evaluation.task import render_example, score_perturbations, score_task
+from retain.evaluation.task import no_better_than_majority, render_example, score_perturbations, score_task
 from retain.lab.domain import DomainSpec, build_domain
 from retain.lab.tokenizer import train_tokenizer
 
@@ -48,6 +48,32 @@ def test_a_model_that_says_nothing_scores_zero_whatever_loglik_says(tiny, domain
     assert score.health.empty == 1.0
     assert score.loglik_accuracy is not None and 0.0 <= score.loglik_accuracy <= 1.0
 
+
+
+def test_a_model_that_always_gives_the_commonest_label_scores_the_majority_share(
+        tiny, domain_examples, monkeypatch) -> None:
+    from collections import Counter
+
+    model, tokenizer = tiny
+    gold = Counter(e.response.strip() for e in domain_examples)
+    commonest, count = gold.most_common(1)[0]
+    plant(monkeypatch, [commonest] * len(domain_examples))
+    score = score_task(model, tokenizer, domain_examples, PromptFormat.raw())
+    assert score.majority == (commonest, count / len(domain_examples))
+    assert score.accuracy == pytest.approx(score.majority[1])
+    assert score.to_dict()["majority"] == {"label": commonest, "share": count / len(domain_examples)}
+    assert no_better_than_majority(score.accuracy, score.majority[1], score.n)
+
+
+def test_no_better_than_majority_is_two_standard_errors_above_the_majority_share() -> None:
+    # 400 examples at 40.5%: one standard error is sqrt(.405 * .595 / 400) = 2.45 points.
+    assert no_better_than_majority(0.408, 0.405, 400)  # the lab's "learned nothing" run
+    assert no_better_than_majority(0.453, 0.405, 400)  # 4.8 points over: within 2 SE
+    assert not no_better_than_majority(0.455, 0.405, 400)  # 5.0 points over
+    assert not no_better_than_majority(0.623, 0.405, 400)
+    assert no_better_than_majority(0.30, 0.405, 400)  # below it
+    # Fewer examples, a wider band: 60% of 20 at a 50% majority (SE 11 points) is not enough.
+    assert no_better_than_majority(0.60, 0.5, 20) and not no_better_than_majority(0.75, 0.5, 20)
 
 def test_labels_are_parsed_robustly_and_shares_reported(tiny, domain_examples, monkeypatch) -> None:
     model, tokenizer = tiny

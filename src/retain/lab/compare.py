@@ -125,8 +125,8 @@ def run_compare(
         workers: Runs trained at once, each in its own process with an equal share of the
             CPU threads. The lab model's matrices are too small to keep several threads
             busy, so on a CPU one-thread runs side by side use the cores better than one
-            run with every thread (not yet measured by a benchmark in the repo); on a GPU
-            keep 1.
+            run with every thread (for ``retain lab``, two workers took 0.85x the time of
+            one: docs/BENCHMARKS.md); on a GPU keep 1.
         progress: Show each run's progress bars (one worker only).
         echo: Prints one line per run.
     """
@@ -191,7 +191,9 @@ def _run(recipe: Recipe, seed: int, data: Path, runs: Path, data_size: int | Non
 
     name = _slug(recipe.name) + (f"-n{data_size}" if data_size else "") + f"-seed{seed}"
     summary_path = runs / name / "summary.json"
-    overrides = [*recipe.overrides, f"train.seed={seed}", "guards.enabled=false",
+    # No brittleness perturbations: the table shows none of their figures, and they are about
+    # half of each run's final evaluation (an override in ``extra`` comes later and wins).
+    overrides = [*recipe.overrides, f"train.seed={seed}", "guards.enabled=false", "eval.perturbations=[]",
                  f"output.dir={runs}", f"output.name={name}", *extra]
     if data_size:
         overrides.append(f"data.size={data_size}")

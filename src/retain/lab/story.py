@@ -70,6 +70,11 @@ SCALES: dict[str, Scale] = {
                    train=("train.max_steps=8", "eval.perturbations=[]")),
 }
 AGGRESSIVE = ("method=[full]", "train.lr=5e-4")
+# The trap's and the naive run's final evaluations skip the brittleness perturbations: the
+# story shows none of their figures, and they are about half of an evaluation (a looping
+# model generates to the cap on every perturbed prompt). The recipe, the model a user would
+# ship, keeps them for the report.
+NO_BRITTLENESS = "eval.perturbations=[]"
 
 
 @dataclass
@@ -374,7 +379,7 @@ def trap_trainings(lab: Lab) -> list[Training]:
     # every pad label, so no EOS is ever trained. Capped at two checks: the first is the catch.
     every = lab.scale.trap_every
     trap = (*_recipe(), "model.pad_token=eos", "train.collator=language_modeling",
-            f"guards.every_steps={every}", f"train.max_steps={2 * every}")
+            f"guards.every_steps={every}", f"train.max_steps={2 * every}", NO_BRITTLENESS)
     return [Training("trap-refused", trap), Training("trap-forced", trap, force=True)]
 
 
@@ -396,8 +401,9 @@ def trap_step(lab: Lab) -> StepResult:
 
 
 def aggressive_trainings(lab: Lab) -> list[Training]:
-    return [Training("aggressive-naive", (*AGGRESSIVE, "guards.enabled=false")),
-            Training("aggressive-guarded", (*AGGRESSIVE, f"guards.every_steps={lab.scale.guarded_every}"))]
+    return [Training("aggressive-naive", (*AGGRESSIVE, "guards.enabled=false", NO_BRITTLENESS)),
+            Training("aggressive-guarded", (*AGGRESSIVE, f"guards.every_steps={lab.scale.guarded_every}",
+                                            NO_BRITTLENESS))]
 
 
 def aggressive_step(lab: Lab) -> StepResult:

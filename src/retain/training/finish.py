@@ -149,7 +149,9 @@ def summary_of(config: RetainConfig, state: GuardState, base: dict[str, Any], fi
 def task_reasons(before: dict[str, dict[str, Any]], after: dict[str, dict[str, Any]],
                  fail_share: float) -> list[str]:
     """Returns why the fine-tuned task answers forbid shipping: the held-out accuracy did not
-    rise above the base model's, most answers commit to no label, or too many are broken.
+    rise above the base model's or cannot be told apart from always giving the commonest
+    label (:func:`~retain.evaluation.task.no_better_than_majority`), most answers commit to
+    no label, or too many are broken.
 
     A model that answers nothing can still score the majority label's share on some
     metrics; these reasons keep the verdict from calling such a model safe.
@@ -159,11 +161,18 @@ def task_reasons(before: dict[str, dict[str, Any]], after: dict[str, dict[str, A
         after: The final model's task scores by split.
         fail_share: The broken share that fails (``guards.smoke.fail_share``).
     """
+    from retain.evaluation.task import no_better_than_majority
+
     reasons = []
     held_out, base = after.get("eval"), before.get("eval")
     if held_out and base and held_out["accuracy"] <= base["accuracy"]:
         reasons.append(f"task accuracy on the held-out set did not improve on the base model "
                        f"({base['accuracy']:.1%} -> {held_out['accuracy']:.1%})")
+    elif held_out and (majority := held_out.get("majority")) and no_better_than_majority(
+            held_out["accuracy"], majority["share"], held_out["n"]):
+        reasons.append(f"task accuracy on the held-out set ({held_out['accuracy']:.1%}) is no better than "
+                       f"always answering '{majority['label']}' ({majority['share']:.1%}): the task was not "
+                       "learned")
     for split, score in after.items():
         if (score.get("unparsed") or 0.0) >= 0.5:
             reasons.append(f"{score['unparsed']:.0%} of the task answers ({split}) commit to no label")
