@@ -8,7 +8,12 @@ from retain.data import Example
 from retain.evaluation import task as task_module
 from retain.evaluation.generation import Generation
 from retain.evaluation.prompting import PromptFormat
-from retain.evaluation.task import no_better_than_majority, render_example, score_perturbations, score_task
+from retain.evaluation.task import (
+    no_better_than_majority,
+    render_example,
+    score_perturbations,
+    score_task,
+)
 from retain.lab.domain import DomainSpec, build_domain
 from retain.lab.tokenizer import train_tokenizer
 
