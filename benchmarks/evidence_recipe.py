@@ -117,37 +117,71 @@ def markdown(result: dict) -> str:
               "default guards, two sweeps at a time, one thread each). Forgetting at each check is the guard's "
               "measure (relative drop of general probe "
               "accuracy by generation); \"task\" is the final model's accuracy on the held-out split."), ""]
+    chance = _commonest_label()
     for name, sweep in result["sweeps"].items():
         overrides, _ = SWEEPS[name]
         lines += [f"### `{name}`: {', '.join(f'`{o}`' for o in overrides)}", "",
                   ("| trial | settings | guards that acted | forgetting at each check | final forgetting | task | "
                    "OOD | verdict |"), "| --- | --- | --- | --- | --- | --- | --- | --- |"]
         for trial in sweep["trials"]:
+            trial = trial | {"ship": _verdict(trial, chance)}
             settings = ", ".join(f"{k}={_value(v)}" for k, v in trial["params"].items())
             acted = ("; ".join(event for event in trial["guard_events"] if "warn" not in event) or "none"
                      if trial["state"] == "complete" else f"{trial['state']}: {trial['error']}")
             path = " ".join(_pct(c["forgetting"]) for c in trial["checks"])
             lines.append(f"| {trial['number']} | {settings} | {acted} | {path} | {_pct(trial['forgetting'])} | "
                          f"{_pct(trial['task_accuracy'])} | {_pct(trial['ood_accuracy'])} | "
-                         f"{'ship' if trial['ship'] else 'do not ship'} |")
-        lines += ["", _reading(sweep), ""]
+                         f"{trial['ship']} |")
+        lines += ["", _reading(sweep, chance), ""]
     trials = [trial for sweep in result["sweeps"].values() for trial in sweep["trials"]]
     minutes = sum(trial["seconds"] or 0.0 for trial in trials) / 60
     lines += [f"The {len(trials)} trials took {minutes:.0f} minutes of trial time in all, two at a time.", ""]
+    if any("*" in _verdict(trial, chance) for trial in trials):
+        label, share, n = chance
+        lines += [f"\\* Shipped when measured; the verdict rule added since (held-out accuracy within two standard "
+                  f"errors of always answering '{label}', {share:.1%} of the {n} test rows: the task was not "
+                  "learned) refuses it.", ""]
     return "\n".join(lines) + "\n"
+
+
+def _commonest_label() -> tuple[str, float, int]:
+    """The commonest label of the test split the sweeps evaluated on (the default lab
+    data, rewritten here: it is deterministic), its share and the split's size."""
+    import tempfile
+    from collections import Counter
+
+    with tempfile.TemporaryDirectory() as folder:
+        export_lab_data(Path(folder))
+        labels = [json.loads(line)["label"] for line in (Path(folder) / "test.jsonl").read_text().splitlines()]
+    label, count = Counter(labels).most_common(1)[0]
+    return label, count / len(labels), len(labels)
+
+
+def _verdict(trial: dict, chance: tuple[str, float, int]) -> str:
+    """The trial's verdict as measured, starred when today's rule that a task accuracy no
+    better than the commonest label's share was not learned would refuse it."""
+    from retain.evaluation.task import no_better_than_majority
+
+    if not trial["ship"]:
+        return "do not ship"
+    _, share, n = chance
+    unlearned = trial["task_accuracy"] is not None and no_better_than_majority(trial["task_accuracy"], share, n)
+    return "ship\\*" if unlearned else "ship"
 
 
 def _value(value) -> str:
     return f"[{', '.join(value)}]" if isinstance(value, list) else f"{value:g}" if isinstance(value, float) else str(value)
 
 
-def _reading(sweep: dict) -> str:
+def _reading(sweep: dict, chance: tuple[str, float, int]) -> str:
     trials = sweep["trials"]
     shipped = [t for t in trials if t["ship"]]
+    unlearned = [t for t in shipped if "*" in _verdict(t, chance)]
     dips = [max((c["forgetting"] or 0.0) for c in t["checks"][1:]) for t in trials if len(t["checks"]) > 1]
     over_seeds = any("train.seed" in t["params"] for t in trials)
     text = (f"{len(shipped)} of {len(trials)} {'seeds' if over_seeds else 'settings'} ship"
-            f"{'' if over_seeds else ' at seed 0'}.")
+            f"{'' if over_seeds else ' at seed 0'}"
+            + (f" ({len(unlearned)} of them starred: not learned by today's rule)." if unlearned else "."))
     if dips:
         text += (f" The deepest dip of each run (its largest forgetting at any check after the start) ranges "
                  f"{_pct(min(dips))}-{_pct(max(dips))}.")
