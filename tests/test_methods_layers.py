@@ -262,3 +262,42 @@ def test_freeze_and_llrd_through_the_trainer_optimizer(tokenizer, tmp_path) -> N
     assert set(placed) == _trainable_names(model)
     assert all(_layer(name) != 0 and "embed_tokens" not in name for name in placed)
     assert placed == pytest.approx({name: _expected_lr(name, 3, 0.5) for name in placed})
+
+
+# --- LoRA+ (method.lora.lr_ratio) ---------------------------------------------------------
+
+
+def test_lora_plus_trains_the_b_matrices_at_the_ratio_and_the_a_matrices_at_the_rate(tokenizer, tmp_path) -> None:
+    config, model = _prepared(["method=[lora]", "method.lora.lr_ratio=16"], tokenizer, tmp_path, 2)
+    incoming = _default_groups(model)
+    decay_of = {name: group["weight_decay"] for group in incoming for name in group["names"]}
+    lines: list[str] = []
+    groups = Lora(config).param_groups(incoming, model, _context(config, tokenizer, tmp_path, lines))
+    rate_of = {name: group["lr"] for group in groups for name in group["names"]}
+    assert sorted(rate_of) == sorted(decay_of)  # every trained weight placed once
+    b_matrices = [name for name in rate_of if ".lora_B." in name]
+    assert len(b_matrices) == 2 * 7  # two layers, seven projections
+    for name, rate in rate_of.items():
+        assert rate == pytest.approx(LR * 16 if ".lora_B." in name else LR), name
+    assert {name: group["weight_decay"] for group in groups for name in group["names"]} == decay_of
+    assert lines == ["lora+: 14 B matrices train at 16x the learning rate of the A matrices"]
+    plain = load_config(None, [f"train.lr={LR}", "method=[lora]"])
+    assert Lora(plain).param_groups(incoming, model, _context(plain, tokenizer, tmp_path)) is incoming
+
+
+def test_lora_plus_composes_with_llrd_in_the_trainer_optimizer(tokenizer, tmp_path) -> None:
+    config = load_config(None, [f"train.lr={LR}", "method=[lora,llrd]", "method.lora.lr_ratio=4",
+                                "method.llrd.factor=0.5"])
+    model = _model(tokenizer, layers=3)
+    context = _context(config, tokenizer, tmp_path)
+    methods = methods_for(config)
+    for method in methods:
+        model = method.prepare_model(model, context)
+    args = TrainingArguments(output_dir=str(tmp_path / "out"), use_cpu=True, report_to="none",
+                             learning_rate=LR, weight_decay=0.1)
+    optimizer = RetainTrainer(model=model, args=args, methods=methods, context=context).create_optimizer()
+    name_of = {id(parameter): name for name, parameter in model.named_parameters()}
+    placed = {name_of[id(parameter)]: group["lr"] for group in optimizer.param_groups for parameter in group["params"]}
+    assert set(placed) == _trainable_names(model)
+    expected = {name: _expected_lr(name, 3, 0.5) * (4 if ".lora_B." in name else 1) for name in placed}
+    assert placed == pytest.approx(expected)

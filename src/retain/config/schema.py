@@ -159,6 +159,13 @@ class LoraConfig(_Section):
         32.0, gt=0, description="LoRA alpha; updates are scaled by alpha / r, i.e. 2 by default."
     )
     dropout: float = Field(0.05, ge=0, lt=1, description="Dropout applied to the LoRA input.")
+    lr_ratio: float = Field(
+        1.0,
+        gt=0,
+        description="LoRA+ (Hayou et al., 2024, https://arxiv.org/abs/2402.12354): the B matrices "
+        "train at train.lr times this, the A matrices at train.lr; 1 is plain LoRA, the paper "
+        "suggests 16.",
+    )
     target_modules: list[str] = Field(
         default_factory=lambda: list(_ATTENTION_AND_MLP),
         min_length=1,
