@@ -75,3 +75,29 @@ def test_errors_keep_their_fix_across_processes() -> None:
 
     error = pickle.loads(pickle.dumps(ConfigError("bad", fix="do this", field="train.lr", line=3)))
     assert (error.message, error.fix, error.field, error.line) == ("bad", "do this", "train.lr", 3)
+
+
+def test_a_finished_run_is_read_back_while_its_config_still_means_the_same(tmp_path) -> None:
+    from retain.config import load_config
+    from retain.config.loading import dump_config
+    from retain.training.run import finished_summary
+
+    config = load_config(None, [f"output.dir={tmp_path}", "output.name=run", "train.lr=1e-3"])
+    folder = tmp_path / "run"
+    folder.mkdir()
+    (folder / "summary.json").write_text(json.dumps({"steps": 7}))
+    saved = folder / "config.yaml"
+    saved.write_text(dump_config(config))
+    assert finished_summary(config) == {"steps": 7}
+    assert finished_summary(config.model_copy(update={"train": config.train.model_copy(update={"lr": 2e-3})})) is None
+    # Saved before a setting existed: the setting takes its default, and the run still counts.
+    older = [line for line in saved.read_text().splitlines() if "lr_ratio" not in line]
+    assert len(older) == len(saved.read_text().splitlines()) - 1
+    saved.write_text("\n".join(older) + "\n")
+    assert finished_summary(config) == {"steps": 7}
+    # Saved with a setting since removed: it no longer validates, so the run is trained again.
+    saved.write_text(dump_config(config).replace("train:\n", "train:\n  retired_setting: 3\n", 1))
+    assert finished_summary(config) is None
+    (folder / "summary.json").unlink()  # an unfinished run
+    saved.write_text(dump_config(config))
+    assert finished_summary(config) is None

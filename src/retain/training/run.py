@@ -46,7 +46,7 @@ from transformers.trainer import TRAINER_STATE_NAME
 from retain.audit.doctor import run_doctor
 from retain.audit.runner import run_audit
 from retain.config import RetainConfig
-from retain.config.loading import dump_config
+from retain.config.loading import dump_config, load_config
 from retain.data import Example, load_examples_for
 from retain.errors import ConfigError, RetainError, RunDirError
 from retain.evaluation.commands import (
@@ -675,13 +675,22 @@ def _data_hashes(config: RetainConfig) -> dict[str, str]:
 
 def finished_summary(config: RetainConfig) -> dict[str, Any] | None:
     """Returns the summary of the run ``config`` names if that run finished with this very
-    config (its saved ``config.yaml`` equals ``config`` dumped), else None: comparisons and
-    evidence scripts read such a run back instead of training it again."""
+    config, else None: comparisons and evidence scripts read such a run back instead of
+    training it again.
+
+    The saved ``config.yaml`` is read as a config, so a setting added to retain since the
+    run was saved takes its default, which keeps the old behaviour: the run still counts.
+    A saved config that no longer validates (a setting since removed) does not.
+    """
     folder = Path(config.output.dir) / (config.output.name or "")
     summary, saved = folder / "summary.json", folder / "config.yaml"
-    if config.output.name and summary.is_file() and saved.is_file() and saved.read_text() == dump_config(config):
-        return json.loads(summary.read_text())
-    return None
+    if not (config.output.name and summary.is_file() and saved.is_file()):
+        return None
+    try:
+        same = dump_config(load_config(saved)) == dump_config(config)
+    except RetainError:
+        return None
+    return json.loads(summary.read_text()) if same else None
 
 
 def _check_same_config(run: RunDir, config: RetainConfig) -> RetainConfig:
