@@ -101,3 +101,26 @@ def test_a_finished_run_is_read_back_while_its_config_still_means_the_same(tmp_p
     (folder / "summary.json").unlink()  # an unfinished run
     saved.write_text(dump_config(config))
     assert finished_summary(config) is None
+
+
+def test_resuming_accepts_a_config_saved_before_a_setting_existed_and_refuses_a_changed_one(tmp_path) -> None:
+    from retain.config import load_config
+    from retain.config.loading import dump_config
+    from retain.errors import RetainError
+    from retain.rundir import RunDir
+    from retain.training.run import _check_same_config
+
+    config = load_config(None, [f"output.dir={tmp_path}", "output.name=run"])
+    run = RunDir(tmp_path / "run", writer=False)
+    run.path.mkdir()
+    with pytest.raises(RetainError, match="no config.yaml"):
+        _check_same_config(run, config)
+    run.config_path.write_text("".join(line for line in dump_config(config).splitlines(keepends=True)
+                                       if "lr_ratio" not in line))
+    assert _check_same_config(run, config) is config
+    changed = config.model_copy(update={"train": config.train.model_copy(update={"lr": 3e-3})})
+    with pytest.raises(ConfigError, match="differs from the one the run started with"):
+        _check_same_config(run, changed)
+    run.config_path.write_bytes(b"\xff\xfe not yaml")  # unreadable: not the same config
+    with pytest.raises(ConfigError, match="differs"):
+        _check_same_config(run, config)

@@ -70,7 +70,7 @@ SCALES: dict[str, Scale] = {
                    train=("train.max_steps=8", "eval.perturbations=[]")),
 }
 AGGRESSIVE = ("method=[full]", "train.lr=5e-4")
-# The trap's and the naive run's final evaluations skip the brittleness perturbations: the
+# The trap's and the aggressive runs' final evaluations skip the brittleness perturbations: the
 # story shows none of their figures, and they are about half of an evaluation (a looping
 # model generates to the cap on every perturbed prompt). The recipe, the model a user would
 # ship, keeps them for the report.

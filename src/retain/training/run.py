@@ -686,20 +686,29 @@ def finished_summary(config: RetainConfig) -> dict[str, Any] | None:
     summary, saved = folder / "summary.json", folder / "config.yaml"
     if not (config.output.name and summary.is_file() and saved.is_file()):
         return None
+    return json.loads(summary.read_text()) if _same_config(saved, config) else None
+
+
+def _same_config(saved: Path, config: RetainConfig) -> bool:
+    """True when the config saved at ``saved`` means ``config``: read as a config, so that
+    settings added to retain since take their defaults; False when it no longer validates."""
+    dumped = dump_config(config)
+    if saved.read_bytes() == dumped.encode():
+        return True
     try:
-        same = dump_config(load_config(saved)) == dump_config(config)
+        return dump_config(load_config(saved)) == dumped
     except RetainError:
-        return None
-    return json.loads(summary.read_text()) if same else None
+        return False
 
 
 def _check_same_config(run: RunDir, config: RetainConfig) -> RetainConfig:
-    """Resuming, the run's own config wins; a different one given now is an error."""
-    saved = run.config_path.read_text() if run.config_path.is_file() else None
-    if saved is None:
+    """Resuming, the run's own config wins; a different one given now is an error (a
+    setting added to retain since the run started takes its default, see
+    :func:`_same_config`)."""
+    if not run.config_path.is_file():
         raise RetainError(f"{run.path} has no config.yaml, so it cannot be resumed",
                           fix="start a new run (drop --resume)")
-    if dump_config(config) != saved:
+    if not _same_config(run.config_path, config):
         raise ConfigError(
             "the config differs from the one the run started with", file=run.config_path,
             fix="resume with the same config and --set options, or start a new run with another --name",
