@@ -200,7 +200,8 @@ def _baseline(root: Path, scale: Scale, seed: int, cache_dir: Path | None, *,
               progress: bool = False) -> dict[str, Any]:
     """Measures the base model's zero- and few-shot accuracy on the held-out task, in this
     process or a worker's; returns ``{"accuracy": {shots: accuracy}, "best_shots",
-    "best_accuracy", "verdict"}``."""
+    "best_accuracy", "majority", "n", "verdict"}`` (``majority``: the share of the test
+    split's commonest label, :attr:`TaskScore.majority`)."""
     from retain.evaluation.commands import run_baseline_command
 
     lab = Lab(scale, seed, root, cache_dir, progress=progress)
@@ -208,7 +209,8 @@ def _baseline(root: Path, scale: Scale, seed: int, cache_dir: Path | None, *,
     result = run_baseline_command(config, progress=progress)
     shots, best = result.best
     return {"accuracy": {str(k): score.accuracy for k, score in result.scores.items()}, "best_shots": shots,
-            "best_accuracy": best.accuracy, "verdict": result.verdict()}
+            "best_accuracy": best.accuracy, "majority": best.majority[1] if best.majority else None,
+            "n": best.n, "verdict": result.verdict()}
 
 
 def run_story(lab: Lab, steps: Sequence[str] = STEPS) -> list[StepResult]:
@@ -359,15 +361,16 @@ def audit_step(lab: Lab) -> StepResult:
 
 
 def baseline_step(lab: Lab) -> StepResult:
-    from collections import Counter
+    from retain.evaluation.task import no_better_than_majority
 
     measured = lab.baseline()
-    scores, best_accuracy = measured["accuracy"], measured["best_accuracy"]
-    labels = Counter(json.loads(line).get("label") for line in (lab.data / "test.jsonl").read_text().splitlines())
-    majority = max(labels.values()) / sum(labels.values())
-    needed = best_accuracy <= majority + 0.05
+    scores, best_accuracy, majority = measured["accuracy"], measured["best_accuracy"], measured["majority"]
+    # Prompting that cannot be told apart from always giving the commonest label: the
+    # verdict's own rule for a model that did not learn the task.
+    needed = majority is not None and no_better_than_majority(best_accuracy, majority, measured["n"])
+    against = f", against {majority:.1%} for always answering the commonest label" if majority is not None else ""
     line = ("prompting alone: " + ", ".join(f"{k}-shot {v:.1%}" for k, v in scores.items())
-            + f" on the held-out task, against {majority:.1%} for always answering the commonest label"
+            + f" on the held-out task{against}"
             + (": fine-tuning is needed" if needed else f"; {measured['verdict']}"))
     return StepResult("baseline", line, {"accuracy": scores, "best_shots": measured["best_shots"],
                                          "best_accuracy": best_accuracy,
