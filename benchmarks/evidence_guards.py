@@ -83,10 +83,14 @@ def guard_checks(run_dir: Path) -> list[dict]:
     return [r for r in read_jsonl(run_dir / "metrics.jsonl") if r.get("event") == "check"]
 
 
-def _majority_share(data: Path) -> float:
-    """Returns the share of the eval set's commonest answer: accuracy of a model that learned nothing."""
+def commonest_answer(data: Path) -> tuple[str, float, int]:
+    """Returns the eval set's commonest answer, its share (the accuracy of a model that
+    learned nothing) and the set's size."""
+    from collections import Counter
+
     answers = [json.loads(line)["response"].strip() for line in (data / "test.jsonl").read_text().splitlines()]
-    return max(answers.count(answer) for answer in set(answers)) / len(answers)
+    answer, count = Counter(answers).most_common(1)[0]
+    return answer, count / len(answers), len(answers)
 
 
 def _trap_data(data: Path) -> Path:
@@ -122,7 +126,7 @@ def run(seeds: int, parts: tuple[str, ...] = PARTS) -> dict:
     for name, extra in aggressive:
         result["aggressive"][name] = _train(config, f"aggressive-{name}", AGGRESSIVE + extra)
         print(f"aggressive {name}: forgetting {result['aggressive'][name]['forgetting']}", flush=True)
-    result["majority_share"] = _majority_share(data)
+    result["majority_share"] = commonest_answer(data)[1]
     recipe = next(item for item in DEFAULT_RECIPES if item.name == RECIPE).overrides
     plan = {"default": ([], range(seeds)), "recipe_at_once": ([*recipe, AT_ONCE], range(seeds)),
             "recipe": (list(recipe), range(seeds)), "recipe_heldout": (list(recipe), range(seeds, 2 * seeds))}
@@ -277,7 +281,7 @@ def main() -> None:
         result = json.loads(saved.read_text())
         if "majority_share" not in result:  # results saved before it was recorded
             export_lab_data(RUNS / "data")
-            result["majority_share"] = _majority_share(RUNS / "data")
+            result["majority_share"] = commonest_answer(RUNS / "data")[1]
             atomic_write_json(saved, result)
         atomic_write_text(DOC, render())
         return

@@ -192,7 +192,8 @@ def _plus_reading(plus: dict, by_name: dict[str, dict]) -> str:
 
 def _higher(value, reference) -> str:
     """"higher", "lower" or "no clear difference" for an accuracy, by the 95% intervals."""
-    return {"less": "lower", "more": "higher"}.get(_direction(value, reference), _direction(value, reference))
+    direction = _direction(value, reference)
+    return {"less": "lower", "more": "higher"}.get(direction, direction)
 
 
 def _size_reading(by_size: dict[str, list[dict]]) -> str:

@@ -33,7 +33,7 @@ RESULTS = HERE / "results"
 SAVED = RESULTS / "evidence_recipe.json"
 sys.path.insert(0, str(HERE))
 
-from evidence_guards import guard_checks
+from evidence_guards import commonest_answer, guard_checks
 from evidence_guards import render as render_results
 
 from retain.lab.export import export_lab_data
@@ -148,13 +148,10 @@ def _commonest_label() -> tuple[str, float, int]:
     """The commonest label of the test split the sweeps evaluated on (the default lab
     data, rewritten here: it is deterministic), its share and the split's size."""
     import tempfile
-    from collections import Counter
 
     with tempfile.TemporaryDirectory() as folder:
         export_lab_data(Path(folder))
-        labels = [json.loads(line)["label"] for line in (Path(folder) / "test.jsonl").read_text().splitlines()]
-    label, count = Counter(labels).most_common(1)[0]
-    return label, count / len(labels), len(labels)
+        return commonest_answer(Path(folder))
 
 
 def _verdict(trial: dict, chance: tuple[str, float, int]) -> str:
