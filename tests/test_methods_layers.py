@@ -241,24 +241,27 @@ def test_llrd_sgd_step_moves_each_layer_by_its_rate(tokenizer, tmp_path) -> None
         assert torch.allclose(step, expected, rtol=1e-3, atol=0), name
 
 
-def test_freeze_and_llrd_through_the_trainer_optimizer(tokenizer, tmp_path) -> None:
-    config = load_config(None, [f"train.lr={LR}", "method=[full,freeze,llrd]", "method.freeze.layers=1",
-                                "method.llrd.factor=0.5"])
+def _optimizer_rates(overrides: list[str], tokenizer, tmp_path):
+    """Prepares a 3-layer model with the methods of ``overrides`` and builds RetainTrainer's
+    optimizer, as a run does; returns the methods, the model and each weight's rate."""
+    config = load_config(None, [f"train.lr={LR}", *overrides])
     model = _model(tokenizer, layers=3)
     context = _context(config, tokenizer, tmp_path)
     methods = methods_for(config)
-    assert [method.name for method in methods] == ["full", "freeze", "llrd"]
     for method in methods:
         model = method.prepare_model(model, context)
     args = TrainingArguments(output_dir=str(tmp_path / "out"), use_cpu=True, report_to="none",
                              learning_rate=LR, weight_decay=0.1)
-    trainer = RetainTrainer(model=model, args=args, methods=methods, context=context)
-    optimizer = trainer.create_optimizer()
+    optimizer = RetainTrainer(model=model, args=args, methods=methods, context=context).create_optimizer()
     name_of = {id(parameter): name for name, parameter in model.named_parameters()}
-    placed = {}
-    for group in optimizer.param_groups:
-        for parameter in group["params"]:
-            placed[name_of[id(parameter)]] = group["lr"]
+    placed = {name_of[id(parameter)]: group["lr"] for group in optimizer.param_groups for parameter in group["params"]}
+    return methods, model, placed
+
+
+def test_freeze_and_llrd_through_the_trainer_optimizer(tokenizer, tmp_path) -> None:
+    methods, model, placed = _optimizer_rates(["method=[full,freeze,llrd]", "method.freeze.layers=1",
+                                               "method.llrd.factor=0.5"], tokenizer, tmp_path)
+    assert [method.name for method in methods] == ["full", "freeze", "llrd"]
     assert set(placed) == _trainable_names(model)
     assert all(_layer(name) != 0 and "embed_tokens" not in name for name in placed)
     assert placed == pytest.approx({name: _expected_lr(name, 3, 0.5) for name in placed})
@@ -286,18 +289,8 @@ def test_lora_plus_trains_the_b_matrices_at_the_ratio_and_the_a_matrices_at_the_
 
 
 def test_lora_plus_composes_with_llrd_in_the_trainer_optimizer(tokenizer, tmp_path) -> None:
-    config = load_config(None, [f"train.lr={LR}", "method=[lora,llrd]", "method.lora.lr_ratio=4",
-                                "method.llrd.factor=0.5"])
-    model = _model(tokenizer, layers=3)
-    context = _context(config, tokenizer, tmp_path)
-    methods = methods_for(config)
-    for method in methods:
-        model = method.prepare_model(model, context)
-    args = TrainingArguments(output_dir=str(tmp_path / "out"), use_cpu=True, report_to="none",
-                             learning_rate=LR, weight_decay=0.1)
-    optimizer = RetainTrainer(model=model, args=args, methods=methods, context=context).create_optimizer()
-    name_of = {id(parameter): name for name, parameter in model.named_parameters()}
-    placed = {name_of[id(parameter)]: group["lr"] for group in optimizer.param_groups for parameter in group["params"]}
+    _, model, placed = _optimizer_rates(["method=[lora,llrd]", "method.lora.lr_ratio=4", "method.llrd.factor=0.5"],
+                                        tokenizer, tmp_path)
     assert set(placed) == _trainable_names(model)
     expected = {name: _expected_lr(name, 3, 0.5) * (4 if ".lora_B." in name else 1) for name in placed}
     assert placed == pytest.approx(expected)
