@@ -31,10 +31,20 @@ def tiny(domain_examples):
     return tiny_llama(tokenizer, max_position_embeddings=256), tokenizer
 
 
+@pytest.fixture(scope="module")
+def tiny_one_token(domain_examples):
+    """A tiny model whose vocabulary spells " yes", " no" and " maybe" as one token each,
+    as large real vocabularies do (the lab's 1,024 tokens spell " maybe" in four)."""
+    torch.manual_seed(0)
+    texts = [e.prompt + e.response for e in domain_examples] + [" yes no maybe"] * 200
+    tokenizer = train_tokenizer(texts, 512, 256)
+    return tiny_llama(tokenizer, max_position_embeddings=256), tokenizer
+
+
 def plant(monkeypatch, texts: list[str]) -> None:
     """Makes the model 'say' ``texts``, one per prompt, whatever the prompts are."""
 
-    def fake(model, tokenizer, prompts, max_new_tokens, batch_size=64, add_special_tokens=True):
+    def fake(model, tokenizer, prompts, max_new_tokens, batch_size=64, add_special_tokens=True, score_first=()):
         return [
             Generation(prompt=p, text=t, new_tokens=len(t.split()), stopped=True)
             for p, t in zip(prompts, texts)
@@ -110,6 +120,55 @@ def test_real_generation_and_ranking_run_end_to_end(tiny, domain_examples) -> No
     assert score.health.n == len(domain_examples)
     data = score.to_dict(with_items=True)
     assert len(data["items"]) == score.n and data["labels"] == ["maybe", "no", "yes"]
+
+
+def test_one_token_labels_are_ranked_from_the_first_generation_step_as_loglik_scores_them(
+        tiny_one_token, domain_examples, monkeypatch) -> None:
+    model, tokenizer = tiny_one_token
+    rendered = [render_example(e, PromptFormat.raw()) for e in domain_examples]
+    choices = task_module._label_choices(domain_examples, ("maybe", "no", "yes"))
+    ids = task_module._one_token_choices(tokenizer, rendered, choices)
+    assert all(row is not None for row in ids)
+    asked = sorted({token for row in ids for token in row})
+    generations = task_module._generate(model, tokenizer, rendered, 4, 8, asked)
+    direct = task_module.score_continuations(model, tokenizer, [(r.prompt, choices) for r in rendered], 8)
+    for generation, row, scores in zip(generations, ids, direct):
+        first = task_module._first_scores(generation, row, asked)
+        assert first == pytest.approx([score.logprob for score in scores], abs=1e-4)
+    expected = score_task(model, tokenizer, domain_examples, PromptFormat.raw(), max_new_tokens=4)
+
+    # No second forward pass: ranking never calls score_continuations ...
+    def refuse(*args, **kwargs):
+        raise AssertionError("ranked by a second pass")
+
+    monkeypatch.setattr(task_module, "score_continuations", refuse)
+    score = score_task(model, tokenizer, domain_examples, PromptFormat.raw(), max_new_tokens=4)
+    assert score.loglik_accuracy == expected.loglik_accuracy
+    # ... and the scores it reads give the same choices as the direct scores.
+    monkeypatch.undo()
+    monkeypatch.setattr(task_module, "_one_token_choices", lambda tokenizer, rendered, choices: [None] * len(rendered))
+    assert score_task(model, tokenizer, domain_examples, PromptFormat.raw(),
+                      max_new_tokens=4).loglik_accuracy == expected.loglik_accuracy
+
+
+def test_choices_that_are_not_one_clean_token_are_ranked_by_their_own_pass(tiny_one_token, monkeypatch) -> None:
+    model, tokenizer = tiny_one_token
+    rows = [Example("Question: Is it safe?\nAnswer:", " yes"), Example("Question: Is it safe?\nAnswer: ", "no")]
+    rendered = [render_example(e, PromptFormat.raw()) for e in rows]
+    ids = task_module._one_token_choices(tokenizer, rendered, [" yes", " no"])
+    assert ids[0] is not None and ids[1] is None  # a trailing space: ranking strips it, the first step would not
+    assert task_module._one_token_choices(tokenizer, rendered[:1], [" yes", " certainly not"]) == [None]
+    # A prompt cut to fit the context carries no first-step scores: they would follow a shorter context.
+    long = Example("Context: " + "the drug was tested " * 80 + "\nAnswer:", " yes")
+    cut = task_module._generate(model, tokenizer, [render_example(long, PromptFormat.raw())], 4, 8, ids[0])
+    assert cut[0].first_logprobs is None
+    calls = []
+    real = task_module.score_continuations
+    monkeypatch.setattr(task_module, "score_continuations",
+                        lambda model, tokenizer, requests, *args: calls.append(len(requests)) or real(
+                            model, tokenizer, requests, *args))
+    score_task(model, tokenizer, [*rows, long], PromptFormat.raw(), labels=["yes", "no"], max_new_tokens=4)
+    assert calls == [2]  # the trailing-space row and the cut one; the first came with its generation
 
 
 def test_perturbations_report_drop_and_flips(tiny, domain_examples, monkeypatch) -> None:

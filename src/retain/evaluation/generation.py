@@ -27,12 +27,16 @@ class Generation:
         text: The decoded new tokens, special tokens removed.
         new_tokens: Tokens generated before EOS (EOS itself not counted).
         stopped: True when the model emitted EOS before ``max_new_tokens``.
+        first_logprobs: Log-probabilities, at the first new position, of the token ids
+            asked for with ``score_first`` (in that order); None when none were asked or
+            the prompt was cut to fit the context (they would follow another context).
     """
 
     prompt: str
     text: str
     new_tokens: int
     stopped: bool
+    first_logprobs: tuple[float, ...] | None = None
 
 
 @torch.inference_mode()
@@ -43,6 +47,7 @@ def generate_greedy(
     max_new_tokens: int,
     batch_size: int = 64,
     add_special_tokens: bool = True,
+    score_first: Sequence[int] = (),
 ) -> list[Generation]:
     """Generates greedily for each prompt, in batches with left padding.
 
@@ -58,6 +63,9 @@ def generate_greedy(
         batch_size: Prompts per forward pass; halved while the device runs out of memory
             (:func:`retain.hardware.batches_with_backoff`).
         add_special_tokens: False for chat-formatted prompts, whose template writes BOS.
+        score_first: Token ids whose log-probability at the first new position is kept
+            in each :class:`Generation` (``first_logprobs``): the first step's forward
+            pass already computed it, so a one-token answer's likelihood costs nothing.
 
     Returns:
         One :class:`Generation` per prompt, in order.
@@ -76,7 +84,11 @@ def generate_greedy(
     if limit is not None:
         # Keep the end of over-long prompts (the question), room left for the answer.
         room = max(1, limit - max_new_tokens)
+        cut = {index for index, ids in enumerate(encoded) if len(ids) > room}
         encoded = [ids[-room:] for ids in encoded]
+    else:
+        cut = set()
+    asked = torch.tensor(list(score_first), dtype=torch.long)
     # Longest first: prompts of similar length share a batch, so little padding is run.
     order = sorted(range(len(encoded)), key=lambda index: -len(encoded[index]))
     results: list[Generation | None] = [None] * len(prompts)
@@ -84,7 +96,7 @@ def generate_greedy(
     model.eval()
     device = next(model.parameters()).device
 
-    def generate(batch: Sequence[int]) -> list[list[int]]:
+    def generate(batch: Sequence[int]) -> list[tuple[list[int], list[float] | None]]:
         ids, mask = left_pad([encoded[index] for index in batch], pad_id)
         output = model.generate(
             input_ids=ids.to(device),
@@ -93,14 +105,23 @@ def generate_greedy(
             do_sample=False,
             eos_token_id=eos_id,
             pad_token_id=pad_id,
+            return_dict_in_generate=True,
+            output_logits=bool(len(asked)),
         )
-        return output[:, ids.shape[1] :].tolist()  # (batch, generated)
+        new_ids = output.sequences[:, ids.shape[1] :].tolist()  # (batch, generated)
+        if not len(asked):
+            return [(row, None) for row in new_ids]
+        # The raw logits of the first step (before any logits processor), as ranking
+        # continuations by log-likelihood reads them.
+        first = torch.log_softmax(output.logits[0].float(), dim=-1)[:, asked.to(device)].tolist()
+        return list(zip(new_ids, first))
 
     try:
         # Out of memory halves the batch: the answers are the same, only slower.
-        for batch, new_ids in batches_with_backoff(order, batch_size, generate, owner=model, kind="generation"):
-            for index, row in zip(batch, new_ids):
-                results[index] = _to_generation(prompts[index], row, eos_id, tokenizer)
+        for batch, rows in batches_with_backoff(order, batch_size, generate, owner=model, kind="generation"):
+            for index, (row, first) in zip(batch, rows):
+                results[index] = _to_generation(prompts[index], row, eos_id, tokenizer,
+                                                None if first is None or index in cut else tuple(first))
     finally:
         model.train(was_training)
     return [result for result in results if result is not None]
@@ -118,13 +139,15 @@ def left_pad(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Te
 
 
 def _to_generation(
-    prompt: str, row: list[int], eos_id: int, tokenizer: PreTrainedTokenizerBase
+    prompt: str, row: list[int], eos_id: int, tokenizer: PreTrainedTokenizerBase,
+    first_logprobs: tuple[float, ...] | None = None,
 ) -> Generation:
     """Cuts a generated row at its first EOS and decodes it."""
     stopped = eos_id in row
     kept = row[: row.index(eos_id)] if stopped else row
     text = tokenizer.decode(kept, skip_special_tokens=True)
-    return Generation(prompt=prompt, text=text, new_tokens=len(kept), stopped=stopped)
+    return Generation(prompt=prompt, text=text, new_tokens=len(kept), stopped=stopped,
+                      first_logprobs=first_logprobs)
 
 
 def score_probes_by_generation(

@@ -28,6 +28,7 @@ beyond the prompt's length.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -370,7 +371,9 @@ def _score_batch(
         for option, continuation in enumerate(request.continuations)
         if len(continuation) > 1
     ]
-    rest = _score_tails(model, output.past_key_values, mask, batch, rows, pad_id) if rows else {}
+    # ``cache`` since transformers 5.2x; reading the old name there warns, so it is the fallback.
+    cache = output["cache"] if "cache" in output else output.past_key_values  # noqa: SIM401
+    rest = _score_tails(model, cache, mask, batch, rows, pad_id) if rows else {}
     scores: list[list[Continuation]] = []
     for row, request in enumerate(batch):
         item_scores = []
@@ -383,6 +386,13 @@ def _score_batch(
             )
         scores.append(item_scores)
     return scores
+
+
+def _cache_keyword(model: PreTrainedModel) -> str:
+    """The name ``forward`` takes the key/value cache by: ``cache`` since transformers
+    5.2x renamed it, ``past_key_values`` before (the old name warns, and goes in 5.40)."""
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return "cache" if "cache" in inspect.signature(inner.forward).parameters else "past_key_values"
 
 
 def _score_tails(
@@ -411,8 +421,8 @@ def _score_tails(
         input_ids=ids.to(device),
         attention_mask=full_mask,
         position_ids=positions,
-        past_key_values=cache,
         use_cache=False,
+        **{_cache_keyword(model): cache},
     ).logits
     logprobs = torch.log_softmax(logits.float(), dim=-1)  # (rows, length, vocab)
     result: dict[tuple[int, int], tuple[float, bool]] = {}

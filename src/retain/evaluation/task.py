@@ -164,9 +164,12 @@ def score_task(
     if not examples:
         raise ValueError(f"no examples to score in '{name}'")
     rendered = list(rendered) if rendered is not None else [render_example(e, prompt_format) for e in examples]
-    generations = _generate(model, tokenizer, rendered, max_new_tokens, batch_size)
-    exact = [exact_match(g.text, r.response) for g, r in zip(generations, rendered)]
     labels = tuple(normalize_label(label) for label in labels) if labels else task_labels(examples)
+    choices = _label_choices(examples, labels) if labels else []
+    one_token = _one_token_choices(tokenizer, rendered, choices)
+    asked = sorted({token for ids in one_token if ids is not None for token in ids})
+    generations = _generate(model, tokenizer, rendered, max_new_tokens, batch_size, asked)
+    exact = [exact_match(g.text, r.response) for g, r in zip(generations, rendered)]
     health = generation_health(generations)
     if not labels:
         return TaskScore(
@@ -177,7 +180,8 @@ def score_task(
     gold = [normalize_label(example.response) for example in examples]
     parsed = [parse_label(g.text, labels) for g in generations]
     right = [p == truth for p, truth in zip(parsed, gold)]
-    ranked = _rank_labels(model, tokenizer, rendered, labels, examples, batch_size)
+    first = [_first_scores(g, ids, asked) for g, ids in zip(generations, one_token)]
+    ranked = _rank_labels(model, tokenizer, rendered, labels, choices, first, batch_size)
     counts = Counter(p if p is not None else UNPARSED for p in parsed)
     commonest, count = Counter(gold).most_common(1)[0]
     return TaskScore(
@@ -225,6 +229,7 @@ def _generate(
     rendered: Sequence[Rendered],
     max_new_tokens: int,
     batch_size: int,
+    score_first: Sequence[int] = (),
 ) -> list[Generation]:
     """Generates for every prompt, grouping raw and chat-templated ones."""
     results: list[Generation | None] = [None] * len(rendered)
@@ -234,11 +239,61 @@ def _generate(
             continue
         prompts = [rendered[i].prompt for i in indices]
         outputs = generate_greedy(
-            model, tokenizer, prompts, max_new_tokens, batch_size, add_special_tokens=special
+            model, tokenizer, prompts, max_new_tokens, batch_size, add_special_tokens=special,
+            score_first=score_first,
         )
         for index, output in zip(indices, outputs):
             results[index] = output
     return [result for result in results if result is not None]
+
+
+def _label_choices(examples: Sequence[Example], labels: Sequence[str]) -> list[str]:
+    """Returns each label in the form the references write it (`` yes`` with its leading
+    space, ``Yes`` ...): the most common spelling among the references, or the bare label
+    when no reference uses it."""
+    spelling = _label_spellings(examples, labels)
+    return [spelling[label] for label in labels]
+
+
+def _one_token_choices(
+    tokenizer: PreTrainedTokenizerBase, rendered: Sequence[Rendered], choices: Sequence[str]
+) -> list[tuple[int, ...] | None]:
+    """Per prompt, the one token each choice adds to it, or None when a choice is not one
+    clean token after the prompt.
+
+    Where every choice is one token, its log-likelihood is a log-probability of the
+    first generation step, which generation computes anyway: ranking then needs no
+    forward pass of its own. The test is the tokenisation :func:`encode_requests` uses
+    (prompt and ``prompt + choice`` encoded whole), kept only when it is unambiguous: no
+    trailing whitespace on the prompt (ranking would strip it) and ``prompt + choice``
+    encoding as the prompt's tokens plus one.
+    """
+    out: list[tuple[int, ...] | None] = [None] * len(rendered)
+    if not choices:
+        return out
+    for special in (True, False):
+        indices = [i for i, r in enumerate(rendered) if r.add_special_tokens is special and r.prompt
+                   and r.prompt == r.prompt.rstrip()]
+        if not indices:
+            continue
+        contexts = tokenizer([rendered[i].prompt for i in indices], add_special_tokens=special)["input_ids"]
+        wholes = iter(tokenizer([rendered[i].prompt + choice for i in indices for choice in choices],
+                                add_special_tokens=special)["input_ids"])
+        for index, context in zip(indices, contexts):
+            ids = []
+            for _ in choices:
+                whole = next(wholes)
+                if len(whole) == len(context) + 1 and whole[:-1] == context:
+                    ids.append(whole[-1])
+            out[index] = tuple(ids) if len(ids) == len(choices) and context else None
+    return out
+
+
+def _first_scores(generation: Generation, ids: tuple[int, ...] | None, asked: Sequence[int]) -> list[float] | None:
+    """The choices' log-likelihoods read from a generation's first step, or None."""
+    if ids is None or generation.first_logprobs is None:
+        return None
+    return [generation.first_logprobs[asked.index(token)] for token in ids]
 
 
 def _rank_labels(
@@ -246,28 +301,27 @@ def _rank_labels(
     tokenizer: PreTrainedTokenizerBase,
     rendered: Sequence[Rendered],
     labels: Sequence[str],
-    examples: Sequence[Example],
+    choices: Sequence[str],
+    first: Sequence[list[float] | None],
     batch_size: int,
 ) -> list[str]:
-    """Returns, per example, the label whose written form is most likely after the prompt.
+    """Returns, per example, the label whose written form (``choices``) is most likely
+    after the prompt.
 
-    Each label is scored in the form the references write it (`` yes`` with its leading
-    space, ``Yes`` ...): the most common spelling among the references, or the bare
-    label when no reference uses it.
+    Prompts whose choices' log-likelihoods came with their generation (``first``: one
+    token each) are ranked from those; the others are scored by
+    :func:`score_continuations`.
     """
-    spelling = _label_spellings(examples, labels)
-    choices = [spelling[label] for label in labels]
-    ranked: list[str] = [""] * len(rendered)
+    values: list[list[float] | None] = list(first)
     for special in (True, False):
-        indices = [i for i, r in enumerate(rendered) if r.add_special_tokens is special]
+        indices = [i for i, r in enumerate(rendered) if r.add_special_tokens is special and values[i] is None]
         if not indices:
             continue
-        requests = [(rendered[i].prompt, choices) for i in indices]
+        requests = [(rendered[i].prompt, list(choices)) for i in indices]
         scored = score_continuations(model, tokenizer, requests, batch_size, special)
         for index, scores in zip(indices, scored):
-            values = [score.logprob for score in scores]
-            ranked[index] = labels[max(range(len(values)), key=lambda k: (values[k], -k))]
-    return ranked
+            values[index] = [score.logprob for score in scores]
+    return [labels[max(range(len(row)), key=lambda k: (row[k], -k))] for row in values if row is not None]
 
 
 def _label_spellings(examples: Sequence[Example], labels: Sequence[str]) -> dict[str, str]:
