@@ -88,6 +88,59 @@ def test_one_step_reruns_alone_and_bad_steps_are_one_line(lab_run) -> None:
     assert "Traceback" not in bad.stderr
 
 
+def test_an_interrupted_lab_resumes_keeping_its_finished_steps_and_trainings(lab_run, monkeypatch) -> None:
+    run, _, args = lab_run
+    recipe, report = _step(run, "recipe"), _step(run, "report")
+    # As if Ctrl-C had come during the recipe's step: its training had finished, its step
+    # result and the report had not been written.
+    for name in ("recipe", "report"):
+        (run / "steps" / f"{STEPS.index(name) + 1}-{name}.json").unlink()
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("a finished training was run again")
+
+    monkeypatch.setattr("retain.training.run.run_train", no_training)
+    result = runner.invoke(app, ["-q", "lab", "--name", "story", "--resume", "--workers", "1", *args])
+    assert result.exit_code == 0, result.output
+    assert result.stdout.count("(kept from before the interruption)") == 5
+    assert "[6/7] recipe" in result.stdout and "[7/7] report" in result.stdout
+    assert _step(run, "recipe")["line"] == recipe["line"]
+    assert _step(run, "report")["figures"]["rows"] == report["figures"]["rows"]
+    # A training cut short is not read back: it runs again.
+    summary = Path(recipe["figures"]["run"]["run_dir"]) / "summary.json"
+    saved = summary.read_text()
+    summary.unlink()
+    (run / "steps" / "6-recipe.json").unlink()
+    try:
+        result = runner.invoke(app, ["-q", "lab", "--name", "story", "--resume", "--workers", "1", *args])
+        assert result.exit_code == 1 and "a finished training was run again" in repr(result.exception)
+    finally:
+        summary.write_text(saved)
+        monkeypatch.undo()
+        assert runner.invoke(app, ["-q", "lab", "step", "recipe", "--name", "story", "--workers", "1", *args]).exit_code == 0
+
+
+def test_ctrl_c_names_the_command_that_continues_and_resume_refuses_bad_input(monkeypatch, tmp_path) -> None:
+    def interrupted(lab, steps):
+        lab.step_file("base").parent.mkdir(parents=True, exist_ok=True)
+        lab.step_file("base").write_text("{}")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("retain.lab.story.run_story", interrupted)
+    where = ["--size", "micro", "--output-dir", str(tmp_path)]
+    result = runner.invoke(app, ["-q", "lab", "--name", "cut", *where])
+    assert result.exit_code == 130
+    assert "interrupted: 1 of 7 steps finished and are kept in" in result.stderr
+    assert f"retain lab --name cut --output-dir {tmp_path} --resume" in result.stderr.replace("\n", "")
+    for bad, message in ((["--resume"], "--resume needs the name"),
+                         (["--resume", "--name", "nothing"], "nothing to resume"),
+                         (["--resume", "--name", "cut", "--seed", "3"], "started with --size micro --seed 0")):
+        result = subprocess.run([sys.executable, "-m", "retain.cli", "lab", *where, *bad],
+                                capture_output=True, text=True, timeout=120, check=False)
+        assert result.returncode == 2 and message in result.stderr.replace("\n", " "), result.stderr
+        assert "Traceback" not in result.stderr
+
+
 def test_steps_are_named_by_number_or_name() -> None:
     assert step_named("1") == "base" and step_named("7") == "report" and step_named("trap") == "trap"
     for wrong in ("0", "8", "Base", ""):

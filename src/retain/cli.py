@@ -406,6 +406,7 @@ def lab(
     output_dir: OutputDirOption = Path("runs"),
     name: LabNameOption = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing run.")] = False,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue the interrupted lab run --name: finished steps and trainings are kept.")] = False,
     workers: LabWorkersOption = None,
 ) -> None:
     """The whole story on the lab model: base, audit, baseline, trap, aggressive, recipe, report."""
@@ -414,8 +415,12 @@ def lab(
     from retain.lab.story import STEPS
     from retain.rundir import RunDir, default_run_name
 
-    _run_lab_steps(lambda: RunDir.create(output_dir, name or default_run_name("lab"), overwrite=overwrite),
-                   STEPS, size, seed, cache_dir, workers)
+    if resume and not name:
+        raise ConfigError("--resume needs the name of the lab run to continue", field="--name",
+                          fix="pass --name NAME (the folder under --output-dir)")
+    _run_lab_steps(lambda: RunDir.create(output_dir, name or default_run_name("lab"), overwrite=overwrite,
+                                         resume=resume),
+                   STEPS, size, seed, cache_dir, workers, resume=resume)
 
 
 @lab_app.command("step")
@@ -437,25 +442,36 @@ def lab_step(
                    (chosen,), size, seed, cache_dir, workers)
 
 
-def _run_lab_steps(open_run, steps, size: str, seed: int, cache_dir: Optional[Path], workers: Optional[int]) -> None:
+def _run_lab_steps(open_run, steps, size: str, seed: int, cache_dir: Optional[Path], workers: Optional[int],
+                   resume: bool = False) -> None:
     """Checks the lab size, then opens the lab's run directory with ``open_run`` (so a
     mistake leaves none behind), runs ``steps`` in it and prints each finding, then the
-    table if it was made."""
+    table if it was made. Ctrl-C ends with the command that continues the run."""
     import yaml
 
-    from retain.lab.story import SCALES, Lab, default_workers, markdown_table, run_story
+    from retain.lab.story import SCALES, STEPS, Lab, default_workers, markdown_table, run_story
 
     if size not in SCALES:
         raise ConfigError(f"unknown lab size {size!r}", field="--size", fix=f"use one of: {', '.join(SCALES)}")
     run = open_run()
     lab = Lab(SCALES[size], seed, run.path, cache_dir, progress=not _STATE["quiet"],
               echo=lambda line: console.print(line, markup=False, highlight=False, soft_wrap=True),
-              workers=workers or default_workers())
+              workers=workers or default_workers(), resume=resume)
     with run:
         if not run.config_path.is_file():
             run.write_config(yaml.safe_dump({"lab": {"size": size, "seed": seed}}, sort_keys=False))
             run.write_meta({"command": "lab", "size": size, "seed": seed, "workers": lab.workers})
-        results = run_story(lab, steps)
+        elif resume:
+            _check_lab_settings(run, size, seed)
+        try:
+            results = run_story(lab, steps)
+        except KeyboardInterrupt:
+            kept = [step for step in STEPS if lab.step_file(step).is_file()]
+            errors.print(f"interrupted: {len(kept)} of {len(STEPS)} steps finished and are kept in {run.path}"
+                         f"{' (' + ', '.join(kept) + ')' if kept else ''}; continue with: retain lab "
+                         f"--name {run.path.name} --output-dir {run.path.parent} --resume",
+                         markup=False, highlight=False, soft_wrap=True)
+            raise typer.Exit(130) from None
         summary = run.read_summary() if run.summary_path.is_file() else {}
         summary.setdefault("steps", {}).update({result.step: result.to_dict() for result in results})
         run.write_summary(summary)
@@ -466,6 +482,18 @@ def _run_lab_steps(open_run, steps, size: str, seed: int, cache_dir: Optional[Pa
         if result.step == "report":
             console.print(markdown_table(result.figures["rows"]), markup=False)
     console.print(f"lab run directory: {run.path}", markup=False, highlight=False, soft_wrap=True)
+
+
+def _check_lab_settings(run, size: str, seed: int) -> None:
+    """Resuming, the lab run's size and seed must be the ones it started with."""
+    import yaml
+
+    saved = (yaml.safe_load(run.config_path.read_text()) or {}).get("lab") or {}
+    if (saved.get("size"), saved.get("seed")) != (size, seed):
+        raise ConfigError(f"the lab run {run.path} started with --size {saved.get('size')} --seed {saved.get('seed')}",
+                          file=run.config_path, field="--size/--seed",
+                          fix=f"resume with --size {saved.get('size')} --seed {saved.get('seed')}, or start a new "
+                          "run with another --name")
 
 
 @lab_app.command("build-base")
@@ -641,6 +669,9 @@ def main() -> None:
     except _click_errors.Abort:
         errors.print("Aborted!", markup=False, highlight=False)
         sys.exit(1)
+    except KeyboardInterrupt:
+        errors.print("interrupted (Ctrl-C)", markup=False, highlight=False)
+        sys.exit(130)
     sys.exit(code if isinstance(code, int) else 0)
 
 

@@ -114,6 +114,8 @@ class Lab:
         echo: Prints one line per step and per notable event.
         workers: Trainings run at once, each in its own process with an equal share of
             the CPU threads (see :func:`run_story`).
+        resume: Continue an interrupted lab run: steps whose result is saved are not run
+            again, and a training that finished with the same config is read back.
     """
 
     scale: Scale
@@ -123,6 +125,7 @@ class Lab:
     progress: bool = True
     echo: Callable[[str], None] = print
     workers: int = 1
+    resume: bool = False
     pending: dict[str, Future] = field(default_factory=dict)
 
     @property
@@ -166,7 +169,7 @@ class Lab:
             TrainRefused: When the audit or the doctor refused it (a RetainError keeps
                 its message across the process boundary).
         """
-        return self._outcome(training.name, f"training {training.name}", _train, training)
+        return self._outcome(training.name, f"training {training.name}", _train, training, self.resume)
 
     def baseline(self) -> dict[str, Any]:
         """Returns the base model's few-shot scores (:func:`_baseline`): from the worker
@@ -185,13 +188,17 @@ class Lab:
             return future.result()
 
 
-def _train(root: Path, scale: Scale, seed: int, cache_dir: Path | None, training: Training, *,
-           progress: bool = False) -> dict[str, Any]:
-    """Runs one training of the story, in this process or a worker's."""
-    from retain.training.run import run_train
+def _train(root: Path, scale: Scale, seed: int, cache_dir: Path | None, training: Training,
+           resume: bool = False, *, progress: bool = False) -> dict[str, Any]:
+    """Runs one training of the story, in this process or a worker's; resuming, a training
+    that finished with the same config is read back instead (one cut short starts again)."""
+    from retain.training.run import finished_summary, run_train
 
     lab = Lab(scale, seed, root, cache_dir, progress=progress)
     config = lab.config(training.name, training.overrides)
+    summary = finished_summary(config) if resume else None
+    if summary is not None:
+        return summary | {"run_dir": str(Path(config.output.dir) / training.name)}
     outcome = run_train(config, overwrite=True, force=training.force, progress=progress, echo=lambda line: None)
     return outcome.summary | {"run_dir": str(outcome.run_dir)}
 
@@ -224,17 +231,27 @@ def run_story(lab: Lab, steps: Sequence[str] = STEPS) -> list[StepResult]:
     with both; ``python benchmarks/run.py lab`` measures it against ``--workers 1``.
     """
     steps = [step_named(name) for name in steps]
-    trainings = [training for name in steps for training in TRAININGS.get(name, lambda lab: [])(lab)]
+    done = {name for name in steps if lab.resume and lab.step_file(name).is_file()}
+    todo = [name for name in steps if name not in done]
+    trainings = [training for name in todo for training in TRAININGS.get(name, lambda lab: [])(lab)]
     # The baseline's few-shot generation is as long as a training: a job for the pool too,
     # so that the main process does not compete with the workers for the cores.
-    jobs: list[Training | str] = [*trainings, *([BASELINE_JOB] if "baseline" in steps else [])]
+    jobs: list[Training | str] = [*trainings, *([BASELINE_JOB] if "baseline" in todo else [])]
     # The base step first, on its own: it builds the base model a cold cache lacks (and says
     # so) before any worker needs it.
     first = steps[:1] if steps[:1] == ["base"] else []
-    results = [_run_step(lab, name) for name in first]
+    results = [_kept_step(lab, name) if name in done else _run_step(lab, name) for name in first]
     with _pool(lab, jobs):
-        results += [_run_step(lab, name) for name in steps[len(first):]]
+        results += [_kept_step(lab, name) if name in done else _run_step(lab, name) for name in steps[len(first):]]
     return results
+
+
+def _kept_step(lab: Lab, name: str) -> StepResult:
+    """Echoes the saved finding of a step an interrupted run finished, without running it."""
+    saved = json.loads(lab.step_file(name).read_text())
+    lab.echo(f"[{STEPS.index(name) + 1}/{len(STEPS)}] {name}: {DESCRIPTIONS[name]}")
+    lab.echo(f"    {saved['line']} (kept from before the interruption)")
+    return StepResult(saved["step"], saved["line"], saved.get("figures") or {}, saved.get("seconds") or 0.0)
 
 
 def _run_step(lab: Lab, name: str) -> StepResult:
@@ -273,7 +290,7 @@ def _pool(lab: Lab, jobs: Sequence[Training | str]):
         common = (lab.root, lab.scale, lab.seed, lab.cache_dir)
         for job in sorted(jobs, key=lambda job: -COST.get(_job_name(job), 0)):
             lab.pending[_job_name(job)] = (pool.submit(_baseline, *common) if job == BASELINE_JOB
-                                           else pool.submit(_train, *common, job))
+                                           else pool.submit(_train, *common, job, lab.resume))
         try:
             yield
         finally:
