@@ -40,3 +40,34 @@ def test_cpu_bf16_probe_reads_torch(monkeypatch) -> None:
     assert hardware.cpu_has_fast_bf16()
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False, raising=False)
     assert not hardware.cpu_has_fast_bf16()
+
+
+def test_evaluation_escapes_the_mixed_precision_wrapper_that_training_leaves() -> None:
+    from accelerate import Accelerator
+    from tiny_models import tiny_llama
+    from transformers import PreTrainedTokenizerFast
+    from tokenizers import Tokenizer, models
+
+    vocab = {f"t{i}": i for i in range(64)}
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.WordLevel(vocab, unk_token="t0")),
+                                        bos_token="t1", eos_token="t2", pad_token="t0")
+    torch.manual_seed(0)
+    model = tiny_llama(tokenizer, hidden_size=64, intermediate_size=128)
+    ids = torch.randint(3, 64, (2, 12))
+    with torch.no_grad():
+        full = model(ids).logits
+    # What the Trainer's accelerator does to a model it prepares for bf16 training.
+    wrapped = Accelerator(mixed_precision="bf16", cpu=True).prepare_model(model)
+    assert wrapped is model and "_original_forward" in model.__dict__
+    with torch.no_grad():
+        rounded = model(ids).logits
+        assert not torch.equal(rounded, full)  # evaluated through the wrapper: bf16 arithmetic
+        with hardware.own_forward(model):
+            assert torch.equal(model(ids).logits, full)
+        assert torch.equal(model(ids).logits, rounded)  # the wrapper is back for training
+        hardware.drop_autocast(model)
+        assert "_original_forward" not in model.__dict__ and "forward" not in model.__dict__
+        assert torch.equal(model(ids).logits, full)
+    with hardware.own_forward(model):  # a model with no wrapper is left alone
+        assert "forward" not in model.__dict__
+    assert hardware.drop_autocast(model) is model

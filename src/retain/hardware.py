@@ -16,6 +16,7 @@ import gc
 import logging
 import weakref
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Literal, TypeVar
 
@@ -63,6 +64,43 @@ def resolve_precision(requested: str, device: str | None = None) -> Precision:
     if device == "cpu":
         return "bf16" if cpu_has_fast_bf16() else "fp32"
     return "fp32"
+
+
+# accelerate wraps the forward of a model it prepares for bf16 or fp16 training in autocast
+# (keeping the model's own forward as ``_original_forward``), and the wrapper outlives the
+# training. An evaluation through it measures a bf16 model while the base model was
+# measured in full precision before training, and while the saved weights are full
+# precision: forgetting and task accuracy then move for no reason but rounding.
+
+
+@contextmanager
+def own_forward(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
+    """Runs the block with ``model``'s own forward, outside the mixed-precision wrapper of
+    training (a no-op for a model that has none): the guards' checks measure the model
+    the run would save, as the base model was measured."""
+    original = model.__dict__.get("_original_forward")
+    wrapped = model.__dict__.get("forward")
+    if original is None or wrapped is None:
+        yield model
+        return
+    model.forward = original
+    try:
+        yield model
+    finally:
+        model.forward = wrapped
+
+
+def drop_autocast(model: torch.nn.Module) -> torch.nn.Module:
+    """Removes the mixed-precision wrapper of training from ``model`` for good (after
+    training: the final evaluation and whoever uses the model get its own forward)."""
+    original = model.__dict__.pop("_original_forward", None)
+    if original is None:
+        return model
+    if getattr(original, "__func__", None) is getattr(type(model), "forward", None):
+        model.__dict__.pop("forward", None)  # the class's forward again
+    else:
+        model.forward = original
+    return model
 
 
 # --- memory -----------------------------------------------------------------------------

@@ -47,6 +47,7 @@ from retain.evaluation.health import check_generation
 from retain.evaluation.probes import ProbeSuite
 from retain.evaluation.prompting import PromptFormat
 from retain.evaluation.task import score_task
+from retain.hardware import own_forward
 from retain.rundir import RunDir, atomic_write_json, fsync_tree
 from retain.training.formatting import IGNORE_INDEX, Collator, Encoded
 from retain.training.guards import (
@@ -425,7 +426,12 @@ class GuardCallback(TrainerCallback):
 
     def measure(self, model: PreTrainedModel, step: int, epoch: float,
                 due: set[str] = frozenset({"smoke", "forgetting", "drift", "validation"})) -> Check:
-        """Measures ``model`` for one check: the parts ``due`` (see :meth:`due`)."""
+        """Measures ``model`` for one check: the parts ``due`` (see :meth:`due`), in the
+        precision of the saved model, not in the autocast of mixed-precision training."""
+        with own_forward(model):
+            return self._measure(model, step, epoch, due)
+
+    def _measure(self, model: PreTrainedModel, step: int, epoch: float, due: set[str]) -> Check:
         losses, self.state.losses_since_check = self.state.losses_since_check, []
         finite = [loss for loss in losses if math.isfinite(loss)]
         check = Check(step=step, epoch=round(epoch, 4),

@@ -63,7 +63,7 @@ from retain.evaluation.engine import (
 from retain.evaluation.prompting import PromptFormat
 from retain.evaluation.suites import load_suite
 from retain.evaluation.task import render_example
-from retain.hardware import resolve_precision
+from retain.hardware import drop_autocast, resolve_precision
 from retain.lab.base import default_cache_dir
 from retain.methods import MethodContext, methods_for
 from retain.models import LoadedModel, check_training_memory, load_model, quiet_peft
@@ -332,6 +332,7 @@ def _train(config: RetainConfig, run: RunDir, *, resume: bool, force: bool, merg
     train_seconds = time.perf_counter() - train_started
     if not run.writer:  # another process of a multi-process run: the main one finishes it
         return TrainOutcome(run_dir=run.path, summary={})
+    drop_autocast(model)  # evaluated and saved in full precision, as the base model was measured
     restored = restore_if_asked(model, guard.state, run, config.guards, echo)
     for method in methods:
         model = method.finish(model, context)
