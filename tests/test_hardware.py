@@ -45,8 +45,8 @@ def test_cpu_bf16_probe_reads_torch(monkeypatch) -> None:
 def test_evaluation_escapes_the_mixed_precision_wrapper_that_training_leaves() -> None:
     from accelerate import Accelerator
     from tiny_models import tiny_llama
-    from transformers import PreTrainedTokenizerFast
     from tokenizers import Tokenizer, models
+    from transformers import PreTrainedTokenizerFast
 
     vocab = {f"t{i}": i for i in range(64)}
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.WordLevel(vocab, unk_token="t0")),
