@@ -9,6 +9,10 @@ of each setting is a warm-up and is not timed.
 It answers a question about `make lab`'s time (issue 8): if larger batches ran more tokens
 per second, the lab's trainings could take fewer, larger steps. The ratio to batch 8 in the
 same run is the figure to read.
+
+A second table runs batch 8, one thread, in bf16 autocast beside fp32 (alternating, twice
+each), the choice ``train.precision: auto`` makes on a CPU with native bf16: whether bf16
+pays for a model this small, which the lab config's pinned ``fp32`` rests on.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from pathlib import Path
 
 import torch
 
+from retain.hardware import cpu_has_fast_bf16
 from retain.lab.base import build_base, lab_size
 from retain.lab.export import export_lab_data
 from retain.models import load_model
@@ -37,18 +42,25 @@ def run() -> dict:
     path = build_base(lab_size("default", 0), progress=False).path
     before = torch.get_num_threads()
     results = []
+    precision = []
     try:
         for threads in THREADS:
             torch.set_num_threads(threads)
             for batch in BATCHES:
                 results.append({"threads": threads, "batch": batch, **_speed(path, texts, batch)})
+        torch.set_num_threads(1)
+        for _ in range(2):  # alternating, so that a slow spell of the shared machine hits both
+            for bf16 in (False, True):
+                precision.append({"precision": "bf16" if bf16 else "fp32", **_speed(path, texts, 8, bf16=bf16)})
     finally:
         torch.set_num_threads(before)
-    return {"rows": ROWS, "results": results}
+    return {"rows": ROWS, "results": results, "precision": precision,
+            "native_bf16": cpu_has_fast_bf16()}
 
 
-def _speed(path: Path, texts: list[str], batch: int) -> dict:
-    """Trains a fresh copy of the base model on ``ROWS`` rows; returns tokens/s and s/step."""
+def _speed(path: Path, texts: list[str], batch: int, *, bf16: bool = False) -> dict:
+    """Trains a fresh copy of the base model on ``ROWS`` rows (in bf16 autocast when
+    ``bf16``, as the Trainer trains with ``bf16=True``); returns tokens/s and s/step."""
     loaded = load_model(str(path), progress=False)
     model, tokenizer = loaded.model, loaded.tokenizer
     model.train()
@@ -60,7 +72,9 @@ def _speed(path: Path, texts: list[str], batch: int) -> dict:
             tokens, started = 0, time.perf_counter()
         encoded = tokenizer(texts[start:start + batch], return_tensors="pt", padding=True)
         labels = encoded["input_ids"].masked_fill(encoded["attention_mask"] == 0, -100)
-        model(**encoded, labels=labels).loss.backward()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            loss = model(**encoded, labels=labels).loss
+        loss.backward()
         optimizer.step()
         optimizer.zero_grad()
         tokens += int(encoded["attention_mask"].sum())
@@ -89,4 +103,14 @@ def markdown(result: dict) -> str:
                "steps would not make `make lab` faster; only fewer trained tokens would" if gain < 1.2 else
                "larger batches use the core better, so fewer, larger steps would make `make lab` faster")
     lines.append(f"\nWith one thread, batch {largest} runs {gain:.2f}x the tokens/s of batch 8: {reading}.\n")
+    if result.get("precision"):
+        lines += [f"Batch 8, one thread, fp32 beside bf16 autocast (this CPU has native bf16: "
+                  f"{'yes' if result['native_bf16'] else 'no'}):\n", "| precision | tokens/s (each run) | mean |",
+                  "| --- | --- | --- |"]
+        means = {}
+        for name in ("fp32", "bf16"):
+            speeds = [r["tokens_per_second"] for r in result["precision"] if r["precision"] == name]
+            means[name] = sum(speeds) / len(speeds)
+            lines.append(f"| {name} | {', '.join(f'{v:,}' for v in speeds)} | {means[name]:,.0f} |")
+        lines.append(f"\nbf16 runs {means['bf16'] / means['fp32']:.2f}x the tokens/s of fp32 on the lab model.\n")
     return "\n".join(lines)

@@ -27,7 +27,7 @@ def markdown(result: dict) -> str:
     lines.append("\nThe cold run of the same command gave "
                  + ("the same task accuracy and forgetting in every row." if not differ else
                     "other figures in: " + ", ".join(differ) + ".")
-                 + " Figures move with the seed (`retain lab --seed N`) and with the number of CPU threads "
-                 "(floating-point sums in another order); RESULTS.md's guard and method sections give the "
-                 "spread over seeds.\n")
+                 + " Figures move with the seed (`retain lab --seed N`), with the number of CPU threads "
+                 "and with the CPU (floating-point sums in another order); RESULTS.md's guard and method "
+                 "sections give the spread over seeds.\n")
     return "\n".join(lines)

@@ -40,8 +40,13 @@ def machine() -> dict[str, object]:
                 break
     except OSError:
         pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "torch": torch.__version__,
-            "torch_threads": torch.get_num_threads(), "python": platform.python_version()}
+    import transformers
+
+    from retain.hardware import cpu_has_fast_bf16
+
+    return {"cpu": cpu, "cores": os.cpu_count(), "native_bf16": cpu_has_fast_bf16(), "torch": torch.__version__,
+            "transformers": transformers.__version__, "torch_threads": torch.get_num_threads(),
+            "python": platform.python_version()}
 
 
 def render() -> str:

@@ -98,3 +98,17 @@ def test_interrupted_build_leaves_no_cache_entry(tmp_path, monkeypatch) -> None:
 def test_unknown_size_is_a_user_error() -> None:
     with pytest.raises(RetainError, match="unknown lab size"):
         lab_size("huge")
+
+
+def test_the_lab_trains_in_fp32_even_on_a_cpu_with_native_bf16(monkeypatch, tmp_path) -> None:
+    # With `auto`, such a CPU pretrained a different base model under the same cache key,
+    # and trained every lab run in bf16: the lab's figures then depended on the CPU.
+    from retain.config import load_config
+    from retain.hardware import resolve_precision
+    from retain.lab.export import export_lab_data
+
+    monkeypatch.setattr("retain.hardware.cpu_has_fast_bf16", lambda: True)
+    assert resolve_precision("auto", "cpu") == "bf16"
+    assert resolve_precision(lab_size("default").pretrain.precision, "cpu") == "fp32"
+    export_lab_data(tmp_path, size="micro", n_train=40, n_eval=8)
+    assert resolve_precision(load_config(tmp_path / "config.yaml").train.precision, "cpu") == "fp32"

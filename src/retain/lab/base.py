@@ -78,6 +78,9 @@ class PretrainSpec:
         weight_decay: AdamW weight decay.
         precision: ``auto``, ``bf16`` or ``fp32``; ``auto`` is resolved on the building
             machine (:func:`retain.hardware.resolve_precision`) and recorded in the metadata.
+            ``fp32`` by default: bf16 does not make the lab model train faster even on a
+            CPU with native bf16 (``python benchmarks/run.py batch``), and with ``auto`` a
+            CPU with native bf16 built a different base model under the same cache key.
     """
 
     steps: int = 1000
@@ -87,7 +90,7 @@ class PretrainSpec:
     warmup_steps: int = 50
     min_lr_ratio: float = 0.1
     weight_decay: float = 0.0
-    precision: str = "auto"
+    precision: str = "fp32"
 
 
 @dataclass(frozen=True)
