@@ -105,3 +105,28 @@ def test_lab_base_step_writes_a_run_directory_and_the_lab_refuses_to_overwrite(m
     assert summary["steps"]["base"]["figures"]["reused"] is True
     again = _run("lab", *where, "--name", "r")  # the whole lab into an existing run: refused
     assert again.returncode == 2 and "already exists" in again.stderr
+
+
+def test_ctrl_c_anywhere_is_one_line_and_exit_130(monkeypatch, capsys) -> None:
+    from retain import cli
+
+    # Inside a command typer turns Ctrl-C into exit code 130; outside one it stays an exception.
+    for interrupted in (lambda **kwargs: 130, lambda **kwargs: (_ for _ in ()).throw(KeyboardInterrupt)):
+        monkeypatch.setattr(cli, "app", interrupted)
+        with pytest.raises(SystemExit) as stop:
+            cli.main()
+        assert stop.value.code == 130
+        err = capsys.readouterr().err
+        assert err.strip() == "interrupted (Ctrl-C)"
+
+
+def test_an_abort_is_one_line_and_exit_1(monkeypatch, capsys) -> None:
+    from retain import cli
+
+    def aborted(**kwargs):
+        raise cli._Abort()
+
+    monkeypatch.setattr(cli, "app", aborted)
+    with pytest.raises(SystemExit) as stop:
+        cli.main()
+    assert stop.value.code == 1 and capsys.readouterr().err.strip() == "Aborted!"

@@ -37,6 +37,9 @@ app.add_typer(lab_app, name="lab")
 
 # click's exceptions, as typer raises them (its vendored click from typer 0.2x, click before).
 _click_errors = sys.modules[typer.BadParameter.__module__]
+# Abort is not among them in the vendored click: typer keeps it in typer.exceptions.
+_Abort = getattr(_click_errors, "Abort", None) or sys.modules["typer.exceptions"].Abort
+INTERRUPTED = 130  # the exit code of Ctrl-C (typer turns KeyboardInterrupt into it)
 
 console = Console()
 errors = Console(stderr=True)
@@ -467,11 +470,11 @@ def _run_lab_steps(open_run, steps, size: str, seed: int, cache_dir: Optional[Pa
             results = run_story(lab, steps)
         except KeyboardInterrupt:
             kept = [step for step in STEPS if lab.step_file(step).is_file()]
-            errors.print(f"interrupted: {len(kept)} of {len(STEPS)} steps finished and are kept in {run.path}"
+            errors.print(f"{len(kept)} of {len(STEPS)} steps finished and are kept in {run.path}"
                          f"{' (' + ', '.join(kept) + ')' if kept else ''}; continue with: retain lab "
                          f"--name {run.path.name} --output-dir {run.path.parent} --resume",
                          markup=False, highlight=False, soft_wrap=True)
-            raise typer.Exit(130) from None
+            raise
         summary = run.read_summary() if run.summary_path.is_file() else {}
         summary.setdefault("steps", {}).update({result.step: result.to_dict() for result in results})
         run.write_summary(summary)
@@ -666,12 +669,13 @@ def main() -> None:
     except _click_errors.ClickException as error:  # e.g. a file click was asked to open
         errors.print(f"error: {error.format_message()}", markup=False, highlight=False, soft_wrap=True)
         sys.exit(error.exit_code)
-    except _click_errors.Abort:
+    except _Abort:
         errors.print("Aborted!", markup=False, highlight=False)
         sys.exit(1)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # outside a command (typer turns one inside into the exit code)
+        code = INTERRUPTED
+    if code == INTERRUPTED:
         errors.print("interrupted (Ctrl-C)", markup=False, highlight=False)
-        sys.exit(130)
     sys.exit(code if isinstance(code, int) else 0)
 
 
