@@ -92,14 +92,11 @@ def own_forward(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
 
 def drop_autocast(model: torch.nn.Module) -> torch.nn.Module:
     """Removes the mixed-precision wrapper of training from ``model`` for good (after
-    training: the final evaluation and whoever uses the model get its own forward)."""
-    original = model.__dict__.pop("_original_forward", None)
-    if original is None:
-        return model
-    if getattr(original, "__func__", None) is getattr(type(model), "forward", None):
-        model.__dict__.pop("forward", None)  # the class's forward again
-    else:
-        model.forward = original
+    training: the final evaluation and whoever uses the model get its own forward), with
+    accelerate's own unwrapping; ``model`` is changed in place and returned."""
+    from accelerate.utils import extract_model_from_parallel
+
+    extract_model_from_parallel(model, keep_fp32_wrapper=False)
     return model
 
 

@@ -28,6 +28,7 @@ beyond the prompt's length.
 
 from __future__ import annotations
 
+import functools
 import inspect
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -392,7 +393,12 @@ def _cache_keyword(model: PreTrainedModel) -> str:
     """The name ``forward`` takes the key/value cache by: ``cache`` since transformers
     5.2x renamed it, ``past_key_values`` before (the old name warns, and goes in 5.40)."""
     inner = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return "cache" if "cache" in inspect.signature(inner.forward).parameters else "past_key_values"
+    return _cache_keyword_of(type(inner))
+
+
+@functools.cache
+def _cache_keyword_of(model_class: type) -> str:
+    return "cache" if "cache" in inspect.signature(model_class.forward).parameters else "past_key_values"
 
 
 def _score_tails(

@@ -25,7 +25,7 @@ from retain.data import Example
 from retain.evaluation.generation import Generation, generate_greedy
 from retain.evaluation.health import HealthReport, generation_health
 from retain.evaluation.labels import infer_label_set, normalize_label, parse_label
-from retain.evaluation.loglik import score_continuations
+from retain.evaluation.loglik import encode_requests, score_continuations
 from retain.evaluation.perturb import PERTURBATIONS, perturb_example
 from retain.evaluation.probes import exact_match
 from retain.evaluation.prompting import PromptFormat
@@ -258,15 +258,13 @@ def _label_choices(examples: Sequence[Example], labels: Sequence[str]) -> list[s
 def _one_token_choices(
     tokenizer: PreTrainedTokenizerBase, rendered: Sequence[Rendered], choices: Sequence[str]
 ) -> list[tuple[int, ...] | None]:
-    """Per prompt, the one token each choice adds to it, or None when a choice is not one
-    clean token after the prompt.
+    """Per prompt, the one token each choice adds to it, or None when a choice takes more.
 
     Where every choice is one token, its log-likelihood is a log-probability of the
     first generation step, which generation computes anyway: ranking then needs no
-    forward pass of its own. The test is the tokenisation :func:`encode_requests` uses
-    (prompt and ``prompt + choice`` encoded whole), kept only when it is unambiguous: no
-    trailing whitespace on the prompt (ranking would strip it) and ``prompt + choice``
-    encoding as the prompt's tokens plus one.
+    forward pass of its own. The tokens are the ones ranking scores
+    (:func:`encode_requests`); prompts with trailing whitespace (which ranking strips and
+    generation keeps) or none at all are left to ranking.
     """
     out: list[tuple[int, ...] | None] = [None] * len(rendered)
     if not choices:
@@ -274,18 +272,10 @@ def _one_token_choices(
     for special in (True, False):
         indices = [i for i, r in enumerate(rendered) if r.add_special_tokens is special and r.prompt
                    and r.prompt == r.prompt.rstrip()]
-        if not indices:
-            continue
-        contexts = tokenizer([rendered[i].prompt for i in indices], add_special_tokens=special)["input_ids"]
-        wholes = iter(tokenizer([rendered[i].prompt + choice for i in indices for choice in choices],
-                                add_special_tokens=special)["input_ids"])
-        for index, context in zip(indices, contexts):
-            ids = []
-            for _ in choices:
-                whole = next(wholes)
-                if len(whole) == len(context) + 1 and whole[:-1] == context:
-                    ids.append(whole[-1])
-            out[index] = tuple(ids) if len(ids) == len(choices) and context else None
+        encoded = encode_requests(tokenizer, [(rendered[i].prompt, choices) for i in indices], special)
+        for index, (_, continuations) in zip(indices, encoded):
+            if all(len(ids) == 1 for ids in continuations):
+                out[index] = tuple(ids[0] for ids in continuations)
     return out
 
 

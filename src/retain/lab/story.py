@@ -240,25 +240,22 @@ def run_story(lab: Lab, steps: Sequence[str] = STEPS) -> list[StepResult]:
     # The base step first, on its own: it builds the base model a cold cache lacks (and says
     # so) before any worker needs it.
     first = steps[:1] if steps[:1] == ["base"] else []
-    results = [_kept_step(lab, name) if name in done else _run_step(lab, name) for name in first]
+    results = [_run_step(lab, name, kept=name in done) for name in first]
     with _pool(lab, jobs):
-        results += [_kept_step(lab, name) if name in done else _run_step(lab, name) for name in steps[len(first):]]
+        results += [_run_step(lab, name, kept=name in done) for name in steps[len(first):]]
     return results
 
 
-def _kept_step(lab: Lab, name: str) -> StepResult:
-    """Echoes the saved finding of a step an interrupted run finished, without running it."""
-    saved = json.loads(lab.step_file(name).read_text())
-    lab.echo(f"[{STEPS.index(name) + 1}/{len(STEPS)}] {name}: {DESCRIPTIONS[name]}")
-    lab.echo(f"    {saved['line']} (kept from before the interruption)")
-    return StepResult(saved["step"], saved["line"], saved.get("figures") or {}, saved.get("seconds") or 0.0)
-
-
-def _run_step(lab: Lab, name: str) -> StepResult:
-    """Runs one step, saves its result in ``steps/`` and echoes its finding."""
+def _run_step(lab: Lab, name: str, *, kept: bool = False) -> StepResult:
+    """Runs one step, saves its result in ``steps/`` and echoes its finding; a step ``kept``
+    from before an interruption is not run: its saved finding is echoed."""
     import time
 
     lab.echo(f"[{STEPS.index(name) + 1}/{len(STEPS)}] {name}: {DESCRIPTIONS[name]}")
+    saved = lab.result(name) if kept else None
+    if saved is not None:
+        lab.echo(f"    {saved['line']} (kept from before the interruption)")
+        return StepResult(saved["step"], saved["line"], saved.get("figures") or {}, saved.get("seconds") or 0.0)
     started = time.perf_counter()
     result = RUNNERS[name](lab)
     result.seconds = round(time.perf_counter() - started, 1)
