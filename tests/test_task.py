@@ -151,6 +151,35 @@ def test_one_token_labels_are_ranked_from_the_first_generation_step_as_loglik_sc
                       max_new_tokens=4).loglik_accuracy == expected.loglik_accuracy
 
 
+def test_without_ranking_the_labels_are_not_scored_and_generation_is_unchanged(tiny, domain_examples,
+                                                                             monkeypatch) -> None:
+    model, tokenizer = tiny  # " maybe" is several tokens here: ranking would need its own pass
+    ranked = score_task(model, tokenizer, domain_examples, PromptFormat.raw(), max_new_tokens=4)
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("ranked although rank=False")
+
+    monkeypatch.setattr(task_module, "score_continuations", refuse)
+    score = score_task(model, tokenizer, domain_examples, PromptFormat.raw(), max_new_tokens=4, rank=False)
+    assert score.loglik_accuracy is None and ranked.loglik_accuracy is not None
+    assert (score.accuracy, score.predictions, score.majority) == (ranked.accuracy, ranked.predictions,
+                                                                   ranked.majority)
+
+
+def test_a_guard_check_reads_task_accuracy_by_generation_without_ranking(tiny, domain_examples,
+                                                                        monkeypatch) -> None:
+    from retain.evaluation.engine import EvalSettings
+    from retain.training.callback import Probe
+
+    model, tokenizer = tiny
+    probe = Probe(tokenizer=tokenizer, suites=(), method="generation", settings=EvalSettings(task_max_new_tokens=4),
+                  chat_template="none", smoke_prompts=(), smoke_max_new_tokens=4, validation=domain_examples)
+    expected = score_task(model, tokenizer, domain_examples, PromptFormat.raw(), max_new_tokens=4).accuracy
+    monkeypatch.setattr(task_module, "score_continuations",
+                        lambda *args, **kwargs: pytest.fail("a check ranked the labels"))
+    assert probe.task_accuracy(model) == expected
+
+
 def test_choices_that_are_not_one_clean_token_are_ranked_by_their_own_pass(tiny_one_token, monkeypatch) -> None:
     model, tokenizer = tiny_one_token
     rows = [Example("Question: Is it safe?\nAnswer:", " yes"), Example("Question: Is it safe?\nAnswer: ", "no")]

@@ -145,6 +145,7 @@ def score_task(
     rendered: Sequence[Rendered] | None = None,
     max_new_tokens: int = 32,
     batch_size: int = 32,
+    rank: bool = True,
 ) -> TaskScore:
     """Scores ``examples`` by generation, and by label log-likelihood when classification.
 
@@ -157,6 +158,9 @@ def score_task(
         rendered: Prompts to use instead of rendering ``examples`` (few-shot prompts).
         max_new_tokens: Cap on generated tokens.
         batch_size: Prompts per forward pass.
+        rank: Also rank the labels by log-likelihood (``loglik_accuracy``); False leaves
+            it None and skips the forward passes ranking may need, for a guard check that
+            reads the accuracy by generation alone.
 
     Raises:
         ValueError: If ``examples`` is empty.
@@ -165,7 +169,7 @@ def score_task(
         raise ValueError(f"no examples to score in '{name}'")
     rendered = list(rendered) if rendered is not None else [render_example(e, prompt_format) for e in examples]
     labels = tuple(normalize_label(label) for label in labels) if labels else task_labels(examples)
-    choices = _label_choices(examples, labels) if labels else []
+    choices = _label_choices(examples, labels) if labels and rank else []
     one_token = _one_token_choices(tokenizer, rendered, choices)
     asked = sorted({token for ids in one_token if ids is not None for token in ids})
     generations = _generate(model, tokenizer, rendered, max_new_tokens, batch_size, asked)
@@ -180,8 +184,11 @@ def score_task(
     gold = [normalize_label(example.response) for example in examples]
     parsed = [parse_label(g.text, labels) for g in generations]
     right = [p == truth for p, truth in zip(parsed, gold)]
-    first = [_first_scores(g, ids, asked) for g, ids in zip(generations, one_token)]
-    ranked = _rank_labels(model, tokenizer, rendered, labels, choices, first, batch_size)
+    loglik_accuracy = None
+    if rank:
+        first = [_first_scores(g, ids, asked) for g, ids in zip(generations, one_token)]
+        ranked = _rank_labels(model, tokenizer, rendered, labels, choices, first, batch_size)
+        loglik_accuracy = _share(choice == truth for choice, truth in zip(ranked, gold))
     counts = Counter(p if p is not None else UNPARSED for p in parsed)
     commonest, count = Counter(gold).most_common(1)[0]
     return TaskScore(
@@ -191,7 +198,7 @@ def score_task(
         exact_match=_share(exact),
         labels=labels,
         label_accuracy=_share(right),
-        loglik_accuracy=_share(choice == truth for choice, truth in zip(ranked, gold)),
+        loglik_accuracy=loglik_accuracy,
         unparsed=_share(p is None for p in parsed),
         predicted={label: counts[label] / len(parsed) for label in sorted(counts)},
         majority=(commonest, count / len(gold)),
