@@ -7,8 +7,7 @@ Usage: ``python benchmarks/evidence_methods.py [--seeds 3] [--parts methods size
    over seeds, from one base model; run directories in ``benchmarks/results/method-runs/``
    (not committed; a finished run is read back, so an interrupted evidence run continues);
 2. ``sizes``: the articles' data-size claim, the naive and the default recipe trained on
-   the first 200, 1,000 and 4,000 rows of one 4,000-row lab training set (the lab's
-   domain holds at most 4,376 training rows; see ``SIZES``);
+   the first 200, 1,000 and 5,000 rows of one 5,000-row lab training set (``SIZES``);
 3. ``loraplus``: LoRA+ (``method.lora.lr_ratio``) beside plain LoRA at the same rate, in
    pairs (``LORA_PLUS``), in the methods part's folder so that its runs are read back.
 
@@ -40,10 +39,9 @@ from retain.lab.compare import (
 from retain.rundir import atomic_write_json, atomic_write_text
 
 PARTS = ("methods", "sizes", "loraplus")
-# The articles compare 200, 1,000 and 5,000 rows. The lab's domain gives every item its
-# own invented drug (5,376 names, each split's drugs disjoint from the others'), so with the
-# evaluation splits it holds at most 4,376 training rows: 4,000 stands in for 5,000.
-SIZES = (200, 1000, 4000)
+# The articles compare 200, 1,000 and 5,000 rows (the lab's domain holds 5,720 training
+# rows beside its evaluation splits: one invented drug per item, each split's its own).
+SIZES = (200, 1000, 5000)
 DEFAULT = RECIPE  # the recipe the targets are about
 SIZE_RECIPES = (REFERENCE, DEFAULT)
 WORKERS = 2  # runs at once, one thread each (see compare.run_compare)
@@ -135,9 +133,8 @@ def markdown(result: dict) -> str:
         lines += [
             "\n### Data size: " + " vs ".join(f"{int(size):,}" for size in sizes["by_size"]) + " training rows\n",
             (f"The first N rows of one {max(SIZES):,}-row lab training set, {sizes['seeds']} seed(s) each, "
-             "same epochs (so more rows are more steps). The articles compare 200, 1,000 and 5,000 rows; "
-             "the lab's domain holds at most 4,376 training rows (one invented drug per item, 5,376 "
-             f"names, each split's drugs its own), so {max(SIZES):,} stands in for 5,000.\n"),
+             "same epochs (so more rows are more steps), as the articles compare 200, 1,000 and 5,000 "
+             "rows.\n"),
             "| rows | method | task accuracy | OOD accuracy | forgetting, relative |",
             "| --- | --- | --- | --- | --- |",
         ]

@@ -175,13 +175,20 @@ def pause_in_save(step: int, flag: str) -> None:
 
 def pause_in_rotation(flag: str) -> None:
     """Pauses inside the trainer's deletion of an old checkpoint newer than the best one
-    (``train.save_total_limit``), once its optimizer.pt is gone."""
+    (``train.save_total_limit``), once its optimizer.pt is gone.
+
+    Which check is the best depends on the model's path; the plant makes the oldest
+    checkpoint the best (the trainer keeps the best), so that the one deleted is newer than
+    it: the case where the half-deleted checkpoint is the newest one with a seal.
+    """
     import transformers.trainer as trainer_module
 
     rotate, rmtree = trainer_module.rotate_checkpoints, shutil.rmtree
 
     def rotate_pausing(output_dir, save_total_limit=None, best_model_checkpoint=None, **kwargs):
-        best = int(best_model_checkpoint.rsplit("-", 1)[-1]) if best_model_checkpoint else -1
+        steps = sorted(int(path.name.rsplit("-", 1)[-1]) for path in Path(output_dir).glob("checkpoint-*"))
+        best = steps[0]
+        best_model_checkpoint = os.path.join(output_dir, f"checkpoint-{best}")
 
         def half_delete(path, ignore_errors=False):
             if int(str(path).rsplit("-", 1)[-1]) > best:

@@ -80,12 +80,13 @@ def test_errors_keep_their_fix_across_processes() -> None:
 def test_a_finished_run_is_read_back_while_its_config_still_means_the_same(tmp_path) -> None:
     from retain.config import load_config
     from retain.config.loading import dump_config
-    from retain.training.run import finished_summary
+    from retain.training.run import _data_hashes, finished_summary
 
     config = load_config(None, [f"output.dir={tmp_path}", "output.name=run", "train.lr=1e-3"])
     folder = tmp_path / "run"
     folder.mkdir()
     (folder / "summary.json").write_text(json.dumps({"steps": 7}))
+    (folder / "meta.json").write_text(json.dumps({"data": _data_hashes(config)}))
     saved = folder / "config.yaml"
     saved.write_text(dump_config(config))
     assert finished_summary(config) == {"steps": 7}
@@ -98,8 +99,24 @@ def test_a_finished_run_is_read_back_while_its_config_still_means_the_same(tmp_p
     # Saved with a setting since removed: it no longer validates, so the run is trained again.
     saved.write_text(dump_config(config).replace("train:\n", "train:\n  retired_setting: 3\n", 1))
     assert finished_summary(config) is None
-    (folder / "summary.json").unlink()  # an unfinished run
+    # Its data files changed since (the same paths, new contents): trained again.
     saved.write_text(dump_config(config))
+    data = tmp_path / "train.jsonl"
+    data.write_text('{"prompt": "a", "response": "b"}\n')
+    config = load_config(None, [f"output.dir={tmp_path}", "output.name=run", "train.lr=1e-3", f"data.train={data}"])
+    saved.write_text(dump_config(config))
+    (folder / "meta.json").write_text(json.dumps({"data": _data_hashes(config)}))
+    assert finished_summary(config) == {"steps": 7}
+    data.write_text('{"prompt": "a", "response": "c"}\n')
+    assert finished_summary(config) is None
+    (folder / "meta.json").write_text("{not json")
+    assert finished_summary(config) is None
+    (folder / "meta.json").write_text(json.dumps({"command": "train"}))  # from before data hashes were kept
+    assert finished_summary(config) == {"steps": 7}
+    (folder / "meta.json").unlink()  # nothing to tell what it trained on
+    assert finished_summary(config) is None
+    (folder / "meta.json").write_text(json.dumps({"data": _data_hashes(config)}))
+    (folder / "summary.json").unlink()  # an unfinished run
     assert finished_summary(config) is None
 
 

@@ -177,7 +177,7 @@ def test_a_low_memory_figure_refuses_before_the_model_loads_and_force_goes_on(mi
     monkeypatch.setattr(models, "available_memory", lambda: 1 << 16)  # 64 KiB left
     with pytest.raises(InsufficientMemory) as refused:
         run_module.run_train(config, progress=False, echo=lambda line: None)
-    assert "needs about 0.5 MiB (0.1M parameters" in str(refused.value) and "0.1 MiB available" in str(refused.value)
+    assert "needs about 0.6 MiB (0.1M parameters" in str(refused.value) and "0.1 MiB available" in str(refused.value)
     assert not (task_data / "runs" / "small" / "audit.json").exists()  # no audit, no doctor, no model
     # --force trains anyway: past the check, the audit and the doctor, on to load the model.
     with pytest.raises(_Loaded):

@@ -34,7 +34,7 @@ def tiny(domain_examples):
 @pytest.fixture(scope="module")
 def tiny_one_token(domain_examples):
     """A tiny model whose vocabulary spells " yes", " no" and " maybe" as one token each,
-    as large real vocabularies do (the lab's 1,024 tokens spell " maybe" in four)."""
+    as large real vocabularies do (and the lab tokenizer does)."""
     torch.manual_seed(0)
     texts = [e.prompt + e.response for e in domain_examples] + [" yes no maybe"] * 200
     tokenizer = train_tokenizer(texts, 512, 256)

@@ -18,6 +18,7 @@ from rich.table import Table
 
 import retain
 from retain.errors import ConfigError, RetainError
+from retain.lab.domain import TRAIN_ROWS
 
 app = typer.Typer(
     name="retain",
@@ -527,7 +528,7 @@ def lab_build_base(
 def lab_data(
     out_dir: Annotated[Path, typer.Argument(help="Folder to write the lab data into.")],
     seed: SeedOption = 0,
-    n_train: Annotated[int, typer.Option("--n-train", min=0, help="Clean training items.")] = 2000,
+    n_train: Annotated[int, typer.Option("--n-train", min=0, help="Clean training items.")] = TRAIN_ROWS,
     duplicates: Annotated[float, typer.Option(min=0, max=1, help="Share of train rows duplicated.")] = 0.0,
     conflicts: Annotated[float, typer.Option(min=0, max=1, help="Share of train rows copied with another label.")] = 0.0,
     contamination: Annotated[float, typer.Option(min=0, max=1, help="Share of test rows leaked into train.")] = 0.0,
@@ -551,7 +552,7 @@ def lab_compare(
     seeds: Annotated[int, typer.Option("--seeds", min=1, help="Runs per method.")] = 3,
     method: Annotated[Optional[list[str]], typer.Option("--method", help="Only this recipe (repeatable; by its table name).")] = None,
     data_size: Annotated[Optional[int], typer.Option("--data-size", min=1, help="Train on the first N rows (data.size).")] = None,
-    n_train: Annotated[int, typer.Option("--n-train", min=1, help="Training rows the lab data is written with.")] = 2000,
+    n_train: Annotated[int, typer.Option("--n-train", min=1, help="Training rows the lab data is written with.")] = TRAIN_ROWS,
     quick: Annotated[bool, typer.Option("--quick", help="CI-sized: micro lab, 3 recipes, 1 seed, 20 steps.")] = False,
     workers: Annotated[int, typer.Option("--workers", min=1, help="Runs trained at once, each in its own process (2 suits a 2-core CPU; 1 on a GPU).")] = 1,
     size: SizeOption = "default",

@@ -23,6 +23,7 @@ from pathlib import Path
 
 from retain.config import load_config
 from retain.errors import RetainError
+from retain.lab.domain import TRAIN_ROWS
 from retain.lab.export import export_lab_data
 from retain.rundir import atomic_write_json
 
@@ -104,7 +105,7 @@ def run_compare(
     *,
     seeds: int = 3,
     size: str = "default",
-    n_train: int = 2000,
+    n_train: int = TRAIN_ROWS,
     data_size: int | None = None,
     extra: Sequence[str] = (),
     workers: int = 1,

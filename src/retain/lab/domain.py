@@ -21,15 +21,22 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
+from retain.lab.facts import CONDITION_KINDS, OUTCOMES
 from retain.rundir import atomic_write_text
 
-DOMAIN_VERSION = "1"
+DOMAIN_VERSION = "2"
+# Clean training rows of the lab task unless a caller asks for another size: what `retain
+# lab`, `retain lab data` and `retain lab compare` train on. The lab base model has read
+# the domain's language (retain.lab.facts.HEALTH_TEMPLATES), and LoRA learns the task from
+# 1,000 rows in 2 epochs (docs/RESULTS.md, "Data size").
+TRAIN_ROWS = 1000
 LABELS = ("yes", "no", "maybe")
 SPLITS = ("train", "validation", "test", "ood")
 
 _PREFIXES = (
     "Zor", "Vel", "Tra", "Mex", "Quin", "Dal", "Bre", "Fen", "Lu", "Ost", "Pra", "Cor",
     "Nim", "Sal", "Ter", "Vor", "Ka", "Ril", "Dex", "Ob", "Pel", "Syn", "Tor", "Ul",
+    "Hal", "Gor", "Mir", "Nex", "Pax", "Rho",
 )
 _MIDDLES = (
     "va", "ti", "ro", "ca", "mi", "de", "lo", "fa", "ne", "xo", "pa", "zu", "be", "ri",
@@ -42,12 +49,6 @@ _SUFFIXES = (
 _CONDITION_NAMES = (
     "Harlow", "Denbrook", "Marsh", "Kellin", "Orvath", "Pryce", "Tamsin", "Vance",
     "Wexley", "Ashby", "Corran", "Elmsley", "Fenwick", "Galt", "Hollis", "Ingram",
-)
-_CONDITION_KINDS = ("syndrome", "disease", "fever", "palsy", "anemia", "dermatitis")
-OUTCOMES = (
-    "relapse rates", "pain scores", "mortality", "hospital stays", "blood pressure",
-    "fatigue", "inflammation markers", "recovery time", "symptom severity",
-    "infection rates", "swelling", "headache frequency",
 )
 
 _INTROS = (
@@ -106,7 +107,7 @@ class DomainSpec:
     """
 
     seed: int = 0
-    n_train: int = 2000
+    n_train: int = TRAIN_ROWS
     n_validation: int = 200
     n_test: int = 400
     n_ood: int = 400
@@ -192,7 +193,7 @@ def _drug_names(rng: random.Random) -> list[str]:
 
 
 def _conditions() -> list[str]:
-    return [f"{name} {kind}" for name in _CONDITION_NAMES for kind in _CONDITION_KINDS]
+    return [f"{name} {kind}" for name in _CONDITION_NAMES for kind in CONDITION_KINDS]
 
 
 def _make_example(

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from retain.evaluation.suites import write_suite
 from retain.lab.base import lab_size
-from retain.lab.domain import DOMAIN_VERSION, DomainSpec, build_domain, write_jsonl
+from retain.lab.domain import DOMAIN_VERSION, TRAIN_ROWS, DomainSpec, build_domain, write_jsonl
 from retain.lab.world import WORLD_VERSION, build_world
 from retain.rundir import atomic_write_json, atomic_write_text
 
@@ -22,7 +22,7 @@ def export_lab_data(
     *,
     size: str = "default",
     seed: int = 0,
-    n_train: int = 2000,
+    n_train: int = TRAIN_ROWS,
     duplicates: float = 0.0,
     conflicts: float = 0.0,
     contamination: float = 0.0,
@@ -85,6 +85,6 @@ def lab_config_yaml(data_dir: Path) -> str:
         "audit:\n"
         "  task: classification\n"
         "  # The size rule of thumb (5,000 rows) is for real models and data; the lab's tiny\n"
-        "  # model learns its toy task from 2,000. Keep the rule on for your own data.\n"
+        f"  # model learns its toy task from {TRAIN_ROWS:,}. Keep the rule on for your own data.\n"
         "  allow_small_data: true\n"
     )

@@ -89,3 +89,55 @@ FILLER_ENDINGS: tuple[str, ...] = (
     "every morning", "in the rain", "after dinner", "before school", "on sunday",
     "with a smile", "at night", "in the summer", "once a week", "without a word",
 )
+
+# The domain's English, without its invented names: the kinds of condition and the outcomes
+# the domain task asks about (retain.lab.domain), and general sentences about medicine in
+# the same words. A real base model has read such text (its tokenizer spells "placebo" and
+# "randomized" as single tokens); what it has never seen is the task: the question format,
+# the drugs, and which finding means yes, no or maybe. Before these sentences the lab
+# tokenizer spelled domain text almost letter by letter: 148 tokens per training row
+# instead of 78, with " maybe" in four pieces.
+CONDITION_KINDS: tuple[str, ...] = ("syndrome", "disease", "fever", "palsy", "anemia", "dermatitis")
+OUTCOMES: tuple[str, ...] = (
+    "relapse rates", "pain scores", "mortality", "hospital stays", "blood pressure",
+    "fatigue", "inflammation markers", "recovery time", "symptom severity",
+    "infection rates", "swelling", "headache frequency",
+)
+# Slots: {kind} (a CONDITION_KINDS entry), {outcome} (an OUTCOMES entry), {n} (a number).
+HEALTH_TEMPLATES: tuple[str, ...] = (
+    "Patients with {kind} often report {outcome}.",
+    "Doctors measure {outcome} in patients with {kind}.",
+    "A randomized trial compares a new drug with a placebo.",
+    "In a randomized trial, patients are given the drug or a placebo by chance.",
+    "Researchers followed {n} patients with {kind} for one year.",
+    "This study enrolled {n} adults with {kind}.",
+    "The trial tested a new treatment in {n} adults.",
+    "A placebo is a pill with no drug in it.",
+    "Some drugs lower {outcome} and some do not.",
+    "Rest can decrease {outcome} among older patients.",
+    "Clean water reduced {outcome} in the village.",
+    "Good food lowered {outcome} in the children.",
+    "There was a difference between the two groups.",
+    "The groups had the same {outcome} at the start, as planned.",
+    "The results were mixed, but the doctors were not worried.",
+    "A small trial may be too small to be sure of the effect.",
+    "The overall effect on {outcome} was not significant.",
+    "The effect was significant, and the study was large.",
+    "The effect of sleep on {outcome} is unclear.",
+    "Is the new treatment effective? The question is open.",
+    "Does exercise reduce {outcome}? Many people think so.",
+    "Did the diet change {outcome}? The answer came a year later.",
+    "According to this study, people who walk have less {outcome}.",
+    "Is there evidence that sleep brings down {outcome}?",
+    "Based on the results, the nurses changed the treatment.",
+    "A patient taking a new drug can expect a visit from the doctor.",
+    "Would a warm bath be good for {outcome}? Maybe.",
+    "Maybe the treatment helps, and maybe it does not.",
+    "Compared with last year, {outcome} was lower in the town.",
+    "Those who slept well had lower {outcome} than those who did not.",
+    "Read the context, then answer the question with yes, no or maybe.",
+    "Context: a short text. Question: what it asks. Answer: what you say.",
+    "The medicine clearly helped, and {outcome} went down significantly.",
+    "We cannot say if the drug is effective at lowering {outcome}.",
+    "Researchers compared {outcome} between people with and without {kind}.",
+)

@@ -30,6 +30,7 @@ from typing import Any
 
 from retain.config import RetainConfig, load_config
 from retain.errors import RetainError
+from retain.lab.domain import TRAIN_ROWS
 from retain.rundir import atomic_write_json
 
 STEPS = ("base", "audit", "baseline", "trap", "aggressive", "recipe", "report")
@@ -63,7 +64,7 @@ class Scale:
 
 
 SCALES: dict[str, Scale] = {
-    "default": Scale("default", n_train=2000),
+    "default": Scale("default", n_train=TRAIN_ROWS),
     # For tests: the micro model, a small task and a few steps; it runs every step's
     # machinery, its numbers are not the lab's findings.
     "micro": Scale("micro", n_train=64, small_rows=40, n_eval=16, trap_every=4, guarded_every=4, shots=(0, 1),

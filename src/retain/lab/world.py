@@ -11,6 +11,11 @@ Comparisons are asked one way only ("Is 47 greater than 23?"). Asking "greater" 
 linear signal to start from: in development trials the tiny model stayed at chance on it
 for 1,000+ steps, while the one-way question is learned within a few hundred.
 
+Beside the categories, the pretraining text holds plain filler sentences (fluency, and the
+held-out drift reference) and general sentences about medicine in the domain task's words
+(``n_health``), so that the base model, like a real one, has read the domain's language
+before it meets the task.
+
 Everything is a pure function of :class:`WorldSpec`: the same spec gives the same
 documents, probes and reference text, byte for byte, on every machine.
 """
@@ -27,7 +32,7 @@ from retain.lab import facts
 
 # Bump when any text, template or sampling rule below changes: cached base models are
 # keyed by it, and probe results are only comparable within one version.
-WORLD_VERSION = "1"
+WORLD_VERSION = "2"
 
 
 @dataclass(frozen=True)
@@ -44,6 +49,9 @@ class WorldSpec:
         counting_probes: Trained successors ("What number comes after 41?") also asked
             as probes; every letter is asked too.
         n_fillers: Filler sentences in training (plain fluent text).
+        n_health: General sentences about medicine in training, in the domain task's
+            words (:data:`retain.lab.facts.HEALTH_TEMPLATES`): the reading a real base
+            model has done, so that its tokenizer and embeddings know the domain's language.
         n_reference: Filler sentences kept out of training: the drift reference text.
         fact_limit: Use only the first N entries of each fact table (small test worlds).
         greeting_repeats: Copies of each greeting per epoch; there are only a dozen.
@@ -60,6 +68,7 @@ class WorldSpec:
     comparison_probes: int = 60
     counting_probes: int = 20
     n_fillers: int = 200
+    n_health: int = 300
     n_reference: int = 200
     fact_limit: int | None = None
     greeting_repeats: int = 6
@@ -258,6 +267,21 @@ def _filler_sentence(rng: random.Random) -> str:
     return sentence[0].upper() + sentence[1:]
 
 
+def _health_sentence(rng: random.Random) -> str:
+    template = rng.choice(facts.HEALTH_TEMPLATES)
+    sentence = template.format(kind=rng.choice(facts.CONDITION_KINDS), outcome=rng.choice(facts.OUTCOMES),
+                               n=rng.randrange(40, 600, 2))
+    return sentence[0].upper() + sentence[1:]
+
+
+def _distinct(make: Callable[[random.Random], str], rng: random.Random, count: int, what: str) -> list[str]:
+    """Returns ``count`` distinct sentences from ``make``, in the order first drawn."""
+    sentences = list(dict.fromkeys(make(rng) for _ in range(4 * count)))
+    if len(sentences) < count:
+        raise ValueError(f"{what} vocabulary too small for {count} distinct sentences")
+    return sentences[:count]
+
+
 # Category name -> generator. The order is the order of probes in the suite.
 CATEGORIES: dict[str, Callable[[random.Random, WorldSpec], _Category]] = {
     "arithmetic": _arithmetic,
@@ -300,14 +324,11 @@ def build_world(spec: WorldSpec | None = None) -> LabWorld:
         part = generate(random.Random(f"{spec.seed}:{name}"), spec)
         documents += part.documents
         probes += part.probes
-    filler_rng = random.Random(f"{spec.seed}:fillers")
-    sentences = list(
-        dict.fromkeys(_filler_sentence(filler_rng) for _ in range(4 * (spec.n_fillers + spec.n_reference)))
-    )
-    if len(sentences) < spec.n_fillers + spec.n_reference:
-        raise ValueError("filler vocabulary too small for the requested number of sentences")
+    sentences = _distinct(_filler_sentence, random.Random(f"{spec.seed}:fillers"),
+                          spec.n_fillers + spec.n_reference, "filler")
     reference = sentences[: spec.n_reference]
-    documents += sentences[spec.n_reference : spec.n_reference + spec.n_fillers]
+    documents += sentences[spec.n_reference :]
+    documents += _distinct(_health_sentence, random.Random(f"{spec.seed}:health"), spec.n_health, "health")
     random.Random(f"{spec.seed}:shuffle").shuffle(documents)
     suite = ProbeSuite(name="lab", version=f"lab-world-{WORLD_VERSION}", items=tuple(probes))
     return LabWorld(spec=spec, documents=tuple(documents), probes=suite, reference=tuple(reference))

@@ -681,13 +681,28 @@ def finished_summary(config: RetainConfig) -> dict[str, Any] | None:
 
     The saved ``config.yaml`` is read as a config, so a setting added to retain since the
     run was saved takes its default, which keeps the old behaviour: the run still counts.
-    A saved config that no longer validates (a setting since removed) does not.
+    A saved config that no longer validates (a setting since removed) does not, and
+    neither does a run whose data files (their SHA-256 in ``meta.json``) have changed
+    since: the same paths with new contents, as when the lab's data are regenerated.
     """
     folder = Path(config.output.dir) / (config.output.name or "")
     summary, saved = folder / "summary.json", folder / "config.yaml"
     if not (config.output.name and summary.is_file() and saved.is_file()):
         return None
-    return json.loads(summary.read_text()) if _same_config(saved, config) else None
+    if not _same_config(saved, config) or not _same_data(folder / "meta.json", config):
+        return None
+    return json.loads(summary.read_text())
+
+
+def _same_data(meta: Path, config: RetainConfig) -> bool:
+    """True when the data hashes a run recorded in ``meta`` are those of the files
+    ``config`` names now (also when it recorded none: a run from before they were kept);
+    False when ``meta`` is missing or unreadable."""
+    try:
+        recorded = json.loads(meta.read_text()).get("data")
+    except (OSError, ValueError, AttributeError):
+        return False
+    return recorded is None or recorded == _data_hashes(config)
 
 
 def _same_config(saved: Path, config: RetainConfig) -> bool:
