@@ -46,8 +46,8 @@ DEFAULT = RECIPE  # the recipe the targets are about
 SIZE_RECIPES = (REFERENCE, DEFAULT)
 WORKERS = 2  # runs at once, one thread each (see compare.run_compare)
 # LoRA+ at the paper's suggested ratio (16), each beside plain LoRA at the same train.lr:
-# (plain, with LoRA+). Chosen before any LoRA+ run: the config's default rate (1e-4, which
-# does not learn the lab task in 2 epochs), the lab's LoRA rate (1e-3), and the lab recipe.
+# (plain, with LoRA+). Chosen before any LoRA+ run (on lab world 1): the config's default
+# rate (1e-4), the lab's LoRA rate (1e-3), and the lab recipe.
 _BY_NAME = {recipe.name: recipe for recipe in DEFAULT_RECIPES}
 LORA_PLUS: tuple[tuple[Recipe, Recipe], ...] = (
     (Recipe("lora, lr 1e-4 (the config default)", ("method=[lora]", "train.lr=1e-4")),
