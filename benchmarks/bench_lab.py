@@ -82,9 +82,9 @@ def markdown(result: dict) -> str:
         "with an empty cache (the base model is pretrained), then again on the filled cache (the base model "
         "and its evaluation reused, every training run again). Seconds per step from the lab's `steps/`; the "
         "whole command includes starting Python, loading torch and (cold) building the base model. With "
-        "worker processes (the default on a CPU) every training starts at once, so a step's seconds are "
-        "its wait: the first step that needs a training absorbs the time of those ahead of it in the "
-        "queue (the recipe's, then the naive run's), and later steps find theirs done.\n",
+        "worker processes (the default on a CPU) the jobs start at once, the recipe's training on one "
+        "worker and the others in step order on the other, so a step's seconds are its wait for its own "
+        "jobs after the steps before it.\n",
         "| step | cold s | warm s | warm, --workers 1 s |", "| --- | --- | --- | --- |",
     ]
     serial = result.get("warm_one_worker") or {"seconds": None, "steps": {}}

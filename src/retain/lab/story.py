@@ -225,19 +225,20 @@ def run_story(lab: Lab, steps: Sequence[str] = STEPS) -> list[StepResult]:
     """Runs ``steps`` in order, saving and echoing each one's finding.
 
     With ``lab.workers`` above 1, every training of the steps asked for is sent at the
-    start to a pool of worker processes (the longest first), while the steps before them
-    run here; each step then waits for its own trainings and prints its finding in
-    order. On a CPU the lab model's matrices are too small to keep two threads busy, so
-    two one-thread trainings side by side should use two cores better than one training
-    with both; ``python benchmarks/run.py lab`` measures it against ``--workers 1``.
+    start to a pool of worker processes (the longest first, then in the order the steps
+    print them), while the steps before them run here; each step then waits for its own
+    trainings and prints its finding in order. On a CPU the lab model's matrices are too
+    small to keep two threads busy, so two one-thread trainings side by side should use
+    two cores better than one training with both; ``python benchmarks/run.py lab``
+    measures it against ``--workers 1``.
     """
     steps = [step_named(name) for name in steps]
     done = {name for name in steps if lab.resume and lab.step_file(name).is_file()}
     todo = [name for name in steps if name not in done]
-    trainings = [training for name in todo for training in TRAININGS.get(name, lambda lab: [])(lab)]
-    # The baseline's few-shot generation is as long as a training: a job for the pool too,
-    # so that the main process does not compete with the workers for the cores.
-    jobs: list[Training | str] = [*trainings, *([BASELINE_JOB] if "baseline" in todo else [])]
+    # The baseline's few-shot generation is a job for the pool too, so that the main
+    # process does not compete with the workers for the cores.
+    jobs: list[Training | str] = [job for name in todo for job in (
+        [BASELINE_JOB] if name == "baseline" else TRAININGS.get(name, lambda lab: [])(lab))]
     # The base step first, on its own: it builds the base model a cold cache lacks (and says
     # so) before any worker needs it.
     first = steps[:1] if steps[:1] == ["base"] else []
@@ -286,7 +287,7 @@ def _pool(lab: Lab, jobs: Sequence[Training | str]):
     with ProcessPoolExecutor(lab.workers, mp_context=multiprocessing.get_context("spawn"),
                              initializer=init_worker, initargs=(threads,)) as pool:
         common = (lab.root, lab.scale, lab.seed, lab.cache_dir)
-        for job in sorted(jobs, key=lambda job: -COST.get(_job_name(job), 0)):
+        for job in sorted(jobs, key=lambda job: _job_name(job) != LONGEST):  # stable: story order after it
             lab.pending[_job_name(job)] = (pool.submit(_baseline, *common) if job == BASELINE_JOB
                                            else pool.submit(_train, *common, job, lab.resume))
         try:
@@ -516,14 +517,12 @@ DESCRIPTIONS = {
 TRAININGS: dict[str, Callable[[Lab], list[Training]]] = {
     "trap": trap_trainings, "aggressive": aggressive_trainings, "recipe": recipe_trainings,
 }
-# Rough relative cost of each job, to send the longest to the workers first: the recipe
-# trains twice the rows (half of them replay) for 2 epochs; the naive run trains the task
-# rows for 2 epochs; the baseline generates for every held-out row at 0 and 3 shots; the
-# others stop within a few dozen steps, but each still pays a final evaluation (with
-# --workers 1 the baseline took 24 s and the two trap runs 75 s: docs/BENCHMARKS.md).
 BASELINE_JOB = "baseline"
-COST = {"recipe": 3.0, "aggressive-naive": 2.0, BASELINE_JOB: 1.5, "aggressive-guarded": 0.5, "trap-forced": 0.5,
-        "trap-refused": 0.1}
+# The recipe's training is the story's longest job by far (`python benchmarks/run.py lab`,
+# --workers 1: 69 of 148 s, the others 8-25 s a step): it starts first, on a worker of its
+# own, and the other jobs follow in the order the steps print them, so that each finding
+# comes as soon as it can while the recipe trains.
+LONGEST = "recipe"
 RUNNERS: dict[str, Callable[[Lab], StepResult]] = {
     "base": base_step, "audit": audit_step, "baseline": baseline_step, "trap": trap_step,
     "aggressive": aggressive_step, "recipe": recipe_step, "report": report_step,
