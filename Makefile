@@ -33,8 +33,8 @@ test-fast: setup
 bench: setup
 	$(BIN)/python benchmarks/run.py
 
-# The evidence in docs/RESULTS.md: real lab trainings (the guards about 30 minutes on
-# 2 cores; the methods comparison, data sizes and recipe search longer: see docs/RESULTS.md).
+# The evidence in docs/RESULTS.md: real lab trainings (the guards about 20 minutes on
+# 2 cores; the methods comparison, data sizes and recipe search: see docs/RESULTS.md).
 results: setup
 	$(BIN)/python benchmarks/evidence_guards.py
 	$(BIN)/python benchmarks/evidence_methods.py
