@@ -14,6 +14,7 @@ docs/RELIABILITY.md.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import math
 import os
@@ -431,8 +432,12 @@ def full_disk_run(lab: dict[str, Path], out: Path) -> dict[str, Any]:
         if mounted:
             training = Training(config)
             if wait_for_file(training, run_dir / "checkpoints" / "checkpoint-4" / STATE_FILE):
-                with open(ballast, "wb") as handle:
-                    handle.write(b"\0" * max(0, shutil.disk_usage(disk).free - 256 * 1024))
+                try:
+                    with open(ballast, "wb") as handle:
+                        handle.write(b"\0" * max(0, shutil.disk_usage(disk).free - 256 * 1024))
+                except OSError as error:  # the training wrote meanwhile and the disk is full: as meant
+                    if error.errno != errno.ENOSPC:
+                        raise
         else:
             training = Training(config, plant=("enospc_at_fsync", 6))
         code, stderr = training.finish()

@@ -318,6 +318,39 @@ def test_accelerate_launch_with_two_processes_trains_one_run(lab, tmp_path) -> N
     assert logged == [1, 2, 3, 4] and [c["step"] for c in checks(run_dir)] == [0, 2, 4]
 
 
+def test_the_check_of_step_0_takes_the_base_models_validation_figures_measured_once(
+        lab, tmp_path, monkeypatch) -> None:
+    from retain.data import load_examples_for
+    from retain.evaluation.prompting import PromptFormat
+    from retain.training import callback
+    from retain.training.formatting import build_collator, encode_examples, prepare_tokenizer
+
+    monkeypatch.setenv("RETAIN_CACHE_DIR", str(tmp_path / "cache"))
+    measured = []
+    validation_loss = callback.Probe.validation_loss
+    monkeypatch.setattr(callback.Probe, "validation_loss",
+                        lambda self, model: measured.append(1) or validation_loss(self, model))
+    starts = []
+    for name in ("first", "second"):
+        measured.clear()
+        quiet_train(config(lab, tmp_path, train={"max_steps": 4, "lr": 1e-5}, output={"dir": str(tmp_path), "name": name}))
+        starts.append(checks(tmp_path / name)[0])
+        # The first run measures the base once before training and the check of step 4; the
+        # second finds the base's figures cached.
+        assert len(measured) == (2 if name == "first" else 1)
+    assert starts[0]["val_loss"] == starts[1]["val_loss"] and starts[0]["task_accuracy"] == starts[1]["task_accuracy"]
+    # Direct: the base model's mean loss per answer token over all validation rows in one batch.
+    cfg = config(lab, tmp_path)
+    loaded = load_model(str(lab["model"]), device="cpu")
+    prepare_tokenizer(loaded.tokenizer)
+    rows, _ = encode_examples(load_examples_for(cfg.data, cfg.data.validation), loaded.tokenizer,
+                              PromptFormat.for_tokenizer(loaded.tokenizer), max_length=cfg.data.max_length)
+    batch = build_collator(loaded.tokenizer, cfg.train.collator)([row.feature() for row in rows])
+    with torch.no_grad():
+        direct = float(loaded.model.eval()(**batch).loss)
+    assert starts[0]["val_loss"] == pytest.approx(direct, rel=1e-4)
+
+
 def test_each_guard_keeps_its_own_schedule(lab, tmp_path) -> None:
     cfg = config(lab, tmp_path, train={"max_steps": 4, "lr": 1e-5},
                  guards={"every_steps": 4, "smoke": {"every_steps": 1}, "loss": {"max_loss_after_warmup": None}})

@@ -31,7 +31,7 @@ from retain.evaluation.engine import (
 from retain.evaluation.probes import ProbeSuite
 from retain.evaluation.prompting import PromptFormat
 from retain.evaluation.suites import load_suite
-from retain.models import LoadedModel, is_lab_model, load_model
+from retain.models import LoadedModel, is_lab_model, lab_model_path, load_model
 
 logger = logging.getLogger("retain.evaluation")
 
@@ -214,8 +214,9 @@ def cached_base_logprobs(loaded: LoadedModel, base_name: str, text: str) -> Base
 
 
 def model_identity(name: str) -> str:
-    """Returns a string that changes when the named model's weights change."""
-    path = Path(name)
+    """Returns a string that changes when the named model's weights change (``lab``: the
+    lab base model's directory, which changes with the lab's version)."""
+    path = lab_model_path(progress=False) if name == "lab" else Path(name)
     if not path.is_dir():
         return name
     weights = sorted(path.glob("*.safetensors")) + sorted(path.glob("*.bin"))

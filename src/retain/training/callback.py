@@ -47,7 +47,7 @@ from retain.evaluation.health import check_generation
 from retain.evaluation.probes import ProbeSuite
 from retain.evaluation.prompting import PromptFormat
 from retain.evaluation.task import score_task
-from retain.hardware import own_forward
+from retain.hardware import batches_with_backoff, own_forward
 from retain.rundir import RunDir, atomic_write_json, fsync_tree
 from retain.training.formatting import IGNORE_INDEX, Collator, Encoded
 from retain.training.guards import (
@@ -81,6 +81,9 @@ class Baseline:
         smoke_stopped: Whether the base's answer to each smoke prompt ended with EOS.
         perplexity: Reference-text perplexity.
         logprobs: Base log-probabilities on the reference, for KL.
+        start_validation: The base's validation loss and task accuracy, which are the
+            starting model's (the check of step 0 then measures nothing); None when that
+            check measures them.
     """
 
     probe_accuracy: float | None
@@ -88,6 +91,7 @@ class Baseline:
     perplexity: float | None
     logprobs: BaseLogprobs | None = None
     smoke_stopped: list[bool] | None = None
+    start_validation: tuple[float | None, float | None] | None = None
 
 
 @dataclass
@@ -186,18 +190,24 @@ class Probe:
         if not self.validation_encoded or self.collate is None:
             return None
         device = next(model.parameters()).device
+        collate = self.collate
+
+        def loss(rows: Sequence[Encoded]) -> tuple[float, float]:
+            batch = {k: v.to(device) for k, v in collate([r.feature() for r in rows]).items()}
+            count = float((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
+            return (float(model(**batch).loss) * count if count else 0.0), count
+
+        # Rows of similar length batched together pad least; the mean is the same.
+        rows = sorted(self.validation_encoded, key=lambda row: len(row.input_ids))
         total = tokens = 0.0
         was_training = model.training
         model.eval()
         try:
             with torch.no_grad():
-                for start in range(0, len(self.validation_encoded), self.batch_size):
-                    rows = self.validation_encoded[start : start + self.batch_size]
-                    batch = {k: v.to(device) for k, v in self.collate([r.feature() for r in rows]).items()}
-                    count = float((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
-                    if count:
-                        total += float(model(**batch).loss) * count
-                        tokens += count
+                for _, (summed, count) in batches_with_backoff(rows, self.batch_size, loss, owner=model,
+                                                               kind="validation loss"):
+                    total += summed
+                    tokens += count
         finally:
             model.train(was_training)
         return total / tokens if tokens else None
@@ -354,10 +364,13 @@ class GuardCallback(TrainerCallback):
         if model is None or self.state.checks or state.global_step != 0:
             return
         # The starting model computes as the base model the baseline measured (LoRA starts
-        # at B = 0; the other methods change nothing before the first step), so only the
-        # validation figures are new; the rest is the baseline's.
-        check = self.measure(model, 0, 0.0, {"validation"})
+        # at B = 0; the other methods change nothing before the first step), so its figures
+        # are the baseline's; the validation ones too when the baseline has them (they are
+        # cached with the base model's evaluation, so runs on one base measure them once).
         base = self.baseline
+        check = self.measure(model, 0, 0.0, set() if base.start_validation else {"validation"})
+        if base.start_validation:
+            check.val_loss, check.task_accuracy = base.start_validation
         check.probe_accuracy = base.probe_accuracy
         check.forgetting = 0.0 if base.probe_accuracy is not None else None
         check.smoke_fail_share = base.smoke_fail_share

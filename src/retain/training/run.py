@@ -419,19 +419,23 @@ def _baseline(config: RetainConfig, run: RunDir, loaded: LoadedModel, probe: Pro
         logprobs = (cached_base_logprobs(loaded, config.model.name_or_path, reference) if cached is not None
                     else compute_base_logprobs(loaded.model, loaded.tokenizer, reference))
     smoke_share, _, _, stopped = probe.smoke(loaded.model)
+    # A resumed run has its check of step 0 already (or redoes it, with no checkpoint).
+    start = _start_validation(config, loaded, probe) if config.guards.enabled and not resume else None
     return result, Baseline(
         probe_accuracy=overall_accuracy(result, config.guards.forgetting.method),
         smoke_fail_share=smoke_share,
         perplexity=(result.get("drift") or {}).get("perplexity"),
         logprobs=logprobs,
         smoke_stopped=stopped,
+        start_validation=start,
     )
 
 
 def _base_eval_cache(config: RetainConfig, probe: Probe, task: list[Example] | None,
                      ood: list[Example] | None) -> Path | None:
     """Returns where the base model's evaluation for this config is cached, or None when
-    the model is not a local directory (a hub id's weights can change under its name).
+    the model is not the lab model or a local directory (a hub id's weights can change
+    under its name).
 
     The key holds everything the result depends on: the weights (path, sizes and
     modification times), the tokenizer and template settings, the device and dtype, every
@@ -439,22 +443,50 @@ def _base_eval_cache(config: RetainConfig, probe: Probe, task: list[Example] | N
     retain and torch. Several runs on one base (``retain lab``, ``lab compare``, sweeps)
     then measure it once.
     """
-    if not Path(config.model.name_or_path).is_dir():
-        return None
-    import retain
-
-    key = {
-        "model": model_identity(config.model.name_or_path),
-        "model_settings": config.model.model_dump(mode="json"),
+    return _base_cache(config, "", {
         "suites": [asdict(suite) for suite in probe.suites],
         "task": [vars(example) for example in task or []],
         "ood": [vars(example) for example in ood or []],
         "reference": probe.reference,
         "settings": asdict(probe.settings),
+    })
+
+
+def _base_cache(config: RetainConfig, kind: str, key: dict[str, Any]) -> Path | None:
+    """Returns the cache file of one measurement of the base model, keyed by ``key`` with the
+    model's identity and settings and the versions of retain and torch; None when the model
+    is not the lab model or a local directory."""
+    if config.model.name_or_path != "lab" and not Path(config.model.name_or_path).is_dir():
+        return None
+    import retain
+
+    key = key | {
+        "model": model_identity(config.model.name_or_path),
+        "model_settings": config.model.model_dump(mode="json"),
         "versions": [retain.__version__, torch.__version__],
     }
     digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:24]
-    return default_cache_dir() / "base-eval" / f"{digest}.json"
+    return default_cache_dir() / "base-eval" / f"{digest}{kind}.json"
+
+
+def _start_validation(config: RetainConfig, loaded: LoadedModel, probe: Probe) -> tuple[float | None, float | None]:
+    """Returns the base model's validation loss and task accuracy, cached per base model and
+    validation rows: the figures of the check of step 0, since the starting model computes
+    as the base (see :meth:`GuardCallback.on_train_begin`)."""
+    cached = _base_cache(config, "-validation", {
+        "validation": [vars(example) for example in probe.validation],
+        "encoded": [row.feature() for row in probe.validation_encoded],
+        "collator": config.train.collator,
+        "settings": asdict(probe.settings),
+    })
+    if cached is not None and cached.is_file():
+        stored = json.loads(cached.read_text())
+        return stored["val_loss"], stored["task_accuracy"]
+    figures = probe.validation_loss(loaded.model), probe.task_accuracy(loaded.model)
+    if cached is not None:
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(cached, {"val_loss": figures[0], "task_accuracy": figures[1]})
+    return figures
 
 
 def _encode(config: RetainConfig, examples: list[Example], path: str, tokenizer,
