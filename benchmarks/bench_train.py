@@ -135,7 +135,10 @@ def markdown(result: dict) -> str:
     if checks:
         lines.append(f"\nEach check (probes, smoke, drift, validation loss and task accuracy on 200 rows) "
                      f"took {min(checks):.1f}-{max(checks):.1f} s, from the step's logged loss to the "
-                     "check's record in metrics.jsonl. The default schedule runs 4 checks per epoch.")
+                     "check's record in metrics.jsonl. The default schedule runs 4 checks per epoch. The "
+                     "check of step 0 measures nothing: the starting model's figures are the base "
+                     "model's, measured before training (outside these seconds) and cached per base "
+                     "model and validation set, so a cold cache costs one check's time once.")
         off, epoch = result["runs"]["retain, guards off"], result["runs"]["retain, guards each epoch"]
         expected = sum(epoch.get("check_seconds", [])) / off["seconds"]
         lines.append(f"The checks of the guarded run add up to {expected:.0%} of the unguarded run's "
