@@ -331,14 +331,17 @@ def test_the_check_of_step_0_takes_the_base_models_validation_figures_measured_o
     monkeypatch.setattr(callback.Probe, "validation_loss",
                         lambda self, model: measured.append(1) or validation_loss(self, model))
     starts = []
-    for name in ("first", "second"):
+    for name in ("first", "second", "third"):
         measured.clear()
         quiet_train(config(lab, tmp_path, train={"max_steps": 4, "lr": 1e-5}, output={"dir": str(tmp_path), "name": name}))
         starts.append(checks(tmp_path / name)[0])
         # The first run measures the base once before training and the check of step 4; the
-        # second finds the base's figures cached.
-        assert len(measured) == (2 if name == "first" else 1)
-    assert starts[0]["val_loss"] == starts[1]["val_loss"] and starts[0]["task_accuracy"] == starts[1]["task_accuracy"]
+        # second finds the base's figures cached; the third finds the cache file unusable.
+        assert len(measured) == (1 if name == "second" else 2)
+        if name == "second":
+            [cached] = (tmp_path / "cache" / "base-eval").glob("*-validation.json")
+            cached.write_text("{")
+    assert len({(start["val_loss"], start["task_accuracy"]) for start in starts}) == 1
     # Direct: the base model's mean loss per answer token over all validation rows in one batch.
     cfg = config(lab, tmp_path)
     loaded = load_model(str(lab["model"]), device="cpu")

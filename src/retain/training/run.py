@@ -473,6 +473,8 @@ def _start_validation(config: RetainConfig, loaded: LoadedModel, probe: Probe) -
     """Returns the base model's validation loss and task accuracy, cached per base model and
     validation rows: the figures of the check of step 0, since the starting model computes
     as the base (see :meth:`GuardCallback.on_train_begin`)."""
+    if not probe.validation and not probe.validation_encoded:
+        return None, None
     cached = _base_cache(config, "-validation", {
         "validation": [vars(example) for example in probe.validation],
         "encoded": [row.feature() for row in probe.validation_encoded],
@@ -480,8 +482,11 @@ def _start_validation(config: RetainConfig, loaded: LoadedModel, probe: Probe) -
         "settings": asdict(probe.settings),
     })
     if cached is not None and cached.is_file():
-        stored = json.loads(cached.read_text())
-        return stored["val_loss"], stored["task_accuracy"]
+        try:
+            stored = json.loads(cached.read_text())
+            return stored["val_loss"], stored["task_accuracy"]
+        except (ValueError, KeyError, TypeError) as error:
+            logger.warning("ignoring unusable cached validation figures %s: %s", cached, error)
     figures = probe.validation_loss(loaded.model), probe.task_accuracy(loaded.model)
     if cached is not None:
         cached.parent.mkdir(parents=True, exist_ok=True)
