@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 
 from retain.cli import app
 from retain.config import RetainConfig
-from retain.errors import ConfigError
+from retain.errors import ConfigError, RunDirError
 from retain.lab.export import export_lab_data
 from retain.models import load_model
 from retain.rundir import RunDir, read_jsonl
@@ -266,6 +266,30 @@ def test_resuming_with_another_config_is_refused(lab, tmp_path) -> None:
     quiet_train(config(lab, tmp_path, train={"max_steps": 4}))
     with pytest.raises(ConfigError, match="differs"):
         quiet_train(config(lab, tmp_path, train={"max_steps": 4, "lr": 1e-3}), resume=True)
+
+
+def test_resuming_after_a_data_file_changed_is_refused_with_the_file_named(lab, tmp_path) -> None:
+    root = tmp_path / "data"
+    root.mkdir()
+    for name in ("train.jsonl", "validation.jsonl", "test.jsonl", "ood.jsonl", "probes.jsonl"):
+        (root / name).write_bytes((lab["root"] / name).read_bytes())
+    moved = {**lab, "root": root}
+    quiet_train(config(moved, tmp_path, train={"max_steps": 4}))
+    train = root / "train.jsonl"
+    rows = train.read_text().splitlines()
+    train.write_text("\n".join(rows[:-1]) + "\n")  # one row fewer
+    path = tmp_path / "config.yaml"
+    path.write_text(json.dumps(settings(moved, tmp_path, train={"max_steps": 4})))  # JSON is YAML
+    result = CliRunner().invoke(app, ["train", str(path), "--resume", "--name", "run"])
+    assert isinstance(result.exception, RunDirError), result.output
+    line = str(result.exception)  # the CLI's `retain` script prints it as one error line, exit code 2
+    assert f"{train}" in line and "data.train" in line and "has changed since the run started" in line
+    assert "put the file back" in line
+    train.write_text("\n".join(rows) + "\n")  # restored: the run resumes
+    quiet_train(config(moved, tmp_path, train={"max_steps": 4}), resume=True)
+    (root / "probes.jsonl").unlink()
+    with pytest.raises(RunDirError, match="probes.jsonl: probes.suites.0: this file is gone"):
+        quiet_train(config(moved, tmp_path, train={"max_steps": 4}), resume=True)
 
 
 def test_an_incomplete_checkpoint_is_removed_not_resumed(tmp_path) -> None:

@@ -179,6 +179,7 @@ def run_train(
         try:
             if resume:
                 config = _check_same_config(run, config)
+                _check_same_data(run, config)
             else:
                 run.write_config(dump_config(config))
                 run.write_meta({"data": _data_hashes(config)})
@@ -740,6 +741,41 @@ def _same_data(meta: Path, config: RetainConfig) -> bool:
     except (OSError, ValueError, AttributeError):
         return False
     return recorded is None or recorded == _data_hashes(config)
+
+
+def _check_same_data(run: RunDir, config: RetainConfig) -> None:
+    """Resuming, refuses a file the run read whose contents changed since it started: the
+    rest of the run would train, and be judged, on other rows than its first steps.
+
+    Runs that recorded no hashes (``meta.json`` missing or from before they were kept)
+    resume unchecked.
+    """
+    try:
+        recorded = json.loads((run.path / "meta.json").read_text()).get("data") or {}
+    except (OSError, ValueError, AttributeError):
+        return
+    now = _data_hashes(config)
+    changed = [field for field, digest in recorded.items() if now.get(field) != digest]
+    if not changed:
+        return
+    field = changed[0]
+    dotted = field if "." in field else f"data.{field}"
+    path = _setting(config.model_dump(mode="json"), dotted)
+    state = "is gone" if field not in now else "has changed"
+    raise RunDirError(
+        f"this file {state} since the run started (its SHA-256 then began {recorded[field][:12]})"
+        + (f"; {len(changed) - 1} more file(s) too" if len(changed) > 1 else ""),
+        file=path, field=dotted,
+        fix="put the file back as it was to resume, or start a new run (another --name, or --overwrite)",
+    )
+
+
+def _setting(settings: dict[str, Any], dotted: str) -> Any:
+    """Returns the value at a dotted field of a config as plain data (list items by index)."""
+    value: Any = settings
+    for part in dotted.split("."):
+        value = value[int(part)] if isinstance(value, list) else value[part]
+    return value
 
 
 def _same_config(saved: Path, config: RetainConfig) -> bool:
