@@ -141,3 +141,38 @@ def test_resuming_accepts_a_config_saved_before_a_setting_existed_and_refuses_a_
     run.config_path.write_bytes(b"\xff\xfe not yaml")  # unreadable: not the same config
     with pytest.raises(ConfigError, match="differs"):
         _check_same_config(run, config)
+
+
+def test_stopping_a_comparison_early_cancels_the_runs_not_started(tmp_path) -> None:
+    import os
+
+    marks = [tmp_path / f"job{index}" for index in range(10)]
+    jobs = [(f"sleep {0 if index == 0 else 3}; touch {mark}",) for index, mark in enumerate(marks)]
+    results = compare._map(os.system, jobs, 2)
+    assert next(results) == 0
+    results.close()  # what Ctrl-C or an error in the caller does to the generator
+    started = [mark.exists() for mark in marks]
+    # The workers finish what they hold (the two running and the pool's few queued calls,
+    # at most 6 jobs); none of the rest ever starts.
+    assert started[0] and not any(started[6:]), started
+
+
+def test_a_worker_that_saw_ctrl_c_starts_none_of_the_jobs_it_still_holds(monkeypatch) -> None:
+    import signal
+
+    import torch
+    from transformers.utils import logging as hf_logging
+
+    calls = []
+    assert compare.worker_job(calls.append, "first") is None and calls == ["first"]
+    monkeypatch.setattr(compare, "_INTERRUPTED", False)
+    monkeypatch.setattr(signal, "signal", lambda signum, handler: calls.append((signum, handler)))
+    monkeypatch.setattr(torch, "set_num_threads", lambda threads: None)  # this process's threads stay
+    monkeypatch.setattr(hf_logging, "disable_progress_bar", lambda: None)
+    compare.init_worker(1)
+    assert calls[-1] == (signal.SIGINT, compare._interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        compare._interrupted(signal.SIGINT, None)  # Ctrl-C: the running job is interrupted
+    with pytest.raises(KeyboardInterrupt):
+        compare.worker_job(calls.append, "held")  # the next one never starts
+    assert "held" not in calls

@@ -568,12 +568,19 @@ def lab_compare(
             raise ConfigError(f"no recipe named {unknown[0]!r}", field="--method",
                               fix=f"use one of: {', '.join(known)}")
         recipes = tuple(known[name] for name in method)
-    rows = run_compare(
-        out_dir, recipes, seeds=1 if quick else seeds, size="micro" if quick else size,
-        n_train=200 if quick else n_train, data_size=data_size,
-        extra=("train.max_steps=20",) if quick else (), workers=workers,
-        progress=not _STATE["quiet"] and workers == 1, echo=console.print,
-    )
+    try:
+        rows = run_compare(
+            out_dir, recipes, seeds=1 if quick else seeds, size="micro" if quick else size,
+            n_train=200 if quick else n_train, data_size=data_size,
+            extra=("train.max_steps=20",) if quick else (), workers=workers,
+            progress=not _STATE["quiet"] and workers == 1, echo=console.print,
+        )
+    except KeyboardInterrupt:
+        finished = len(list((out_dir / "runs").glob("*/summary.json")))
+        errors.print(f"{finished} finished runs are kept in {out_dir / 'runs'}; the same command continues "
+                     "(a finished run is read back, not trained again)", markup=False, highlight=False,
+                     soft_wrap=True)
+        raise
     console.print(markdown_table(rows), markup=False)
     console.print(f"table data: {out_dir / 'compare.json'}")
 

@@ -17,15 +17,18 @@ from __future__ import annotations
 import math
 import re
 import statistics
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any, TypeVar
 
 from retain.config import load_config
 from retain.errors import RetainError
 from retain.lab.domain import TRAIN_ROWS
 from retain.lab.export import export_lab_data
 from retain.rundir import atomic_write_json
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -144,7 +147,7 @@ def run_compare(
     jobs = [(recipe, seed, data, out_dir / "runs", data_size, tuple(common)) for recipe in recipes
             for seed in range(seeds)]
     runs: list[RunResult] = []
-    for result in _map(jobs, workers, progress):
+    for result in _map(_run, jobs, workers, progress=progress):
         runs.append(result)
         echo(f"{result.recipe}, seed {result.seed}: task {_pct(result.task_accuracy)}, general "
              f"{_pct(result.probe_accuracy)}, forgetting {_pct(result.forgetting)}, "
@@ -157,11 +160,18 @@ def run_compare(
     return rows
 
 
-def _map(jobs: list[tuple], workers: int, progress: bool):
-    """Yields the result of each job, in order of completion with several workers."""
+def _map(function: Callable[..., T], jobs: list[tuple], workers: int, **kwargs: Any) -> Iterator[T]:
+    """Yields ``function(*job, **kwargs)`` of each job: in order with one worker, else in
+    order of completion from ``workers`` processes (``kwargs`` only in-process: a worker
+    shows no progress bars).
+
+    When the caller stops early (Ctrl-C, an error, or closing the generator), jobs not yet
+    handed to a worker are cancelled instead of waited for; finished runs are on disk, so
+    the same command continues from them.
+    """
     if workers <= 1:
         for job in jobs:
-            yield _run(*job, progress=progress)
+            yield function(*job, **kwargs)
         return
     import multiprocessing
     import os
@@ -171,19 +181,45 @@ def _map(jobs: list[tuple], workers: int, progress: bool):
     # spawn: a fresh interpreter per worker, no forked torch thread pools or locks.
     with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
                              initializer=init_worker, initargs=(threads,)) as pool:
-        futures = [pool.submit(_run, *job) for job in jobs]
-        for future in as_completed(futures):
-            yield future.result()
+        futures = [pool.submit(worker_job, function, *job) for job in jobs]
+        try:
+            for future in as_completed(futures):
+                yield future.result()
+        finally:
+            for future in futures:
+                future.cancel()
 
 
 def init_worker(threads: int) -> None:
     """Sets up a worker process of a pool of trainings: ``threads`` torch threads, no
-    progress bars (nobody sees a worker's terminal)."""
+    progress bars (nobody sees a worker's terminal), and Ctrl-C remembered (see
+    :func:`worker_job`)."""
+    import signal
+
     import torch
     from transformers.utils import logging as hf_logging
 
     torch.set_num_threads(threads)
     hf_logging.disable_progress_bar()
+    signal.signal(signal.SIGINT, _interrupted)
+
+
+_INTERRUPTED = False  # set in a worker by Ctrl-C
+
+
+def _interrupted(signum: int, frame: Any) -> None:
+    global _INTERRUPTED
+    _INTERRUPTED = True
+    raise KeyboardInterrupt
+
+
+def worker_job(function: Callable[..., T], *args: Any) -> T:
+    """Runs one job in a worker, unless Ctrl-C reached the worker before: the pool hands each
+    worker its next jobs ahead of time, where they can no longer be cancelled, and a worker
+    survives the KeyboardInterrupt of the job it was running."""
+    if _INTERRUPTED:
+        raise KeyboardInterrupt
+    return function(*args)
 
 
 def _run(recipe: Recipe, seed: int, data: Path, runs: Path, data_size: int | None,

@@ -278,7 +278,7 @@ def _pool(lab: Lab, jobs: Sequence[Training | str]):
     import os
     from concurrent.futures import ProcessPoolExecutor
 
-    from retain.lab.compare import init_worker
+    from retain.lab.compare import init_worker, worker_job
 
     lab.ensure_data()
     lab.base_path()  # built once here, not by each worker
@@ -288,8 +288,8 @@ def _pool(lab: Lab, jobs: Sequence[Training | str]):
                              initializer=init_worker, initargs=(threads,)) as pool:
         common = (lab.root, lab.scale, lab.seed, lab.cache_dir)
         for job in sorted(jobs, key=lambda job: _job_name(job) != LONGEST):  # stable: story order after it
-            lab.pending[_job_name(job)] = (pool.submit(_baseline, *common) if job == BASELINE_JOB
-                                           else pool.submit(_train, *common, job, lab.resume))
+            lab.pending[_job_name(job)] = (pool.submit(worker_job, _baseline, *common) if job == BASELINE_JOB
+                                           else pool.submit(worker_job, _train, *common, job, lab.resume))
         try:
             yield
         finally:
