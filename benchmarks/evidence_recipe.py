@@ -140,7 +140,7 @@ def markdown(result: dict) -> str:
                                              if setting else "none shipped, so none ran") +
                    ") on seeds that played no part in choosing it."), ""]
     for name, sweep in result["sweeps"].items():
-        overrides = sweep.get("overrides") or SEARCH.get(name, ([], {}))[0]  # results saved before they were kept
+        overrides = sweep["overrides"]
         lines += [f"### `{name}`: {', '.join(f'`{o}`' for o in overrides)}", "",
                   ("| trial | settings | guards that acted | forgetting at each check | final forgetting | task | "
                    "OOD | verdict |"), "| --- | --- | --- | --- | --- | --- | --- | --- |"]

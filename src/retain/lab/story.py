@@ -519,7 +519,7 @@ TRAININGS: dict[str, Callable[[Lab], list[Training]]] = {
 }
 BASELINE_JOB = "baseline"
 # The recipe's training is the story's longest job by far (`python benchmarks/run.py lab`,
-# --workers 1: 69 of 148 s, the others 8-25 s a step): it starts first, on a worker of its
+# --workers 1: 59 of 130 s, the other steps 1-28 s each): it starts first, on a worker of its
 # own, and the other jobs follow in the order the steps print them, so that each finding
 # comes as soon as it can while the recipe trains.
 LONGEST = "recipe"

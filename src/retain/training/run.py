@@ -736,11 +736,23 @@ def _same_data(meta: Path, config: RetainConfig) -> bool:
     """True when the data hashes a run recorded in ``meta`` are those of the files
     ``config`` names now (also when it recorded none: a run from before they were kept);
     False when ``meta`` is missing or unreadable."""
+    recorded = _recorded_data(meta)
+    return recorded is not None and not _changed_data(recorded, config)
+
+
+def _recorded_data(meta: Path) -> dict[str, str] | None:
+    """Returns the data hashes a run recorded in ``meta`` (``{}`` when it recorded none);
+    None when ``meta`` is missing or unreadable."""
     try:
-        recorded = json.loads(meta.read_text()).get("data")
+        return json.loads(meta.read_text()).get("data") or {}
     except (OSError, ValueError, AttributeError):
-        return False
-    return recorded is None or recorded == _data_hashes(config)
+        return None
+
+
+def _changed_data(recorded: dict[str, str], config: RetainConfig) -> list[str]:
+    """Returns the fields of ``recorded`` whose file changed or went away since."""
+    now = _data_hashes(config)
+    return [field for field, digest in recorded.items() if now.get(field) != digest]
 
 
 def _check_same_data(run: RunDir, config: RetainConfig) -> None:
@@ -750,18 +762,14 @@ def _check_same_data(run: RunDir, config: RetainConfig) -> None:
     Runs that recorded no hashes (``meta.json`` missing or from before they were kept)
     resume unchecked.
     """
-    try:
-        recorded = json.loads((run.path / "meta.json").read_text()).get("data") or {}
-    except (OSError, ValueError, AttributeError):
-        return
-    now = _data_hashes(config)
-    changed = [field for field, digest in recorded.items() if now.get(field) != digest]
+    recorded = _recorded_data(run.path / "meta.json") or {}
+    changed = _changed_data(recorded, config)
     if not changed:
         return
     field = changed[0]
     dotted = field if "." in field else f"data.{field}"
     path = _setting(config.model_dump(mode="json"), dotted)
-    state = "is gone" if field not in now else "has changed"
+    state = "has changed" if Path(path).is_file() else "is gone"
     raise RunDirError(
         f"this file {state} since the run started (its SHA-256 then began {recorded[field][:12]})"
         + (f"; {len(changed) - 1} more file(s) too" if len(changed) > 1 else ""),
