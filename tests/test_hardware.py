@@ -42,7 +42,19 @@ def test_cpu_bf16_probe_reads_torch(monkeypatch) -> None:
     assert not hardware.cpu_has_fast_bf16()
 
 
-def test_evaluation_escapes_the_mixed_precision_wrapper_that_training_leaves() -> None:
+@pytest.fixture
+def clean_accelerate():
+    """accelerate keeps one process-wide state and (from 1.16) refuses to change its mixed
+    precision once set: an earlier test may have set it to fp32, and a later Trainer must
+    not find bf16."""
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    yield
+    AcceleratorState._reset_state(reset_partial_state=True)
+
+
+def test_evaluation_escapes_the_mixed_precision_wrapper_that_training_leaves(clean_accelerate) -> None:
     from accelerate import Accelerator
     from tiny_models import tiny_llama
     from tokenizers import Tokenizer, models
