@@ -226,8 +226,11 @@ def _train_in_subprocess(values: dict, mode: str) -> subprocess.Popen:
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
 
-def test_resume_after_kill_9_matches_an_uninterrupted_run(lab, tmp_path) -> None:
-    common = {"method": {"use": ["full"]}, "train": {"lr": 3e-4, "max_steps": 12, "save_every": 4},
+@pytest.mark.parametrize("methods", [["full"], ["full", "replay"]], ids=["plain", "blended"])
+def test_resume_after_kill_9_matches_an_uninterrupted_run(lab, tmp_path, methods) -> None:
+    # Blended rows take another sampler (retain.training.sampling): resumed, it must draw
+    # the same batches too.
+    common = {"method": {"use": methods}, "train": {"lr": 3e-4, "max_steps": 12, "save_every": 4},
               "guards": {"every_steps": 4, "forgetting": {"action": "warn"}, "smoke": {"action": "warn"}}}
     whole = settings(lab, tmp_path / "whole", **common)
     assert _train_in_subprocess(whole, "new").wait(timeout=600) == 0

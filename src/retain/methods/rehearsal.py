@@ -59,8 +59,8 @@ def task_row_count(rows: Sequence[Encoded], context: MethodContext) -> int:
 def blend(task: Sequence[Encoded], general: Sequence[Encoded], seed: int) -> list[Encoded]:
     """Returns task and general rows shuffled together, the same way for the same seed.
 
-    The trainer reshuffles every epoch, but a length-grouped sampler must not find all
-    general rows at the end.
+    The order here does not make the batches: the trainer's sampler does, and with rows
+    of several sources it mixes every batch (:mod:`retain.training.sampling`).
     """
     rows = [*task, *general]
     random.Random(seed).shuffle(rows)
@@ -103,7 +103,8 @@ class Replay(Method):
         count = general_count(tasks, self.settings.ratio)
         seed = self.config.train.seed
         texts = pick_texts(context.general_texts(), count, random.Random(seed)) if count else []
-        general = encode_texts(texts, context.tokenizer, max_length=self.config.data.max_length)
+        general = encode_texts(texts, context.tokenizer, max_length=self.config.data.max_length,
+                               source=self.name)
         context.echo(f"replay: blended {len(general)} general rows into {tasks} task rows "
                      f"(method.replay.ratio {self.settings.ratio:g})")
         return blend(rows, general, seed)
@@ -211,5 +212,6 @@ class SelfAugment(Method):
                 row = replace(row, input_ids=row.input_ids[:-1], labels=row.labels[:-1],
                               full_tokens=row.full_tokens - 1)
             if row.supervised:
-                encoded.append(row)
+                prompt, generation = answers[row.line - 1]
+                encoded.append(replace(row, source=self.name, text=f"{prompt} {generation.text}"))
         return encoded

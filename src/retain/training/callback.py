@@ -62,6 +62,7 @@ from retain.training.guards import (
     judge_train_loss,
     relative_drop,
 )
+from retain.training.sampling import MixedSourceSampler
 
 logger = logging.getLogger("retain.train")
 
@@ -566,9 +567,10 @@ class SeededEpochOrder(TrainerCallback):
     order as the uninterrupted run.
 
     The trainer's random sampler is seeded that way already (accelerate's seedable
-    sampler); its length-grouped sampler would draw from the global random state as the
-    epoch begins, a state that a resume in a later epoch does not have (it restores the
-    state of the checkpoint's step).
+    sampler), and so is the sampler of blended rows (its ``set_epoch``, set here too);
+    the length-grouped sampler would draw from the global random state as the epoch
+    begins, a state that a resume in a later epoch does not have (it restores the state
+    of the checkpoint's step).
 
     Args:
         steps_per_epoch: Optimizer steps in one epoch.
@@ -579,18 +581,22 @@ class SeededEpochOrder(TrainerCallback):
 
     def on_epoch_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
                        train_dataloader: Any = None, **kwargs: Any) -> None:
-        sampler = _length_grouped_sampler(train_dataloader)
-        if sampler is not None:
+        sampler = _epoch_sampler(train_dataloader)
+        epoch = state.global_step // self.steps_per_epoch
+        if isinstance(sampler, MixedSourceSampler):
+            sampler.set_epoch(epoch)
+        elif sampler is not None:
             seed = args.data_seed if args.data_seed is not None else args.seed
-            sampler.generator = torch.Generator().manual_seed(seed + state.global_step // self.steps_per_epoch)
+            sampler.generator = torch.Generator().manual_seed(seed + epoch)
 
 
-def _length_grouped_sampler(dataloader: Any) -> LengthGroupedSampler | None:
-    """Returns the length-grouped sampler inside the trainer's (accelerate-wrapped) loader."""
+def _epoch_sampler(dataloader: Any) -> LengthGroupedSampler | MixedSourceSampler | None:
+    """Returns the length-grouped or mixed-source sampler inside the trainer's
+    (accelerate-wrapped) loader."""
     batches = getattr(dataloader, "batch_sampler", None)
     for sampler in (getattr(dataloader, "sampler", None), getattr(batches, "sampler", None),
                     getattr(getattr(batches, "batch_sampler", None), "sampler", None)):
-        if isinstance(sampler, LengthGroupedSampler):
+        if isinstance(sampler, (LengthGroupedSampler, MixedSourceSampler)):
             return sampler
     return None
 

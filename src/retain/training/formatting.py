@@ -58,6 +58,11 @@ class Encoded:
             are tokenised together, so the answer was tokenised on its own.
         negative_labels: Tokens a method trains against (token-level forgetting), -100
             elsewhere; None when no method marks any.
+        source: Where the row comes from: ``task`` for ``data.train``, else the method
+            that blended it in (``replay``, ``self_augment``); batches mix the sources
+            (:mod:`retain.training.sampling`).
+        text: The row as text, for a blended row (what the probe-contamination check
+            reads); None for task rows, which the audit reads from their file.
     """
 
     line: int
@@ -67,6 +72,8 @@ class Encoded:
     full_tokens: int
     split_seam: bool = False
     negative_labels: list[int] | None = None
+    source: str = "task"
+    text: str | None = None
 
     @property
     def truncated(self) -> bool:
@@ -170,15 +177,17 @@ def encode_examples(
 
 
 def encode_texts(texts: Sequence[str], tokenizer: PreTrainedTokenizerBase, *,
-                 max_length: int) -> list[Encoded]:
+                 max_length: int, source: str = "task") -> list[Encoded]:
     """Encodes plain texts (general data for replay) as rows with a loss on every token:
-    the tokenizer's special tokens, the text, EOS; ``line`` is the text's 1-based index."""
+    the tokenizer's special tokens, the text, EOS; ``line`` is the text's 1-based index.
+    Rows of another ``source`` than ``task`` keep their text (:attr:`Encoded.text`)."""
     eos = tokenizer.eos_token_id
     rows = []
     for index, ids in enumerate(tokenize_texts(texts, [True] * len(texts), tokenizer), start=1):
         ids = ids + ([eos] if eos is not None and ids[-1:] != [eos] else [])
         rows.append(Encoded(line=index, input_ids=ids[:max_length], labels=ids[:max_length],
-                            prompt_tokens=0, full_tokens=len(ids)))
+                            prompt_tokens=0, full_tokens=len(ids), source=source,
+                            text=None if source == "task" else texts[index - 1]))
     return rows
 
 

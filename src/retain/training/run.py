@@ -123,10 +123,13 @@ class TrainOutcome:
 
 
 class _Rows(torch.utils.data.Dataset):
-    """Encoded rows as the trainer takes them."""
+    """Encoded rows as the trainer takes them; ``sources`` and ``lengths`` are what
+    :class:`~retain.training.trainer.RetainTrainer` builds its sampler from."""
 
     def __init__(self, rows: list[Encoded]) -> None:
         self.rows = rows
+        self.sources = [row.source for row in rows]
+        self.lengths = [len(row.input_ids) for row in rows]
 
     def __len__(self) -> int:
         return len(self.rows)

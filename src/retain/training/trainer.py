@@ -8,6 +8,7 @@ import torch
 from transformers import Trainer
 
 from retain.methods import Method, MethodContext, ParamGroup
+from retain.training.sampling import MixedSourceSampler
 
 EXTRA_INPUTS = ("negative_labels",)
 """Batch keys that methods read and the model must not be given."""
@@ -26,6 +27,20 @@ class RetainTrainer(Trainer):
         super().__init__(*args, **kwargs)
         self.methods = methods
         self.context = context
+
+    def _get_train_sampler(self, train_dataset: Any = None) -> torch.utils.data.Sampler | None:
+        """Mixes every batch when methods blended rows of other sources in (a dataset with
+        ``sources``, see :class:`MixedSourceSampler`); otherwise the trainer's own sampler
+        (``train_sampling_strategy``)."""
+        dataset = self.train_dataset if train_dataset is None else train_dataset
+        sources = getattr(dataset, "sources", None)
+        if not sources or len(set(sources)) < 2:
+            return super()._get_train_sampler(train_dataset)
+        return MixedSourceSampler(
+            sources, dataset.lengths, self.args.train_batch_size * self.args.gradient_accumulation_steps,
+            seed=self.args.data_seed if self.args.data_seed is not None else self.args.seed,
+            group_by_length=self.args.train_sampling_strategy == "group_by_length",
+        )
 
     def create_optimizer(self, model: torch.nn.Module | None = None) -> torch.optim.Optimizer:
         """Builds the optimizer from the methods' parameter groups (weight decay as the
