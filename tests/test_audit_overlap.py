@@ -7,15 +7,18 @@ from collections import Counter
 import pytest
 
 from retain.audit.overlap import (
+    blended_contamination,
     conflicting_labels,
     contamination,
     exact_duplicates,
     near_duplicates,
     normalize_text,
+    rehearsed_ids,
 )
 from retain.data import Example
 from retain.evaluation.probes import ProbeItem, ProbeSuite
 from retain.lab.domain import DomainExample, DomainSpec, build_domain
+from retain.lab.world import build_world
 
 _CLEAN = [
     ("What is the boiling point of water at sea level?", "100 degrees Celsius."),
@@ -118,6 +121,41 @@ def test_contamination_eval_rows_and_probes() -> None:
     assert probe.count == 1 and probe.severity == "warning"
     assert "measures nothing" in probe.title and probe.examples[0]["item"] == "a"
     assert probe.examples[0]["line"] == 7
+
+
+def test_a_statement_of_a_probed_fact_in_training_counts_as_contamination() -> None:
+    suite = ProbeSuite(name="toy", version="1", items=(
+        ProbeItem(id="peru", category="capitals", prompt="Q: What is the capital of Peru?\nA:", answer="Lima",
+                  statements=("The capital of Peru is Lima.",)),
+        ProbeItem(id="chile", category="capitals", prompt="Q: What is the capital of Chile?\nA:",
+                  answer="Santiago", statements=("The capital of Chile is Santiago.",)),
+    ))
+    train = _rows(_CLEAN + [("Tell me a fact.", "The capital of Peru is Lima")])
+    (probe,) = contamination(train, None, [suite])
+    assert probe.count == 1 and probe.examples[0]["item"] == "peru" and probe.examples[0]["line"] == 7
+    assert rehearsed_ids(probe) == {"toy": ["peru"]}
+
+
+def test_blended_rows_are_checked_and_the_finding_names_their_source() -> None:
+    suite = ProbeSuite(name="toy", version="1", items=(
+        ProbeItem(id="sum", category="arithmetic", prompt="Q: What is 17 + 25?\nA:", answer="42"),
+        ProbeItem(id="sky", category="facts", prompt="Q: What colour is the sky?\nA:", answer="blue"),
+    ))
+    texts = ["A plain sentence about nothing.", "Q: What is 17 + 25?\nA: 42", "Another plain sentence."]
+    probe = blended_contamination(texts, [suite], "replay rows from general.txt")
+    assert probe is not None and probe.count == 1 and probe.examples[0]["line"] == 2
+    assert "appear in replay rows from general.txt" in probe.title and rehearsed_ids(probe) == {"toy": ["sum"]}
+    assert blended_contamination(texts[::2], [suite], "replay rows") is None
+    assert rehearsed_ids(None) == {}
+
+
+def test_the_lab_rehearsal_corpus_holds_no_probe_and_its_pretraining_corpus_every_recall_probe() -> None:
+    """The audit's own proof that the lab's replay source does not rehearse its probes."""
+    world = build_world()
+    assert blended_contamination(list(world.rehearsal), [world.probes], "lab rehearsal") is None
+    leaked = blended_contamination(list(world.documents), [world.probes], "lab pretraining")
+    recall = {item.id for item in world.probes.items if not item.held_out}
+    assert leaked is not None and set(rehearsed_ids(leaked)["lab"]) == recall and len(recall) == 217
 
 
 @pytest.fixture(scope="module")

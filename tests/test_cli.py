@@ -85,7 +85,7 @@ def test_lab_data_writes_every_file(tmp_path) -> None:
     assert result.exit_code == 0, result.output
     names = {path.name for path in out.iterdir()}
     assert names == {"train.jsonl", "validation.jsonl", "test.jsonl", "ood.jsonl", "probes.jsonl",
-                     "general.txt", "reference.txt", "manifest.json", "config.yaml"}
+                     "general.txt", "pretraining.txt", "reference.txt", "manifest.json", "config.yaml"}
     train = [json.loads(line) for line in (out / "train.jsonl").read_text().splitlines()]
     assert len(train) == 55 and sum("flaw" in row for row in train) == 5
     header = json.loads((out / "probes.jsonl").read_text().splitlines()[0])

@@ -67,6 +67,35 @@ def test_recall_probes_are_trained_in_the_probe_format() -> None:
             assert qa(question, item.answer) in documents, item.id
 
 
+def test_every_recall_probe_lists_the_documents_that_state_its_fact() -> None:
+    world = build_world()
+    documents = set(world.documents)
+    for item in world.probes.items:
+        question = item.prompt.removeprefix("Q: ").removesuffix("\nA:")
+        if item.held_out:
+            assert item.statements == ()
+            continue
+        assert qa(question, item.answer) in item.statements, item.id
+        assert set(item.statements) <= documents, item.id
+        assert all(item.answer in text for text in item.statements), item.id
+
+
+def test_the_rehearsal_corpus_states_no_probed_fact_in_any_wording() -> None:
+    world = build_world()
+    rehearsal = "\n".join(world.rehearsal)
+    for item in world.probes.items:
+        question = item.prompt.removeprefix("Q: ").removesuffix("\nA:")
+        assert question not in rehearsal, item.id
+        assert not any(text in world.rehearsal for text in item.statements), item.id
+        if item.category == "capitals":  # no wording of any capital is left
+            assert f" {item.answer}." not in rehearsal and f"A: {item.answer}\n" not in rehearsal
+    assert "capital of" not in rehearsal and "opposite of" not in rehearsal and "plural" not in rehearsal
+    # What is left: skills the probes ask on other items, fillers and medicine.
+    assert len(world.rehearsal) > len(world.documents) / 2
+    assert any(text.startswith("Q: What is 1") for text in world.rehearsal)
+    assert any(text.startswith("Q: Is ") for text in world.rehearsal)
+
+
 def test_probe_options_contain_answer_once_and_join_the_prompt_with_a_space() -> None:
     suite = build_world().probes
     assert suite.delimiter == " "

@@ -35,11 +35,13 @@ def write_jsonl(path: Path, rows: list[dict]) -> Path:
     return path
 
 
-def test_a_lab_model_directory_gives_its_own_world_corpus(lab_dir) -> None:
-    expected = list(build_world(lab_size("micro").world).documents)
+def test_a_lab_model_directory_gives_its_own_worlds_rehearsal_corpus(lab_dir) -> None:
+    world = build_world(lab_size("micro").world)
+    expected = list(world.rehearsal)
+    assert 0 < len(expected) < len(world.documents)
     assert load_general_texts(config(f"model.name_or_path={lab_dir}")) == expected
     assert load_general_texts(config(f"model.name_or_path={lab_dir}", "method.general.source=lab")) == expected
-    assert len(expected) < len(build_world(lab_size("default").world).documents)  # not the default world
+    assert len(expected) < len(build_world(lab_size("default").world).rehearsal)  # not the default world
 
 
 def test_an_adapter_of_a_lab_model_gives_its_base_world(lab_dir, tmp_path) -> None:
@@ -47,12 +49,12 @@ def test_an_adapter_of_a_lab_model_gives_its_base_world(lab_dir, tmp_path) -> No
     adapter.mkdir()
     (adapter / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": str(lab_dir)}))
     assert load_general_texts(config(f"model.name_or_path={adapter}")) == list(
-        build_world(lab_size("micro").world).documents)
+        build_world(lab_size("micro").world).rehearsal)
 
 
 def test_the_limit_keeps_the_first_texts(lab_dir) -> None:
     texts = load_general_texts(config(f"model.name_or_path={lab_dir}", "method.general.limit=5"))
-    assert texts == list(build_world(lab_size("micro").world).documents)[:5]
+    assert texts == list(build_world(lab_size("micro").world).rehearsal)[:5]
 
 
 def test_a_text_file_has_one_text_per_line_with_escaped_newlines(tmp_path) -> None:

@@ -417,3 +417,39 @@ def test_the_base_evaluation_is_measured_once_per_base_data_and_settings(lab, tm
                               data={**settings(lab, tmp_path)["data"], "eval": str(shorter)}))
     assert "base model evaluation reused" not in (third.run_dir / "log.txt").read_text()
     assert json.loads((third.run_dir / "base_eval.json").read_text())["task"]["eval"]["n"] == 5
+
+
+def test_a_probe_planted_in_the_replay_file_is_reported_by_audit_and_train(lab, tmp_path) -> None:
+    """The probe-contamination check covers the rows replay blends in: `retain audit -c`
+    finds the planted item in the general source and names it, `retain train` finds it in
+    the rows it blended, and forgetting is reported apart on it."""
+    from retain.evaluation.suites import load_suite
+
+    suite = load_suite(lab["root"] / "probes.jsonl")
+    planted = next(item for item in suite.items if item.category == "capitals")
+    source = tmp_path / "general.txt"
+    plain = ["A plain sentence about the weather.", "Another plain sentence about a garden.",
+             "Q: What is 2 + 3?\\nA: 5"]
+    statement = planted.statements[0]  # "The capital of ... is ...", as the lab's probes.jsonl lists it
+    assert statement.startswith("The capital of") and planted.answer in statement
+    source.write_text("".join(f"{line}\n" for line in [*plain, statement]))
+    values = settings(lab, tmp_path / "runs", method={"use": ["lora", "replay"], "replay": {"ratio": 0.5},
+                                                      "general": {"source": str(source)}})
+    path = tmp_path / "config.yaml"
+    path.write_text(json.dumps(values))
+    report = tmp_path / "audit.json"
+    result = CliRunner().invoke(app, ["audit", values["data"]["train"], "-c", str(path), "--strict",
+                                      "--json", str(report)])
+    assert result.exit_code == 1, result.output  # a warning, fatal under --strict
+    (finding,) = [f for f in json.loads(report.read_text())["findings"] if f["code"] == "probe_contamination"]
+    assert str(source) in finding["title"] and "replay" in finding["title"]
+    assert finding["details"]["items"] == {"lab": [planted.id]} and finding["examples"][0]["line"] == 4
+
+    lines: list[str] = []
+    summary = run_train(RetainConfig.model_validate(values), progress=False, echo=lines.append).summary
+    assert any("probe item(s) appear in the" in line and "rows replay blended in" in line for line in lines), lines
+    assert summary["rehearsal"]["items"] == {"lab": [planted.id]}
+    assert summary["rehearsal"]["rows"] == {"replay": 64}
+    groups = summary["forgetting_by_rehearsal"]["lab"]
+    assert groups["rehearsed"]["categories"]["overall"]["items"] == 1
+    assert groups["not_rehearsed"]["categories"]["overall"]["items"] == len(suite.items) - 1

@@ -238,6 +238,7 @@ def train(
 ) -> None:
     """Fine-tune with guards: audit, doctor, baseline, training, final evaluation, verdict."""
     from retain.config import load_config
+    from retain.summary import rehearsal_note
     from retain.training.run import run_train
 
     overrides = list(set_ or []) + ([f"output.name={name}"] if name else [])
@@ -256,7 +257,8 @@ def train(
         table.add_row(f"task ({split})", "", _percent(score["accuracy"]))
     console.print(table)
     if summary["forgetting_relative"] is not None:
-        console.print(f"forgetting, relative: {summary['forgetting_relative']:+.1%}")
+        console.print(f"forgetting, relative: {summary['forgetting_relative']:+.1%}{rehearsal_note(summary)}",
+                      markup=False)
     verdict = summary["verdict"]
     console.print("verdict: safe to ship" if verdict["ship"] else "verdict: not safe to ship: " + "; ".join(verdict["reasons"]),
                   markup=False, highlight=False)

@@ -17,6 +17,7 @@ docs/BENCHMARKS.md).
 from __future__ import annotations
 
 import itertools
+import re
 import string
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
@@ -33,6 +34,7 @@ NUM_PERM = 128
 NEAR_THRESHOLD = 0.8
 CONFLICT_THRESHOLD = 0.9
 BLOCKER_SHARE = 0.01
+_SENTENCE_END = re.compile(r"(?<=[.?!])\s+|\n")
 _STRIP = string.punctuation + string.whitespace
 _SEED = 1
 _TEXTS_PER_CHUNK = 2_000  # texts hashed together: keeps the arrays in cache
@@ -279,7 +281,7 @@ def contamination(
 
     A prompt appears in training when it equals a training prompt after
     :func:`normalize_text`, or when their shingle sets have Jaccard >= ``threshold``.
-    Probe items are also matched as prompt+answer against training prompt+response.
+    Probe items are matched as :func:`probe_matches` says.
 
     Args:
         train: The training rows.
@@ -294,20 +296,117 @@ def contamination(
         and a ``probe_contamination`` warning, each only when something overlaps;
         an empty list when nothing does.
     """
-    prompts = _Corpus([normalize_text(example.prompt) for example in train], threshold, num_perm, shingle)
     findings: list[Finding] = []
     if eval_examples:
+        prompts = _Corpus([normalize_text(example.prompt) for example in train], threshold, num_perm, shingle)
         leaked = prompts.matches([normalize_text(example.prompt) for example in eval_examples])
         if leaked:
             findings.append(_eval_overlap(train, eval_examples, leaked, threshold))
     items = [(suite, item) for suite in probes for item in suite.items]
     if items:
-        full = _Corpus([_row_text(example) for example in train], threshold, num_perm, shingle)
-        seen = full.matches([f"{normalize_text(i.prompt)} {normalize_text(i.answer)}" for _, i in items])
-        seen.update(prompts.matches([normalize_text(item.prompt) for _, item in items]))
+        seen = probe_matches([_row_text(example) for example in train], [item for _, item in items],
+                             raw=[f"{example.prompt}\n{example.response}" for example in train],
+                             prompts=[example.prompt for example in train], threshold=threshold,
+                             num_perm=num_perm, shingle=shingle)
         if seen:
-            findings.append(_probe_contamination(train, items, dict(sorted(seen.items())), threshold))
+            lines = [example.line for example in train]
+            findings.append(_probe_contamination(lines, items, seen, threshold, where="the training data"))
     return findings
+
+
+def blended_contamination(
+    texts: Sequence[str],
+    probes: Sequence[ProbeSuite],
+    source: str,
+    threshold: float = NEAR_THRESHOLD,
+) -> Finding | None:
+    """Finds probe items in the rows a method blends into training (replay's general
+    texts, self-augmentation's prompts and answers), as :func:`probe_matches` says.
+
+    Args:
+        texts: The blended rows (or the source they are drawn from) as text, in order;
+            a row's ``line`` is its 1-based position.
+        probes: The probe suites the run is judged by.
+        source: What the rows are, for the message (``replay rows from general.txt``).
+        threshold: Jaccard similarity at or above which texts count as the same.
+
+    Returns:
+        A ``probe_contamination`` warning naming ``source``, or None when no item is there.
+    """
+    items = [(suite, item) for suite in probes for item in suite.items]
+    seen = probe_matches([normalize_text(text) for text in texts], [item for _, item in items],
+                         raw=texts, threshold=threshold) if items and texts else {}
+    if not seen:
+        return None
+    return _probe_contamination(list(range(1, len(texts) + 1)), items, seen, threshold, where=source)
+
+
+def probe_matches(
+    texts: Sequence[str],
+    items: Sequence[ProbeItem],
+    *,
+    raw: Sequence[str] | None = None,
+    prompts: Sequence[str] | None = None,
+    threshold: float = NEAR_THRESHOLD,
+    num_perm: int = NUM_PERM,
+    shingle: int = SHINGLE,
+) -> dict[int, int]:
+    """Returns item index -> index of a row that rehearses the item.
+
+    A row rehearses an item when its text (normalised) equals or nearly equals (shingle
+    Jaccard >= ``threshold``) the item's prompt followed by its answer, or one of the
+    item's ``statements`` (other wordings of its fact); when one of its sentences is a
+    statement (a fact stated inside a longer row); or, given ``prompts``, when the row's
+    prompt equals or nearly equals the item's prompt.
+
+    Args:
+        texts: Each row's whole text, already normalised (:func:`normalize_text`).
+        items: The probe items.
+        raw: Each row's text before normalisation, where its sentences are looked for
+            (split at ``.``, ``?`` or ``!`` before a space, and at line ends); ``texts``
+            when None.
+        prompts: Each row's prompt (not normalised), for rows that have one.
+        threshold: Jaccard similarity at or above which texts count as the same.
+        num_perm: MinHash permutations.
+        shingle: Characters per shingle.
+    """
+    full = _Corpus(list(texts), threshold, num_perm, shingle)
+    queries: list[str] = []
+    owners: list[int] = []
+    for index, item in enumerate(items):
+        # The question and answer as a prompt/response row reads (each part normalised) and
+        # as one text reads ("Q: ...?\nA: 42" keeps the colon the first form strips).
+        wordings = {f"{normalize_text(item.prompt)} {normalize_text(item.answer)}",
+                    normalize_text(f"{item.prompt} {item.answer}"), *map(normalize_text, item.statements)}
+        queries += sorted(wordings)
+        owners += [index] * len(wordings)
+    seen: dict[int, int] = {}
+    for query, row in full.matches(queries).items():
+        seen.setdefault(owners[query], row)
+    sentences: dict[str, int] = {}
+    for row, text in enumerate(texts if raw is None else raw):
+        for sentence in _sentences(text):
+            sentences.setdefault(sentence, row)
+    for index, item in enumerate(items):
+        rows = [sentences[sentence] for text in item.statements for sentence in [normalize_text(text)]
+                if sentence in sentences]
+        if rows:
+            seen[index] = min(rows + ([seen[index]] if index in seen else []))
+    if prompts is not None:
+        prompt_corpus = _Corpus([normalize_text(prompt) for prompt in prompts], threshold, num_perm, shingle)
+        for index, row in prompt_corpus.matches([normalize_text(item.prompt) for item in items]).items():
+            seen.setdefault(index, row)
+    return dict(sorted(seen.items()))
+
+
+def _sentences(text: str) -> list[str]:
+    """Returns the sentences of a text, each normalised (end punctuation off)."""
+    return [normalize_text(part) for part in _SENTENCE_END.split(text) if part]
+
+
+def rehearsed_ids(finding: Finding | None) -> dict[str, list[str]]:
+    """Returns the ids of the probe items a ``probe_contamination`` finding holds, by suite."""
+    return dict(finding.details.get("items", {})) if finding is not None else {}
 
 
 def _eval_overlap(
@@ -334,27 +433,34 @@ def _eval_overlap(
 
 
 def _probe_contamination(
-    train: Sequence[Example], items: Sequence[tuple[ProbeSuite, ProbeItem]],
-    seen: dict[int, int], threshold: float,
+    lines: Sequence[int], items: Sequence[tuple[ProbeSuite, ProbeItem]],
+    seen: dict[int, int], threshold: float, where: str,
 ) -> Finding:
-    """Returns the ``probe_contamination`` finding for ``seen`` (item index -> train index).
+    """Returns the ``probe_contamination`` finding for ``seen`` (item index -> row index),
+    ``where`` naming the rows (``the training data``, or the rows a method blends in).
 
-    Each example's ``line`` is the training row where the probe item appears.
+    Each example's ``line`` is the line of the row where the probe item appears;
+    ``details["items"]`` lists every item found, by suite.
     """
+    found: dict[str, list[str]] = {}
+    for index in seen:
+        suite, item = items[index]
+        found.setdefault(suite.name, []).append(item.id)
     return Finding(
         code="probe_contamination",
         severity="warning",
-        title=f"{len(seen)} probe item(s) appear in the training data: "
+        title=f"{len(seen)} probe item(s) appear in {where}: "
         "a probe seen in training measures nothing",
         count=len(seen),
-        fix="remove the rows holding these probe questions from the training data, or "
-        "use a probe suite the data does not contain",
+        fix="remove the rows holding these probe questions (or another wording of their facts) from "
+        f"{where}, or use a probe suite they do not contain; forgetting is reported apart on these items",
         examples=tuple(
-            {"line": train[t].line, "text": excerpt(items[i][1].prompt),
+            {"line": lines[t], "text": excerpt(items[i][1].prompt),
              "suite": items[i][0].name, "item": items[i][1].id}
             for i, t in list(seen.items())[:MAX_EXAMPLES]
         ),
-        details={"threshold": threshold, "suites": sorted({suite.name for suite, _ in items})},
+        details={"threshold": threshold, "suites": sorted({suite.name for suite, _ in items}),
+                 "where": where, "items": found},
     )
 
 

@@ -21,6 +21,7 @@ from retain.audit.checks import (
 )
 from retain.audit.findings import SEVERITIES, Finding, Verdict
 from retain.audit.overlap import (
+    blended_contamination,
     conflicting_labels,
     contamination,
     exact_duplicates,
@@ -30,6 +31,7 @@ from retain.config import RetainConfig
 from retain.data import Problem, read_examples_for
 from retain.errors import RetainError
 from retain.evaluation.probes import ProbeSuite
+from retain.methods.general import load_general_texts
 from retain.models import load_model_parts
 
 logger = logging.getLogger("retain.audit")
@@ -37,6 +39,7 @@ logger = logging.getLogger("retain.audit")
 # More malformed rows than this share of a file is a blocker: training would silently
 # learn from a different dataset than the one the user believes they gave.
 MALFORMED_BLOCKER_SHARE = 0.01
+REHEARSAL_METHODS = ("replay", "self_augment")  # the methods that blend general rows in
 
 
 @dataclass
@@ -92,7 +95,8 @@ def run_audit(
         domain: Domain for the size rule; None uses ``audit.domain``.
         allow_small: Too little data is a warning instead of a blocker (so is
             ``audit.allow_small_data``).
-        probes: Probe suites that must not appear in training.
+        probes: Probe suites that must not appear in training, nor in the general texts
+            the config's rehearsal methods (replay, self_augment) blend rows from.
         tokenizer: The tokenizer for length checks; loaded from ``config.model`` if None.
 
     Raises:
@@ -124,8 +128,29 @@ def run_audit(
         eval_examples, eval_problems = read_examples_for(config.data, eval_data)
         findings.append(_malformed(eval_problems, len(eval_examples) + len(eval_problems), "eval "))
     findings += contamination(examples, eval_examples, probes, settings.near_duplicate_threshold)
+    findings.append(_general_source_contamination(config, probes))
     report.findings = sorted((f for f in findings if f is not None), key=lambda f: SEVERITIES.index(f.severity))
     return report
+
+
+def _general_source_contamination(config: RetainConfig, probes: Sequence[ProbeSuite]) -> Finding | None:
+    """Returns the ``probe_contamination`` finding of the general texts that replay and
+    self-augmentation draw their rows from (their rows are a sample of these texts, or
+    the base model's answers to prompts cut from them), or None.
+
+    Raises:
+        RetainError: If the config names no general source where one is needed, or it
+            cannot be read (as ``retain train`` would).
+    """
+    users = [name for name in REHEARSAL_METHODS if name in config.method.use]
+    if not users or not probes:
+        return None
+    source = config.method.general.source or "lab"
+    return blended_contamination(
+        load_general_texts(config), probes,
+        f"the general texts {' and '.join(users)} draw from (method.general.source: {source})",
+        config.audit.near_duplicate_threshold,
+    )
 
 
 def _malformed(problems: list[Problem], total: int, which: str = "") -> Finding | None:

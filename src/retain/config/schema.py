@@ -219,7 +219,8 @@ class GeneralDataConfig(_Section):
 
     source: str | None = Field(
         None,
-        description="`lab` (the lab world's pretraining corpus), a file (.txt one text per "
+        description="`lab` (the lab world's pretraining corpus less every document that "
+        "states a probed fact), a file (.txt one text per "
         "line; .jsonl/.csv/.parquet with a text or prompt/response columns), or "
         "`hf:NAME[:SPLIT]` for a `datasets` dataset; null uses the lab corpus for the lab "
         "model and is an error otherwise.",

@@ -11,7 +11,7 @@ sampling noises.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Protocol
 
@@ -60,6 +60,14 @@ class ItemResults:
             )
         if len(set(self.ids)) != len(self.ids):
             raise ValueError(f"{self.suite}: item ids must be unique")
+
+    def subset(self, keep: Callable[[str], bool]) -> ItemResults:
+        """Returns the results of the items whose id ``keep`` accepts, in order."""
+        chosen = [index for index, item_id in enumerate(self.ids) if keep(item_id)]
+        return ItemResults(suite=self.suite, version=self.version,
+                           ids=tuple(self.ids[index] for index in chosen),
+                           categories=tuple(self.categories[index] for index in chosen),
+                           correct=tuple(self.correct[index] for index in chosen))
 
     @classmethod
     def from_flags(

@@ -30,6 +30,7 @@ from retain.evaluation.task import (
     score_perturbations,
     score_task,
 )
+from retain.summary import NOT_REHEARSED, REHEARSED
 
 logger = logging.getLogger("retain.evaluation")
 
@@ -204,6 +205,31 @@ def forgetting(before: EvalResult | dict, after: EvalResult | dict, **bootstrap)
     for (suite, method), results in second.items():
         if (suite, method) in first:
             reports.setdefault(suite, {})[method] = compare(first[(suite, method)], results, **bootstrap)
+    return reports
+
+
+def forgetting_by_rehearsal(before: EvalResult | dict, after: EvalResult | dict, method: str,
+                            rehearsed: dict[str, list[str]], **bootstrap) -> dict[str, dict[str, ForgettingReport]]:
+    """Compares two evaluations by ``method`` on two groups of each suite's items: those
+    in ``rehearsed`` (by suite) and the rest.
+
+    Returns:
+        ``{suite: {"rehearsed": report, "not_rehearsed": report}}``; a group with no item
+        is left out.
+    """
+    first, second = _item_results(before), _item_results(after)
+    reports: dict[str, dict[str, ForgettingReport]] = {}
+    for (suite, scored_by), results in second.items():
+        if scored_by != method or (suite, method) not in first:
+            continue
+        ids = set(rehearsed.get(suite, ()))
+        for group, keep in ((REHEARSED, True), (NOT_REHEARSED, False)):
+            def chosen(item_id: str, keep: bool = keep) -> bool:
+                return (item_id in ids) is keep
+
+            part = first[(suite, method)].subset(chosen)
+            if part.ids:
+                reports.setdefault(suite, {})[group] = compare(part, results.subset(chosen), **bootstrap)
     return reports
 
 

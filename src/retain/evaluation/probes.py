@@ -36,6 +36,10 @@ class ProbeItem:
         pattern: The regular expression of the ``regex`` checker.
         held_out: True when neither this item nor its fact appeared in training (lab only:
             e.g. a sum the base model never saw). Tells generalisation from recall.
+        statements: Other texts that state this item's fact ("The capital of France is
+            Paris." beside the question); a training or rehearsal row holding one, or the
+            question with its answer, has rehearsed the item (the audit's
+            ``probe_contamination``).
     """
 
     id: str
@@ -46,6 +50,7 @@ class ProbeItem:
     checker: Checker = "exact"
     pattern: str | None = None
     held_out: bool = False
+    statements: tuple[str, ...] = ()
 
     @property
     def answer_index(self) -> int:

@@ -48,6 +48,7 @@ class _ItemModel(BaseModel):
     checker: Checker = "exact"
     pattern: str | None = None
     held_out: bool = False
+    statements: list[str] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _consistent(self) -> _ItemModel:
@@ -77,6 +78,7 @@ class _ItemModel(BaseModel):
             checker=self.checker,
             pattern=self.pattern,
             held_out=self.held_out,
+            statements=tuple(self.statements),
         )
 
 

@@ -27,6 +27,7 @@ from retain.errors import RetainError
 from retain.lab.domain import TRAIN_ROWS
 from retain.lab.export import export_lab_data
 from retain.rundir import atomic_write_json
+from retain.summary import NOT_REHEARSED, REHEARSED, group_forgetting
 
 T = TypeVar("T")
 
@@ -85,6 +86,9 @@ class RunResult:
     forgetting: float | None
     train_seconds: float
     run_dir: str
+    forgetting_not_rehearsed: float | None = None
+    forgetting_rehearsed: float | None = None
+    rehearsed_items: int = 0
 
 
 @dataclass
@@ -100,6 +104,8 @@ class Row:
     forgetting: tuple[float | None, float | None]
     time_vs_reference: float | None
     runs: list[RunResult] = field(default_factory=list)
+    forgetting_not_rehearsed: tuple[float | None, float | None] = (None, None)
+    forgetting_rehearsed: tuple[float | None, float | None] = (None, None)
 
 
 def run_compare(
@@ -244,6 +250,8 @@ def _run(recipe: Recipe, seed: int, data: Path, runs: Path, data_size: int | Non
         except RetainError as error:
             raise RetainError(f"recipe '{recipe.name}', seed {seed}: {error.message}", fix=error.fix) from None
     task = summary.get("task") or {}
+    not_rehearsed, _ = group_forgetting(summary, NOT_REHEARSED)
+    rehearsed, rehearsed_items = group_forgetting(summary, REHEARSED)
     return RunResult(
         recipe=recipe.name, seed=seed,
         task_accuracy=(task.get("eval") or {}).get("accuracy"),
@@ -253,6 +261,7 @@ def _run(recipe: Recipe, seed: int, data: Path, runs: Path, data_size: int | Non
         forgetting=summary.get("forgetting_relative"),
         train_seconds=float(summary.get("train_seconds") or 0.0),
         run_dir=str(summary_path.parent),
+        forgetting_not_rehearsed=not_rehearsed, forgetting_rehearsed=rehearsed, rehearsed_items=rehearsed_items,
     )
 
 
@@ -273,6 +282,8 @@ def summarise(runs: Sequence[RunResult], recipes: Sequence[Recipe]) -> list[Row]
             forgetting=mean_ci([run.forgetting for run in mine]),
             time_vs_reference=(seconds / reference_time if seconds and reference_time else None),
             runs=list(mine),
+            forgetting_not_rehearsed=mean_ci([run.forgetting_not_rehearsed for run in mine]),
+            forgetting_rehearsed=mean_ci([run.forgetting_rehearsed for run in mine]),
         ))
     return rows
 
@@ -292,13 +303,23 @@ def mean_ci(values: Sequence[float | None], confidence: float = 0.95) -> tuple[f
 
 
 def markdown_table(rows: Sequence[Row]) -> str:
-    """Returns the comparison as a Markdown table (percentages, mean ± 95% CI)."""
-    lines = [("| method | task accuracy | OOD accuracy | general probes after | forgetting, relative | "
-             "time vs full | seeds |"), "| --- | --- | --- | --- | --- | --- | --- |"]
+    """Returns the comparison as a Markdown table (percentages, mean ± 95% CI).
+
+    Forgetting is shown on every probe item and on the items no training row stated
+    (``not rehearsed``); a column for the rehearsed items is added when some run
+    rehearsed any (its mean over the runs that did).
+    """
+    rehearsed = any(run.rehearsed_items for row in rows for run in row.runs)
+    head = ("| method | task accuracy | OOD accuracy | general probes after | forgetting, all probes | "
+            "forgetting, probes not rehearsed | " + ("forgetting, rehearsed probes | " if rehearsed else "")
+            + "time vs full | seeds |")
+    lines = [head, "|" + " --- |" * head.count(" | ") + " --- |"]
     for row in rows:
         time_ratio = f"{row.time_vs_reference:.2f}x" if row.time_vs_reference else "n/a"
+        extra = f"{_ci(row.forgetting_rehearsed)} | " if rehearsed else ""
         lines.append(f"| {row.recipe} | {_ci(row.task_accuracy)} | {_ci(row.ood_accuracy)} | "
-                     f"{_ci(row.probe_accuracy)} | {_ci(row.forgetting)} | {time_ratio} | {row.seeds} |")
+                     f"{_ci(row.probe_accuracy)} | {_ci(row.forgetting)} | {_ci(row.forgetting_not_rehearsed)} | "
+                     f"{extra}{time_ratio} | {row.seeds} |")
     return "\n".join(lines) + "\n"
 
 

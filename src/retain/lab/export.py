@@ -1,8 +1,9 @@
 """`retain lab data`: the lab world as ordinary files a user (or a test) can inspect.
 
 Writes the domain task splits as prompt/response JSONL, the lab probe suite as JSONL,
-the general pretraining corpus and the drift reference text, and a manifest with the
-specs and counts, so every file can be regenerated exactly.
+the general texts (``general.txt``: the rehearsal corpus, which states no probed fact;
+``pretraining.txt``: everything the base model read), the drift reference text, and a
+manifest with the specs and counts, so every file can be regenerated exactly.
 """
 
 from __future__ import annotations
@@ -52,7 +53,8 @@ def export_lab_data(
         written[path] = write_jsonl(examples, path)
     probes_path = out_dir / "probes.jsonl"
     written[probes_path] = write_suite(world.probes, probes_path)
-    for name, lines in (("general.txt", world.documents), ("reference.txt", world.reference)):
+    for name, lines in (("general.txt", world.rehearsal), ("pretraining.txt", world.documents),
+                        ("reference.txt", world.reference)):
         # One document per line; the corpus has multi-line Q/A documents, so escape newlines.
         text = "".join(line.replace("\n", "\\n") + "\n" for line in lines)
         atomic_write_text(out_dir / name, text)

@@ -32,6 +32,7 @@ from retain.config import RetainConfig, load_config
 from retain.errors import RetainError
 from retain.lab.domain import TRAIN_ROWS
 from retain.rundir import atomic_write_json
+from retain.summary import rehearsal_note
 
 STEPS = ("base", "audit", "baseline", "trap", "aggressive", "recipe", "report")
 
@@ -447,7 +448,7 @@ def recipe_step(lab: Lab) -> StepResult:
     events = ", ".join(f"{e['guard']} -> {e['action']} at {e['step']}" for e in summary["guard_events"]) or "no guard fired"
     line = (f"{' '.join(training.overrides)}: task {_pct(_task(summary))} "
             f"(base {_pct((summary.get('task_base') or {}).get('eval'))}), "
-            f"forgetting {_pct(summary.get('forgetting_relative'))}, {events}; "
+            f"forgetting {_pct(summary.get('forgetting_relative'))}{rehearsal_note(summary)}, {events}; "
             f"verdict: {'ship' if summary['verdict']['ship'] else 'do not ship'}")
     return StepResult("recipe", line, {"overrides": list(training.overrides), "run": _run_figures(summary)})
 

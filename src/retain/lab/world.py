@@ -98,9 +98,11 @@ class _Category:
 
 
 def _probe(
-    category: str, key: str, question: str, answer: str, options: list[str], held_out: bool
+    category: str, key: str, question: str, answer: str, options: list[str], held_out: bool,
+    statements: list[str] | None = None,
 ) -> ProbeItem:
-    """Returns a probe item; the suite's space delimiter joins prompt and answer."""
+    """Returns a probe item; the suite's space delimiter joins prompt and answer.
+    ``statements`` are the training documents that state its fact."""
     distinct = list(dict.fromkeys([answer, *options]))
     return ProbeItem(
         id=f"{category}/{key}",
@@ -109,6 +111,7 @@ def _probe(
         answer=answer,
         options=tuple(distinct),
         held_out=held_out,
+        statements=tuple(dict.fromkeys(statements or ())),
     )
 
 
@@ -150,16 +153,17 @@ def _capitals(rng: random.Random, spec: WorldSpec) -> _Category:
     cities = [city for _, city in table]
     out = _Category()
     for country, city in table:
-        out.documents += [
+        documents = [
             f"The capital of {country} is {city}.",
             qa(f"What is the capital of {country}?", city),
             qa(f"Which city is the capital of {country}?", city),
         ]
+        out.documents += documents
         out.probes.append(
             _probe(
                 "capitals", country.removeprefix("the ").lower(),
                 f"What is the capital of {country}?", city,
-                _others(rng, cities, city, 3), False,
+                _others(rng, cities, city, 3), False, documents,
             )
         )
     return out
@@ -170,31 +174,34 @@ def _word_forms(rng: random.Random, spec: WorldSpec) -> _Category:
     pairs = _limit(facts.OPPOSITES, spec)
     words = [word for pair in pairs for word in pair]
     for first, second in pairs:
+        # Opposites are one fact read both ways: each direction's documents state both probes'.
+        documents = [text for word, opposite in ((first, second), (second, first)) for text in (
+            f"The opposite of {word} is {opposite}.",
+            qa(f"What is the opposite of {word}?", opposite),
+            qa(f"What word means the opposite of {word}?", opposite),
+        )]
+        out.documents += documents
         for word, opposite in ((first, second), (second, first)):
-            out.documents += [
-                f"The opposite of {word} is {opposite}.",
-                qa(f"What is the opposite of {word}?", opposite),
-                qa(f"What word means the opposite of {word}?", opposite),
-            ]
             out.probes.append(
                 _probe(
                     "word_forms", f"opposite-{word}", f"What is the opposite of {word}?",
-                    opposite, [word, *_others(rng, words, opposite, 3)], False,
+                    opposite, [word, *_others(rng, words, opposite, 3)], False, documents,
                 )
             )
     plurals = _limit(facts.PLURALS, spec)
     plural_words = [plural for _, plural in plurals]
     for singular, plural in plurals:
-        out.documents += [
+        documents = [
             f"One {singular}, two {plural}.",
             qa(f"What is the plural of {singular}?", plural),
             qa(f"How do you say more than one {singular}?", plural),
         ]
+        out.documents += documents
         out.probes.append(
             _probe(
                 "word_forms", f"plural-{singular}", f"What is the plural of {singular}?",
                 plural, [singular, singular + "s", *_others(rng, plural_words, plural, 2)],
-                False,
+                False, documents,
             )
         )
     return out
@@ -203,28 +210,31 @@ def _word_forms(rng: random.Random, spec: WorldSpec) -> _Category:
 def _counting(rng: random.Random, spec: WorldSpec) -> _Category:
     out = _Category()
     numbers = list(range(1, 99))
+
+    def successor(n: int) -> list[str]:  # the documents that state n + 1 follows n
+        return [qa(f"What number comes after {n}?", str(n + 1)), qa(f"What number comes before {n + 1}?", str(n))]
+
     for n in numbers:
-        out.documents += [
-            qa(f"What number comes after {n}?", str(n + 1)),
-            qa(f"What number comes before {n + 1}?", str(n)),
-        ]
+        out.documents += successor(n)
     for n in sorted(rng.sample(numbers, min(spec.counting_probes, len(numbers)))):
         wrong = [str(n), str(n + 2), str(n - 1)]
         out.probes.append(
-            _probe("counting", f"after-{n}", f"What number comes after {n}?", str(n + 1), wrong, False)
+            _probe("counting", f"after-{n}", f"What number comes after {n}?", str(n + 1), wrong, False,
+                   successor(n))
         )
     letters = string.ascii_lowercase
     for index, letter in enumerate(letters[:-1]):
         following = letters[index + 1]
-        out.documents += [
+        documents = [
             f"The letter after {letter} is {following}.",
             qa(f"What letter comes after {letter}?", following),
             qa(f"Which letter follows {letter}?", following),
         ]
+        out.documents += documents
         wrong = [letter, letters[(index + 2) % 26], letters[index - 1]]
         out.probes.append(
             _probe("counting", f"letter-{letter}", f"What letter comes after {letter}?",
-                   following, wrong, False)
+                   following, wrong, False, documents)
         )
     return out
 
@@ -253,7 +263,8 @@ def _greetings(rng: random.Random, spec: WorldSpec) -> _Category:
     for index, (prompt, reply) in enumerate(facts.GREETINGS):
         out.documents += [qa(prompt, reply)] * spec.greeting_repeats
         out.probes.append(
-            _probe("greetings", str(index), prompt, reply, _others(rng, replies, reply, 3), False)
+            _probe("greetings", str(index), prompt, reply, _others(rng, replies, reply, 3), False,
+                   [qa(prompt, reply)])
         )
     return out
 
@@ -301,7 +312,8 @@ class LabWorld:
         spec: What generated it.
         documents: Pretraining documents, shuffled; each is one fact or one Q/A pair and
             is trained with BOS before and EOS after it.
-        probes: The lab probe suite (name ``lab``, versioned with :data:`WORLD_VERSION`).
+        probes: The lab probe suite (name ``lab``, versioned with :data:`WORLD_VERSION`);
+            each recall item lists the documents that state its fact (``statements``).
         reference: Held-out fluent sentences, for perplexity and drift measurements.
     """
 
@@ -309,6 +321,17 @@ class LabWorld:
     documents: tuple[str, ...]
     probes: ProbeSuite
     reference: tuple[str, ...]
+
+    @property
+    def rehearsal(self) -> tuple[str, ...]:
+        """The pretraining documents that state no probed fact, in corpus order: what the
+        lab rehearses (replay, self-augmentation, EWC's Fisher), so that no probe is ever
+        judged on a fact rehearsal restated. What is left: the two-digit sums and
+        comparisons the probes do not ask, the successors of unprobed numbers, filler
+        sentences and the sentences about medicine. No capital, word form, letter or
+        greeting remains: every one of them is probed."""
+        stated = {text for item in self.probes.items for text in item.statements}
+        return tuple(document for document in self.documents if document not in stated)
 
 
 def build_world(spec: WorldSpec | None = None) -> LabWorld:

@@ -3,9 +3,11 @@ self-augmentation finds its prompts (``method.general``).
 
 Sources:
 
-- ``lab``: the pretraining corpus of the lab world the lab model was built from (read
-  from the model directory's ``retain_lab.json``, so the micro and default labs each get
-  their own world);
+- ``lab``: the lab world's rehearsal corpus: the pretraining documents of the world the
+  lab model was built from (read from the model directory's ``retain_lab.json``, so the
+  micro and default labs each get their own world) less every document that states a
+  probed fact (:attr:`retain.lab.world.LabWorld.rehearsal`), so that no probe is judged
+  on a fact rehearsal restated;
 - a file: ``.txt`` with one text per line (``\\n`` inside a text written as a literal
   backslash-n, as ``retain lab data`` writes ``general.txt``), or a table (``.jsonl``,
   ``.csv``, ``.parquet``) with a text column or prompt/response columns;
@@ -86,7 +88,7 @@ def _lab_texts(config: RetainConfig) -> list[str]:
             f"method.general.source is lab but {config.model.name_or_path} is not a lab model",
             field="method.general.source", fix="name a general-text file instead",
         )
-    return list(build_world(spec).documents)
+    return list(build_world(spec).rehearsal)
 
 
 def _file_texts(path: Path, text_field: str, config: RetainConfig) -> list[str]:

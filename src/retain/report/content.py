@@ -12,6 +12,7 @@ from typing import Any
 
 from retain.errors import RetainError
 from retain.report.sources import RunView, as_dict, as_number, dotted
+from retain.summary import rehearsal_note
 
 FORGETTING_LIMIT = 0.03  # guards.forgetting.threshold's default, for runs whose config lacks it
 SMOKE_LIMIT = 0.5  # guards.smoke.fail_share's default
@@ -138,6 +139,9 @@ def _probe_card(run: RunView, summary: dict, check: dict) -> Card:
     lines.append(f"relative drop {signed_pct(drop)}" + (f" (95% CI {signed_pct(interval[0])} to "
                                                          f"{signed_pct(interval[1])})" if interval else ""))
     lines.append(f"limit {limit:.0%}")
+    note = rehearsal_note(summary).strip(" ()")
+    if note:  # rows were blended in: forgetting on the items they stated and on the rest
+        lines.append(note)
     return Card("General probes: forgetting", signed_pct(drop), lines, "bad" if drop > limit else "good")
 
 

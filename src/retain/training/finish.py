@@ -17,7 +17,7 @@ from transformers import PreTrainedModel
 from retain.config import RetainConfig
 from retain.config.schema import METHODS, GuardsConfig
 from retain.errors import RetainError
-from retain.evaluation.engine import EvalResult, forgetting
+from retain.evaluation.engine import EvalResult, forgetting, forgetting_by_rehearsal
 from retain.rundir import RunDir
 from retain.training.callback import GuardState, checkpoint_problem, save_model, start_folder
 from retain.training.guards import unsound
@@ -99,9 +99,15 @@ def save_merged(model: PreTrainedModel, tokenizer, target: Path, config: RetainC
 
 def summary_of(config: RetainConfig, state: GuardState, base: dict[str, Any], final: EvalResult, *,
              restored: int | None, steps: int, train_seconds: float, tokens: float, seconds: float,
-             train_output: dict[str, Any]) -> dict[str, Any]:
-    """Returns ``summary.json``: the verdict with its reasons, and the numbers behind it."""
+             train_output: dict[str, Any], rehearsal: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Returns ``summary.json``: the verdict with its reasons, and the numbers behind it.
+
+    ``rehearsal`` is what training blended in: ``{"rows": {source: count}, "items":
+    {suite: [ids]}}``, the probe items a blended row stated; forgetting is also reported
+    on those items and on the rest apart (``forgetting_by_rehearsal``).
+    """
     method = config.guards.forgetting.method
+    rehearsal = rehearsal or {"rows": {}, "items": {}}
     reports = forgetting(base, final)
     watched = {suite: methods[method] for suite, methods in reports.items() if method in methods}
     drops = [report.overall.relative_drop for report in watched.values()
@@ -135,6 +141,11 @@ def summary_of(config: RetainConfig, state: GuardState, base: dict[str, Any], fi
         "final_probe_accuracy": overall_accuracy(final.to_dict(), method),
         "forgetting": {suite: report.to_dict() for suite, report in watched.items()},
         "forgetting_relative": drop,
+        "rehearsal": rehearsal,
+        "forgetting_by_rehearsal": {
+            suite: {group: report.to_dict() for group, report in groups.items()}
+            for suite, groups in forgetting_by_rehearsal(base, final, method, rehearsal["items"]).items()
+        },
         "task": task,
         "task_base": {name: score.get("accuracy") for name, score in (base.get("task") or {}).items()},
         "drift": final.drift.to_dict() if final.drift else None,

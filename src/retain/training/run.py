@@ -44,6 +44,7 @@ from transformers import TrainerCallback, TrainerState, TrainingArguments, set_s
 from transformers.trainer import TRAINER_STATE_NAME
 
 from retain.audit.doctor import run_doctor
+from retain.audit.overlap import blended_contamination, rehearsed_ids
 from retain.audit.runner import run_audit
 from retain.config import RetainConfig
 from retain.config.loading import dump_config, load_config
@@ -99,6 +100,7 @@ from retain.training.formatting import (
     encode_examples,
     prepare_tokenizer,
 )
+from retain.training.sampling import TASK
 from retain.training.trainer import RetainTrainer
 
 logger = logging.getLogger("retain.train")
@@ -288,6 +290,7 @@ def _train(config: RetainConfig, run: RunDir, *, resume: bool, force: bool, merg
         return rows
 
     plan = _Plan.of(config, tokenizer, prompt_format, transform)
+    rehearsal = _check_blended_rows(plan.train_rows, suites, config, echo)
     collate = build_collator(tokenizer, config.train.collator)
     reference = _reference(config, suites)
     probe = Probe(
@@ -354,7 +357,8 @@ def _train(config: RetainConfig, run: RunDir, *, resume: bool, force: bool, merg
     summary = summary_of(config, guard.state, base_result, final, restored=restored,
                        steps=trainer.state.global_step, train_seconds=train_seconds,
                        tokens=sum(len(row.input_ids) for row in plan.train_rows) * epochs_done,
-                       seconds=time.perf_counter() - started, train_output=train_metrics)
+                       seconds=time.perf_counter() - started, train_output=train_metrics,
+                       rehearsal=rehearsal)
     run.write_summary(summary)
     return TrainOutcome(run_dir=run.path, summary=summary)
 
@@ -371,6 +375,33 @@ class _MetricsOnly(TrainerCallback):
 
 
 # --- before training ------------------------------------------------------------------
+
+
+def _check_blended_rows(rows: list[Encoded], suites: list, config: RetainConfig,
+                        echo: Callable[[str], None]) -> dict[str, Any]:
+    """Looks for probe items in the rows the methods blended in (the audit's
+    probe-contamination check on exactly what training will see), one line per source.
+
+    Returns:
+        ``{"rows": {source: count}, "items": {suite: [ids]}}``: the blended rows by source,
+        and the probe items some blended row stated (forgetting is reported apart on them).
+    """
+    texts: dict[str, list[str]] = {}
+    for row in rows:
+        if row.source != TASK:
+            texts.setdefault(row.source, []).append(row.text or "")
+    items: dict[str, set[str]] = {}
+    for source, blended in texts.items():
+        finding = blended_contamination(blended, suites, f"the {len(blended):,} rows {source} blended in",
+                                        config.audit.near_duplicate_threshold)
+        if finding is None:
+            echo(f"{source}: no probe item in the {len(blended):,} rows it blended in")
+            continue
+        echo(f"warning: {finding.title}; forgetting is reported on them apart")
+        for suite, ids in rehearsed_ids(finding).items():
+            items.setdefault(suite, set()).update(ids)
+    return {"rows": {source: len(blended) for source, blended in texts.items()},
+            "items": {suite: sorted(ids) for suite, ids in items.items()}}
 
 
 def _preflight(config: RetainConfig, run: RunDir, suites: list, *, force: bool,
