@@ -83,12 +83,12 @@ def guard_checks(run_dir: Path) -> list[dict]:
     return [r for r in read_jsonl(run_dir / "metrics.jsonl") if r.get("event") == "check"]
 
 
-def commonest_answer(data: Path) -> tuple[str, float, int]:
-    """Returns the eval set's commonest answer, its share (the accuracy of a model that
-    learned nothing) and the set's size."""
+def commonest_answer(data: Path, split: str = "test") -> tuple[str, float, int]:
+    """Returns a split's commonest answer (the test split's by default), its share (the
+    accuracy of a model that learned nothing) and the split's size."""
     from collections import Counter
 
-    answers = [json.loads(line)["response"].strip() for line in (data / "test.jsonl").read_text().splitlines()]
+    answers = [json.loads(line)["response"].strip() for line in (data / f"{split}.jsonl").read_text().splitlines()]
     answer, count = Counter(answers).most_common(1)[0]
     return answer, count / len(answers), len(answers)
 

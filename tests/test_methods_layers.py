@@ -128,7 +128,8 @@ def test_freeze_lora_by_fraction(tokenizer, tmp_path) -> None:
 def test_freeze_embeddings_untied(tokenizer, tmp_path, caplog) -> None:
     model = _model(tokenizer)
     with caplog.at_level(logging.WARNING, logger="retain.methods"):
-        model = _freeze(model, ["method=[full,freeze]", "method.freeze.layers=1"], tokenizer, tmp_path)
+        model = _freeze(model, ["method=[full,freeze]", "method.freeze.layers=1", "method.freeze.embeddings=true"],
+                        tokenizer, tmp_path)
     frozen = {name for name, parameter in model.named_parameters() if not parameter.requires_grad}
     assert frozen == {name for name, _ in model.named_parameters()
                       if name == "model.embed_tokens.weight" or _layer(name) == 0}
@@ -140,18 +141,41 @@ def test_freeze_embeddings_tied_freezes_the_head_and_says_so(tokenizer, tmp_path
     model = _model(tokenizer, tied=True)
     assert model.lm_head.weight is model.model.embed_tokens.weight
     with caplog.at_level(logging.WARNING, logger="retain.methods"):
-        model = _freeze(model, ["method=[full,freeze]", "method.freeze.layers=0"], tokenizer, tmp_path)
+        model = _freeze(model, ["method=[full,freeze]", "method.freeze.layers=0", "method.freeze.embeddings=true"],
+                        tokenizer, tmp_path)
     assert not model.lm_head.weight.requires_grad
-    assert "tied embeddings" in caplog.text
+    assert "tied embeddings" in caplog.text and "freezing the embeddings freezes the head" in caplog.text
     assert _trainable_names(model) == {name for name, _ in model.named_parameters()
                                        if name != "model.embed_tokens.weight"}
 
 
-def test_freeze_embeddings_false_keeps_them_training(tokenizer, tmp_path) -> None:
-    model = _freeze(_model(tokenizer, tied=True),
-                    ["method=[full,freeze]", "method.freeze.layers=2", "method.freeze.embeddings=false"],
-                    tokenizer, tmp_path)
+@pytest.mark.parametrize("tied", [True, False])
+def test_freeze_by_default_freezes_the_layers_only(tokenizer, tmp_path, tied) -> None:
+    lines: list[str] = []
+    model = _freeze(_model(tokenizer, tied=tied), ["method=[full,freeze]", "method.freeze.layers=2"],
+                    tokenizer, tmp_path, lines)
     assert model.model.embed_tokens.weight.requires_grad and model.lm_head.weight.requires_grad
+    assert "embeddings" not in lines[0] and "head" not in lines[0]
+
+
+def test_freeze_head_untied_freezes_the_head_alone(tokenizer, tmp_path, caplog) -> None:
+    lines: list[str] = []
+    with caplog.at_level(logging.WARNING, logger="retain.methods"):
+        model = _freeze(_model(tokenizer), ["method=[full,freeze]", "method.freeze.layers=0", "method.freeze.head=true"],
+                        tokenizer, tmp_path, lines)
+    assert not model.lm_head.weight.requires_grad and model.model.embed_tokens.weight.requires_grad
+    assert "and the output head frozen" in lines[0] and "tied" not in caplog.text
+
+
+def test_freeze_head_tied_freezes_the_shared_weight_and_says_so(tokenizer, tmp_path, caplog) -> None:
+    lines: list[str] = []
+    with caplog.at_level(logging.WARNING, logger="retain.methods"):
+        model = _freeze(_model(tokenizer, tied=True),
+                        ["method=[full,freeze]", "method.freeze.layers=0", "method.freeze.head=true"],
+                        tokenizer, tmp_path, lines)
+    assert not model.model.embed_tokens.weight.requires_grad
+    assert "freezing the head freezes the embeddings" in caplog.text
+    assert "the input embeddings and the output head (one tied weight) frozen" in lines[0]
 
 
 def test_freeze_more_layers_than_the_model_has_is_a_config_error(tokenizer, tmp_path) -> None:
@@ -260,7 +284,8 @@ def _optimizer_rates(overrides: list[str], tokenizer, tmp_path):
 
 def test_freeze_and_llrd_through_the_trainer_optimizer(tokenizer, tmp_path) -> None:
     methods, model, placed = _optimizer_rates(["method=[full,freeze,llrd]", "method.freeze.layers=1",
-                                               "method.llrd.factor=0.5"], tokenizer, tmp_path)
+                                               "method.freeze.embeddings=true", "method.llrd.factor=0.5"],
+                                              tokenizer, tmp_path)
     assert [method.name for method in methods] == ["full", "freeze", "llrd"]
     assert set(placed) == _trainable_names(model)
     assert all(_layer(name) != 0 and "embed_tokens" not in name for name in placed)

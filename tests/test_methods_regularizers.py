@@ -78,16 +78,21 @@ def _hand_delta(module) -> torch.Tensor:
 
 
 def _hand_fisher(model: torch.nn.Module, texts: list[str], tokenizer) -> dict[str, torch.Tensor]:
-    """Per-sample empirical Fisher by hand: one backward per text, gradients squared, averaged."""
+    """Empirical Fisher per token by hand: one backward per text of the text's summed token
+    log-loss (written out, not from the model's mean), gradients squared, summed, divided
+    by the number of predicted tokens."""
     model = copy.deepcopy(model).requires_grad_(True)
     totals = {name: torch.zeros_like(parameter) for name, parameter in model.named_parameters()}
+    tokens = 0
     for row in encode_texts(texts, tokenizer, max_length=512):
         model.zero_grad()
         ids = torch.tensor([row.input_ids])
-        model(input_ids=ids, labels=ids).loss.backward()
+        logits = model(input_ids=ids).logits[0, :-1]  # (seq - 1, vocab): predicts tokens 1..
+        torch.nn.functional.cross_entropy(logits, ids[0, 1:], reduction="sum").backward()
+        tokens += ids.shape[1] - 1
         for name, parameter in model.named_parameters():
             totals[name] += parameter.grad ** 2
-    return {name: total / len(texts) for name, total in totals.items()}
+    return {name: total / tokens for name, total in totals.items()}
 
 
 # --- l2sp -----------------------------------------------------------------------------

@@ -4,6 +4,7 @@ loss against a hand computation, and the reference model's clean-up."""
 from __future__ import annotations
 
 import copy
+import json
 import math
 from contextlib import contextmanager
 
@@ -24,7 +25,7 @@ from retain.methods.token_forget import (
     fit,
     forgetting_loss,
     partition,
-    split_rows,
+    reference_folds,
 )
 from retain.training.formatting import IGNORE_INDEX, Encoded, build_collator
 from retain.training.trainer import RetainTrainer
@@ -74,28 +75,39 @@ def _direct_losses(model, row: Encoded) -> list[float]:
     return [0.0] + [-float(logprobs[t - 1, row.input_ids[t]]) for t in range(1, len(row.input_ids))]
 
 
-def test_the_partition_follows_the_influence_of_base_minus_reference(tokenizer, tmp_path, monkeypatch) -> None:
-    base, reference = _model(tokenizer, 0), _model(tokenizer, 1)
+def _fake_references(monkeypatch, references: list) -> list[set[int]]:
+    """Makes reference_model yield ``references`` in turn; returns the lines each saw."""
+    trained_on: list[set[int]] = []
 
     @contextmanager
     def known_reference(model, rows, config, collate):
-        yield reference
+        trained_on.append({row.line for row in rows})
+        yield references[len(trained_on) - 1]
 
     monkeypatch.setattr(module, "reference_model", known_reference)
+    return trained_on
+
+
+def test_every_row_trains_and_is_scored_by_a_reference_that_did_not_see_it(tokenizer, tmp_path,
+                                                                          monkeypatch) -> None:
+    base, references = _model(tokenizer, 0), [_model(tokenizer, 1), _model(tokenizer, 2)]
+    trained_on = _fake_references(monkeypatch, references)
     method, context, lines = _setup(["method=[full,token_forget]", "method.token_forget.positive_share=0.6"],
                                     tokenizer, tmp_path)
     rows = _rows(tokenizer)
     marked = method.transform_rows(rows, base, context)
 
-    # The reference rows (round(0.2 * 10) = 2) are set aside; the rest keep their order.
-    assert len(marked) == ROWS - 2
-    assert [row.line for row in marked] == sorted(row.line for row in marked)
+    # Every row is trained on, in order; two references each saw round(0.2 * 10) = 2 other rows.
+    assert [row.line for row in marked] == [row.line for row in rows]
+    assert [len(lines_seen) for lines_seen in trained_on] == [2, 2] and not trained_on[0] & trained_on[1]
     original = {row.line: row for row in rows}
     positive_scores, negative_scores = [], []
     for row in marked:
         source = original[row.line]
+        scorer = 1 if row.line in trained_on[0] else 0  # B scores the rows A saw, A all the others
+        assert row.line not in trained_on[scorer]
         assert row.input_ids == source.input_ids
-        influence = [b - r for b, r in zip(_direct_losses(base, source), _direct_losses(reference, source),
+        influence = [b - r for b, r in zip(_direct_losses(base, source), _direct_losses(references[scorer], source),
                                            strict=True)]
         for position, label in enumerate(source.labels):
             pair = (row.labels[position], row.negative_labels[position])
@@ -105,11 +117,35 @@ def test_the_partition_follows_the_influence_of_base_minus_reference(tokenizer, 
                 assert sorted(pair) == [IGNORE_INDEX, label]
                 (positive_scores if pair[0] == label else negative_scores).append(influence[position])
     tokens = len(positive_scores) + len(negative_scores)
-    assert tokens == sum(len(original[row.line].input_ids) - PROMPT for row in marked)
+    assert tokens == sum(len(row.input_ids) - PROMPT for row in rows)
     assert len(positive_scores) == round(0.6 * tokens)
     assert min(positive_scores) >= max(negative_scores) - 1e-5
     assert lines[0].startswith(f"token_forget: {len(positive_scores)} positive and {len(negative_scores)} negative "
-                               f"answer tokens in {ROWS - 2} rows; reference model fine-tuned on 2 other rows")
+                               f"answer tokens in all {ROWS} rows; influence from two reference models")
+
+
+def test_a_reference_data_file_fine_tunes_one_reference_that_scores_every_row(tokenizer, tmp_path,
+                                                                               monkeypatch) -> None:
+    reference_file = tmp_path / "reference.jsonl"
+    reference_file.write_text("".join(json.dumps({"prompt": f"Q: {n} plus one?\nA:", "response": str(n + 1)}) + "\n"
+                                      for n in range(5)))
+    trained_on = _fake_references(monkeypatch, [_model(tokenizer, 1)])
+    method, context, lines = _setup(["method=[full,token_forget]",
+                                     f"method.token_forget.reference_data={reference_file}"], tokenizer, tmp_path)
+    marked = method.transform_rows(_rows(tokenizer), _model(tokenizer, 0), context)
+    assert len(marked) == ROWS and trained_on == [{1, 2, 3, 4, 5}]
+    assert f"one reference model fine-tuned on the 5 rows of {reference_file}" in lines[0]
+
+
+def test_reference_folds_are_seeded_disjoint_and_leave_no_row_unscored() -> None:
+    first, second = reference_folds(10, 0.2, seed=0)
+    assert len(first) == len(second) == 2 and not set(first) & set(second)
+    assert reference_folds(10, 0.2, seed=0) == (first, second)
+    assert reference_folds(10, 0.2, seed=1) != (first, second)
+    assert sorted(sum(reference_folds(10, 0.5, seed=0), [])) == list(range(10))  # two halves
+    assert reference_folds(2, 0.9, seed=0) in (([0], [1]), ([1], [0]))
+    with pytest.raises(RetainError, match="at least 2 training rows"):
+        reference_folds(1, 0.2, seed=0)
 
 
 def test_partition_puts_the_global_top_share_in_labels() -> None:
@@ -120,18 +156,6 @@ def test_partition_puts_the_global_top_share_in_labels() -> None:
     first, second = partition(rows, influence, 0.5)  # 4 answer tokens: the 2 most influential are positive
     assert first.labels == [-100, -100, 3, -100] and first.negative_labels == [-100, 2, -100, 4]
     assert second.labels == [-100, -100, 7] and second.negative_labels == [-100, -100, -100]
-
-
-def test_split_rows_is_seeded_and_leaves_rows_to_train_on() -> None:
-    rows = [Encoded(line=i, input_ids=[1, 2], labels=[1, 2], prompt_tokens=0, full_tokens=2) for i in range(10)]
-    reference, rest = split_rows(rows, 0.2, seed=0)
-    assert len(reference) == 2 and len(rest) == 8
-    assert {row.line for row in reference} | {row.line for row in rest} == set(range(10))
-    assert split_rows(rows, 0.2, seed=0) == (reference, rest)
-    assert split_rows(rows, 0.2, seed=1) != (reference, rest)
-    assert [len(part) for part in split_rows(rows[:2], 0.9, seed=0)] == [1, 1]
-    with pytest.raises(RetainError, match="at least 2 training rows"):
-        split_rows(rows[:1], 0.2, seed=0)
 
 
 def test_fit_lowers_the_loss_on_its_rows(tokenizer) -> None:
@@ -156,7 +180,7 @@ def test_full_reference_training_leaves_the_base_model_untouched(tokenizer, tmp_
     marked = method.transform_rows(_rows(tokenizer), model, context)
     assert all(torch.equal(value, before[name]) for name, value in model.state_dict().items())
     assert not model.training
-    assert len(marked) == ROWS - 2 and "for 3 steps" in lines[0]
+    assert len(marked) == ROWS and "3 steps each" in lines[0]
 
 
 def test_lora_reference_training_removes_its_adapters(tokenizer, tmp_path) -> None:

@@ -198,7 +198,15 @@ class FreezeConfig(_Section):
     fraction: float = Field(
         0.5, ge=0, le=1, description="Share of the transformer layers, from the bottom, to freeze."
     )
-    embeddings: bool = Field(True, description="Freeze the input embeddings as well.")
+    embeddings: bool = Field(
+        False,
+        description="Freeze the input embeddings as well (a tied output head shares their weight "
+        "and is frozen with them).",
+    )
+    head: bool = Field(
+        False,
+        description="Freeze the output head as well (tied to the input embeddings, it freezes them too).",
+    )
 
 
 class LlrdConfig(_Section):
@@ -299,8 +307,14 @@ class TokenForgetConfig(_Section):
         0.2,
         gt=0,
         lt=1,
-        description="Share of the training rows a reference model is briefly fine-tuned on to "
-        "score each token's influence (loss under the base minus loss under the reference).",
+        description="Share of the training rows each of the two reference models is briefly "
+        "fine-tuned on to score each token's influence (loss under the base minus loss under a "
+        "reference that did not see the row); every row is still trained on.",
+    )
+    reference_data: str | None = Field(
+        None,
+        description="A file of other task rows (same format as data.train) to fine-tune one "
+        "reference model on instead, as the paper's code does; null splits the training rows.",
     )
     reference_steps: int = Field(50, gt=0, description="Optimizer steps of the reference fine-tuning.")
     t_max: float = Field(0.25, ge=0, description="Weight of the negative loss at the end of training.")

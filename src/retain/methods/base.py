@@ -13,6 +13,9 @@ A method is a small class with up to five hooks, called by ``retain train`` in t
    groups (layer-wise learning rates) and the loss of each batch (penalties, token terms);
 5. :meth:`Method.finish`: post-process the trained model (FAPM's pruning).
 
+:meth:`Method.logs` adds figures to the trainer's log at every logged step (the penalties
+report their size there).
+
 Methods compose: every method of ``method.use`` runs its hooks, in the order of
 :data:`retain.config.schema.METHODS` (the base method that picks the trainable weights
 first), whatever order the config lists them in.
@@ -136,6 +139,12 @@ class Method:
         """Returns the trained model after post-processing (called once, after training
         and after any restore of the best checkpoint)."""
         return model
+
+    def logs(self) -> dict[str, float]:
+        """Returns figures to log beside the trainer's loss (``metrics.jsonl``, trackers),
+        each a mean since the previous log: e.g. a penalty's size, so that its share of
+        the loss can be read."""
+        return {}
 
 
 # --- helpers the methods share --------------------------------------------------------

@@ -74,19 +74,29 @@ class LayerMap:
         return None
 
 
-def _tied_head(model: torch.nn.Module, embeddings: frozenset[int]) -> bool:
-    """Returns whether the output head's weight is one of the embedding parameters."""
+def _head_parameters(model: torch.nn.Module) -> set[int]:
+    """Returns the ids of the output head's parameters (with any adapters peft put on it);
+    under tied embeddings its weight is also one of the embedding parameters."""
     head = base_model(model).get_output_embeddings()
-    weight = getattr(head, "weight", None)
-    return weight is not None and id(weight) in embeddings
+    if head is None:
+        return set()
+    ids = {id(parameter) for parameter in head.parameters()}
+    # peft wraps an adapted head: the wrapper's own parameters (its adapters) count too.
+    for module in model.modules():
+        if getattr(module, "base_layer", None) is head:
+            ids |= {id(parameter) for parameter in module.parameters()}
+    return ids
 
 
 @register
 class Freeze(Method):
-    """Freezes the bottom of the network: the bottom k transformer layers, and with
-    ``method.freeze.embeddings`` the input embeddings, get no gradient for the whole run
-    (Lee, Tang & Lin, 2019, who found that fine-tuning only the upper layers keeps most of
-    the quality). k is ``method.freeze.layers``, or ``floor(fraction x layers)``.
+    """Freezes the bottom of the network: the bottom k transformer layers get no gradient
+    for the whole run (Lee, Tang & Lin, 2019, who found that fine-tuning only the upper
+    layers keeps most of the quality). k is ``method.freeze.layers``, or
+    ``floor(fraction x layers)``. ``method.freeze.embeddings`` also freezes the input
+    embeddings, and ``method.freeze.head`` the output head; a model that ties the two
+    shares one weight, which is frozen when either asks (said in a warning), so that
+    "layers only" really leaves the head training.
 
     It runs after the base method and freezes what that left trainable: the weights of the
     bottom layers under full fine-tuning, their LoRA adapters under lora and qlora.
@@ -105,32 +115,41 @@ class Freeze(Method):
         """
         where = LayerMap.of(model)
         count = self._frozen_layers(where.count)
+        settings = self.settings
+        head = _head_parameters(model)
+        tied = bool(head & where.embeddings)
+        if tied and settings.embeddings != settings.head:
+            logger.warning("freeze: the output head shares the input embeddings' weight (tied embeddings), so "
+                           "freezing %s freezes %s too; set method.freeze.embeddings and method.freeze.head "
+                           "both false to train the shared weight", *(("the embeddings", "the head")
+                                                                      if settings.embeddings else
+                                                                      ("the head", "the embeddings")))
+        outside = (where.embeddings if settings.embeddings else frozenset()) | (head if settings.head else set())
+        if tied and outside:
+            outside = outside | where.embeddings | head
         frozen: list[tuple[str, torch.nn.Parameter]] = []
         kept: list[tuple[str, torch.nn.Parameter]] = []
         for name, parameter in trainable(model):
             layer = where.layer(name)
             bottom = layer is not None and layer < count
-            embedding = layer is None and self.settings.embeddings and id(parameter) in where.embeddings
-            (frozen if bottom or embedding else kept).append((name, parameter))
+            (frozen if bottom or (layer is None and id(parameter) in outside) else kept).append((name, parameter))
+        extra = [part for part, flag in (("the embeddings", settings.embeddings), ("the head", settings.head)) if flag]
         if not kept:
             raise ConfigError(
                 f"freezing the bottom {count} of {where.count} layers"
-                + (" and the embeddings" if self.settings.embeddings else "") + " leaves nothing to train",
+                + "".join(f" and {part}" for part in extra) + " leaves nothing to train",
                 field="method.freeze.layers",
                 fix="freeze fewer layers (method.freeze.layers or method.freeze.fraction), or train weights "
                 "outside them (full fine-tuning, or LoRA on more modules)",
             )
-        froze_embeddings = any(id(parameter) in where.embeddings for _, parameter in frozen)
-        if froze_embeddings and _tied_head(model, where.embeddings):
-            logger.warning("freeze: the output head shares the input embeddings' weight (tied embeddings), "
-                           "so freezing the embeddings freezes the head too; set method.freeze.embeddings=false "
-                           "to train both")
         for _, parameter in frozen:
             parameter.requires_grad_(False)
+        parts = [part for part, ids in (("the input embeddings", where.embeddings), ("the output head", head))
+                 if any(id(parameter) in ids for _, parameter in frozen)]
         total = sum(parameter.numel() for parameter in model.parameters())
         training = sum(parameter.numel() for _, parameter in kept)
-        context.echo(f"freeze: bottom {count} of {where.count} layers"
-                     + (" and the input embeddings" if froze_embeddings else "")
+        context.echo(f"freeze: bottom {count} of {where.count} layers" + "".join(f" and {part}" for part in parts)
+                     + (" (one tied weight)" if len(parts) == 2 and tied else "")
                      + f" frozen; {training:,} of {total:,} parameters train")
         return model
 

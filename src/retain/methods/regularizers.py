@@ -37,7 +37,7 @@ from retain.training.formatting import Encoded, encode_texts
 
 logger = logging.getLogger("retain.methods")
 
-FISHER_VERSION = 1  # part of the Fisher cache key: bump it when the estimator changes
+FISHER_VERSION = 2  # part of the Fisher cache key: bump it when the estimator changes
 _STORE_KEY = "regularizers.trained_weights"
 
 
@@ -123,6 +123,7 @@ class _Penalty(Method):
 
     weights: list[TrainedWeight]
     importance: list[torch.Tensor] | None = None
+    _logged: tuple[torch.Tensor, int] | None = None  # penalties summed since the last log, and their count
 
     def penalty(self, device: torch.device) -> torch.Tensor:
         """Returns the penalty on the weights as they are now, on ``device``."""
@@ -130,7 +131,19 @@ class _Penalty(Method):
 
     def loss(self, loss: torch.Tensor, model: PreTrainedModel, inputs: dict[str, torch.Tensor],
              outputs: Any, context: MethodContext) -> torch.Tensor:
-        return loss + context.batch_share * self.penalty(loss.device)
+        penalty = self.penalty(loss.device)
+        total, count = self._logged or (torch.zeros((), device=loss.device), 0)
+        self._logged = (total + penalty.detach(), count + 1)  # no sync with the device here
+        return loss + context.batch_share * penalty
+
+    def logs(self) -> dict[str, float]:
+        """``<name>_penalty``: the mean penalty per micro-batch since the last log (the
+        loss logged beside it includes it)."""
+        if self._logged is None:
+            return {}
+        total, count = self._logged
+        self._logged = None
+        return {f"{self.name}_penalty": float(total) / count}
 
 
 @register
@@ -164,13 +177,18 @@ class Ewc(_Penalty):
     2017, Overcoming catastrophic forgetting in neural networks,
     https://arxiv.org/abs/1612.00796).
 
-    Variant: the diagonal empirical Fisher, per sample: ``F = 1/N sum_n g_n^2``, ``g_n``
-    the gradient of the mean token loss of general text ``n`` (its own tokens as targets,
-    one text per backward pass), on the first ``method.ewc.samples`` texts of
-    ``method.general``; F is not normalised. It is taken for the weights the run trains
-    (under LoRA, the base weights of the adapted layers, with the adapters off) and cached
-    under the run's cache directory. ``lambda`` is ``method.ewc.strength``. Under LoRA the
-    deviation of an adapted weight is its LoRA update (module docstring).
+    Variant: the diagonal empirical Fisher per token: ``F = sum_n g_n^2 / sum_n T_n``,
+    ``g_n`` the gradient of general text ``n``'s summed token log-loss (its log-likelihood:
+    its own tokens as targets, one text per backward pass) and ``T_n`` its predicted
+    tokens, on the first ``method.ewc.samples`` texts of ``method.general``. Per token, so
+    that the penalty is on the scale of the task's mean token loss: ``lambda = 1`` weighs
+    the quadratic estimate of the rise of the general texts' loss per token as much as
+    the task's loss per token. (Until FISHER_VERSION 2, ``g_n`` was the gradient of the
+    text's mean token loss, which made F about ``T`` times smaller and the default
+    strength barely act.) It is taken for the weights the run trains (under LoRA, the base
+    weights of the adapted layers, with the adapters off) and cached under the run's
+    cache directory. ``lambda`` is ``method.ewc.strength``. Under LoRA the deviation of an
+    adapted weight is its LoRA update (module docstring).
     """
 
     name = "ewc"
@@ -197,9 +215,9 @@ class Ewc(_Penalty):
 
 def estimate_fisher(model: torch.nn.Module, weights: list[TrainedWeight],
                     rows: list[Encoded]) -> dict[str, torch.Tensor]:
-    """Returns the diagonal empirical Fisher of the base model for each trained weight,
-    by name: ``1/N sum_n g_n^2`` (float32), ``g_n`` the gradient of row ``n``'s mean token
-    loss, one row per backward pass.
+    """Returns the diagonal empirical Fisher per token of the base model for each trained
+    weight, by name: ``sum_n g_n^2 / sum_n T_n`` (float32), ``g_n`` the gradient of row
+    ``n``'s summed token loss and ``T_n`` the tokens it predicts, one row per backward pass.
 
     The model runs in eval mode (no dropout) with any peft adapters disabled; the
     weights' ``requires_grad`` and the model's mode are restored afterwards, and no
@@ -209,6 +227,7 @@ def estimate_fisher(model: torch.nn.Module, weights: list[TrainedWeight],
     needed = [parameter.requires_grad for parameter in params]
     was_training = model.training
     totals = [torch.zeros_like(parameter, dtype=torch.float32) for parameter in params]
+    tokens = 0
     device = model.get_input_embeddings().weight.device
     try:
         model.eval()
@@ -218,7 +237,9 @@ def estimate_fisher(model: torch.nn.Module, weights: list[TrainedWeight],
             for row in rows:
                 ids = torch.tensor([row.input_ids], device=device)  # (1, seq)
                 labels = torch.tensor([row.labels], device=device)
-                loss = model(input_ids=ids, labels=labels, use_cache=False).loss
+                predicted = int((labels[:, 1:] != -100).sum())  # the model's loss is their mean
+                loss = model(input_ids=ids, labels=labels, use_cache=False).loss * predicted
+                tokens += predicted
                 # autograd.grad, not backward: the trainer's .grad buffers stay untouched.
                 grads = torch.autograd.grad(loss, params, allow_unused=True)
                 for total, grad in zip(totals, grads, strict=True):
@@ -228,7 +249,7 @@ def estimate_fisher(model: torch.nn.Module, weights: list[TrainedWeight],
         model.train(was_training)
         for parameter, flag in zip(params, needed, strict=True):
             parameter.requires_grad_(flag)
-    return {weight.name: total / len(rows) for weight, total in zip(weights, totals, strict=True)}
+    return {weight.name: total / max(1, tokens) for weight, total in zip(weights, totals, strict=True)}
 
 
 def cached_fisher(model: torch.nn.Module, weights: list[TrainedWeight], rows: list[Encoded],

@@ -13,10 +13,11 @@ import torch
 import torch.nn.functional as F
 from transformers import PreTrainedModel
 
-from retain.errors import ConfigError, RetainError
+from retain.data import load_examples_for
+from retain.errors import ConfigError, DataError, RetainError
 from retain.methods.base import Method, MethodContext, trainable
 from retain.methods.registry import register
-from retain.training.formatting import IGNORE_INDEX, Collator, Encoded, build_collator
+from retain.training.formatting import IGNORE_INDEX, Collator, Encoded, build_collator, encode_examples
 
 
 @register
@@ -26,21 +27,25 @@ class TokenForget(Method):
 
     Before training (``transform_rows``, with the base model):
 
-    1. a seeded share ``reference_share`` of the rows is set aside, and a reference model
-       (the base model fine-tuned on them for ``reference_steps`` AdamW steps at
-       ``train.lr``) is trained: a deep copy with every weight training under ``full``,
-       LoRA adapters put on the base model itself and removed afterwards under lora/qlora
-       (no second copy of the model in memory);
-    2. every answer token of the remaining rows gets an influence: its cross-entropy under
-       the base model minus under the reference model;
+    1. reference models, each the base model fine-tuned for ``reference_steps`` AdamW
+       steps at ``train.lr`` (a deep copy with every weight training under ``full``; LoRA
+       adapters put on the base model itself and removed afterwards under lora/qlora, so
+       no second copy of the model is in memory);
+    2. every answer token of every row gets an influence: its cross-entropy under the base
+       model minus under a reference model that did not see the row;
     3. the top ``positive_share`` of all those tokens (``round(rho * tokens)``, across the
        dataset) by influence are positive and stay in ``labels``; the rest are negative and
        move to ``negative_labels`` (the official code floors both counts, which can leave a
        token in neither set).
 
-    As in the paper, training uses the remaining rows only: the reference model has seen
-    the set-aside rows, so their influence would be biased. A row's first token is never
-    predicted, so it is in neither set.
+    Every row is then trained on. The paper's code fine-tunes its reference model on
+    separate data and trains the main run on the whole set: ``reference_data`` names such
+    a file. Without one, the reference data is cut from the training rows and cross-fitted
+    so that no row is scored by a reference that saw it: reference A fine-tunes on a seeded
+    ``reference_share`` of the rows and scores all the others, reference B fine-tunes on
+    another such share and scores A's rows. (Until issue 22 the share A saw was withheld
+    from training, which cost the main run a fifth of its rows.) A row's first token is
+    never predicted, so it is in neither set.
 
     Training (``loss``) replaces the trainer's loss with
     ``mean CE(positive) - lambda(step) * mean CE(negative)`` over the micro-batch, where
@@ -72,24 +77,48 @@ class TokenForget(Method):
         settings = self.settings
         collate = build_collator(context.tokenizer, "completion")
         batch_size = self.config.train.batch_size
-        reference_rows, rows = split_rows(rows, settings.reference_share, self.config.train.seed)
+        if settings.reference_data:
+            references = [(self._reference_file_rows(context), list(range(len(rows))))]
+            how = f"one reference model fine-tuned on the {len(references[0][0]):,} rows of {settings.reference_data}"
+        else:
+            first, second = reference_folds(len(rows), settings.reference_share, self.config.train.seed)
+            seen = set(first)
+            references = [([rows[i] for i in first], [i for i in range(len(rows)) if i not in seen]),
+                          ([rows[i] for i in second], first)]
+            how = (f"two reference models, fine-tuned on {len(first):,} and {len(second):,} of the rows, each "
+                   "scoring the rows it did not see")
         base_losses = token_losses(model, rows, collate, batch_size)
-        reference_losses = self._reference_losses(model, reference_rows, rows, collate)
+        reference_losses: list[torch.Tensor | None] = [None] * len(rows)
+        for reference_rows, scored in references:
+            with reference_model(model, reference_rows, self.config, collate) as reference:
+                losses = token_losses(reference, [rows[i] for i in scored], collate, batch_size)
+            for index, row_losses in zip(scored, losses, strict=True):
+                reference_losses[index] = row_losses
         influence = [base - ref for base, ref in zip(base_losses, reference_losses, strict=True)]
         marked = partition(rows, influence, settings.positive_share)
         positive = sum(row.supervised for row in marked)
         negative = sum(label != IGNORE_INDEX for row in marked for label in row.negative_labels or [])
-        context.echo(f"token_forget: {positive:,} positive and {negative:,} negative answer tokens in "
-                     f"{len(marked):,} rows; reference model fine-tuned on {len(reference_rows):,} other rows "
-                     f"for {settings.reference_steps} steps ({time.perf_counter() - started:.1f}s)")
+        context.echo(f"token_forget: {positive:,} positive and {negative:,} negative answer tokens in all "
+                     f"{len(marked):,} rows; influence from {how}, {settings.reference_steps} steps each "
+                     f"({time.perf_counter() - started:.1f}s)")
         return marked
 
-    def _reference_losses(self, model: PreTrainedModel, reference_rows: list[Encoded], rows: list[Encoded],
-                          collate: Collator) -> list[torch.Tensor]:
-        """Returns :func:`token_losses` of ``rows`` under the reference model, which is
-        freed when this returns."""
-        with reference_model(model, reference_rows, self.config, collate) as reference:
-            return token_losses(reference, rows, collate, self.config.train.batch_size)
+    def _reference_file_rows(self, context: MethodContext) -> list[Encoded]:
+        """Returns the rows of ``reference_data``, encoded as training encodes task rows.
+
+        Raises:
+            DataError: If the file cannot be read or no row has an answer token left.
+        """
+        path = self.settings.reference_data
+        examples = load_examples_for(self.config.data, path)
+        rows, _ = encode_examples(examples, context.tokenizer, context.prompt_format,
+                                  max_length=self.config.data.max_length, loss_on=self.config.train.loss_on)
+        rows = [row for row in rows if row.supervised]
+        if not rows:
+            raise DataError("no row has an answer token to fine-tune the reference model on", file=path,
+                            field="method.token_forget.reference_data", fix="give rows with answers, or "
+                            "raise data.max_length")
+        return rows
 
     def loss(self, loss: torch.Tensor, model: PreTrainedModel, inputs: dict[str, torch.Tensor],
              outputs: Any, context: MethodContext) -> torch.Tensor:
@@ -130,22 +159,22 @@ def _masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (values * mask).sum() / mask.sum().clamp(min=1)
 
 
-def split_rows(rows: list[Encoded], share: float, seed: int) -> tuple[list[Encoded], list[Encoded]]:
-    """Returns (reference rows, remaining rows): a seeded ``share`` of the rows (at least one,
-    leaving at least one), each list in the original order.
+def reference_folds(count: int, share: float, seed: int) -> tuple[list[int], list[int]]:
+    """Returns two disjoint seeded sets of row positions, each in order: the first has
+    ``round(share * count)`` rows (at least one, leaving at least one), the second as many
+    of the rest (at least one). Reference A fine-tunes on the first and scores every other
+    row; reference B fine-tunes on the second and scores the first.
 
     Raises:
-        RetainError: If there are fewer than two rows to split.
+        RetainError: If there are fewer than two rows.
     """
-    if len(rows) < 2:
-        raise RetainError(f"token_forget needs at least 2 training rows to set some aside for its reference "
-                          f"model, and there are {len(rows)}", field="method.use",
-                          fix="add training rows or drop token_forget")
-    count = min(len(rows) - 1, max(1, round(share * len(rows))))
-    order = torch.randperm(len(rows), generator=torch.Generator().manual_seed(seed)).tolist()
-    chosen = set(order[:count])
-    return ([row for i, row in enumerate(rows) if i in chosen],
-            [row for i, row in enumerate(rows) if i not in chosen])
+    if count < 2:
+        raise RetainError(f"token_forget needs at least 2 training rows to fine-tune its reference models on, "
+                          f"and there are {count}", field="method.use",
+                          fix="add training rows, set method.token_forget.reference_data, or drop token_forget")
+    size = min(count - 1, max(1, round(share * count)))
+    order = torch.randperm(count, generator=torch.Generator().manual_seed(seed)).tolist()
+    return sorted(order[:size]), sorted(order[size: 2 * size])
 
 
 def partition(rows: list[Encoded], influence: list[torch.Tensor], positive_share: float) -> list[Encoded]:

@@ -64,6 +64,14 @@ class RetainTrainer(Trainer):
         self.optimizer = optimizer_cls(groups, **optimizer_kwargs)
         return self.optimizer
 
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        """The trainer's log, with each method's figures (:meth:`Method.logs`) beside the
+        training loss."""
+        if "loss" in logs:
+            for method in self.methods:
+                logs.update(method.logs())
+        super().log(logs, start_time)
+
     def compute_loss(self, model: torch.nn.Module, inputs: dict[str, Any], return_outputs: bool = False,
                      num_items_in_batch: torch.Tensor | int | None = None) -> Any:
         """The trainer's loss, then each method's ``loss`` hook in turn."""
