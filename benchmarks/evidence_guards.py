@@ -17,9 +17,8 @@ Every run is a real ``retain train`` of the default lab model on the lab domain 
    methods comparison that learns the task within the forgetting limit), a healthy run
    that learns, where no guard should fire: with the forgetting guard acting at the first
    check over the limit (``recipe_at_once``, patience 0), with the default guards over the
-   same seeds (``recipe``), and with the default guards over as many further seeds that
-   were not looked at when the forgetting guard's patience rule was chosen
-   (``recipe_heldout``).
+   same seeds (``recipe``), and with the default guards over as many further seeds
+   (``recipe_heldout``). The recipe's seeds start at 1: seed 0 chose it.
 
 The raw numbers go to ``benchmarks/results/evidence_guards.json``; docs/RESULTS.md is
 rebuilt from every ``evidence_*.json`` there.
@@ -128,8 +127,11 @@ def run(seeds: int, parts: tuple[str, ...] = PARTS) -> dict:
         print(f"aggressive {name}: forgetting {result['aggressive'][name]['forgetting']}", flush=True)
     result["majority_share"] = commonest_answer(data)[1]
     recipe = next(item for item in DEFAULT_RECIPES if item.name == RECIPE).overrides
-    plan = {"default": ([], range(seeds)), "recipe_at_once": ([*recipe, AT_ONCE], range(seeds)),
-            "recipe": (list(recipe), range(seeds)), "recipe_heldout": (list(recipe), range(seeds, 2 * seeds))}
+    # The recipe's runs start at seed 1: seed 0 is the seed the recipe search chose it at
+    # (evidence_recipe.py), and no table judges the recipe on the seed that chose it.
+    plan = {"default": ([], range(seeds)), "recipe_at_once": ([*recipe, AT_ONCE], range(1, seeds + 1)),
+            "recipe": (list(recipe), range(1, seeds + 1)),
+            "recipe_heldout": (list(recipe), range(seeds + 1, 2 * seeds + 1))}
     for part, (overrides, part_seeds) in plan.items():
         for seed in part_seeds if part in parts else ():
             name = "recipe" if part == "recipe_heldout" else part  # one run directory per seed
@@ -154,7 +156,8 @@ def markdown(result: dict) -> str:
         f"Measured {result.get('date', '?')}. Command: `python benchmarks/evidence_guards.py` "
         "(real `retain train` runs of the default lab model on the lab domain task; run "
         "directories in `benchmarks/results/guard-runs/`, not committed). Forgetting is relative "
-        "to the base model's general probe accuracy by generation.\n",
+        "to the base model's general probe accuracy by generation, on all 337 lab probes, none of "
+        "them rehearsed (the lab's replay draws from its rehearsal corpus, which states no probed fact).\n",
         f"### The silent failures, reproduced on purpose{_when(result, 'traps')}\n",
         "| trap | without --force | with --force: stopped by | at step (first check) | message |",
         "| --- | --- | --- | --- | --- |",
@@ -187,8 +190,7 @@ def markdown(result: dict) -> str:
               "recipe_at_once": f"The lab's recipe ({recipe}), the forgetting guard acting at the "
               f"first check over the limit (`{AT_ONCE}`)",
               "recipe": f"The lab's recipe ({recipe}), default guards",
-              "recipe_heldout": f"The lab's recipe ({recipe}), default guards, seeds not seen when "
-              "the patience rule was chosen"}
+              "recipe_heldout": f"The lab's recipe ({recipe}), default guards, further seeds"}
     for part, title in titles.items():
         if not result.get(part):
             continue

@@ -552,6 +552,7 @@ def lab_data(
 def lab_compare(
     out_dir: Annotated[Path, typer.Argument(help="Folder for the lab data, the runs and compare.json.")],
     seeds: Annotated[int, typer.Option("--seeds", min=1, help="Runs per method.")] = 3,
+    first_seed: Annotated[int, typer.Option("--first-seed", min=0, help="Seed of the first run (train.seed); the others follow.")] = 0,
     method: Annotated[Optional[list[str]], typer.Option("--method", help="Only this recipe (repeatable; by its table name).")] = None,
     data_size: Annotated[Optional[int], typer.Option("--data-size", min=1, help="Train on the first N rows (data.size).")] = None,
     n_train: Annotated[int, typer.Option("--n-train", min=1, help="Training rows the lab data is written with.")] = TRAIN_ROWS,
@@ -572,7 +573,7 @@ def lab_compare(
         recipes = tuple(known[name] for name in method)
     try:
         rows = run_compare(
-            out_dir, recipes, seeds=1 if quick else seeds, size="micro" if quick else size,
+            out_dir, recipes, seeds=1 if quick else seeds, first_seed=first_seed, size="micro" if quick else size,
             n_train=200 if quick else n_train, data_size=data_size,
             extra=("train.max_steps=20",) if quick else (), workers=workers,
             progress=not _STATE["quiet"] and workers == 1, echo=console.print,

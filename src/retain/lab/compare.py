@@ -34,7 +34,8 @@ T = TypeVar("T")
 
 @dataclass(frozen=True)
 class Recipe:
-    """One row of the comparison: a name and the config overrides that make it."""
+    """One row of the comparison: a name and the config overrides that make it (``{data}``
+    in an override is the comparison's lab data folder)."""
 
     name: str
     overrides: tuple[str, ...]
@@ -53,7 +54,11 @@ DEFAULT_RECIPES: tuple[Recipe, ...] = (
     Recipe("lora, lr 1e-3", ("method=[lora]", "train.lr=1e-3"), "fewer trained weights, less forgetting"),
     Recipe(RECIPE, ("method=[lora,replay]", "train.lr=1e-3", "method.replay.ratio=0.5"),
            "retain's recipe: LoRA with half the rows general data"),
-    Recipe("full + freeze", ("method=[full,freeze]", *AGGRESSIVE), "bottom layers kept: less forgetting"),
+    Recipe("full + freeze (layers)", ("method=[full,freeze]", *AGGRESSIVE), "bottom layers kept: less forgetting"),
+    # The lab model ties its head to its input embeddings: freezing them freezes the head too.
+    Recipe("full + freeze (layers, embeddings, tied head)",
+           ("method=[full,freeze]", "method.freeze.embeddings=true", *AGGRESSIVE),
+           "bottom layers kept: less forgetting"),
     Recipe("full + llrd", ("method=[full,llrd]", *AGGRESSIVE), "lower layers move less: less forgetting"),
     Recipe("full + ewc", ("method=[full,ewc]", *AGGRESSIVE), "important weights held: less forgetting"),
     Recipe("full + l2sp", ("method=[full,l2sp]", *AGGRESSIVE), "weights held near the start: less forgetting"),
@@ -113,6 +118,7 @@ def run_compare(
     recipes: Sequence[Recipe] = DEFAULT_RECIPES,
     *,
     seeds: int = 3,
+    first_seed: int = 0,
     size: str = "default",
     n_train: int = TRAIN_ROWS,
     data_size: int | None = None,
@@ -126,7 +132,8 @@ def run_compare(
     Args:
         out_dir: Holds the lab data (``data/``), the runs (``runs/``) and ``compare.json``.
         recipes: The rows to train.
-        seeds: Runs per recipe, with ``train.seed`` 0, 1, ...
+        seeds: Runs per recipe, with ``train.seed`` ``first_seed``, ``first_seed + 1``, ...
+        first_seed: The seed of each recipe's first run.
         size: The lab preset whose base model and world are used.
         n_train: Training rows the lab data is written with.
         data_size: Train on the first N rows only (``data.size``); None uses all.
@@ -151,7 +158,7 @@ def run_compare(
 
         common.append(f"model.name_or_path={lab_model_path(size, progress=progress)}")
     jobs = [(recipe, seed, data, out_dir / "runs", data_size, tuple(common)) for recipe in recipes
-            for seed in range(seeds)]
+            for seed in range(first_seed, first_seed + seeds)]
     runs: list[RunResult] = []
     for result in _map(_run, jobs, workers, progress=progress):
         runs.append(result)
@@ -160,7 +167,8 @@ def run_compare(
              f"{result.train_seconds:.0f} s")
     rows = summarise(runs, recipes)
     atomic_write_json(out_dir / "compare.json", {
-        "size": size, "n_train": n_train, "data_size": data_size, "seeds": seeds, "extra": list(extra),
+        "size": size, "n_train": n_train, "data_size": data_size, "seeds": seeds, "first_seed": first_seed,
+        "extra": list(extra),
         "rows": [asdict(row) for row in rows],
     })
     return rows
@@ -236,7 +244,8 @@ def _run(recipe: Recipe, seed: int, data: Path, runs: Path, data_size: int | Non
     summary_path = runs / name / "summary.json"
     # No brittleness perturbations: the table shows none of their figures, and they are about
     # half of each run's final evaluation (an override in ``extra`` comes later and wins).
-    overrides = [*recipe.overrides, f"train.seed={seed}", "guards.enabled=false", "eval.perturbations=[]",
+    overrides = [*(item.format(data=data) for item in recipe.overrides), f"train.seed={seed}",
+                 "guards.enabled=false", "eval.perturbations=[]",
                  f"output.dir={runs}", f"output.name={name}", *extra]
     if data_size:
         overrides.append(f"data.size={data_size}")
