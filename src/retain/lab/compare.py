@@ -52,8 +52,12 @@ DEFAULT_RECIPES: tuple[Recipe, ...] = (
     # The config's default (LoRA at lr 1e-4) learns the lab task only in part in 2 epochs
     # (docs/RESULTS.md, "Guards on the lab": 52-57%); lr 1e-3 learns it.
     Recipe("lora, lr 1e-3", ("method=[lora]", "train.lr=1e-3"), "fewer trained weights, less forgetting"),
-    Recipe(RECIPE, ("method=[lora,replay]", "train.lr=1e-3", "method.replay.ratio=0.5"),
-           "retain's recipe: LoRA with half the rows general data"),
+    # Chosen by `python benchmarks/evidence_recipe.py` on validation data at seed 0 (issue 22):
+    # of the LoRA + replay grids, the setting that shipped under the default guards with the
+    # best validation accuracy. Until issue 22 it was lr 1e-3 with half the rows replay, for 2
+    # epochs, chosen on the test split while replay trained in blocks and rehearsed the probes.
+    Recipe(RECIPE, ("method=[lora,replay]", "train.lr=5e-4", "method.replay.ratio=0.75", "train.epochs=3"),
+           "retain's recipe: LoRA with three quarters of the rows general data"),
     Recipe("full + freeze (layers)", ("method=[full,freeze]", *AGGRESSIVE), "bottom layers kept: less forgetting"),
     # The lab model ties its head to its input embeddings: freezing them freezes the head too.
     Recipe("full + freeze (layers, embeddings, tied head)",
