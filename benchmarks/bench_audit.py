@@ -36,7 +36,7 @@ from retain.audit.overlap import (
 )
 from retain.audit.runner import lab_tokenizer, run_audit
 from retain.config import RetainConfig
-from retain.data import Example
+from retain.data.rows import Example
 from retain.evaluation.suites import load_suite
 
 SIZES = (10_000, 100_000)

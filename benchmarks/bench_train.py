@@ -25,12 +25,12 @@ from peft import LoraConfig, get_peft_model
 from transformers import DataCollatorForSeq2Seq, Trainer, TrainingArguments
 
 from retain.config import load_config
-from retain.data import load_examples_for
-from retain.evaluation.prompting import PromptFormat
+from retain.data.encoding import IGNORE_INDEX, encode_examples, prepare_tokenizer
+from retain.data.prompting import PromptFormat
+from retain.data.rows import load_examples_for
 from retain.lab.export import export_lab_data
 from retain.models import load_model, quiet_peft
 from retain.rundir import read_jsonl
-from retain.training.formatting import IGNORE_INDEX, encode_examples, prepare_tokenizer
 from retain.training.run import run_train
 
 EPOCHS = 2

@@ -174,7 +174,7 @@ class Target:
 
 def _read(suffix: str) -> Callable[[bytes, Path], Any]:
     def call(data: bytes, folder: Path) -> Any:
-        from retain.data import read_examples
+        from retain.data.rows import read_examples
 
         path = folder / f"data{suffix}"
         path.write_bytes(data)

@@ -19,8 +19,9 @@ RESULTS = HERE / "results"
 DOC = HERE.parent / "docs" / "RELIABILITY.md"
 sys.path.insert(0, str(HERE))
 
-from retain.rundir import atomic_write_json, atomic_write_text  # noqa: E402
 from sections import parts, sections  # noqa: E402
+
+from retain.rundir import atomic_write_json, atomic_write_text  # noqa: E402
 
 
 def available() -> list[str]:

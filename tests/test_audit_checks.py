@@ -13,7 +13,7 @@ from retain.audit.checks import (
     token_lengths,
 )
 from retain.audit.findings import Finding
-from retain.data import Example
+from retain.data.rows import Example
 from retain.lab.domain import DomainSpec, build_domain
 from retain.lab.tokenizer import train_tokenizer
 

@@ -15,7 +15,7 @@ from retain.audit.overlap import (
     normalize_text,
     rehearsed_ids,
 )
-from retain.data import Example
+from retain.data.rows import Example
 from retain.evaluation.probes import ProbeItem, ProbeSuite
 from retain.lab.domain import DomainExample, DomainSpec, build_domain
 from retain.lab.world import build_world

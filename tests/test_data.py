@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from retain.config import DataConfig
-from retain.data import (
+from retain.data.rows import (
     Example,
     chat_prompt_text,
     load_examples,

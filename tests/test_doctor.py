@@ -14,12 +14,12 @@ from typer.testing import CliRunner
 from retain.audit.doctor import RowCheck, inspect_batches, padding_trained, run_doctor
 from retain.cli import app
 from retain.config import RetainConfig
-from retain.data import load_examples
-from retain.evaluation.prompting import PromptFormat
+from retain.data.encoding import encode_examples, prepare_tokenizer
+from retain.data.prompting import PromptFormat
+from retain.data.rows import load_examples
 from retain.lab.domain import DomainSpec, build_domain, write_jsonl
 from retain.lab.export import export_lab_data
 from retain.models import load_model_parts
-from retain.training.formatting import encode_examples, prepare_tokenizer
 
 CHATML = (
     "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"

@@ -5,16 +5,16 @@ from __future__ import annotations
 import pytest
 from transformers import PreTrainedTokenizerFast
 
-from retain.data import Example
-from retain.errors import ConfigError
-from retain.evaluation.prompting import PromptFormat
-from retain.lab.tokenizer import train_tokenizer
-from retain.training.formatting import (
+from retain.data.encoding import (
     IGNORE_INDEX,
     build_collator,
     encode_examples,
     prepare_tokenizer,
 )
+from retain.data.prompting import PromptFormat
+from retain.data.rows import Example
+from retain.errors import ConfigError
+from retain.lab.tokenizer import train_tokenizer
 
 TEXTS = ["Question: Is the sky blue?\nAnswer: yes", "Question: Is grass red?\nAnswer: no"] * 50
 

@@ -5,13 +5,13 @@ import torch
 from tiny_models import tiny_llama
 from transformers import LlamaForCausalLM
 
+from retain.data.prompting import PromptFormat
 from retain.evaluation.loglik import (
     _argmax,
     encode_request,
     rank_options,
     score_continuations,
 )
-from retain.evaluation.prompting import PromptFormat
 from retain.lab.tokenizer import train_tokenizer
 from retain.lab.world import build_world
 

@@ -23,7 +23,7 @@ def tokenizer():
 
 
 def _context(config, tokenizer, tmp_path) -> MethodContext:
-    from retain.evaluation.prompting import PromptFormat
+    from retain.data.prompting import PromptFormat
 
     return MethodContext(config=config, tokenizer=tokenizer, prompt_format=PromptFormat.for_tokenizer(tokenizer),
                          cache_dir=tmp_path, echo=lambda line: None)

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from retain.config import RetainConfig, load_config
+from retain.data.prompting import PromptFormat
 from retain.errors import ConfigError, DataError
-from retain.evaluation.prompting import PromptFormat
 from retain.lab.base import METADATA_FILE, lab_size
 from retain.lab.world import build_world
 from retain.methods import MethodContext

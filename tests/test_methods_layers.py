@@ -11,8 +11,8 @@ from tiny_models import tiny_llama
 from transformers import TrainingArguments
 
 from retain.config import load_config
+from retain.data.prompting import PromptFormat
 from retain.errors import ConfigError
-from retain.evaluation.prompting import PromptFormat
 from retain.lab.tokenizer import train_tokenizer
 from retain.lab.world import build_world
 from retain.methods import MethodContext, methods_for

@@ -12,13 +12,13 @@ from tiny_models import tiny_llama
 from transformers import TrainingArguments
 
 from retain.config import load_config
+from retain.data.encoding import build_collator, encode_texts, prepare_tokenizer
+from retain.data.prompting import PromptFormat
 from retain.errors import ConfigError
-from retain.evaluation.prompting import PromptFormat
 from retain.lab.tokenizer import train_tokenizer
 from retain.lab.world import build_world
 from retain.methods import MethodContext, methods_for, regularizers
 from retain.methods.regularizers import Ewc, L2Sp
-from retain.training.formatting import build_collator, encode_texts, prepare_tokenizer
 from retain.training.trainer import RetainTrainer
 
 TEXTS = ["The river rises in the hills and runs west.", "Q: What is 12+7?\nA: 19",

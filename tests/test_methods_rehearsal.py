@@ -13,10 +13,16 @@ import torch
 from tiny_models import tiny_llama
 
 from retain.config import load_config
-from retain.data import Example
+from retain.data.encoding import (
+    IGNORE_INDEX,
+    Encoded,
+    encode_examples,
+    encode_texts,
+)
+from retain.data.prompting import PromptFormat
+from retain.data.rows import Example
 from retain.evaluation.generation import Generation
 from retain.evaluation.health import check_generation
-from retain.evaluation.prompting import PromptFormat
 from retain.lab.base import lab_size
 from retain.lab.tokenizer import train_tokenizer
 from retain.lab.world import build_world
@@ -26,12 +32,6 @@ from retain.methods.rehearsal import (
     SelfAugment,
     general_count,
     rehearsal_prompt,
-)
-from retain.training.formatting import (
-    IGNORE_INDEX,
-    Encoded,
-    encode_examples,
-    encode_texts,
 )
 
 QA = ["Q: What color is grass?\nA: green", "Q: What is 2+3?\nA: 5", "Q: Which letter follows p?\nA: q",

@@ -14,8 +14,9 @@ from tiny_models import tiny_llama
 from transformers import TrainingArguments
 
 from retain.config import load_config
+from retain.data.encoding import IGNORE_INDEX, Encoded, build_collator
+from retain.data.prompting import PromptFormat
 from retain.errors import ConfigError, RetainError
-from retain.evaluation.prompting import PromptFormat
 from retain.lab.tokenizer import train_tokenizer
 from retain.lab.world import build_world
 from retain.methods import MethodContext, methods_for
@@ -27,7 +28,6 @@ from retain.methods.token_forget import (
     partition,
     reference_folds,
 )
-from retain.training.formatting import IGNORE_INDEX, Encoded, build_collator
 from retain.training.trainer import RetainTrainer
 
 ROWS = 10

@@ -4,14 +4,14 @@ from dataclasses import replace
 
 import pytest
 
-from retain.data import Example, chat_prompt_text
-from retain.errors import ConfigError
-from retain.evaluation.perturb import (
+from retain.data.perturb import (
     PERTURBATIONS,
     option_order,
     perturb,
     perturb_example,
 )
+from retain.data.rows import Example, chat_prompt_text
+from retain.errors import ConfigError
 from retain.lab.domain import DomainSpec, build_domain
 
 _TASK = build_domain(DomainSpec(n_train=4, n_validation=0, n_test=0, n_ood=4))

@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 
 from retain.config import RetainConfig, dump_config, load_config
 from retain.config.schema import dotted_fields
-from retain.data import Example, read_examples
+from retain.data.rows import Example, read_examples
 from retain.errors import ConfigError, DataError, RetainError
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))

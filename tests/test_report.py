@@ -23,10 +23,10 @@ from retain.lab.base import lab_size
 from retain.lab.domain import DomainSpec, build_domain, write_jsonl
 from retain.lab.world import build_world
 from retain.report import build_report
-from retain.report.compare import pareto_front, size_curves, varying_settings
+from retain.report.compare import pareto_front, size_curves
 from retain.report.content import cards, verdict
 from retain.report.html import CSP
-from retain.report.sources import Trial, read_run, read_source, read_sweep
+from retain.report.sources import Trial, read_run, read_source, read_sweep, varying_settings
 from retain.training.run import run_train
 
 pytestmark = pytest.mark.slow

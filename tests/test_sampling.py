@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from retain.config import RetainConfig
+from retain.data.encoding import IGNORE_INDEX
 from retain.lab.export import export_lab_data
-from retain.training.formatting import IGNORE_INDEX
 from retain.training.run import run_train
 from retain.training.sampling import MixedSourceSampler
 from retain.training.trainer import RetainTrainer

@@ -4,13 +4,12 @@ import pytest
 import torch
 from tiny_models import tiny_llama
 
-from retain.data import Example
+from retain.data.prompting import PromptFormat, render_example
+from retain.data.rows import Example
 from retain.evaluation import task as task_module
 from retain.evaluation.generation import Generation
-from retain.evaluation.prompting import PromptFormat
 from retain.evaluation.task import (
     no_better_than_majority,
-    render_example,
     score_perturbations,
     score_task,
 )

@@ -347,10 +347,10 @@ def test_accelerate_launch_with_two_processes_trains_one_run(lab, tmp_path) -> N
 
 def test_the_check_of_step_0_takes_the_base_models_validation_figures_measured_once(
         lab, tmp_path, monkeypatch) -> None:
-    from retain.data import load_examples_for
-    from retain.evaluation.prompting import PromptFormat
+    from retain.data.encoding import build_collator, encode_examples, prepare_tokenizer
+    from retain.data.prompting import PromptFormat
+    from retain.data.rows import load_examples_for
     from retain.training import callback
-    from retain.training.formatting import build_collator, encode_examples, prepare_tokenizer
 
     monkeypatch.setenv("RETAIN_CACHE_DIR", str(tmp_path / "cache"))
     measured = []

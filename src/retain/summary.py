@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from retain.evaluation.compare import OVERALL
+
 REHEARSED, NOT_REHEARSED = "rehearsed", "not_rehearsed"
 """The two groups of probe items forgetting is reported on: items whose fact a training
 or rehearsal row stated (the audit's ``probe_contamination``), and the others."""

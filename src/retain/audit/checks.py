@@ -18,20 +18,12 @@ from typing import Any
 from transformers import PreTrainedTokenizerBase
 
 from retain.audit.findings import MAX_EXAMPLES, Finding, excerpt
-from retain.data import Example
+from retain.config.schema import DOMAIN_MULTIPLIERS, TASK_MULTIPLIERS
+from retain.data.encoding import encode_examples
+from retain.data.prompting import PromptFormat
+from retain.data.rows import Example
 from retain.evaluation.labels import infer_label_set, normalize_label
-from retain.evaluation.prompting import PromptFormat
-from retain.training.formatting import encode_examples
 
-# Rule-of-thumb multipliers of the minimum training-set size (see :func:`dataset_size`):
-# harder outputs (free generation, multi-turn chat) and specialised vocabularies (medical,
-# legal) need more examples than a label or a general-domain answer.
-TASK_MULTIPLIERS: dict[str, float] = {
-    "classification": 1.0, "qa": 1.5, "generation": 2.0, "chat": 2.0,
-}
-DOMAIN_MULTIPLIERS: dict[str, float] = {
-    "general": 1.0, "medical": 1.5, "legal": 1.5, "finance": 1.3, "code": 1.3,
-}
 SIZE_SOURCE = (
     "rule of thumb from the fine-tuning articles retain grew from (5,000 base examples x "
     "task x domain multipliers); not a law: measure on your data with a data-size sweep "
@@ -347,7 +339,7 @@ def token_lengths(
     """Measures rows in tokens as training will see them, and what ``max_length`` cuts.
 
     Rows are encoded exactly as training encodes them
-    (:func:`retain.training.formatting.encode_examples`: chat rows through the tokenizer's
+    (:func:`retain.data.encoding.encode_examples`: chat rows through the tokenizer's
     chat template when it has one, EOS appended); rows the template rejects are left to
     :func:`format_consistency`.
 

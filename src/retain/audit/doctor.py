@@ -1,7 +1,7 @@
 """``retain doctor``: the training pipeline checked on real batches before training starts.
 
 The doctor builds what training builds from the config (the tokenizer with its pad token,
-the prompt format, the encoding and the collator of :mod:`retain.training.formatting`),
+the prompt format, the encoding and the collator of :mod:`retain.data.encoding`),
 collates every training row in batches of ``train.batch_size``, and reads the batches
 back the way the loss will: which tokens carry a loss, whether the EOS that ends each
 answer is among them, whether padding or the prompt is trained on, whether the prompt is
@@ -23,17 +23,17 @@ from transformers import PreTrainedTokenizerBase
 from retain.audit.checks import context_window_exceeded, too_long
 from retain.audit.findings import MAX_EXAMPLES, SEVERITIES, Finding, Verdict, excerpt
 from retain.config import RetainConfig
-from retain.data import Example, read_examples_for
-from retain.errors import ConfigError
-from retain.evaluation.prompting import PromptFormat
-from retain.models import ModelParts, load_model_parts
-from retain.training.formatting import (
+from retain.data.encoding import (
     IGNORE_INDEX,
     Encoded,
     build_collator,
     encode_examples,
     prepare_tokenizer,
 )
+from retain.data.prompting import PromptFormat
+from retain.data.rows import Example, read_examples_for
+from retain.errors import ConfigError
+from retain.models import ModelParts, load_model_parts
 
 # Markup that chat templates write; found in a prompt, the data was rendered for a
 # template already (the name says which family).
@@ -165,7 +165,7 @@ def inspect_batches(
     """Collates ``encoded`` in training batches and checks each row of each batch.
 
     The encoded prompt ids are the ids evaluation gives the model (they are tokenised by
-    the call generation makes, see :func:`retain.training.formatting.encode_examples`),
+    the call generation makes, see :func:`retain.data.encoding.encode_examples`),
     so a batch whose prompt ids differ from them was changed by the collator.
     """
     collate = build_collator(tokenizer, collator)

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from retain.audit.findings import MAX_EXAMPLES, Finding, excerpt
-from retain.data import Example
+from retain.data.rows import Example
 from retain.evaluation.probes import ProbeItem, ProbeSuite
 
 SHINGLE = 5

@@ -28,7 +28,7 @@ from retain.audit.overlap import (
     near_duplicates,
 )
 from retain.config import RetainConfig
-from retain.data import Problem, read_examples_for
+from retain.data.rows import Problem, read_examples_for
 from retain.errors import RetainError
 from retain.evaluation.probes import ProbeSuite
 from retain.methods.general import load_general_texts

@@ -10,6 +10,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticCustomError
 
+from retain.data.perturb import PERTURBATIONS
+
 _DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
 _ATTENTION_AND_MLP = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 # Every method retain ships, in the order their hooks run (retain.methods registers one
@@ -19,6 +21,15 @@ BASE_METHODS = ("full", "lora", "qlora")
 # general rows replay and self_augment blend in afterwards are trained on whole.
 METHODS = (*BASE_METHODS, "freeze", "llrd", "token_forget", "replay", "self_augment", "ewc", "l2sp",
            "fapm")
+# Rule-of-thumb multipliers of the minimum training-set size (the audit's dataset_size):
+# harder outputs (free generation, multi-turn chat) and specialised vocabularies (medical,
+# legal) need more examples than a label or a general-domain answer.
+TASK_MULTIPLIERS: dict[str, float] = {
+    "classification": 1.0, "qa": 1.5, "generation": 2.0, "chat": 2.0,
+}
+DOMAIN_MULTIPLIERS: dict[str, float] = {
+    "general": 1.0, "medical": 1.5, "legal": 1.5, "finance": 1.3, "code": 1.3,
+}
 _SMOKE_PROMPTS = ("Hello, how are you?", "What is 2+2?", "Is the sky blue? Answer yes or no.")
 
 
@@ -701,8 +712,6 @@ class AuditConfig(_Section):
 
     @model_validator(mode="after")
     def _known_task_and_domain(self) -> AuditConfig:
-        from retain.audit.checks import DOMAIN_MULTIPLIERS, TASK_MULTIPLIERS
-
         for kind, name, table, extra in (
             ("task", self.task, TASK_MULTIPLIERS, self.task_multipliers),
             ("domain", self.domain, DOMAIN_MULTIPLIERS, self.domain_multipliers),
@@ -759,8 +768,6 @@ class EvalConfig(_Section):
     @field_validator("perturbations")
     @classmethod
     def _known_perturbations(cls, names: list[str]) -> list[str]:
-        from retain.evaluation.perturb import PERTURBATIONS
-
         unknown = [name for name in names if name not in PERTURBATIONS]
         if unknown:
             raise _invalid(

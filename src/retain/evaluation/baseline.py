@@ -14,16 +14,10 @@ from dataclasses import dataclass
 
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from retain.data import Example
+from retain.data.prompting import PromptFormat, Rendered, render_example
+from retain.data.rows import Example
 from retain.evaluation.labels import normalize_label
-from retain.evaluation.prompting import PromptFormat
-from retain.evaluation.task import (
-    Rendered,
-    TaskScore,
-    render_example,
-    score_task,
-    task_labels,
-)
+from retain.evaluation.task import TaskScore, score_task, task_labels
 
 RAW_SEPARATOR = "\n\n"
 

@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from retain.config import RetainConfig
-from retain.data import Example, load_examples_for, read_text
+from retain.data.prompting import PromptFormat
+from retain.data.rows import Example, load_examples_for, read_text
 from retain.errors import DataError, RetainError
 from retain.evaluation.baseline import BaselineResult, run_baseline
 from retain.evaluation.compare import ForgettingReport
@@ -29,7 +30,6 @@ from retain.evaluation.engine import (
     forgetting,
 )
 from retain.evaluation.probes import ProbeSuite
-from retain.evaluation.prompting import PromptFormat
 from retain.evaluation.suites import load_suite
 from retain.models import LoadedModel, is_lab_model, lab_model_path, load_model
 

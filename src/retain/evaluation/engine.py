@@ -15,15 +15,15 @@ from importlib import resources
 
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from retain.data import Example
+from retain.data.perturb import PERTURBATIONS
+from retain.data.prompting import PromptFormat
+from retain.data.rows import Example
 from retain.evaluation.compare import ForgettingReport, ItemResults, compare
 from retain.evaluation.drift import BaseLogprobs, DriftReport, drift_report
 from retain.evaluation.generation import score_probes_by_generation
 from retain.evaluation.health import HealthReport, smoke_test
 from retain.evaluation.loglik import score_probes_by_loglik
-from retain.evaluation.perturb import PERTURBATIONS
 from retain.evaluation.probes import ProbeScore, ProbeSuite
-from retain.evaluation.prompting import PromptFormat
 from retain.evaluation.task import (
     Brittleness,
     TaskScore,

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from retain.data.prompting import PromptFormat
 from retain.evaluation.probes import ProbeScore, ProbeSuite, check_answer, cut_at_stop
-from retain.evaluation.prompting import PromptFormat
 from retain.hardware import batches_with_backoff
 
 

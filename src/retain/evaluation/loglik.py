@@ -37,9 +37,9 @@ import numpy as np
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from retain.data.prompting import PromptFormat
 from retain.evaluation.generation import left_pad
 from retain.evaluation.probes import ProbeScore, ProbeSuite
-from retain.evaluation.prompting import PromptFormat
 from retain.hardware import batches_with_backoff
 
 

@@ -21,47 +21,16 @@ from dataclasses import dataclass, field
 
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from retain.data import Example
+from retain.data.perturb import PERTURBATIONS, perturb_example
+from retain.data.prompting import PromptFormat
+from retain.data.rows import Example
 from retain.evaluation.generation import Generation, generate_greedy
 from retain.evaluation.health import HealthReport, generation_health
 from retain.evaluation.labels import infer_label_set, normalize_label, parse_label
 from retain.evaluation.loglik import encode_requests, score_continuations
-from retain.evaluation.perturb import PERTURBATIONS, perturb_example
 from retain.evaluation.probes import exact_match
-from retain.evaluation.prompting import PromptFormat
 
 UNPARSED = "(none)"
-
-
-@dataclass(frozen=True)
-class Rendered:
-    """An example as the model sees it.
-
-    Attributes:
-        prompt: The text given to the model.
-        response: The reference answer as it continues ``prompt`` (leading space and all).
-        add_special_tokens: False when a chat template already wrote BOS.
-    """
-
-    prompt: str
-    response: str
-    add_special_tokens: bool
-
-
-def render_example(example: Example, prompt_format: PromptFormat) -> Rendered:
-    """Returns ``example`` rendered for the model.
-
-    Prompt/response rows are plain text, ``prompt + response`` (as SFT trainers train
-    them); chat rows go through the chat template when the model has one, and fall back
-    to ``User: ...\\nAssistant:`` text when it does not.
-    """
-    if example.messages is None:
-        return Rendered(example.prompt, example.response, True)
-    if not prompt_format.is_chat:
-        return Rendered(example.prompt, " " + example.response.lstrip(), True)
-    turns = list(example.messages)
-    last = max(index for index, turn in enumerate(turns) if turn["role"] == "assistant")
-    return Rendered(prompt_format.render_messages(turns[:last]), example.response, False)
 
 
 @dataclass(frozen=True)
@@ -381,7 +350,7 @@ def score_perturbations(
     Args:
         examples: The examples ``original`` scored, in the same order.
         original: Their unperturbed score (its per-example predictions are compared).
-        names: Perturbations to apply (see :mod:`retain.evaluation.perturb`).
+        names: Perturbations to apply (see :mod:`retain.data.perturb`).
 
     Returns:
         One :class:`Brittleness` per perturbation that applied to at least one example.

@@ -35,8 +35,8 @@ if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
     from retain.config import RetainConfig
-    from retain.evaluation.prompting import PromptFormat
-    from retain.training.formatting import Encoded
+    from retain.data.encoding import Encoded
+    from retain.data.prompting import PromptFormat
 
 logger = logging.getLogger("retain.methods")
 

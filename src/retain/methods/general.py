@@ -96,12 +96,11 @@ def _file_texts(path: Path, text_field: str, config: RetainConfig) -> list[str]:
         raise DataError("no such file", file=path, field="method.general.source",
                         fix="give the path of a general-text file, or lab, or hf:NAME")
     if path.suffix == ".txt":
-        from retain.data import read_text
+        from retain.data.rows import read_text
 
         return [line.replace("\\n", "\n") for line in read_text(path, "general text").splitlines()]
-    from retain.data import load_examples_for
-    from retain.evaluation.prompting import PromptFormat
-    from retain.evaluation.task import render_example
+    from retain.data.prompting import PromptFormat, render_example
+    from retain.data.rows import load_examples_for
 
     try:
         examples = load_examples_for(config.data, path)

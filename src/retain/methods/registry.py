@@ -1,5 +1,7 @@
 """One registry of methods: ``method.use`` names map to :class:`~retain.methods.base.Method`
-classes here, and nowhere else."""
+classes here, and nowhere else. The registry imports no method: each registers itself
+with :func:`register` (as PEFT's ``register_peft_method``), and :mod:`retain.methods`
+imports the built-in ones."""
 
 from __future__ import annotations
 
@@ -19,8 +21,8 @@ def register(cls: type[Method]) -> type[Method]:
 
 
 def registered() -> dict[str, type[Method]]:
-    """Returns every registered method by name, in hook order."""
-    _load_builtins()
+    """Returns every registered method by name, in hook order (the built-in ones register
+    when :mod:`retain.methods` is imported, which importing this module does first)."""
     return {name: _REGISTRY[name] for name in METHODS if name in _REGISTRY}
 
 
@@ -31,14 +33,3 @@ def methods_for(config: RetainConfig) -> list[Method]:
     names = {config.method.base, *config.method.use}
     return [table[name](config) for name in METHODS if name in names]
 
-
-def _load_builtins() -> None:
-    # Importing the modules runs their @register decorators.
-    from retain.methods import (  # noqa: F401
-        adapters,
-        layers,
-        pruning,
-        regularizers,
-        rehearsal,
-        token_forget,
-    )

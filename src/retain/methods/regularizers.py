@@ -30,10 +30,10 @@ from typing import Any
 import torch
 from transformers import PreTrainedModel
 
+from retain.data.encoding import Encoded, encode_texts
 from retain.errors import ConfigError, DataError
 from retain.methods.base import Method, MethodContext, trainable
 from retain.methods.registry import register
-from retain.training.formatting import Encoded, encode_texts
 
 logger = logging.getLogger("retain.methods")
 

@@ -17,14 +17,13 @@ from dataclasses import replace
 
 from transformers import PreTrainedModel
 
-from retain.data import Example, chat_prompt_text
+from retain.data.encoding import Encoded, encode_examples, encode_texts
+from retain.data.prompting import PromptFormat, render_example
+from retain.data.rows import Example, chat_prompt_text
 from retain.evaluation.generation import Generation, generate_greedy
 from retain.evaluation.health import check_generation
-from retain.evaluation.prompting import PromptFormat
-from retain.evaluation.task import render_example
 from retain.methods.base import Method, MethodContext
 from retain.methods.registry import register
-from retain.training.formatting import Encoded, encode_examples, encode_texts
 
 logger = logging.getLogger("retain.methods")
 

@@ -13,11 +13,11 @@ import torch
 import torch.nn.functional as F
 from transformers import PreTrainedModel
 
-from retain.data import load_examples_for
+from retain.data.encoding import IGNORE_INDEX, Collator, Encoded, build_collator, encode_examples
+from retain.data.rows import load_examples_for
 from retain.errors import ConfigError, DataError, RetainError
 from retain.methods.base import Method, MethodContext, trainable
 from retain.methods.registry import register
-from retain.training.formatting import IGNORE_INDEX, Collator, Encoded, build_collator, encode_examples
 
 
 @register

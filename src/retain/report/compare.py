@@ -2,43 +2,16 @@
 
 from __future__ import annotations
 
-import json
 import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from retain.report.sources import RunView, Trial, as_dict, as_number, dotted
+from retain.report.sources import Trial, as_dict, as_number, dotted, varying_settings
 
 # Settings that differ between any two runs without changing what is compared.
-IGNORED_PREFIXES = ("output.",)
 SIZE_KEY = "data.size"
 SEED_KEY = "train.seed"
-
-
-def flatten(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """Returns ``{"train.lr": 1e-4, ...}``: every leaf of a nested config under its dotted key."""
-    flat: dict[str, Any] = {}
-    for key, value in config.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict) and value:
-            flat.update(flatten(value, name + "."))
-        else:
-            flat[name] = value
-    return flat
-
-
-def varying_settings(runs: Sequence[RunView]) -> list[str]:
-    """Returns the dotted settings whose values differ between ``runs`` (config order).
-
-    ``output.*`` (names and folders) is left out: every run differs there.
-    """
-    flats = [flatten(run.config) for run in runs if run.config]
-    if len(flats) < 2:
-        return []
-    keys = list(dict.fromkeys(key for flat in flats for key in flat))
-    return [key for key in keys if not key.startswith(IGNORED_PREFIXES)
-            and len({json.dumps(flat.get(key), sort_keys=True, default=str) for flat in flats}) > 1]
 
 
 def describe(values: dict[str, Any]) -> str:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -29,6 +30,7 @@ from retain.errors import RetainError
 from retain.rundir import RunDir, read_jsonl
 
 RUN_MARKERS = ("summary.json", "metrics.jsonl", "meta.json", "audit.json")
+IGNORED_PREFIXES = ("output.",)  # settings every run differs in (names, folders)
 SWEEP_FILES = ("sweep.json", "trials.jsonl")
 
 
@@ -117,6 +119,32 @@ def dotted(config: dict[str, Any], key: str) -> Any:
 
 
 # --- runs --------------------------------------------------------------------------------
+
+
+def flatten(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Returns ``{"train.lr": 1e-4, ...}``: every leaf of a nested config under its dotted key."""
+    flat: dict[str, Any] = {}
+    for key, value in config.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            flat.update(flatten(value, name + "."))
+        else:
+            flat[name] = value
+    return flat
+
+
+def varying_settings(runs: Sequence[RunView]) -> list[str]:
+    """Returns the dotted settings whose values differ between ``runs`` (config order).
+
+    ``output.*`` (names and folders) is left out: every run differs there.
+    """
+    flats = [flatten(run.config) for run in runs if run.config]
+    if len(flats) < 2:
+        return []
+    keys = list(dict.fromkeys(key for flat in flats for key in flat))
+    return [key for key in keys if not key.startswith(IGNORED_PREFIXES)
+            and len({json.dumps(flat.get(key), sort_keys=True, default=str) for flat in flats}) > 1]
+
 
 
 @dataclass
@@ -460,8 +488,6 @@ def _trial_from_run(number: int, run: RunView) -> Trial:
 
 
 def _params_from_differences(trials: list[Trial]) -> None:
-    from retain.report.compare import varying_settings
-
     varying = varying_settings([trial.run for trial in trials if trial.run is not None])
     for trial in trials:
         if trial.run is not None:

@@ -393,7 +393,7 @@ def _check_data_sizes(axes: list[Axis], base: RetainConfig, path: Path, lines: d
     axis = next((axis for axis in axes if axis.key == "data.size"), None)
     if axis is None or not base.data.train:
         return
-    from retain.data import load_examples_for
+    from retain.data.rows import load_examples_for
 
     rows = len(load_examples_for(base.data, base.data.train))
     sizes = [value for value in (axis.grid_values() if axis.values is not None else [axis.high]) if value is not None]

@@ -39,17 +39,17 @@ from transformers import (
 from transformers.trainer_pt_utils import LengthGroupedSampler
 
 from retain.config.schema import GuardsConfig
-from retain.data import Example
+from retain.data.encoding import IGNORE_INDEX, Collator, Encoded
+from retain.data.prompting import PromptFormat
+from retain.data.rows import Example
 from retain.evaluation.drift import BaseLogprobs, drift_report
 from retain.evaluation.engine import EvalSettings, score_suite
 from retain.evaluation.generation import generate_greedy
 from retain.evaluation.health import check_generation
 from retain.evaluation.probes import ProbeSuite
-from retain.evaluation.prompting import PromptFormat
 from retain.evaluation.task import score_task
 from retain.hardware import batches_with_backoff, own_forward
 from retain.rundir import RunDir, atomic_write_json, fsync_tree
-from retain.training.formatting import IGNORE_INDEX, Collator, Encoded
 from retain.training.guards import (
     LOSS_WINDOW,
     Check,

@@ -48,7 +48,14 @@ from retain.audit.overlap import blended_contamination, rehearsed_ids
 from retain.audit.runner import run_audit
 from retain.config import RetainConfig
 from retain.config.loading import dump_config, load_config
-from retain.data import Example, load_examples_for
+from retain.data.encoding import (
+    Encoded,
+    build_collator,
+    encode_examples,
+    prepare_tokenizer,
+)
+from retain.data.prompting import PromptFormat, render_example
+from retain.data.rows import Example, load_examples_for
 from retain.errors import ConfigError, RetainError, RunDirError
 from retain.evaluation.commands import (
     cached_base_logprobs,
@@ -61,9 +68,7 @@ from retain.evaluation.engine import (
     default_reference_text,
     evaluate,
 )
-from retain.evaluation.prompting import PromptFormat
 from retain.evaluation.suites import load_suite
-from retain.evaluation.task import render_example
 from retain.hardware import drop_autocast, resolve_precision
 from retain.lab.base import default_cache_dir
 from retain.methods import MethodContext, methods_for
@@ -93,12 +98,6 @@ from retain.training.finish import (
     restore_if_asked,
     save_merged,
     summary_of,
-)
-from retain.training.formatting import (
-    Encoded,
-    build_collator,
-    encode_examples,
-    prepare_tokenizer,
 )
 from retain.training.sampling import TASK
 from retain.training.trainer import RetainTrainer
@@ -728,7 +727,7 @@ def _size(count: float) -> str:
 
 def _reference(config: RetainConfig, suites: list) -> str | None:
     if config.eval.reference:
-        from retain.data import read_text
+        from retain.data.rows import read_text
 
         return read_text(config.eval.reference, "eval.reference")
     return default_reference_text(suites)

@@ -15,7 +15,7 @@ import re
 from collections.abc import Callable
 from dataclasses import replace
 
-from retain.data import Example, chat_prompt_text
+from retain.data.rows import Example, chat_prompt_text
 from retain.errors import ConfigError
 
 Perturbation = Callable[[str], str]

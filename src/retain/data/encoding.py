@@ -1,7 +1,7 @@
 """Training rows as token ids and labels, and the collator that batches them.
 
 One encoding for training, the audit's length check and ``retain doctor``, built on the
-same rendering evaluation uses (:func:`retain.evaluation.task.render_example`), so the
+same rendering evaluation uses (:func:`retain.data.prompting.render_example`), so the
 prompt a model is trained on is token for token the prompt it is asked at evaluation:
 
 - the prompt is tokenised alone, exactly as generation tokenises it; the answer is the
@@ -33,10 +33,9 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
-from retain.data import Example, Problem
+from retain.data.prompting import PromptFormat, Rendered, render_example
+from retain.data.rows import Example, Problem
 from retain.errors import ConfigError
-from retain.evaluation.prompting import PromptFormat
-from retain.evaluation.task import Rendered, render_example
 
 IGNORE_INDEX = -100
 TOKENIZE_BATCH = 1024  # rows per tokenizer call: large enough to use the fast tokenizer well

@@ -14,6 +14,7 @@ from typing import Any
 
 from transformers import PreTrainedTokenizerBase
 
+from retain.data.rows import Example
 from retain.errors import ConfigError
 
 
@@ -97,3 +98,34 @@ class PromptFormat:
             tokenize=False,
             add_generation_prompt=True,
         )
+
+
+@dataclass(frozen=True)
+class Rendered:
+    """An example as the model sees it.
+
+    Attributes:
+        prompt: The text given to the model.
+        response: The reference answer as it continues ``prompt`` (leading space and all).
+        add_special_tokens: False when a chat template already wrote BOS.
+    """
+
+    prompt: str
+    response: str
+    add_special_tokens: bool
+
+
+def render_example(example: Example, prompt_format: PromptFormat) -> Rendered:
+    """Returns ``example`` rendered for the model.
+
+    Prompt/response rows are plain text, ``prompt + response`` (as SFT trainers train
+    them); chat rows go through the chat template when the model has one, and fall back
+    to ``User: ...\\nAssistant:`` text when it does not.
+    """
+    if example.messages is None:
+        return Rendered(example.prompt, example.response, True)
+    if not prompt_format.is_chat:
+        return Rendered(example.prompt, " " + example.response.lstrip(), True)
+    turns = list(example.messages)
+    last = max(index for index, turn in enumerate(turns) if turn["role"] == "assistant")
+    return Rendered(prompt_format.render_messages(turns[:last]), example.response, False)

@@ -15,12 +15,9 @@ import re
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import Any, NamedTuple, Protocol
 
 from retain.errors import DataError
-
-if TYPE_CHECKING:
-    from retain.config.schema import DataConfig
 
 FORMATS = ("jsonl", "csv", "parquet", "datasets")
 CHAT_ROLES = ("system", "user", "assistant", "tool")
@@ -176,8 +173,18 @@ def load_examples(
     raise DataError(message, fix=first.fix, file=first.file, line=first.line, field=first.field)
 
 
+class RowFormat(Protocol):
+    """How a file's rows are read: what a config's ``data`` section says of them
+    (:class:`retain.config.schema.DataConfig` is one)."""
+
+    format: str
+    prompt_field: str
+    response_field: str
+    messages_field: str
+
+
 def read_examples_for(
-    data: DataConfig, path: str | Path
+    data: RowFormat, path: str | Path
 ) -> tuple[list[Example], list[Problem]]:
     """Returns :func:`read_examples` of ``path``, read as the ``data`` config section says.
 
@@ -194,7 +201,7 @@ def read_examples_for(
     )
 
 
-def load_examples_for(data: DataConfig, path: str | Path) -> list[Example]:
+def load_examples_for(data: RowFormat, path: str | Path) -> list[Example]:
     """Returns :func:`load_examples` of ``path``, read as the ``data`` config section says.
 
     Raises:
@@ -519,7 +526,6 @@ def _csv_row(record: dict[Any, Any], fields: _Fields) -> object:
 def _parquet_rows(path: Path, fields: _Fields) -> Iterator[tuple[int, object]]:
     """Yields (row number, row) per Parquet row, reading one batch at a time."""
     import pyarrow.parquet as pq  # installed with datasets; imported late, it is slow
-
     from pyarrow import ArrowException
 
     try:
