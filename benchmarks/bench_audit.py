@@ -34,10 +34,11 @@ from retain.audit.overlap import (
     near_duplicates,
     normalize_text,
 )
-from retain.audit.runner import lab_tokenizer, run_audit
+from retain.audit.runner import run_audit
 from retain.config import RetainConfig
 from retain.data.rows import Example
 from retain.evaluation.suites import load_suite
+from retain.lab.plugin import tokenizer as lab_tokenizer
 
 SIZES = (10_000, 100_000)
 SEED = 0

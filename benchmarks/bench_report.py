@@ -25,8 +25,8 @@ from pathlib import Path
 import yaml
 
 from retain.config import load_config
+from retain.lab.base import build_base, lab_size
 from retain.lab.export import export_lab_data
-from retain.models import lab_model_path
 from retain.report import build_report
 from retain.report.browser import find_chromium, open_report
 from retain.rundir import read_jsonl, to_json
@@ -44,7 +44,7 @@ def _tiny_run(root: Path) -> Path:
     data = root / "data"
     export_lab_data(data, size="micro", n_train=200)
     config = load_config(data / "config.yaml", [
-        f"model.name_or_path={lab_model_path('micro', progress=False)}", f"probes.suites=[{data / 'probes.jsonl'}]",
+        f"model.name_or_path={build_base(lab_size('micro'), progress=False).path}", f"probes.suites=[{data / 'probes.jsonl'}]",
         "train.max_steps=20", "guards.every_steps=5", "eval.perturbations=[lowercase]", "eval.perturb_limit=50",
         f"output.dir={root / 'runs'}", "output.name=tiny",
     ])

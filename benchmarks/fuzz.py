@@ -192,8 +192,9 @@ def _suite(value: tuple[str, bytes], folder: Path) -> Any:
 
 
 def _audit_call() -> Callable[[bytes, Path], Any]:
-    from retain.audit.runner import lab_tokenizer, run_audit
+    from retain.audit.runner import run_audit
     from retain.config import RetainConfig
+    from retain.lab.plugin import tokenizer as lab_tokenizer
 
     tokenizer = lab_tokenizer()  # once: training it takes seconds
     config = RetainConfig()

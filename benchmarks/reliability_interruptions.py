@@ -41,7 +41,7 @@ def run() -> dict[str, Any]:
     import torch
     import transformers
 
-    from retain.lab.base import default_cache_dir
+    from retain.paths import cache_dir as default_cache_dir
 
     with tempfile.TemporaryDirectory(prefix="retain-interruptions-") as scratch:
         root = Path(scratch)

@@ -168,7 +168,7 @@ def test_any_overrides_apply_or_are_a_config_error_from_set(overrides: list[str]
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    from retain.audit.runner import lab_tokenizer
+    from retain.lab.plugin import tokenizer as lab_tokenizer
 
     return lab_tokenizer()
 

@@ -1,8 +1,9 @@
-"""Loading the model a command works on: the lab model, a directory, a hub id, adapters.
+"""Loading the model a command works on: a registered name, a directory, a hub id, adapters.
 
 One entry point, :func:`load_model`, so that ``retain eval``, ``retain baseline`` and
-``retain train`` all resolve ``lab``, a saved model directory, a PEFT adapter directory
-(its base model is loaded first, adapters on top) or a Hugging Face Hub id the same way,
+``retain train`` all resolve a registered model name (:mod:`retain.sources`), a saved
+model directory, a PEFT adapter directory (its base model is loaded first, adapters on
+top) or a Hugging Face Hub id the same way,
 with safetensors only (weights and adapters: no pickle is ever unpickled) and remote code
 off unless the user turns it on, which is logged as a warning.
 
@@ -37,6 +38,7 @@ from transformers import (
 
 from retain.errors import RetainError
 from retain.hardware import available_memory, default_device
+from retain.sources import model_family
 
 if TYPE_CHECKING:
     from retain.config import RetainConfig
@@ -63,7 +65,7 @@ class LoadedModel:
     Attributes:
         model: The causal LM (a ``PeftModel`` when adapters were loaded).
         tokenizer: Its tokenizer, with a pad token.
-        source: What the user named (``lab``, a path or a hub id).
+        source: What the user named (a registered name, a path or a hub id).
         base: The base model's name or path (itself, unless adapters were loaded).
         is_adapter: True when ``model`` is a base model with PEFT adapters on top.
     """
@@ -113,11 +115,11 @@ def resolve_dtype(dtype: str, device: str) -> torch.dtype:
     return torch.float32
 
 
-def lab_model_path(size: str = "default", seed: int = 0, progress: bool = True) -> Path:
-    """Returns the lab base model directory, building it on first use."""
-    from retain.lab.base import build_base, lab_size
-
-    return build_base(lab_size(size, seed), progress=progress).path
+def resolve_name(name_or_path: str, progress: bool = True) -> str:
+    """Returns the model directory a registered model name stands for (built on first
+    use; :mod:`retain.sources`), or ``name_or_path`` as it is."""
+    family = model_family(name_or_path)
+    return str(family.build(progress)) if family is not None else name_or_path
 
 
 def load_model(
@@ -130,7 +132,7 @@ def load_model(
     progress: bool = True,
     load_kwargs: dict[str, Any] | None = None,
 ) -> LoadedModel:
-    """Loads ``lab``, a model directory, an adapter directory, a run directory or a hub id.
+    """Loads a registered model, a model directory, an adapter directory, a run directory or a hub id.
 
     ``load_kwargs`` go to ``from_pretrained`` of a plain model (QLoRA's quantisation
     config); a quantised model is placed by its ``device_map``, not moved.
@@ -170,7 +172,7 @@ def load_model_parts(
         base = json.loads(adapter_config.read_text()).get("base_model_name_or_path") or ""
         if not any(path.glob("tokenizer*.json")):
             tokenizer_source = base
-        path = lab_model_path(progress=progress) if base == "lab" else Path(base)
+        path = Path(resolve_name(base, progress))
     options = {"revision": revision, "trust_remote_code": trust_remote_code}
     try:
         tokenizer = AutoTokenizer.from_pretrained(tokenizer_source, **options)
@@ -217,33 +219,11 @@ def _warn_if_remote_code(name_or_path: str, trust_remote_code: bool) -> None:
         )
 
 
-def is_lab_model(name_or_path: str) -> bool:
-    """Returns whether ``name_or_path`` is the lab model, or adapters or a run on top of it.
-
-    Lab base models carry ``retain_lab.json``; adapters name their base model.
-    """
-    from retain.lab.base import METADATA_FILE
-
-    if name_or_path == "lab":
-        return True
-    path = Path(name_or_path)
-    if not path.is_dir():
-        return False
-    try:
-        path = _model_dir_in(path)
-    except ModelLoadError:
-        return False
-    adapter_config = path / "adapter_config.json"
-    if adapter_config.is_file():
-        base = json.loads(adapter_config.read_text()).get("base_model_name_or_path") or ""
-        return base != name_or_path and is_lab_model(base)
-    return (path / METADATA_FILE).is_file()
-
-
 def _resolve(name_or_path: str, progress: bool) -> Path:
-    """Returns the lab model's directory, the model directory in a path, or a hub id as is."""
-    if name_or_path == "lab":
-        return lab_model_path(progress=progress)
+    """Returns a registered model's directory, the model directory in a path, or a hub id as is."""
+    family = model_family(name_or_path)
+    if family is not None:
+        return family.build(progress)
     path = Path(name_or_path)
     return _model_dir_in(path) if path.is_dir() else path
 
@@ -335,7 +315,7 @@ def _load_adapter(
             fix="retain loads safetensors weights only: save the adapters with peft's "
             "save_pretrained (safe_serialization is its default)",
         )
-    base_path = str(lab_model_path(progress=False)) if base_name == "lab" else base_name
+    base_path = resolve_name(base_name, progress=False)
     model, tokenizer = _load_plain(base_path, None, device, dtype, trust_remote_code)
     if any(path.glob("tokenizer*.json")):
         tokenizer = AutoTokenizer.from_pretrained(path)

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from transformers import AutoTokenizer, PreTrainedTokenizerBase
+from transformers import PreTrainedTokenizerBase
 
 from retain.audit.checks import (
     dataset_size,
@@ -33,6 +33,7 @@ from retain.errors import RetainError
 from retain.evaluation.probes import ProbeSuite
 from retain.methods.general import load_general_texts
 from retain.models import load_model_parts
+from retain.sources import model_family
 
 logger = logging.getLogger("retain.audit")
 
@@ -145,7 +146,7 @@ def _general_source_contamination(config: RetainConfig, probes: Sequence[ProbeSu
     users = [name for name in REHEARSAL_METHODS if name in config.method.use]
     if not users or not probes:
         return None
-    source = config.method.general.source or "lab"
+    source = config.method.general.source or "the model's own"
     return blended_contamination(
         load_general_texts(config), probes,
         f"the general texts {' and '.join(users)} draw from (method.general.source: {source})",
@@ -175,9 +176,10 @@ def _tokenizer(config: RetainConfig) -> tuple[PreTrainedTokenizerBase | None, in
     still run.
     """
     name = config.model.name_or_path
+    family = model_family(name)
     try:
-        if name == "lab":
-            tokenizer = lab_tokenizer()
+        if family is not None and family.tokenizer is not None:  # no model is built to count tokens
+            tokenizer = family.tokenizer()
             return tokenizer, tokenizer.model_max_length
         parts = load_model_parts(name, revision=config.model.revision,
                                  trust_remote_code=config.model.trust_remote_code, progress=False)
@@ -186,20 +188,3 @@ def _tokenizer(config: RetainConfig) -> tuple[PreTrainedTokenizerBase | None, in
         logger.warning("token lengths not checked: cannot load the tokenizer of %s (%s)", name, error)
         return None, None
 
-
-def lab_tokenizer() -> PreTrainedTokenizerBase:
-    """Returns the lab tokenizer: the cached base model's, or trained afresh (seconds).
-
-    Training is deterministic, so both give the same tokenizer; the audit never waits
-    minutes for the base model to be built just to count tokens.
-    """
-    from retain.lab.base import lab_size, load_cached
-    from retain.lab.tokenizer import train_tokenizer
-    from retain.lab.world import build_world
-
-    size = lab_size("default")
-    cached = load_cached(size)
-    if cached is not None:
-        return AutoTokenizer.from_pretrained(cached.path)
-    return train_tokenizer(build_world(size.world).documents, size.model.vocab_size,
-                           size.model.max_positions)

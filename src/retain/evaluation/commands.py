@@ -30,8 +30,10 @@ from retain.evaluation.engine import (
     forgetting,
 )
 from retain.evaluation.probes import ProbeSuite
-from retain.evaluation.suites import load_suite
-from retain.models import LoadedModel, is_lab_model, lab_model_path, load_model
+from retain.evaluation.suites import GENERAL_SUITE, load_suite
+from retain.models import LoadedModel, load_model, resolve_name
+from retain.paths import cache_dir
+from retain.sources import family_of
 
 logger = logging.getLogger("retain.evaluation")
 
@@ -66,9 +68,11 @@ class EvalOutcome:
 
 
 def default_suites(model_name: str) -> list[str]:
-    """Returns the probe suites for a model when none are named: ``lab`` for the lab
-    model and anything trained from it, ``general`` for every other model."""
-    return ["lab"] if is_lab_model(model_name) else ["general"]
+    """Returns the probe suites for a model when none are named: its family's (for a
+    model of a registered family, and anything trained from one: :mod:`retain.sources`),
+    else ``general``."""
+    family = family_of(model_name)
+    return list(family.suites) if family is not None and family.suites else [GENERAL_SUITE]
 
 
 def settings_from(config: RetainConfig, smoke: bool = True) -> EvalSettings:
@@ -198,10 +202,8 @@ def _read_previous(path: Path) -> dict:
 
 def cached_base_logprobs(loaded: LoadedModel, base_name: str, text: str) -> BaseLogprobs:
     """Returns the base's log-probabilities on ``text``, computed once per base and text."""
-    from retain.lab.base import default_cache_dir
-
     key = hashlib.sha256(f"{model_identity(base_name)}\n{text}".encode()).hexdigest()[:16]
-    path = default_cache_dir() / "drift" / f"base-{key}.safetensors"
+    path = cache_dir() / "drift" / f"base-{key}.safetensors"
     if path.is_file():
         try:
             return BaseLogprobs.load(path, text, loaded.tokenizer)
@@ -214,9 +216,9 @@ def cached_base_logprobs(loaded: LoadedModel, base_name: str, text: str) -> Base
 
 
 def model_identity(name: str) -> str:
-    """Returns a string that changes when the named model's weights change (``lab``: the
-    lab base model's directory, which changes with the lab's version)."""
-    path = lab_model_path(progress=False) if name == "lab" else Path(name)
+    """Returns a string that changes when the named model's weights change (a registered
+    name: its model's directory, which changes with the provider's version)."""
+    path = Path(resolve_name(name, progress=False))
     if not path.is_dir():
         return name
     weights = sorted(path.glob("*.safetensors")) + sorted(path.glob("*.bin"))

@@ -30,6 +30,7 @@ from retain.evaluation.task import (
     score_perturbations,
     score_task,
 )
+from retain.sources import suite_source
 from retain.summary import NOT_REHEARSED, REHEARSED
 
 logger = logging.getLogger("retain.evaluation")
@@ -38,11 +39,12 @@ METHODS = ("generation", "loglik")
 
 
 def default_reference_text(suites: Sequence[ProbeSuite]) -> str:
-    """Returns the reference text for drift: the lab's for lab suites, else the built-in one."""
-    if any(suite.name == "lab" for suite in suites):
-        from retain.lab.world import build_world
-
-        return "\n".join(build_world().reference)
+    """Returns the reference text for drift: the first registered suite's own, if it has
+    one (:mod:`retain.sources`), else the built-in one."""
+    for suite in suites:
+        source = suite_source(suite.name)
+        if source is not None and source.reference is not None:
+            return source.reference()
     resource = resources.files("retain.evaluation").joinpath("builtin_suites/reference.txt")
     return resource.read_text(encoding="utf-8")
 

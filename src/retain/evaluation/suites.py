@@ -30,8 +30,10 @@ from retain.errors import DataError
 from retain.evaluation.lmeval import is_lmeval_name, load_lmeval_suite
 from retain.evaluation.probes import CHECKERS, Checker, ProbeItem, ProbeSuite
 from retain.rundir import atomic_write_text
+from retain.sources import suite_names, suite_source
 
-BUILTIN_SUITES: tuple[str, ...] = ("lab", "general")
+GENERAL_SUITE = "general"
+BUILTIN_SUITES: tuple[str, ...] = (GENERAL_SUITE,)  # shipped as files; others register (retain.sources)
 _HEADER_KEYS = frozenset({"suite", "version", "delimiter", "stop", "description"})
 
 
@@ -83,8 +85,9 @@ class _ItemModel(BaseModel):
 
 
 def load_suite(name_or_path: str | Path) -> ProbeSuite:
-    """Returns a built-in suite (``lab``, ``general``), lm-eval tasks (``lmeval:TASK``, see
-    :mod:`retain.evaluation.lmeval`) or a suite file by path.
+    """Returns a built-in suite (``general``), a registered one (:mod:`retain.sources`),
+    lm-eval tasks (``lmeval:TASK``, see :mod:`retain.evaluation.lmeval`) or a suite file
+    by path.
 
     Raises:
         DataError: If the name is unknown, the file is missing, or any item is malformed
@@ -93,19 +96,19 @@ def load_suite(name_or_path: str | Path) -> ProbeSuite:
     text = str(name_or_path)
     if is_lmeval_name(text):
         return load_lmeval_suite(text)
-    if text == "lab":
-        from retain.lab.world import build_world
-
-        return build_world().probes
+    registered = suite_source(text)
+    if registered is not None:
+        return registered.load()
     if text in BUILTIN_SUITES:
         resource = resources.files("retain.evaluation").joinpath(f"builtin_suites/{text}.jsonl")
         with resources.as_file(resource) as path:
             return _read_suite_file(path, default_name=text)
     path = Path(text)
     if not path.exists():
+        names = ", ".join([*BUILTIN_SUITES, *suite_names()])
         raise DataError(
             f"no probe suite named '{text}' and no such file",
-            fix=f"use a built-in suite ({', '.join(BUILTIN_SUITES)}) or the path of a .jsonl/.yaml suite file",
+            fix=f"use a built-in suite ({names}) or the path of a .jsonl/.yaml suite file",
         )
     return _read_suite_file(path, default_name=path.stem)
 

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from retain.data.perturb import PERTURBATIONS, perturb_example
-from retain.data.prompting import PromptFormat
+from retain.data.prompting import PromptFormat, Rendered, render_example
 from retain.data.rows import Example
 from retain.evaluation.generation import Generation, generate_greedy
 from retain.evaluation.health import HealthReport, generation_health

@@ -33,6 +33,7 @@ from transformers import (
 )
 
 import retain
+from retain import paths
 from retain.errors import RetainError
 from retain.evaluation.generation import score_probes_by_generation
 from retain.hardware import resolve_precision
@@ -151,15 +152,9 @@ def cache_key(size: LabSize) -> str:
     return hashlib.sha256(payload.encode()).hexdigest()[:12]
 
 
-def default_cache_dir() -> Path:
-    """Returns ``$RETAIN_CACHE_DIR`` or ``~/.cache/retain``."""
-    configured = os.environ.get("RETAIN_CACHE_DIR")
-    return Path(configured).expanduser() if configured else Path.home() / ".cache" / "retain"
-
-
 def base_model_dir(size: LabSize, cache_dir: Path | None = None) -> Path:
     """Returns where the base model for ``size`` lives (or will live) in the cache."""
-    root = cache_dir if cache_dir is not None else default_cache_dir()
+    root = cache_dir if cache_dir is not None else paths.cache_dir()
     return root / "lab" / f"base-{size.name}-seed{size.world.seed}-{cache_key(size)}"
 
 
@@ -201,7 +196,7 @@ def build_base(
 
     Args:
         size: The preset (see :func:`lab_size`).
-        cache_dir: Cache root; ``default_cache_dir()`` when None.
+        cache_dir: Cache root; ``retain.paths.cache_dir()`` when None.
         force: Rebuild even when cached.
         progress: Show the training progress bar.
 

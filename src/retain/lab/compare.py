@@ -24,6 +24,7 @@ from typing import Any, TypeVar
 
 from retain.config import load_config
 from retain.errors import RetainError
+from retain.lab.base import build_base, lab_size
 from retain.lab.domain import TRAIN_ROWS
 from retain.lab.export import export_lab_data
 from retain.rundir import atomic_write_json
@@ -158,9 +159,7 @@ def run_compare(
     # and its own world's probes are set here.
     common = [f"probes.suites=[{data / 'probes.jsonl'}]", *extra]
     if size != "default":
-        from retain.models import lab_model_path
-
-        common.append(f"model.name_or_path={lab_model_path(size, progress=progress)}")
+        common.append(f"model.name_or_path={build_base(lab_size(size), progress=progress).path}")
     jobs = [(recipe, seed, data, out_dir / "runs", data_size, tuple(common)) for recipe in recipes
             for seed in range(first_seed, first_seed + seeds)]
     runs: list[RunResult] = []

@@ -3,11 +3,10 @@ self-augmentation finds its prompts (``method.general``).
 
 Sources:
 
-- ``lab``: the lab world's rehearsal corpus: the pretraining documents of the world the
-  lab model was built from (read from the model directory's ``retain_lab.json``, so the
-  micro and default labs each get their own world) less every document that states a
-  probed fact (:attr:`retain.lab.world.LabWorld.rehearsal`), so that no probe is judged
-  on a fact rehearsal restated;
+- none set: the general texts of the model's family, for a model of a registered family
+  that has them (:mod:`retain.sources`; the lab's rehearsal corpus, which states no probed
+  fact); an error for any other model;
+- a registered family's name: that family's general texts, for a model of that family;
 - a file: ``.txt`` with one text per line (``\\n`` inside a text written as a literal
   backslash-n, as ``retain lab data`` writes ``general.txt``), or a table (``.jsonl``,
   ``.csv``, ``.parquet``) with a text column or prompt/response columns;
@@ -16,13 +15,12 @@ Sources:
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from retain.config import RetainConfig
 from retain.errors import ConfigError, DataError
+from retain.sources import base_of, family_of, model_family
 
-LAB_SOURCE = "lab"
 HF_PREFIX = "hf:"
 
 
@@ -30,19 +28,25 @@ def load_general_texts(config: RetainConfig) -> list[str]:
     """Returns the general texts ``config.method.general`` names (at most ``limit``).
 
     Raises:
-        ConfigError: If no source is set and the model is not a lab model.
+        ConfigError: If no source is set and the model's family has no general texts, or
+            a family's name is set for a model of another family.
         DataError: If the source cannot be read or holds no text.
     """
     settings = config.method.general
-    source = settings.source or (LAB_SOURCE if _lab_world(config) is not None else None)
+    name = config.model.name_or_path
+    family = family_of(name)
+    source = settings.source or (family.name if family is not None and family.general_texts else None)
     if source is None:
         raise ConfigError(
             "this method needs general data and method.general.source is not set",
             field="method.general.source",
             fix="name a text/JSONL file of general text, or hf:NAME[:SPLIT] for a datasets dataset",
         )
-    if source == LAB_SOURCE:
-        texts = _lab_texts(config)
+    if model_family(source) is not None:
+        if family is None or family.name != source or family.general_texts is None:
+            raise ConfigError(f"method.general.source is {source} but {name} is not a {source} model",
+                              field="method.general.source", fix="name a general-text file instead")
+        texts = family.general_texts(base_of(name))
     elif source.startswith(HF_PREFIX):
         texts = _dataset_texts(source[len(HF_PREFIX):], settings.text_field, settings.limit)
     else:
@@ -54,47 +58,10 @@ def load_general_texts(config: RetainConfig) -> list[str]:
     return texts
 
 
-def _lab_world(config: RetainConfig):
-    """Returns the world spec of the lab model the config trains, or None for other models."""
-    from retain.lab.base import METADATA_FILE
-    from retain.lab.world import WorldSpec
-
-    name = config.model.name_or_path
-    if name == LAB_SOURCE:
-        from retain.lab.base import lab_size
-
-        return lab_size("default").world
-    path = Path(name)
-    adapter = path / "adapter_config.json"
-    if adapter.is_file():  # an adapter run: the world is its base model's
-        base = json.loads(adapter.read_text()).get("base_model_name_or_path") or ""
-        if base == LAB_SOURCE:
-            from retain.lab.base import lab_size
-
-            return lab_size("default").world
-        path = Path(base)
-    meta = path / METADATA_FILE
-    if not meta.is_file():
-        return None
-    return WorldSpec(**json.loads(meta.read_text())["size"]["world"])
-
-
-def _lab_texts(config: RetainConfig) -> list[str]:
-    from retain.lab.world import build_world
-
-    spec = _lab_world(config)
-    if spec is None:
-        raise ConfigError(
-            f"method.general.source is lab but {config.model.name_or_path} is not a lab model",
-            field="method.general.source", fix="name a general-text file instead",
-        )
-    return list(build_world(spec).rehearsal)
-
-
 def _file_texts(path: Path, text_field: str, config: RetainConfig) -> list[str]:
     if not path.exists():
         raise DataError("no such file", file=path, field="method.general.source",
-                        fix="give the path of a general-text file, or lab, or hf:NAME")
+                        fix="give the path of a general-text file, or hf:NAME")
     if path.suffix == ".txt":
         from retain.data.rows import read_text
 

@@ -43,6 +43,7 @@ import torch
 from transformers import TrainerCallback, TrainerState, TrainingArguments, set_seed
 from transformers.trainer import TRAINER_STATE_NAME
 
+import retain
 from retain.audit.doctor import run_doctor
 from retain.audit.overlap import blended_contamination, rehearsed_ids
 from retain.audit.runner import run_audit
@@ -70,9 +71,9 @@ from retain.evaluation.engine import (
 )
 from retain.evaluation.suites import load_suite
 from retain.hardware import drop_autocast, resolve_precision
-from retain.lab.base import default_cache_dir
 from retain.methods import MethodContext, methods_for
 from retain.models import LoadedModel, check_training_memory, load_model, quiet_peft
+from retain.paths import cache_dir
 from retain.progress import quiet_trainer
 from retain.rundir import (
     RunDir,
@@ -80,6 +81,7 @@ from retain.rundir import (
     config_file_hashes,
     default_run_name,
 )
+from retain.sources import model_family
 from retain.training.callback import (
     Baseline,
     CheckpointSeal,
@@ -281,7 +283,7 @@ def _train(config: RetainConfig, run: RunDir, *, resume: bool, force: bool, merg
     prepare_tokenizer(tokenizer, config.model.pad_token)
     prompt_format = PromptFormat.for_tokenizer(tokenizer, config.model.chat_template)
     context = MethodContext(config=config, tokenizer=tokenizer, prompt_format=prompt_format,
-                            cache_dir=default_cache_dir() / "methods", echo=echo)
+                            cache_dir=cache_dir() / "methods", echo=echo)
 
     def transform(rows: list[Encoded]) -> list[Encoded]:
         for method in methods:
@@ -468,14 +470,14 @@ def _baseline(config: RetainConfig, run: RunDir, loaded: LoadedModel, probe: Pro
 def _base_eval_cache(config: RetainConfig, probe: Probe, task: list[Example] | None,
                      ood: list[Example] | None) -> Path | None:
     """Returns where the base model's evaluation for this config is cached, or None when
-    the model is not the lab model or a local directory (a hub id's weights can change
-    under its name).
+    the model is neither a registered name nor a local directory (a hub id's weights can
+    change under its name).
 
     The key holds everything the result depends on: the weights (path, sizes and
     modification times), the tokenizer and template settings, the device and dtype, every
     probe item, task row and reference text, the evaluation settings, and the versions of
-    retain and torch. Several runs on one base (``retain lab``, ``lab compare``, sweeps)
-    then measure it once.
+    retain and torch. Several runs on one base (a comparison, a sweep) then measure it
+    once.
     """
     return _base_cache(config, "", {
         "suites": [asdict(suite) for suite in probe.suites],
@@ -489,10 +491,10 @@ def _base_eval_cache(config: RetainConfig, probe: Probe, task: list[Example] | N
 def _base_cache(config: RetainConfig, kind: str, key: dict[str, Any]) -> Path | None:
     """Returns the cache file of one measurement of the base model, keyed by ``key`` with the
     model's identity and settings and the versions of retain and torch; None when the model
-    is not the lab model or a local directory."""
-    if config.model.name_or_path != "lab" and not Path(config.model.name_or_path).is_dir():
+    is neither a registered name nor a local directory."""
+    name = config.model.name_or_path
+    if model_family(name) is None and not Path(name).is_dir():
         return None
-    import retain
 
     key = key | {
         "model": model_identity(config.model.name_or_path),
@@ -500,7 +502,7 @@ def _base_cache(config: RetainConfig, kind: str, key: dict[str, Any]) -> Path | 
         "versions": [retain.__version__, torch.__version__],
     }
     digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:24]
-    return default_cache_dir() / "base-eval" / f"{digest}{kind}.json"
+    return cache_dir() / "base-eval" / f"{digest}{kind}.json"
 
 
 def _start_validation(config: RetainConfig, loaded: LoadedModel, probe: Probe) -> tuple[float | None, float | None]:
