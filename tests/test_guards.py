@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 
 from retain.config.schema import GuardsConfig
-from retain.training.guards import (
+from retain.guards.rules import (
     Check,
     better,
     judge_drift,

@@ -31,8 +31,8 @@ from typing import Any
 
 import pytest
 
+from retain.checkpoints import STATE_FILE, checkpoint_problem
 from retain.rundir import read_jsonl
-from retain.training.callback import STATE_FILE, checkpoint_problem
 
 pytestmark = pytest.mark.slow
 
@@ -520,8 +520,9 @@ def test_a_full_disk_is_one_clear_error_and_the_last_checkpoint_is_kept(lab, ref
 def test_a_checkpoint_is_complete_only_with_its_seal_and_every_file_at_its_size(tmp_path) -> None:
     import torch
 
+    from retain.checkpoints import seal_checkpoint
+    from retain.guards.state import GuardState, read_guard_state
     from retain.rundir import RunDir
-    from retain.training.callback import GuardState, read_guard_state, seal_checkpoint
     from retain.training.run import _last_checkpoint
 
     run = RunDir(tmp_path)
@@ -529,7 +530,7 @@ def test_a_checkpoint_is_complete_only_with_its_seal_and_every_file_at_its_size(
     for folder in folders:
         folder.mkdir(parents=True)
         torch.save({"step": folder.name}, folder / "optimizer.pt")
-        seal_checkpoint(folder, GuardState(best_step=2, recent_losses=[1.0, 0.5]))
+        seal_checkpoint(folder, GuardState(best_step=2, recent_losses=[1.0, 0.5]).to_dict())
     assert all(checkpoint_problem(folder) is None for folder in folders)
     assert read_guard_state(folders[0]).recent_losses == [1.0, 0.5]
     (folders[3] / "optimizer.pt").unlink()  # half deleted
@@ -545,9 +546,9 @@ def test_only_a_full_disk_becomes_the_disk_error(tmp_path) -> None:
 
     import torch
 
+    from retain.checkpoints import seal_checkpoint
     from retain.errors import RetainError
     from retain.rundir import RunDir
-    from retain.training.callback import seal_checkpoint
     from retain.training.run import DiskFull, _disk_full
 
     run = RunDir(tmp_path)

@@ -168,7 +168,7 @@ def test_without_ranking_the_labels_are_not_scored_and_generation_is_unchanged(t
 def test_a_guard_check_reads_task_accuracy_by_generation_without_ranking(tiny, domain_examples,
                                                                         monkeypatch) -> None:
     from retain.evaluation.engine import EvalSettings
-    from retain.training.callback import Probe
+    from retain.guards.measure import Probe
 
     model, tokenizer = tiny
     probe = Probe(tokenizer=tokenizer, suites=(), method="generation", settings=EvalSettings(task_max_new_tokens=4),

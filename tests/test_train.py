@@ -15,13 +15,13 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from retain.checkpoints import STATE_FILE
 from retain.cli import app
 from retain.config import RetainConfig
 from retain.errors import ConfigError, RunDirError
 from retain.lab.export import export_lab_data
 from retain.models import load_model
 from retain.rundir import RunDir, read_jsonl
-from retain.training.callback import STATE_FILE
 from retain.training.run import TrainRefused, _last_checkpoint, run_train
 
 pytestmark = pytest.mark.slow
@@ -350,7 +350,7 @@ def test_the_check_of_step_0_takes_the_base_models_validation_figures_measured_o
     from retain.data.encoding import build_collator, encode_examples, prepare_tokenizer
     from retain.data.prompting import PromptFormat
     from retain.data.rows import load_examples_for
-    from retain.training import callback
+    from retain.guards import measure as callback
 
     monkeypatch.setenv("RETAIN_CACHE_DIR", str(tmp_path / "cache"))
     measured = []

@@ -14,13 +14,14 @@ from typing import Any
 
 from transformers import PreTrainedModel
 
+from retain.checkpoints import checkpoint_problem, save_model, start_folder
 from retain.config import RetainConfig
 from retain.config.schema import METHODS, GuardsConfig
 from retain.errors import RetainError
 from retain.evaluation.engine import EvalResult, forgetting, forgetting_by_rehearsal
+from retain.guards.rules import unsound
+from retain.guards.state import GuardState
 from retain.rundir import RunDir
-from retain.training.callback import GuardState, checkpoint_problem, save_model, start_folder
-from retain.training.guards import unsound
 
 logger = logging.getLogger("retain.train")
 

@@ -9,7 +9,7 @@ In order, into one run directory (:class:`retain.rundir.RunDir`):
    are measured against);
 4. training with the Hugging Face ``Trainer`` and the methods of ``method.use``
    (:mod:`retain.methods`: LoRA, replay, EWC, ...), watched by the guards
-   (:mod:`retain.training.callback`), checkpoints in ``checkpoints/``;
+   (:mod:`retain.guards`), checkpoints in ``checkpoints/``;
 5. the best checkpoint restored when a guard with ``restore_best`` stopped the run, then
    the methods' post-processing (FAPM's pruning);
 6. the final model in ``model/`` (adapters, or the full model; ``--merge`` adds ``merged/``);
@@ -17,7 +17,7 @@ In order, into one run directory (:class:`retain.rundir.RunDir`):
 8. ``summary.json``: the verdict and the numbers behind it.
 
 Steps 5-8 live in :mod:`retain.training.finish`; the guards in
-:mod:`retain.training.callback` and :mod:`retain.training.guards`.
+:mod:`retain.guards`.
 
 ``--resume`` continues a killed run from its last complete checkpoint, with the trainer's
 data order, optimizer and random state and the guards' state as they were saved.
@@ -47,6 +47,7 @@ import retain
 from retain.audit.doctor import run_doctor
 from retain.audit.overlap import blended_contamination, rehearsed_ids
 from retain.audit.runner import run_audit
+from retain.checkpoints import CheckpointSeal, checkpoint_problem, save_model
 from retain.config import RetainConfig
 from retain.config.loading import dump_config, load_config
 from retain.data.encoding import (
@@ -70,6 +71,9 @@ from retain.evaluation.engine import (
     evaluate,
 )
 from retain.evaluation.suites import load_suite
+from retain.guards.callback import GuardCallback
+from retain.guards.measure import Baseline, Probe
+from retain.guards.state import GuardState, read_guard_state
 from retain.hardware import drop_autocast, resolve_precision
 from retain.methods import MethodContext, methods_for
 from retain.models import LoadedModel, check_training_memory, load_model, quiet_peft
@@ -82,17 +86,6 @@ from retain.rundir import (
     default_run_name,
 )
 from retain.sources import model_family
-from retain.training.callback import (
-    Baseline,
-    CheckpointSeal,
-    GuardCallback,
-    GuardState,
-    Probe,
-    SeededEpochOrder,
-    checkpoint_problem,
-    read_guard_state,
-    save_model,
-)
 from retain.training.finish import (
     load_weights,
     overall_accuracy,
@@ -101,7 +94,7 @@ from retain.training.finish import (
     save_merged,
     summary_of,
 )
-from retain.training.sampling import TASK
+from retain.training.sampling import TASK, SeededEpochOrder
 from retain.training.trainer import RetainTrainer
 
 logger = logging.getLogger("retain.train")
@@ -323,7 +316,7 @@ def _train(config: RetainConfig, run: RunDir, *, resume: bool, force: bool, merg
         settle_steps=max(int(config.train.warmup_ratio * plan.total_steps), math.ceil(0.1 * plan.total_steps)),
         state=(read_guard_state(checkpoint) if checkpoint else None) or GuardState(), echo=echo,
     )
-    seal = CheckpointSeal((lambda: guard.state) if config.guards.enabled else None)
+    seal = CheckpointSeal((lambda: guard.state.to_dict()) if config.guards.enabled else None)
     trainer = RetainTrainer(model=model, args=_training_args(config, run, plan), train_dataset=_Rows(plan.train_rows),
                             data_collator=collate,
                             callbacks=[guard if config.guards.enabled else _MetricsOnly(run), seal,

@@ -22,9 +22,11 @@ length grouping is transformers'.
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from typing import Any
 
 import torch
-from transformers.trainer_pt_utils import get_length_grouped_indices
+from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
+from transformers.trainer_pt_utils import LengthGroupedSampler, get_length_grouped_indices
 
 TASK = "task"
 """``Encoded.source`` of the rows of ``data.train``."""
@@ -83,3 +85,42 @@ class MixedSourceSampler(torch.utils.data.Sampler[int]):
                                               generator=generator)
         return torch.randperm(len(members), generator=generator).tolist()
 
+
+class SeededEpochOrder(TrainerCallback):
+    """Draws each epoch's length-grouped order (``train.group_by_length``) from the data
+    seed and the epoch number, so that a resume in the middle of any epoch sees the same
+    order as the uninterrupted run.
+
+    The trainer's random sampler is seeded that way already (accelerate's seedable
+    sampler), and so is the sampler of blended rows (its ``set_epoch``, set here too);
+    the length-grouped sampler would draw from the global random state as the epoch
+    begins, a state that a resume in a later epoch does not have (it restores the state
+    of the checkpoint's step).
+
+    Args:
+        steps_per_epoch: Optimizer steps in one epoch.
+    """
+
+    def __init__(self, steps_per_epoch: int) -> None:
+        self.steps_per_epoch = max(1, steps_per_epoch)
+
+    def on_epoch_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
+                       train_dataloader: Any = None, **kwargs: Any) -> None:
+        sampler = _epoch_sampler(train_dataloader)
+        epoch = state.global_step // self.steps_per_epoch
+        if isinstance(sampler, MixedSourceSampler):
+            sampler.set_epoch(epoch)
+        elif sampler is not None:
+            seed = args.data_seed if args.data_seed is not None else args.seed
+            sampler.generator = torch.Generator().manual_seed(seed + epoch)
+
+
+def _epoch_sampler(dataloader: Any) -> LengthGroupedSampler | MixedSourceSampler | None:
+    """Returns the length-grouped or mixed-source sampler inside the trainer's
+    (accelerate-wrapped) loader."""
+    batches = getattr(dataloader, "batch_sampler", None)
+    for sampler in (getattr(dataloader, "sampler", None), getattr(batches, "sampler", None),
+                    getattr(getattr(batches, "batch_sampler", None), "sampler", None)):
+        if isinstance(sampler, (LengthGroupedSampler, MixedSourceSampler)):
+            return sampler
+    return None

@@ -1,7 +1,7 @@
 """The guards' judgements: given what a check measured, what each guard decides.
 
 Pure functions over numbers, so every rule is testable without training anything; the
-trainer callback (:mod:`retain.training.callback`) measures, calls these, logs every
+trainer callback (:mod:`retain.guards.callback`) measures, calls these, logs every
 decision with its numbers, and acts on them.
 
 Which checkpoint is best (what ``restore_best`` restores): among the checks whose
