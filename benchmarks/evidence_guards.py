@@ -42,7 +42,9 @@ from retain.config import load_config  # noqa: E402
 from retain.lab.compare import DEFAULT_RECIPES, RECIPE  # noqa: E402
 from retain.lab.export import export_lab_data  # noqa: E402
 from retain.rundir import atomic_write_json, atomic_write_text, read_jsonl  # noqa: E402
-from retain.training.run import TrainRefused, finished_summary, run_train  # noqa: E402
+from retain.errors import TrainRefused  # noqa: E402
+from retain.training.resume import finished_summary  # noqa: E402
+from retain.training.run import run_train  # noqa: E402
 
 AGGRESSIVE = ["method=full", "train.lr=5e-4", "guards.every_steps=10"]
 TRAPS = {

@@ -523,7 +523,7 @@ def test_a_checkpoint_is_complete_only_with_its_seal_and_every_file_at_its_size(
     from retain.checkpoints import seal_checkpoint
     from retain.guards.state import GuardState, read_guard_state
     from retain.rundir import RunDir
-    from retain.training.run import _last_checkpoint
+    from retain.checkpoints import last_checkpoint as _last_checkpoint
 
     run = RunDir(tmp_path)
     folders = [run.checkpoints_dir / f"checkpoint-{step}" for step in (2, 4, 6, 8)]
@@ -549,7 +549,8 @@ def test_only_a_full_disk_becomes_the_disk_error(tmp_path) -> None:
     from retain.checkpoints import seal_checkpoint
     from retain.errors import RetainError
     from retain.rundir import RunDir
-    from retain.training.run import DiskFull, _disk_full
+    from retain.training.disk import DiskFull
+    from retain.training.disk import disk_full as _disk_full
 
     run = RunDir(tmp_path)
     kept, half = run.checkpoints_dir / "checkpoint-4", run.checkpoints_dir / "checkpoint-6"

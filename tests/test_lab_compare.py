@@ -80,7 +80,8 @@ def test_errors_keep_their_fix_across_processes() -> None:
 def test_a_finished_run_is_read_back_while_its_config_still_means_the_same(tmp_path) -> None:
     from retain.config import load_config
     from retain.config.loading import dump_config
-    from retain.training.run import _data_hashes, finished_summary
+    from retain.training.resume import data_hashes as _data_hashes
+    from retain.training.resume import finished_summary
 
     config = load_config(None, [f"output.dir={tmp_path}", "output.name=run", "train.lr=1e-3"])
     folder = tmp_path / "run"
@@ -125,7 +126,7 @@ def test_resuming_accepts_a_config_saved_before_a_setting_existed_and_refuses_a_
     from retain.config.loading import dump_config
     from retain.errors import RetainError
     from retain.rundir import RunDir
-    from retain.training.run import _check_same_config
+    from retain.training.resume import check_same_config as _check_same_config
 
     config = load_config(None, [f"output.dir={tmp_path}", "output.name=run"])
     run = RunDir(tmp_path / "run", writer=False)

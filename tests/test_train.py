@@ -22,7 +22,9 @@ from retain.errors import ConfigError, RunDirError
 from retain.lab.export import export_lab_data
 from retain.models import load_model
 from retain.rundir import RunDir, read_jsonl
-from retain.training.run import TrainRefused, _last_checkpoint, run_train
+from retain.checkpoints import last_checkpoint as _last_checkpoint
+from retain.errors import TrainRefused
+from retain.training.run import run_train
 
 pytestmark = pytest.mark.slow
 
@@ -308,7 +310,8 @@ def test_an_incomplete_checkpoint_is_removed_not_resumed(tmp_path) -> None:
 
 
 def test_training_arguments_carry_the_config(lab, tmp_path) -> None:
-    from retain.training.run import _Plan, _training_args
+    from retain.training.plan import Plan as _Plan
+    from retain.training.plan import training_args as _training_args
 
     cfg = config(lab, tmp_path, train={"batch_size": 4, "grad_accum": 2, "lr": 3e-4, "max_steps": None,
                                        "epochs": 1.0, "report_to": ["tensorboard"], "seed": 7,

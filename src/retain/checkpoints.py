@@ -11,6 +11,7 @@ whose files still match it (:func:`checkpoint_problem`).
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -26,6 +27,8 @@ from transformers import (
 )
 
 from retain.rundir import RunDir, atomic_write_json, fsync_tree
+
+logger = logging.getLogger("retain.train")
 
 STATE_FILE = "retain_state.json"  # a checkpoint's seal, written last: guard state and file sizes
 
@@ -119,3 +122,29 @@ def read_seal(checkpoint: Path) -> dict[str, Any] | None:
     if "files" not in data:  # a seal from before file sizes were recorded: the state itself
         return data
     return data["guards"]
+
+
+def checkpoint_step(checkpoint: Path) -> int:
+    return int(checkpoint.name.rsplit("-", 1)[-1])
+
+
+def last_checkpoint(run: RunDir) -> Path | None:
+    """Returns the newest complete checkpoint (:func:`checkpoint_problem`); incomplete ones
+    after it (killed mid-save) are removed, since the steps they hold are redone."""
+    for path in reversed(checkpoints_of(run)):
+        problem = checkpoint_problem(path)
+        if problem is None:
+            return path
+        if run.writer:
+            logger.warning("removing incomplete checkpoint %s: %s", path, problem)
+            shutil.rmtree(path, ignore_errors=True)
+    return None
+
+
+def checkpoints_of(run: RunDir) -> list[Path]:
+    """Returns the run's ``checkpoint-N`` folders, oldest first."""
+    if not run.checkpoints_dir.is_dir():
+        return []
+    return sorted((path for path in run.checkpoints_dir.glob("checkpoint-*")
+                   if path.is_dir() and path.name.rsplit("-", 1)[-1].isdigit()),
+                  key=checkpoint_step)

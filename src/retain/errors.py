@@ -69,3 +69,7 @@ class RunDirError(RetainError):
 
 def _rebuild(cls: type[RetainError], message: str, details: dict) -> RetainError:
     return cls(message, **details)
+
+
+class TrainRefused(RetainError):
+    """The audit or the doctor found blockers, and ``--force`` was not given."""

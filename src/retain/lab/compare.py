@@ -241,7 +241,8 @@ def worker_job(function: Callable[..., T], *args: Any) -> T:
 
 def _run(recipe: Recipe, seed: int, data: Path, runs: Path, data_size: int | None,
          extra: Sequence[str], progress: bool = False) -> RunResult:
-    from retain.training.run import finished_summary, run_train
+    from retain.training.resume import finished_summary
+    from retain.training.run import run_train
 
     name = _slug(recipe.name) + (f"-n{data_size}" if data_size else "") + f"-seed{seed}"
     summary_path = runs / name / "summary.json"

@@ -194,7 +194,8 @@ def _train(root: Path, scale: Scale, seed: int, cache_dir: Path | None, training
            resume: bool = False, *, progress: bool = False) -> dict[str, Any]:
     """Runs one training of the story, in this process or a worker's; resuming, a training
     that finished with the same config is read back instead (one cut short starts again)."""
-    from retain.training.run import finished_summary, run_train
+    from retain.training.resume import finished_summary
+    from retain.training.run import run_train
 
     lab = Lab(scale, seed, root, cache_dir, progress=progress)
     config = lab.config(training.name, training.overrides)
@@ -404,7 +405,7 @@ def trap_trainings(lab: Lab) -> list[Training]:
 
 
 def trap_step(lab: Lab) -> StepResult:
-    from retain.training.run import TrainRefused
+    from retain.errors import TrainRefused
 
     refusing, forcing = trap_trainings(lab)
     try:

@@ -127,7 +127,7 @@ def _child(target: Callable[..., Any], args: tuple, output: str | None, send, li
     try:
         outcome: dict[str, Any] = {"result": target(*args)}
     except RetainError as exc:
-        from retain.training.run import TrainRefused
+        from retain.errors import TrainRefused
 
         outcome = {"error": type(exc).__name__, "message": exc.render().split(" Fix: ")[0], "fix": exc.fix,
                    "refused": isinstance(exc, TrainRefused)}

@@ -1,0 +1,143 @@
+"""The base model measured once per run (or read back): probes, task, smoke prompts,
+reference text, and the validation figures of the check of step 0, cached per base model
+and settings so that several runs on one base measure it once."""
+
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import torch
+
+import retain
+from retain.config import RetainConfig
+from retain.data.rows import Example
+from retain.evaluation.commands import (
+    cached_base_logprobs,
+    model_identity,
+)
+from retain.evaluation.drift import compute_base_logprobs
+from retain.evaluation.engine import (
+    evaluate,
+)
+from retain.guards.measure import Baseline, Probe
+from retain.models import LoadedModel
+from retain.paths import cache_dir
+from retain.rundir import (
+    RunDir,
+    atomic_write_json,
+)
+from retain.sources import model_family
+from retain.training.finish import (
+    overall_accuracy,
+)
+
+logger = logging.getLogger("retain.train")
+
+
+def measure_base(config: RetainConfig, run: RunDir, loaded: LoadedModel, probe: Probe,
+              task: list[Example] | None, ood: list[Example] | None, *, resume: bool) -> tuple[dict[str, Any], Baseline]:
+    """Measures (or, resuming, reads) the base model; returns its result and baseline numbers."""
+    path = run.path / "base_eval.json"
+    cached = _base_eval_cache(config, probe, task, ood)
+    if resume and path.is_file():
+        result = json.loads(path.read_text())
+    elif cached is not None and cached.is_file():
+        result = json.loads(cached.read_text())
+        logger.info("base model evaluation reused from %s", cached)
+        run.write_json(path.name, result)
+    else:
+        # The task too, held-out and OOD: the "before" of task accuracy, and what the
+        # verdict checks that training improved on.
+        result = evaluate(loaded.model, loaded.tokenizer, name=config.model.name_or_path,
+                          chat_template=config.model.chat_template, suites=probe.suites,
+                          task=task, ood=ood,
+                          reference=probe.reference, settings=probe.settings).to_dict()
+        run.write_json(path.name, result)
+        if cached is not None:
+            cached.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_json(cached, result)
+    reference = probe.reference
+    logprobs = None
+    if reference:
+        logprobs = (cached_base_logprobs(loaded, config.model.name_or_path, reference) if cached is not None
+                    else compute_base_logprobs(loaded.model, loaded.tokenizer, reference))
+    smoke_share, _, _, stopped = probe.smoke(loaded.model)
+    # A resumed run has its check of step 0 already (or redoes it, with no checkpoint).
+    start = _start_validation(config, loaded, probe) if config.guards.enabled and not resume else None
+    return result, Baseline(
+        probe_accuracy=overall_accuracy(result, config.guards.forgetting.method),
+        smoke_fail_share=smoke_share,
+        perplexity=(result.get("drift") or {}).get("perplexity"),
+        logprobs=logprobs,
+        smoke_stopped=stopped,
+        start_validation=start,
+    )
+
+
+def _base_eval_cache(config: RetainConfig, probe: Probe, task: list[Example] | None,
+                     ood: list[Example] | None) -> Path | None:
+    """Returns where the base model's evaluation for this config is cached, or None when
+    the model is neither a registered name nor a local directory (a hub id's weights can
+    change under its name).
+
+    The key holds everything the result depends on: the weights (path, sizes and
+    modification times), the tokenizer and template settings, the device and dtype, every
+    probe item, task row and reference text, the evaluation settings, and the versions of
+    retain and torch. Several runs on one base (a comparison, a sweep) then measure it
+    once.
+    """
+    return _base_cache(config, "", {
+        "suites": [asdict(suite) for suite in probe.suites],
+        "task": [vars(example) for example in task or []],
+        "ood": [vars(example) for example in ood or []],
+        "reference": probe.reference,
+        "settings": asdict(probe.settings),
+    })
+
+
+def _base_cache(config: RetainConfig, kind: str, key: dict[str, Any]) -> Path | None:
+    """Returns the cache file of one measurement of the base model, keyed by ``key`` with the
+    model's identity and settings and the versions of retain and torch; None when the model
+    is neither a registered name nor a local directory."""
+    name = config.model.name_or_path
+    if model_family(name) is None and not Path(name).is_dir():
+        return None
+
+    key = key | {
+        "model": model_identity(config.model.name_or_path),
+        "model_settings": config.model.model_dump(mode="json"),
+        "versions": [retain.__version__, torch.__version__],
+    }
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:24]
+    return cache_dir() / "base-eval" / f"{digest}{kind}.json"
+
+
+def _start_validation(config: RetainConfig, loaded: LoadedModel, probe: Probe) -> tuple[float | None, float | None]:
+    """Returns the base model's validation loss and task accuracy, cached per base model and
+    validation rows: the figures of the check of step 0, since the starting model computes
+    as the base (see :meth:`GuardCallback.on_train_begin`)."""
+    if not probe.validation and not probe.validation_encoded:
+        return None, None
+    cached = _base_cache(config, "-validation", {
+        "validation": [vars(example) for example in probe.validation],
+        "encoded": [row.feature() for row in probe.validation_encoded],
+        "collator": config.train.collator,
+        "settings": asdict(probe.settings),
+    })
+    if cached is not None and cached.is_file():
+        try:
+            stored = json.loads(cached.read_text())
+            return stored["val_loss"], stored["task_accuracy"]
+        except (ValueError, KeyError, TypeError) as error:
+            logger.warning("ignoring unusable cached validation figures %s: %s", cached, error)
+    figures = probe.validation_loss(loaded.model), probe.task_accuracy(loaded.model)
+    if cached is not None:
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(cached, {"val_loss": figures[0], "task_accuracy": figures[1]})
+    return figures

@@ -1,0 +1,164 @@
+"""A run's data and step counts: the encoded rows (the methods' blended rows in), the
+validation rows the guards read, the steps per epoch, the total and the check interval,
+and the ``TrainingArguments`` that carry them to the trainer."""
+
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from transformers import TrainingArguments
+
+from retain.audit.overlap import blended_contamination, rehearsed_ids
+from retain.config import RetainConfig
+from retain.data.encoding import (
+    Encoded,
+    encode_examples,
+)
+from retain.data.prompting import PromptFormat
+from retain.data.rows import Example, load_examples_for
+from retain.errors import TrainRefused
+from retain.hardware import resolve_precision
+from retain.rundir import (
+    RunDir,
+)
+from retain.training.sampling import TASK
+
+logger = logging.getLogger("retain.train")
+
+
+VALIDATION_LIMIT = 200  # validation rows whose answers are generated at each check
+
+
+class TrainingRows(torch.utils.data.Dataset):
+    """Encoded rows as the trainer takes them; ``sources`` and ``lengths`` are what
+    :class:`~retain.training.trainer.RetainTrainer` builds its sampler from."""
+
+    def __init__(self, rows: list[Encoded]) -> None:
+        self.rows = rows
+        self.sources = [row.source for row in rows]
+        self.lengths = [len(row.input_ids) for row in rows]
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, index: int) -> dict[str, list[int]]:
+        return self.rows[index].feature()
+
+
+@dataclass
+class Plan:
+    """The encoded data and the step counts of a run."""
+
+    train_rows: list[Encoded]
+    validation: list[Example]
+    validation_rows: list[Encoded]
+    steps_per_epoch: int
+    total_steps: int
+    interval: int
+    task_prompts: list[Example]
+
+    @classmethod
+    def of(cls, config: RetainConfig, tokenizer, prompt_format: PromptFormat,
+           transform: Callable[[list[Encoded]], list[Encoded]]) -> Plan:
+        train = load_examples_for(config.data, config.data.train)[: config.data.size]  # size None: all
+        # The methods may blend rows in (replay) or mark tokens (token-level forgetting).
+        train_rows = transform(encode_split(config, train, config.data.train, tokenizer, prompt_format))
+        validation = load_examples_for(config.data, config.data.validation) if config.data.validation else []
+        validation_rows = (encode_split(config, validation, config.data.validation, tokenizer, prompt_format)
+                           if validation else [])
+        settings = config.train
+        processes = int(os.environ.get("WORLD_SIZE", "1"))  # `accelerate launch` splits each batch
+        steps_per_epoch = max(1, math.ceil(len(train_rows) / (settings.batch_size * settings.grad_accum
+                                                               * processes)))
+        total_steps = settings.max_steps or max(1, math.ceil(steps_per_epoch * settings.epochs))
+        interval = config.guards.every_steps or max(1, steps_per_epoch // config.guards.checks_per_epoch)
+        # Smoke-test task prompts: held-out rows if there are any, else training rows.
+        count = config.guards.smoke.task_prompts
+        task_prompts = (validation or train)[:count]
+        return cls(train_rows, validation, validation_rows, steps_per_epoch, total_steps, interval,
+                   task_prompts)
+
+
+def encode_split(config: RetainConfig, examples: list[Example], path: str, tokenizer,
+            prompt_format: PromptFormat) -> list[Encoded]:
+    """Encodes the rows of a data file for training; rows with no supervised token are
+    dropped (logged)."""
+    rows, rejected = encode_examples(examples, tokenizer, prompt_format, max_length=config.data.max_length,
+                                     loss_on=config.train.loss_on)
+    kept = [row for row in rows if row.supervised > 0]
+    if rejected or len(kept) < len(rows):
+        logger.warning("%s: %d rows dropped (%d the chat template rejects, %d with no supervised token)",
+                       path, len(rejected) + len(rows) - len(kept), len(rejected), len(rows) - len(kept))
+    if not kept:
+        raise TrainRefused(f"no row of {path} has a supervised token", file=path,
+                           fix="run retain doctor on this config: answers are probably truncated away")
+    return kept
+
+
+def check_blended_rows(rows: list[Encoded], suites: list, config: RetainConfig,
+                        echo: Callable[[str], None]) -> dict[str, Any]:
+    """Looks for probe items in the rows the methods blended in (the audit's
+    probe-contamination check on exactly what training will see), one line per source.
+
+    Returns:
+        ``{"rows": {source: count}, "items": {suite: [ids]}}``: the blended rows by source,
+        and the probe items some blended row stated (forgetting is reported apart on them).
+    """
+    texts: dict[str, list[str]] = {}
+    for row in rows:
+        if row.source != TASK:
+            texts.setdefault(row.source, []).append(row.text or "")
+    items: dict[str, set[str]] = {}
+    for source, blended in texts.items():
+        finding = blended_contamination(blended, suites, f"the {len(blended):,} rows {source} blended in",
+                                        config.audit.near_duplicate_threshold)
+        if finding is None:
+            echo(f"{source}: no probe item in the {len(blended):,} rows it blended in")
+            continue
+        echo(f"warning: {finding.title}; forgetting is reported on them apart")
+        for suite, ids in rehearsed_ids(finding).items():
+            items.setdefault(suite, set()).update(ids)
+    return {"rows": {source: len(blended) for source, blended in texts.items()},
+            "items": {suite: sorted(ids) for suite, ids in items.items()}}
+
+
+def training_args(config: RetainConfig, run: RunDir, plan: Plan) -> TrainingArguments:
+    train = config.train
+    interval, total_steps = plan.interval, plan.total_steps
+    device = config.model.device
+    precision = resolve_precision(train.precision, None if device == "auto" else device)
+    return TrainingArguments(
+        output_dir=str(run.checkpoints_dir),
+        per_device_train_batch_size=train.batch_size,
+        gradient_accumulation_steps=train.grad_accum,
+        learning_rate=train.lr,
+        max_steps=total_steps,
+        warmup_steps=train.warmup_ratio,  # a float below 1 is a share of all steps
+        lr_scheduler_type=train.lr_scheduler,
+        max_grad_norm=train.max_grad_norm or 0.0,
+        weight_decay=train.weight_decay,
+        bf16=precision == "bf16",
+        fp16=precision == "fp16",
+        seed=train.seed,
+        data_seed=train.seed,
+        # Every step's loss reaches the loss guard, unfiltered: transformers would otherwise
+        # replace a NaN or inf loss with the running mean and hide it.
+        logging_steps=1,
+        logging_nan_inf_filter=False,
+        save_strategy="steps",
+        save_steps=train.save_every or interval,
+        save_total_limit=train.save_total_limit,
+        report_to=train.report_to or "none",
+        train_sampling_strategy="group_by_length" if train.group_by_length else "random",
+        remove_unused_columns=False,
+        dataloader_num_workers=0,
+        disable_tqdm=True,
+        use_cpu=device == "cpu" or (device == "auto" and not torch.cuda.is_available()),
+    )

@@ -1,0 +1,56 @@
+"""Before anything trains: every input read, the audit and the doctor run, and their
+blockers refused unless ``--force``."""
+
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+from retain.audit.doctor import run_doctor
+from retain.audit.runner import run_audit
+from retain.config import RetainConfig
+from retain.data.rows import load_examples_for
+from retain.errors import TrainRefused
+from retain.evaluation.commands import (
+    default_suites,
+)
+from retain.evaluation.suites import load_suite
+from retain.rundir import (
+    RunDir,
+)
+
+logger = logging.getLogger("retain.train")
+
+
+def check_inputs(config: RetainConfig) -> None:
+    """Reads every data file and probe suite the config names before anything is written
+    or loaded, so a missing or unreadable one is refused with no run directory left
+    behind (and before the memory check, which may build the lab model)."""
+    for path in (config.data.train, config.data.validation, config.data.eval, config.data.ood):
+        if path:
+            load_examples_for(config.data, path)
+    for name in config.probes.suites or default_suites(config.model.name_or_path):
+        load_suite(name)
+
+
+def preflight(config: RetainConfig, run: RunDir, suites: list, *, force: bool,
+               echo: Callable[[str], None]) -> None:
+    """Runs the audit and the doctor; refuses blockers unless ``force``."""
+    audit = run_audit(config, config.data.train, eval_data=config.data.eval, probes=suites)
+    run.write_json("audit.json", audit.to_dict())
+    doctor = run_doctor(config)
+    run.write_json("doctor.json", doctor.to_dict())
+    for name, report in (("audit", audit), ("doctor", doctor)):
+        blockers = [finding for finding in report.findings if finding.severity == "blocker"]
+        echo(f"{name}: {report.count('blocker')} blockers, {report.count('warning')} warnings")
+        for finding in blockers:
+            echo(f"  blocker {finding.code}: {finding.title}")
+        if blockers and not force:
+            raise TrainRefused(
+                f"the {name} found {len(blockers)} blocker(s), first: {blockers[0].title}",
+                fix=f"{blockers[0].fix}; see {run.path / (name + '.json')}, or pass --force to "
+                "train anyway (with --overwrite to reuse this run's name)",
+            )
+        if blockers:
+            logger.warning("training despite %d %s blocker(s) (--force)", len(blockers), name)
