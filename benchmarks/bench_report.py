@@ -28,9 +28,12 @@ from retain.config import load_config
 from retain.lab.base import build_base, lab_size
 from retain.lab.export import export_lab_data
 from retain.report import build_report
-from retain.report.browser import find_chromium, open_report
 from retain.rundir import read_jsonl, to_json
 from retain.training.run import run_train
+
+# The headless-Chromium driver lives with the tests that use it (tests/browser.py).
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from browser import find_chromium, open_report  # noqa: E402
 
 TRIALS = 50
 REPEATS = 3

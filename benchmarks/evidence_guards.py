@@ -13,7 +13,7 @@ Every run is a real ``retain train`` of the default lab model on the lab domain 
    (``restore_best``, checks every 10 steps) and the same run with the guards off;
 3. the default config (LoRA r=16 on all projections, lr 1e-4, 2 epochs) over several seeds,
    listing every guard that fired and the final numbers measured independently;
-4. the lab's recipe (``retain.lab.compare.RECIPE``: LoRA with replay, the setting of the
+4. the lab's recipe (``retain.lab.comparison.RECIPE``: LoRA with replay, the setting of the
    methods comparison that learns the task within the forgetting limit), a healthy run
    that learns, where no guard should fire: with the forgetting guard acting at the first
    check over the limit (``recipe_at_once``, patience 0), with the default guards over the
@@ -39,10 +39,10 @@ DOC = HERE.parent / "docs" / "RESULTS.md"
 sys.path.insert(0, str(HERE))
 
 from retain.config import load_config  # noqa: E402
-from retain.lab.compare import DEFAULT_RECIPES, RECIPE  # noqa: E402
+from retain.errors import TrainRefused  # noqa: E402
+from retain.lab.comparison import DEFAULT_RECIPES, RECIPE  # noqa: E402
 from retain.lab.export import export_lab_data  # noqa: E402
 from retain.rundir import atomic_write_json, atomic_write_text, read_jsonl  # noqa: E402
-from retain.errors import TrainRefused  # noqa: E402
 from retain.training.resume import finished_summary  # noqa: E402
 from retain.training.run import run_train  # noqa: E402
 

@@ -7,7 +7,7 @@ Every part trains seeds 1, 2, 3 (``FIRST_SEED``): seed 0 is the one the recipe s
 (``evidence_recipe.py``) chose the lab's recipe at, so no table here judges the recipe on
 the seed that chose it.
 
-1. ``methods``: ``retain lab compare`` of every recipe (lib: :mod:`retain.lab.compare`),
+1. ``methods``: ``retain lab compare`` of every recipe (lib: :mod:`retain.lab.comparison`),
    over seeds, from one base model; run directories in ``benchmarks/results/method-runs/``
    (not committed; a finished run is read back, so an interrupted evidence run continues);
 2. ``sizes``: the articles' data-size claim, the naive and the default recipe trained on
@@ -38,7 +38,7 @@ RUNS = RESULTS / "method-runs"
 DOC = HERE.parent / "docs" / "RESULTS.md"
 sys.path.insert(0, str(HERE))
 
-from retain.lab.compare import (
+from retain.lab.comparison import (
     DEFAULT_RECIPES,
     RECIPE,
     REFERENCE,

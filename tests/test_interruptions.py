@@ -520,10 +520,10 @@ def test_a_full_disk_is_one_clear_error_and_the_last_checkpoint_is_kept(lab, ref
 def test_a_checkpoint_is_complete_only_with_its_seal_and_every_file_at_its_size(tmp_path) -> None:
     import torch
 
+    from retain.checkpoints import last_checkpoint as _last_checkpoint
     from retain.checkpoints import seal_checkpoint
     from retain.guards.state import GuardState, read_guard_state
     from retain.rundir import RunDir
-    from retain.checkpoints import last_checkpoint as _last_checkpoint
 
     run = RunDir(tmp_path)
     folders = [run.checkpoints_dir / f"checkpoint-{step}" for step in (2, 4, 6, 8)]

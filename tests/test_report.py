@@ -23,7 +23,7 @@ from retain.lab.base import lab_size
 from retain.lab.domain import DomainSpec, build_domain, write_jsonl
 from retain.lab.world import build_world
 from retain.report import build_report
-from retain.report.compare import pareto_front, size_curves
+from retain.report.analysis import pareto_front, size_curves
 from retain.report.content import cards, verdict
 from retain.report.html import CSP
 from retain.report.sources import Trial, read_run, read_source, read_sweep, varying_settings

@@ -9,10 +9,10 @@ import shutil
 from pathlib import Path
 
 import pytest
+from browser import find_chromium, open_report
 from test_report import HOSTILE, copy_run, make_sweep, trained_runs
 
 from retain.report import build_report
-from retain.report.browser import find_chromium, open_report
 
 pytestmark = [
     pytest.mark.slow,

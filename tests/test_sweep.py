@@ -102,8 +102,9 @@ def test_a_grid_sweep_writes_pareto_table_and_a_config_retain_train_accepts(lab,
     trained_run = CliRunner().invoke(app, ["-q", "train", str(directory / "recommended.yaml"), "--name", "chosen"])
     assert trained_run.exit_code == 0, trained_run.output
     assert json.loads((tmp_path / "chosen" / "summary.json").read_text())["status"] == "completed"
+    from browser import find_chromium, open_report
+
     from retain.report import build_report
-    from retain.report.browser import find_chromium, open_report
 
     html = build_report([directory], directory / "report.html").html
     if find_chromium() is not None:

@@ -16,14 +16,13 @@ import torch
 from typer.testing import CliRunner
 
 from retain.checkpoints import STATE_FILE
+from retain.checkpoints import last_checkpoint as _last_checkpoint
 from retain.cli import app
 from retain.config import RetainConfig
-from retain.errors import ConfigError, RunDirError
+from retain.errors import ConfigError, RunDirError, TrainRefused
 from retain.lab.export import export_lab_data
 from retain.models import load_model
 from retain.rundir import RunDir, read_jsonl
-from retain.checkpoints import last_checkpoint as _last_checkpoint
-from retain.errors import TrainRefused
 from retain.training.run import run_train
 
 pytestmark = pytest.mark.slow

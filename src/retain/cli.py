@@ -561,7 +561,7 @@ def lab_compare(
     size: SizeOption = "default",
 ) -> None:
     """Train each method on the lab task from one base, over seeds, and print the table."""
-    from retain.lab.compare import DEFAULT_RECIPES, QUICK_RECIPES, markdown_table, run_compare
+    from retain.lab.comparison import DEFAULT_RECIPES, QUICK_RECIPES, markdown_table, run_compare
 
     recipes = QUICK_RECIPES if quick else DEFAULT_RECIPES
     if method:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from retain.evaluation.compare import OVERALL
+from retain.evaluation.forgetting import OVERALL
 
 REHEARSED, NOT_REHEARSED = "rehearsed", "not_rehearsed"
 """The two groups of probe items forgetting is reported on: items whose fact a training

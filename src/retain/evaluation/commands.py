@@ -20,7 +20,6 @@ from retain.data.prompting import PromptFormat
 from retain.data.rows import Example, load_examples_for, read_text
 from retain.errors import DataError, RetainError
 from retain.evaluation.baseline import BaselineResult, run_baseline
-from retain.evaluation.compare import ForgettingReport
 from retain.evaluation.drift import BaseLogprobs, compute_base_logprobs
 from retain.evaluation.engine import (
     EvalResult,
@@ -29,6 +28,7 @@ from retain.evaluation.engine import (
     evaluate,
     forgetting,
 )
+from retain.evaluation.forgetting import ForgettingReport
 from retain.evaluation.probes import ProbeSuite
 from retain.evaluation.suites import GENERAL_SUITE, load_suite
 from retain.models import LoadedModel, load_model, resolve_name

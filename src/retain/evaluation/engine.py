@@ -1,7 +1,7 @@
 """One evaluation of one model: probes, task, drift and health, in one JSON-ready result.
 
 ``retain eval`` calls :func:`evaluate`; so will the guards and the final evaluation of
-``retain train``. Forgetting is always :func:`retain.evaluation.compare.compare` of two
+``retain train``. Forgetting is always :func:`retain.evaluation.forgetting.compare` of two
 such results, suite by suite and method by method.
 """
 
@@ -18,8 +18,8 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from retain.data.perturb import PERTURBATIONS
 from retain.data.prompting import PromptFormat
 from retain.data.rows import Example
-from retain.evaluation.compare import ForgettingReport, ItemResults, compare
 from retain.evaluation.drift import BaseLogprobs, DriftReport, drift_report
+from retain.evaluation.forgetting import ForgettingReport, ItemResults, compare
 from retain.evaluation.generation import score_probes_by_generation
 from retain.evaluation.health import HealthReport, smoke_test
 from retain.evaluation.loglik import score_probes_by_loglik

@@ -8,7 +8,7 @@
    labels): refused by the doctor, and with the doctor overridden stopped by the smoke guard;
 5. ``aggressive``: naive full fine-tuning at a high learning rate with the guards off
    (the task learned, general ability lost, per category), then the same run guarded;
-6. ``recipe``: the lab's recipe (``retain.lab.compare.RECIPE``: LoRA on every projection
+6. ``recipe``: the lab's recipe (``retain.lab.comparison.RECIPE``: LoRA on every projection
    with general-data replay) under the default guards;
 7. ``report``: the table of every model and one HTML report of the trainings.
 
@@ -280,7 +280,7 @@ def _pool(lab: Lab, jobs: Sequence[Training | str]):
     import os
     from concurrent.futures import ProcessPoolExecutor
 
-    from retain.lab.compare import init_worker, worker_job
+    from retain.lab.comparison import init_worker, worker_job
 
     lab.ensure_data()
     lab.base_path()  # built once here, not by each worker
@@ -536,7 +536,7 @@ RUNNERS: dict[str, Callable[[Lab], StepResult]] = {
 
 def _recipe() -> tuple[str, ...]:
     """The lab's recipe: the setting of ``retain lab compare`` named ``RECIPE``."""
-    from retain.lab.compare import DEFAULT_RECIPES, RECIPE
+    from retain.lab.comparison import DEFAULT_RECIPES, RECIPE
 
     return next(item for item in DEFAULT_RECIPES if item.name == RECIPE).overrides
 

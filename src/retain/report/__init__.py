@@ -2,7 +2,7 @@
 
 Data flows one way: :mod:`~retain.report.sources` reads run directories, sweeps,
 comparisons and eval results; :mod:`~retain.report.content` and
-:mod:`~retain.report.compare` decide what they say; :mod:`~retain.report.figures` draws
+:mod:`~retain.report.analysis` decide what they say; :mod:`~retain.report.figures` draws
 the plots; :mod:`~retain.report.page` puts it together; :mod:`~retain.report.html` and
 :mod:`~retain.report.markdown` lay it out.
 """

@@ -20,7 +20,7 @@ matplotlib.use("Agg")  # before anything draws: no display, no GUI toolkit
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator, NullFormatter, ScalarFormatter
 
-from retain.report.compare import SizeCurve
+from retain.report.analysis import SizeCurve
 from retain.report.sources import RunView, Trial, as_dict, as_number
 
 MAX_LEGEND = 12  # more lines than this and the legend would hide the plot

@@ -20,6 +20,7 @@ from retain.rundir import (
     RunDir,
 )
 
+
 class DiskFull(RunDirError):
     """The disk of the run directory filled up; the last complete checkpoint is kept."""
 

@@ -20,6 +20,7 @@ from retain.rundir import (
     config_file_hashes,
 )
 
+
 def data_hashes(config: RetainConfig) -> dict[str, str]:
     """Returns the SHA-256 of every file the config names, for reproducing the run: the data
     splits by name (``train``, ``eval``, ...), the others by dotted field (``probes.suites.0``,

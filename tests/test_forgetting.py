@@ -6,7 +6,7 @@ import time
 import numpy as np
 import pytest
 
-from retain.evaluation.compare import OVERALL, ItemResults, compare
+from retain.evaluation.forgetting import OVERALL, ItemResults, compare
 from retain.evaluation.probes import ProbeItem
 
 

@@ -11,8 +11,8 @@ from typer.testing import CliRunner
 
 from retain.cli import app
 from retain.errors import ConfigError
-from retain.lab import compare
-from retain.lab.compare import Recipe, RunResult, markdown_table, mean_ci, summarise
+from retain.lab import comparison as compare
+from retain.lab.comparison import Recipe, RunResult, markdown_table, mean_ci, summarise
 
 
 def _result(recipe: str, seed: int, task: float, forgetting: float, seconds: float) -> RunResult:
