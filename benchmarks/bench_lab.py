@@ -54,7 +54,7 @@ def run() -> dict:
              "lines": {name: step["line"] for name, step in warm["steps"].items()},
              "rows": warm["steps"]["report"]["figures"]["rows"],
              "cold_rows": cold["steps"]["report"]["figures"]["rows"]}
-    from retain.rundir import atomic_write_json, atomic_write_text
+    from retain.io import atomic_write_json, atomic_write_text
 
     atomic_write_json(HERE / "results" / "evidence_lab.json", table)
     sys.path.insert(0, str(HERE))

@@ -25,10 +25,10 @@ from pathlib import Path
 import yaml
 
 from retain.config import load_config
+from retain.io import read_jsonl, to_json
 from retain.lab.base import build_base, lab_size
 from retain.lab.export import export_lab_data
 from retain.report import build_report
-from retain.rundir import read_jsonl, to_json
 from retain.training.run import run_train
 
 # The headless-Chromium driver lives with the tests that use it (tests/browser.py).

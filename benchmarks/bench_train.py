@@ -28,9 +28,9 @@ from retain.config import load_config
 from retain.data.encoding import IGNORE_INDEX, encode_examples, prepare_tokenizer
 from retain.data.prompting import PromptFormat
 from retain.data.rows import load_examples_for
+from retain.io import read_jsonl
 from retain.lab.export import export_lab_data
 from retain.models import load_model, quiet_peft
-from retain.rundir import read_jsonl
 from retain.training.run import run_train
 
 EPOCHS = 2

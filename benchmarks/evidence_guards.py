@@ -40,9 +40,10 @@ sys.path.insert(0, str(HERE))
 
 from retain.config import load_config  # noqa: E402
 from retain.errors import TrainRefused  # noqa: E402
+from retain.io import atomic_write_json, atomic_write_text
 from retain.lab.comparison import DEFAULT_RECIPES, RECIPE  # noqa: E402
 from retain.lab.export import export_lab_data  # noqa: E402
-from retain.rundir import atomic_write_json, atomic_write_text, read_jsonl  # noqa: E402
+from retain.rundir import read_jsonl  # noqa: E402
 from retain.training.resume import finished_summary  # noqa: E402
 from retain.training.run import run_train  # noqa: E402
 

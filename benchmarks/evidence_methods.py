@@ -38,6 +38,7 @@ RUNS = RESULTS / "method-runs"
 DOC = HERE.parent / "docs" / "RESULTS.md"
 sys.path.insert(0, str(HERE))
 
+from retain.io import atomic_write_json, atomic_write_text
 from retain.lab.comparison import (
     DEFAULT_RECIPES,
     RECIPE,
@@ -46,7 +47,6 @@ from retain.lab.comparison import (
     Row,
     run_compare,
 )
-from retain.rundir import atomic_write_json, atomic_write_text
 
 PARTS = ("methods", "sizes", "loraplus", "strengths", "leak")
 FIRST_SEED = 1  # seed 0 chose the recipe (evidence_recipe.py)
@@ -148,7 +148,7 @@ def _row(row: Row) -> dict:
 def _penalty_share(run_dir: str) -> float | None:
     """The mean share of the logged training loss that a penalty method (ewc, l2sp) added,
     over the run's second half; None for runs without a penalty."""
-    from retain.rundir import read_jsonl
+    from retain.io import read_jsonl
 
     records = [r for r in read_jsonl(Path(run_dir) / "metrics.jsonl") if r.get("event") == "log" and "loss" in r]
     shares = [sum(value for key, value in r.items() if key.endswith("_penalty")) / r["loss"]

@@ -41,8 +41,8 @@ sys.path.insert(0, str(HERE))
 from evidence_guards import commonest_answer, guard_checks
 from evidence_guards import render as render_results
 
+from retain.io import atomic_write_json, atomic_write_text
 from retain.lab.export import export_lab_data
-from retain.rundir import atomic_write_json, atomic_write_text
 
 Sweep = tuple[list[str], dict[str, list]]  # overrides for every trial, the grid
 

@@ -169,7 +169,7 @@ def markdown(result: dict) -> str:
 
 if __name__ == "__main__":
     sys.path.insert(0, str(ROOT / "src"))
-    from retain.rundir import atomic_write_json
+    from retain.io import atomic_write_json
 
     outcome = run()
     RESULT.parent.mkdir(parents=True, exist_ok=True)

@@ -21,7 +21,8 @@ sys.path.insert(0, str(HERE))
 
 from sections import parts, sections  # noqa: E402
 
-from retain.rundir import atomic_write_json, atomic_write_text  # noqa: E402
+from retain.io import atomic_write_json
+from retain.rundir import atomic_write_text  # noqa: E402
 
 
 def available() -> list[str]:

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from retain.config import RetainConfig, dump_config
+from retain.io import read_jsonl
 from retain.lab.export import export_lab_data
-from retain.rundir import read_jsonl
 from retain.training.run import run_train
 
 pytestmark = pytest.mark.slow

@@ -32,7 +32,7 @@ from typing import Any
 import pytest
 
 from retain.checkpoints import STATE_FILE, checkpoint_problem
-from retain.rundir import read_jsonl
+from retain.io import read_jsonl
 
 pytestmark = pytest.mark.slow
 

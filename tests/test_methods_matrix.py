@@ -21,11 +21,11 @@ from safetensors.torch import load_file
 from retain.config import RetainConfig
 from retain.config.schema import BASE_METHODS
 from retain.data.encoding import IGNORE_INDEX
+from retain.io import read_jsonl
 from retain.lab.export import export_lab_data
 from retain.methods import Method, registered
 from retain.methods.rehearsal import general_count
 from retain.models import load_model
-from retain.rundir import read_jsonl
 from retain.training.run import run_train
 from retain.training.sampling import MixedSourceSampler
 from retain.training.trainer import RetainTrainer

@@ -15,13 +15,8 @@ import pytest
 import retain
 from retain import rundir as rundir_module
 from retain.errors import RunDirError
-from retain.rundir import (
-    RunDir,
-    atomic_write_json,
-    atomic_write_text,
-    default_run_name,
-    read_jsonl,
-)
+from retain.io import atomic_write_json, atomic_write_text, read_jsonl
+from retain.rundir import RunDir, default_run_name
 
 
 def leftovers(directory: Path) -> list[str]:

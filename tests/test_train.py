@@ -20,9 +20,10 @@ from retain.checkpoints import last_checkpoint as _last_checkpoint
 from retain.cli import app
 from retain.config import RetainConfig
 from retain.errors import ConfigError, RunDirError, TrainRefused
+from retain.io import read_jsonl
 from retain.lab.export import export_lab_data
 from retain.models import load_model
-from retain.rundir import RunDir, read_jsonl
+from retain.rundir import RunDir
 from retain.training.run import run_train
 
 pytestmark = pytest.mark.slow

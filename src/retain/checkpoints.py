@@ -26,7 +26,8 @@ from transformers import (
     TrainingArguments,
 )
 
-from retain.rundir import RunDir, atomic_write_json, fsync_tree
+from retain.io import atomic_write_json, fsync_tree
+from retain.rundir import RunDir
 
 logger = logging.getLogger("retain.train")
 

@@ -133,7 +133,7 @@ def config_reference(
     """Print every setting with its type, default and meaning, as Markdown."""
     from retain.config import config_reference_markdown
     from retain.config.reference import config_reference_document
-    from retain.rundir import atomic_write_text
+    from retain.io import atomic_write_text
 
     if write is not None:
         atomic_write_text(write, config_reference_document())
@@ -162,7 +162,7 @@ def audit(
     from retain.config import load_config
     from retain.evaluation.commands import default_suites
     from retain.evaluation.suites import load_suite
-    from retain.rundir import atomic_write_json
+    from retain.io import atomic_write_json
 
     resolved = load_config(config, set_ or [])
     suites = [load_suite(name) for name in (resolved.probes.suites or default_suites(resolved.model.name_or_path))]
@@ -188,7 +188,7 @@ def doctor(
     """Check the training pipeline on real batches: labels, EOS, masking, template, generation."""
     from retain.audit.doctor import run_doctor
     from retain.config import load_config
-    from retain.rundir import atomic_write_json
+    from retain.io import atomic_write_json
 
     report = run_doctor(load_config(config, set_ or []))
     if report.sample:
@@ -288,7 +288,7 @@ def eval_(
     """Measure a model: probe accuracy per category, task accuracy, drift, generation health."""
     from retain.config import load_config
     from retain.evaluation.commands import run_eval
-    from retain.rundir import atomic_write_json
+    from retain.io import atomic_write_json
 
     resolved = load_config(config, set_ or [])
     outcome = run_eval(
@@ -310,7 +310,7 @@ def baseline(
     """Zero- and few-shot accuracy of the base model: is fine-tuning needed at all?"""
     from retain.config import load_config
     from retain.evaluation.commands import run_baseline_command
-    from retain.rundir import atomic_write_json
+    from retain.io import atomic_write_json
 
     result = run_baseline_command(load_config(config, set_ or []), progress=not _STATE["quiet"])
     table = Table(title="base model on the task")

@@ -29,7 +29,7 @@ from retain.data.rows import decode_json, read_text
 from retain.errors import DataError
 from retain.evaluation.lmeval import is_lmeval_name, load_lmeval_suite
 from retain.evaluation.probes import CHECKERS, Checker, ProbeItem, ProbeSuite
-from retain.rundir import atomic_write_text
+from retain.io import atomic_write_text
 from retain.sources import suite_names, suite_source
 
 GENERAL_SUITE = "general"

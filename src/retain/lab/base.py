@@ -37,10 +37,10 @@ from retain import paths
 from retain.errors import RetainError
 from retain.evaluation.generation import score_probes_by_generation
 from retain.hardware import resolve_precision
+from retain.io import atomic_write_json
 from retain.lab.tokenizer import train_tokenizer
 from retain.lab.world import WORLD_VERSION, WorldSpec, build_world
 from retain.progress import quiet_trainer
-from retain.rundir import atomic_write_json
 
 logger = logging.getLogger("retain.lab")
 

@@ -24,10 +24,10 @@ from typing import Any, TypeVar
 
 from retain.config import load_config
 from retain.errors import RetainError
+from retain.io import atomic_write_json
 from retain.lab.base import build_base, lab_size
 from retain.lab.domain import TRAIN_ROWS
 from retain.lab.export import export_lab_data
-from retain.rundir import atomic_write_json
 from retain.summary import NOT_REHEARSED, REHEARSED, group_forgetting
 
 T = TypeVar("T")

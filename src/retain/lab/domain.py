@@ -21,8 +21,8 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
+from retain.io import atomic_write_text
 from retain.lab.facts import CONDITION_KINDS, OUTCOMES
-from retain.rundir import atomic_write_text
 
 DOMAIN_VERSION = "2"
 # Clean training rows of the lab task unless a caller asks for another size: what `retain

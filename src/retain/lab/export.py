@@ -12,10 +12,10 @@ from dataclasses import asdict
 from pathlib import Path
 
 from retain.evaluation.suites import write_suite
+from retain.io import atomic_write_json, atomic_write_text
 from retain.lab.base import lab_size
 from retain.lab.domain import DOMAIN_VERSION, TRAIN_ROWS, DomainSpec, build_domain, write_jsonl
 from retain.lab.world import WORLD_VERSION, build_world
-from retain.rundir import atomic_write_json, atomic_write_text
 
 
 def export_lab_data(

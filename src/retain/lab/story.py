@@ -30,8 +30,8 @@ from typing import Any
 
 from retain.config import RetainConfig, load_config
 from retain.errors import RetainError
+from retain.io import atomic_write_json
 from retain.lab.domain import TRAIN_ROWS
-from retain.rundir import atomic_write_json
 from retain.summary import rehearsal_note
 
 STEPS = ("base", "audit", "baseline", "trap", "aggressive", "recipe", "report")

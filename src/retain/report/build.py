@@ -7,8 +7,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from retain.errors import RetainError
+from retain.io import atomic_write_text
 from retain.report.sources import RunView, SweepView, read_source
-from retain.rundir import atomic_write_text
 
 DEFAULT_NAME = "retain-report.html"
 

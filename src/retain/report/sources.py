@@ -27,7 +27,8 @@ from typing import Any
 import yaml
 
 from retain.errors import RetainError
-from retain.rundir import RunDir, read_jsonl
+from retain.io import read_jsonl
+from retain.rundir import RunDir
 
 RUN_MARKERS = ("summary.json", "metrics.jsonl", "meta.json", "audit.json")
 IGNORED_PREFIXES = ("output.",)  # settings every run differs in (names, folders)

@@ -18,7 +18,7 @@ from typing import Any
 import retain
 from retain.config import dump_config
 from retain.config.messages import inline
-from retain.rundir import atomic_write_json, atomic_write_text
+from retain.io import atomic_write_json, atomic_write_text
 from retain.sweep.spec import Sweep
 
 # Figures a trial records from its run's summary.json (user attributes of the Optuna trial).

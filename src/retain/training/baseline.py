@@ -26,12 +26,10 @@ from retain.evaluation.engine import (
     evaluate,
 )
 from retain.guards.measure import Baseline, Probe
+from retain.io import atomic_write_json
 from retain.models import LoadedModel
 from retain.paths import cache_dir
-from retain.rundir import (
-    RunDir,
-    atomic_write_json,
-)
+from retain.rundir import RunDir
 from retain.sources import model_family
 from retain.training.finish import (
     overall_accuracy,

@@ -16,9 +16,7 @@ from pathlib import Path
 
 from retain.checkpoints import checkpoint_problem, checkpoints_of, last_checkpoint
 from retain.errors import RetainError, RunDirError
-from retain.rundir import (
-    RunDir,
-)
+from retain.rundir import RunDir
 
 
 class DiskFull(RunDirError):

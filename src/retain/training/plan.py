@@ -25,9 +25,7 @@ from retain.data.prompting import PromptFormat
 from retain.data.rows import Example, load_examples_for
 from retain.errors import TrainRefused
 from retain.hardware import resolve_precision
-from retain.rundir import (
-    RunDir,
-)
+from retain.rundir import RunDir
 from retain.training.sampling import TASK
 
 logger = logging.getLogger("retain.train")

@@ -16,9 +16,7 @@ from retain.evaluation.commands import (
     default_suites,
 )
 from retain.evaluation.suites import load_suite
-from retain.rundir import (
-    RunDir,
-)
+from retain.rundir import RunDir
 
 logger = logging.getLogger("retain.train")
 

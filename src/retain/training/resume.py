@@ -15,10 +15,8 @@ from typing import Any
 from retain.config import RetainConfig
 from retain.config.loading import dump_config, load_config
 from retain.errors import ConfigError, RetainError, RunDirError
-from retain.rundir import (
-    RunDir,
-    config_file_hashes,
-)
+from retain.io import config_file_hashes
+from retain.rundir import RunDir
 
 
 def data_hashes(config: RetainConfig) -> dict[str, str]:

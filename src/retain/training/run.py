@@ -70,10 +70,7 @@ from retain.methods import MethodContext, methods_for
 from retain.models import check_training_memory, load_model, quiet_peft
 from retain.paths import cache_dir
 from retain.progress import quiet_trainer
-from retain.rundir import (
-    RunDir,
-    default_run_name,
-)
+from retain.rundir import RunDir, default_run_name
 from retain.training.baseline import measure_base
 from retain.training.disk import disk_full
 from retain.training.finish import (

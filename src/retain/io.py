@@ -1,0 +1,209 @@
+"""Whole files or none: atomic writes, strict JSON, fsync, SHA-256, and JSONL read back
+tolerant of a torn last line (a kill mid-append)."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from retain.errors import RunDirError
+
+logger = logging.getLogger("retain")
+
+
+def to_json(obj: Any, *, indent: int | None = None) -> str:
+    """Returns ``obj`` as strict JSON, with NaN and infinities spelled as strings.
+
+    Numpy and torch scalars are written as their Python values, paths as strings.
+
+    Raises:
+        TypeError: ``obj`` holds something JSON cannot represent.
+    """
+    return json.dumps(
+        _finite(obj), indent=indent, allow_nan=False, default=_to_plain, ensure_ascii=False
+    )
+
+def _finite(obj: Any) -> Any:
+    """Returns ``obj`` with every non-finite float replaced by its string spelling."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return "NaN" if math.isnan(obj) else ("Infinity" if obj > 0 else "-Infinity")
+    if isinstance(obj, dict):
+        return {key: _finite(value) for key, value in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(value) for value in obj]
+    return obj
+
+def _to_plain(obj: Any) -> Any:
+    """``json.dumps`` hook for values it does not know: scalars with ``.item()``, paths."""
+    if isinstance(obj, Path):
+        return str(obj)
+    if hasattr(obj, "item") and callable(obj.item):
+        return _finite(obj.item())
+    raise TypeError(f"{type(obj).__name__} is not JSON serializable")
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    """Replaces ``path`` with ``text`` so that readers see the old or the new file, never half.
+
+    The text goes to a temp file in the same directory, is fsynced, renamed over
+    ``path``, and the directory is fsynced so the rename itself survives a power loss.
+
+    Raises:
+        OSError: The file cannot be written; ``path`` is then unchanged and no temp
+            file is left behind.
+    """
+    path = Path(path)
+    mode = path.stat().st_mode & 0o777 if path.exists() else 0o644
+    fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as file:
+            file.write(text)
+            file.flush()
+            os.fsync(file.fileno())
+        os.chmod(temp, mode)  # mkstemp creates 0600; keep the file as readable as before
+        os.replace(temp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temp)
+        raise
+    _fsync_dir(path.parent)
+
+def atomic_write_json(path: str | Path, obj: Any) -> None:
+    """Atomically writes ``obj`` as indented JSON with a trailing newline.
+
+    Raises:
+        TypeError: ``obj`` is not JSON-serializable; nothing is written.
+        OSError: The file cannot be written; ``path`` is unchanged.
+    """
+    # Serialize first: a failure then never touches the disk.
+    atomic_write_text(path, to_json(obj, indent=2) + "\n")
+
+def fsync_tree(folder: str | Path) -> None:
+    """Flushes every file under ``folder``, then the folders themselves, to disk.
+
+    Files written by someone else (``torch.save``, safetensors) reach the disk only when
+    the kernel gets round to it; after this call a marker written next can no longer
+    survive a power loss that the files it vouches for do not.
+
+    Raises:
+        OSError: A file cannot be opened or flushed (e.g. ENOSPC reported at fsync).
+    """
+    folder = Path(folder)
+    for directory, _, files in os.walk(folder):
+        for name in files:
+            fd = os.open(os.path.join(directory, name), os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        _fsync_dir(Path(directory))
+    _fsync_dir(folder.parent)
+
+def sha256_file(path: str | Path) -> str:
+    """Returns the SHA-256 hex digest of a file, read in 1 MiB blocks.
+
+    Raises:
+        OSError: The file cannot be read.
+    """
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+def config_file_hashes(settings: dict[str, Any]) -> dict[str, str]:
+    """Returns the SHA-256 of every existing file a config names, by dotted field.
+
+    ``settings`` is a config as plain data (``model_dump(mode="json")``); every string in
+    it that names a file is hashed: data splits, probe suite files (``probes.suites.0``),
+    the reference text, a replay source, a chat template. Hub names (``hf:...``) and
+    directories (the model) are not files and are left to ``config.yaml``.
+    """
+    hashes: dict[str, str] = {}
+
+    def visit(value: Any, field: str) -> None:
+        if isinstance(value, dict):
+            for key, item in value.items():
+                visit(item, f"{field}.{key}" if field else str(key))
+        elif isinstance(value, list):
+            for index, item in enumerate(value):
+                visit(item, f"{field}.{index}")
+        elif isinstance(value, str) and value and "\n" not in value and len(value) < 4096:
+            with contextlib.suppress(OSError, ValueError):
+                if Path(value).is_file():
+                    hashes[field] = sha256_file(value)
+
+    visit(settings, "")
+    return hashes
+
+def _fsync_dir(directory: Path) -> None:
+    """Flushes a directory entry to disk; a no-op where directories cannot be opened."""
+    if os.name == "nt":
+        return
+    with contextlib.suppress(OSError):
+        fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
+    """Reads a JSON-lines file written by :meth:`RunDir.append_metrics`.
+
+    A last line without a newline that does not parse is the mark of a crash mid-write
+    and is skipped silently. Blank lines are ignored.
+
+    Returns:
+        One dict per line, in file order.
+
+    Raises:
+        RunDirError: The file is missing, or a complete line is not a JSON object
+            (names the file and 1-based line).
+    """
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise RunDirError("file not found", file=path, fix="check the run directory path") from None
+    lines = text.split("\n")  # a complete file ends with "\n", so the last item is ""
+    records = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            if number == len(lines):  # no newline after it: the write was cut short
+                continue
+            record = None
+        if not isinstance(record, dict):
+            raise RunDirError(
+                "corrupt line: not a JSON object",
+                file=path,
+                line=number,
+                fix=f"repair or delete line {number}; the other lines are intact",
+            )
+        records.append(record)
+    return records
+
+
+# --- run names ------------------------------------------------------------------------
+
+def drop_partial_last_line(path: Path) -> None:
+    """Truncates a file after its last newline, if a crash left a partial line there."""
+    if not path.exists() or path.stat().st_size == 0:
+        return
+    with open(path, "rb+") as file:
+        data = file.read()
+        if data.endswith(b"\n"):
+            return
+        file.truncate(data.rfind(b"\n") + 1)
+        file.flush()
+        os.fsync(file.fileno())
+    logger.warning("dropped a partial last line from %s (an earlier run was cut short)", path)
