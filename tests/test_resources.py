@@ -30,7 +30,7 @@ from retain.lab.base import lab_size
 from retain.lab.domain import DomainSpec, build_domain, write_jsonl
 from retain.lab.tokenizer import train_tokenizer
 from retain.lab.world import build_world
-from retain.models import InsufficientMemory, check_training_memory, count_parameters, estimate_training_memory
+from retain.memory import InsufficientMemory, check_training_memory, count_parameters, estimate_training_memory
 
 GIB = 1024**3
 

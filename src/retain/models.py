@@ -17,13 +17,11 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import math
-import struct
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from transformers import (
@@ -37,11 +35,8 @@ from transformers import (
 )
 
 from retain.errors import RetainError
-from retain.hardware import available_memory, default_device
+from retain.hardware import default_device
 from retain.sources import model_family
-
-if TYPE_CHECKING:
-    from retain.config import RetainConfig
 
 logger = logging.getLogger("retain.models")
 
@@ -52,10 +47,6 @@ _RUN_MODEL_DIRS = ("model", "adapter", "final")
 
 class ModelLoadError(RetainError):
     """The model named by the user cannot be found or loaded."""
-
-
-class InsufficientMemory(RetainError):
-    """Training the model on this machine's CPU needs more memory than it has available."""
 
 
 @dataclass(frozen=True)
@@ -143,7 +134,7 @@ def load_model(
     device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, device)
     _warn_if_remote_code(name_or_path, trust_remote_code)
-    path = _resolve(name_or_path, progress)
+    path = resolve_model_path(name_or_path, progress)
     adapter_config = path / "adapter_config.json"
     if adapter_config.is_file():
         return _load_adapter(path, adapter_config, name_or_path, device, torch_dtype, trust_remote_code)
@@ -165,7 +156,7 @@ def load_model_parts(
         ModelLoadError: If nothing loadable is found, with what was looked for and a fix.
     """
     _warn_if_remote_code(name_or_path, trust_remote_code)
-    path = _resolve(name_or_path, progress)
+    path = resolve_model_path(name_or_path, progress)
     tokenizer_source = str(path)
     adapter_config = path / "adapter_config.json"
     if adapter_config.is_file():
@@ -219,7 +210,7 @@ def _warn_if_remote_code(name_or_path: str, trust_remote_code: bool) -> None:
         )
 
 
-def _resolve(name_or_path: str, progress: bool) -> Path:
+def resolve_model_path(name_or_path: str, progress: bool = True) -> Path:
     """Returns a registered model's directory, the model directory in a path, or a hub id as is."""
     family = model_family(name_or_path)
     if family is not None:
@@ -333,167 +324,3 @@ def _ensure_pad_token(tokenizer: PreTrainedTokenizerBase) -> None:
     """
     if tokenizer.pad_token_id is None and tokenizer.eos_token_id is not None:
         tokenizer.pad_token = tokenizer.eos_token
-
-
-# --- memory needed to train on a CPU ----------------------------------------------------
-
-_GIB = 1024**3
-# Activations at the small batches a CPU trains with, the allocator's slack, Python and
-# the libraries: a margin on top of what the parameters themselves take.
-_MARGIN = 0.2
-
-
-@dataclass(frozen=True)
-class MemoryEstimate:
-    """What training a model on the CPU needs, from its parameter count.
-
-    Attributes:
-        model: The model, as the config names it.
-        parameters: Its parameter count (the base model's, for adapters).
-        dtype: The dtype the weights load in.
-        weights: Bytes of the weights.
-        training_state: Bytes of gradients, optimizer moments and copies of the weights
-            that the config's methods keep (none for LoRA, whose adapters are small).
-        needed: Weights plus training state plus the margin.
-        available: What this machine has available, if known.
-    """
-
-    model: str
-    parameters: int
-    dtype: torch.dtype
-    weights: int
-    training_state: int
-    needed: int
-    available: int | None
-
-    def describe(self) -> str:
-        """Returns the estimate in one phrase."""
-        dtype = str(self.dtype).removeprefix("torch.")
-        count = (f"{self.parameters / 1e9:.2f}B" if self.parameters >= 1e9
-                 else f"{self.parameters / 1e6:.1f}M")
-        return (f"about {_in_bytes(self.needed)} ({count} parameters: {_in_bytes(self.weights)} of {dtype} "
-                f"weights, {_in_bytes(self.training_state)} of gradients, optimizer state and weight "
-                f"copies, +{_MARGIN:.0%} for activations and the runtime)")
-
-
-def _in_bytes(size: int) -> str:
-    """Returns a byte count in GiB, or in MiB below one GiB."""
-    return f"{size / _GIB:.1f} GiB" if size >= _GIB else f"{size / (1 << 20):.1f} MiB"
-
-
-def estimate_training_memory(config: RetainConfig, *, merge: bool = False) -> MemoryEstimate | None:
-    """Estimates the memory ``retain train`` needs for ``config`` on the CPU, loading nothing.
-
-    Per parameter: the weights in the load dtype; under full fine-tuning also a gradient
-    and AdamW's two moments in that dtype; a copy of the starting weights for l2sp, ewc
-    or fapm and a Fisher estimate for ewc (under full fine-tuning); a second model with
-    its own optimizer while token_forget fits its reference model (full fine-tuning); a
-    copy of the weights when ``merge`` (``--merge`` merges the adapters into a copy, so
-    that the trained model stays as it is). LoRA's adapters are left out (about 1% of the
-    weights). A margin of 20% covers activations and the runtime.
-
-    Returns:
-        The estimate, or None when the model does not train on the CPU or its parameter
-        count cannot be found without loading it (a hub id not in the local cache).
-    """
-    device = resolve_device(config.model.device)
-    if device != "cpu":
-        return None
-    parameters = count_parameters(config.model.name_or_path, revision=config.model.revision,
-                                  trust_remote_code=config.model.trust_remote_code)
-    if parameters is None:
-        return None
-    dtype = resolve_dtype(config.model.dtype, device)
-    size = torch.tensor([], dtype=dtype).element_size()
-    copies = 0  # extra values per parameter, each of the load dtype's size
-    if config.method.base == "full":
-        copies += 3  # the gradient and AdamW's two moments
-        use = set(config.method.use)
-        copies += 1 if use & {"l2sp", "ewc", "fapm"} else 0  # one shared copy of the start
-        copies += 1 if "ewc" in use else 0  # the Fisher information
-        copies += 4 if "token_forget" in use else 0  # the reference model, its gradient and moments
-    elif merge:
-        copies += 1  # training.finish.save_merged merges into a deep copy
-    weights, state = parameters * size, parameters * size * copies
-    return MemoryEstimate(config.model.name_or_path, parameters, dtype, weights, state,
-                          needed=math.ceil((weights + state) * (1 + _MARGIN)), available=available_memory())
-
-
-def check_training_memory(config: RetainConfig, *, merge: bool = False) -> MemoryEstimate | None:
-    """Refuses a CPU training that cannot fit in the memory this machine has available.
-
-    Args:
-        config: The run's config.
-        merge: ``--merge`` was asked for (a second copy of the weights, for adapters).
-
-    Returns:
-        The estimate (logged), or None when there is none (see
-        :func:`estimate_training_memory`) or the available memory is unknown.
-
-    Raises:
-        InsufficientMemory: If the estimate exceeds the available memory; the message
-            carries the estimate.
-    """
-    estimate = estimate_training_memory(config, merge=merge)
-    if estimate is None or estimate.available is None:
-        logger.info("memory check skipped: %s", "no CPU estimate for this model" if estimate is None
-                    else "this system does not say how much memory is available")
-        return None
-    logger.info("training %s on the CPU needs %s; %s available", estimate.model, estimate.describe(),
-                _in_bytes(estimate.available))
-    if estimate.needed > estimate.available:
-        raise InsufficientMemory(
-            f"training '{estimate.model}' on the CPU needs {estimate.describe()}, and this machine has "
-            f"{_in_bytes(estimate.available)} available",
-            field="model.name_or_path",
-            fix="train LoRA adapters (method.use: [lora]) or a smaller model, use a GPU (model.device), "
-            "free memory, or pass --force to try anyway",
-        )
-    return estimate
-
-
-def count_parameters(name_or_path: str, *, revision: str | None = None,
-                     trust_remote_code: bool = False) -> int | None:
-    """Returns a model's parameter count without loading its weights (of the base, for adapters).
-
-    Read from the safetensors headers of a local model, else from its config by building
-    the model on the meta device (no memory). None when neither is at hand.
-    """
-    try:
-        path = _resolve(name_or_path, progress=False)
-    except ModelLoadError:
-        return None
-    adapter_config = path / "adapter_config.json"
-    if adapter_config.is_file():
-        base = json.loads(adapter_config.read_text()).get("base_model_name_or_path") or ""
-        return count_parameters(base, trust_remote_code=trust_remote_code) if base else None
-    files = _weight_files(path) if path.is_dir() else []
-    if files:
-        return sum(_safetensors_parameters(file) for file in files)
-    try:
-        config = AutoConfig.from_pretrained(str(path), revision=revision, trust_remote_code=trust_remote_code)
-        with torch.device("meta"):
-            model = AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
-    except (OSError, ValueError, KeyError, ImportError) as error:
-        logger.info("cannot count the parameters of %s without loading it: %s", name_or_path, error)
-        return None
-    return sum(parameter.numel() for parameter in model.parameters())
-
-
-def _weight_files(path: Path) -> list[Path]:
-    """Returns a model directory's safetensors files, by its shard index when it has one
-    (some repositories ship the same weights twice, e.g. ``consolidated.safetensors``)."""
-    index = path / "model.safetensors.index.json"
-    if index.is_file():
-        return sorted({path / name for name in json.loads(index.read_text())["weight_map"].values()})
-    if (path / "model.safetensors").is_file():
-        return [path / "model.safetensors"]
-    return sorted(path.glob("*.safetensors"))
-
-
-def _safetensors_parameters(file: Path) -> int:
-    """Returns the number of values in a safetensors file, from its JSON header alone."""
-    with open(file, "rb") as handle:
-        (length,) = struct.unpack("<Q", handle.read(8))  # the header's size, little-endian u64
-        header = json.loads(handle.read(length))
-    return sum(math.prod(entry["shape"]) for key, entry in header.items() if key != "__metadata__")

@@ -66,8 +66,9 @@ from retain.guards.callback import GuardCallback
 from retain.guards.measure import Probe
 from retain.guards.state import GuardState, read_guard_state
 from retain.hardware import drop_autocast
+from retain.memory import check_training_memory
 from retain.methods import MethodContext, methods_for
-from retain.models import check_training_memory, load_model, quiet_peft
+from retain.models import load_model, quiet_peft
 from retain.paths import cache_dir
 from retain.progress import quiet_trainer
 from retain.rundir import RunDir, default_run_name
