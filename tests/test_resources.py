@@ -21,7 +21,7 @@ import yaml
 from tiny_models import tiny_llama
 from transformers import LlamaConfig
 
-from retain import hardware, models
+from retain import hardware, memory, models
 from retain.config import RetainConfig
 from retain.evaluation.drift import compute_base_logprobs, drift_report
 from retain.evaluation.generation import generate_greedy, score_probes_by_generation
@@ -61,7 +61,7 @@ def test_the_estimate_counts_parameters_without_loading_weights(seven_b, micro_b
 
 
 def test_a_7b_model_that_cannot_fit_is_refused_with_the_estimate(seven_b, monkeypatch) -> None:
-    monkeypatch.setattr(models, "available_memory", lambda: 64 * GIB)
+    monkeypatch.setattr(memory, "available_memory", lambda: 64 * GIB)
     lora = estimate_training_memory(cpu_config(seven_b, "lora"))
     full = estimate_training_memory(cpu_config(seven_b, "full"))
     ewc = estimate_training_memory(cpu_config(seven_b, "full", "ewc"))
@@ -75,20 +75,20 @@ def test_a_7b_model_that_cannot_fit_is_refused_with_the_estimate(seven_b, monkey
     message = refused.value.render()
     assert "about 120.5 GiB" in message and "6.74B parameters" in message and "64.0 GiB available" in message
     assert refused.value.field == "model.name_or_path" and "--force" in refused.value.fix
-    monkeypatch.setattr(models, "available_memory", lambda: 16 * GIB)
+    monkeypatch.setattr(memory, "available_memory", lambda: 16 * GIB)
     with pytest.raises(InsufficientMemory, match="about 30.1 GiB"):
         check_training_memory(cpu_config(seven_b, "lora"))
 
 
 def test_merging_adapters_counts_the_merged_copy(seven_b, monkeypatch) -> None:
-    monkeypatch.setattr(models, "available_memory", lambda: 64 * GIB)
+    monkeypatch.setattr(memory, "available_memory", lambda: 64 * GIB)
     lora = estimate_training_memory(cpu_config(seven_b, "lora"))
     merged = estimate_training_memory(cpu_config(seven_b, "lora"), merge=True)
     assert merged.training_state == lora.weights and merged.needed > lora.needed
     # Full fine-tuning has nothing to merge (--merge only warns): no copy is added.
     assert estimate_training_memory(cpu_config(seven_b, "full"), merge=True) == \
         estimate_training_memory(cpu_config(seven_b, "full"))
-    monkeypatch.setattr(models, "available_memory", lambda: 40 * GIB)
+    monkeypatch.setattr(memory, "available_memory", lambda: 40 * GIB)
     assert check_training_memory(cpu_config(seven_b, "lora")) is not None  # 30 GiB: fits
     with pytest.raises(InsufficientMemory, match="about 60.2 GiB"):
         check_training_memory(cpu_config(seven_b, "lora"), merge=True)
@@ -119,9 +119,9 @@ def test_available_memory_is_the_smaller_of_the_kernels_and_the_cgroups(monkeypa
 
 
 def test_the_check_is_skipped_where_it_cannot_judge(seven_b, monkeypatch) -> None:
-    monkeypatch.setattr(models, "available_memory", lambda: None)
+    monkeypatch.setattr(memory, "available_memory", lambda: None)
     assert check_training_memory(cpu_config(seven_b, "full")) is None  # memory unknown
-    monkeypatch.setattr(models, "available_memory", lambda: 1)
+    monkeypatch.setattr(memory, "available_memory", lambda: 1)
     gpu = RetainConfig.model_validate({"model": {"name_or_path": str(seven_b), "device": "cuda"}})
     assert estimate_training_memory(gpu) is None  # GPU memory is not the CPU's
 
@@ -174,7 +174,7 @@ def test_a_low_memory_figure_refuses_before_the_model_loads_and_force_goes_on(mi
         "model": {"name_or_path": str(base.path)}, "data": {"train": str(task_data / "train.jsonl")},
         "audit": {"allow_small_data": True}, "output": {"dir": str(task_data / "runs"), "name": "small"}})
     monkeypatch.setattr(run_module, "load_model", no_load)
-    monkeypatch.setattr(models, "available_memory", lambda: 1 << 16)  # 64 KiB left
+    monkeypatch.setattr(memory, "available_memory", lambda: 1 << 16)  # 64 KiB left
     with pytest.raises(InsufficientMemory) as refused:
         run_module.run_train(config, progress=False, echo=lambda line: None)
     assert "needs about 0.6 MiB (0.1M parameters" in str(refused.value) and "0.1 MiB available" in str(refused.value)
