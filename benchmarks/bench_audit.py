@@ -22,13 +22,12 @@ import tempfile
 import time
 from pathlib import Path
 
+from retain.audit.contamination import contamination
+from retain.audit.minhash import NUM_PERM, SHINGLE
 from retain.audit.overlap import (
     NEAR_THRESHOLD,
-    NUM_PERM,
-    SHINGLE,
     conflict_groups,
     conflicting_labels,
-    contamination,
     exact_duplicates,
     near_duplicate_clusters,
     near_duplicates,

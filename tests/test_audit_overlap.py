@@ -6,15 +6,8 @@ from collections import Counter
 
 import pytest
 
-from retain.audit.overlap import (
-    blended_contamination,
-    conflicting_labels,
-    contamination,
-    exact_duplicates,
-    near_duplicates,
-    normalize_text,
-    rehearsed_ids,
-)
+from retain.audit.contamination import blended_contamination, contamination, rehearsed_ids
+from retain.audit.overlap import conflicting_labels, exact_duplicates, near_duplicates, normalize_text
 from retain.data.rows import Example
 from retain.evaluation.probes import ProbeItem, ProbeSuite
 from retain.lab.domain import DomainExample, DomainSpec, build_domain

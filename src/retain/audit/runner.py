@@ -19,14 +19,9 @@ from retain.audit.checks import (
     format_consistency,
     token_lengths,
 )
+from retain.audit.contamination import blended_contamination, contamination
 from retain.audit.findings import SEVERITIES, Finding, Verdict
-from retain.audit.overlap import (
-    blended_contamination,
-    conflicting_labels,
-    contamination,
-    exact_duplicates,
-    near_duplicates,
-)
+from retain.audit.overlap import conflicting_labels, exact_duplicates, near_duplicates
 from retain.config import RetainConfig
 from retain.data.rows import Problem, read_examples_for
 from retain.errors import RetainError

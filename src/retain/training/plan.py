@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from transformers import TrainingArguments
 
-from retain.audit.overlap import blended_contamination, rehearsed_ids
+from retain.audit.contamination import blended_contamination, rehearsed_ids
 from retain.config import RetainConfig
 from retain.data.encoding import (
     Encoded,
