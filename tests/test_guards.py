@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from retain.config.schema import GuardsConfig
+from retain.config.guards import GuardsConfig
 from retain.guards.rules import (
     Check,
     better,

@@ -8,7 +8,7 @@ from tiny_models import tiny_llama
 from transformers import TrainingArguments
 
 from retain.config import load_config
-from retain.config.schema import METHODS
+from retain.config.methods import METHODS
 from retain.errors import ConfigError, RetainError
 from retain.lab.tokenizer import train_tokenizer
 from retain.lab.world import build_world

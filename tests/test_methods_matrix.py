@@ -19,7 +19,7 @@ import torch
 from safetensors.torch import load_file
 
 from retain.config import RetainConfig
-from retain.config.schema import BASE_METHODS
+from retain.config.methods import BASE_METHODS
 from retain.data.encoding import IGNORE_INDEX
 from retain.io import read_jsonl
 from retain.lab.export import export_lab_data

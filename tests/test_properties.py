@@ -21,7 +21,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from retain.config import RetainConfig, dump_config, load_config
-from retain.config.schema import dotted_fields
+from retain.config.walk import dotted_fields
 from retain.data.rows import Example, read_examples
 from retain.errors import ConfigError, DataError, RetainError
 

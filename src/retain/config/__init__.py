@@ -11,24 +11,13 @@ Typical use::
     print(dump_config(cfg))
 """
 
+from retain.config.guards import ForgettingGuardConfig, GuardsConfig, LossGuardConfig, SmokeGuardConfig
 from retain.config.loading import apply_overrides, dump_config, load_config
 from retain.config.messages import OVERRIDE_SOURCE
+from retain.config.methods import LoraConfig, MethodConfig
 from retain.config.reference import config_reference_markdown
-from retain.config.schema import (
-    DataConfig,
-    ForgettingGuardConfig,
-    GuardsConfig,
-    LoraConfig,
-    LossGuardConfig,
-    MethodConfig,
-    ModelConfig,
-    OutputConfig,
-    ProbesConfig,
-    RetainConfig,
-    SmokeGuardConfig,
-    TrainConfig,
-    dotted_fields,
-)
+from retain.config.schema import DataConfig, ModelConfig, OutputConfig, ProbesConfig, RetainConfig, TrainConfig
+from retain.config.walk import dotted_fields
 
 __all__ = [
     "OVERRIDE_SOURCE",

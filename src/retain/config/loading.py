@@ -15,13 +15,9 @@ from pydantic import ValidationError
 from pydantic.fields import FieldInfo
 
 from retain.config.messages import OVERRIDE_SOURCE, config_error, yaml_kind
-from retain.config.schema import (
-    RetainConfig,
-    dotted_fields,
-    expand_method_shorthand,
-    field_at,
-    valid_paths,
-)
+from retain.config.methods import expand_method_shorthand
+from retain.config.schema import RetainConfig
+from retain.config.walk import dotted_fields, field_at, valid_paths
 from retain.errors import ConfigError
 
 # PyYAML follows YAML 1.1, which reads "1e-4" (no dot) as a string, not a float.

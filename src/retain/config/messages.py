@@ -15,16 +15,7 @@ import yaml
 from pydantic import ValidationError
 from pydantic.fields import FieldInfo
 
-from retain.config.schema import (
-    BOUNDS,
-    bounds,
-    choices,
-    default,
-    field_at,
-    model_at,
-    section_model,
-    valid_paths,
-)
+from retain.config.walk import BOUNDS, bounds, choices, default, field_at, model_at, section_model, valid_paths
 from retain.errors import ConfigError
 
 #: Shown as the "file" of errors that come from ``--set`` overrides.

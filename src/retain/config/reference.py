@@ -7,14 +7,8 @@ from typing import Literal, get_args, get_origin
 from pydantic.fields import FieldInfo
 
 from retain.config.messages import inline
-from retain.config.schema import (
-    BOUNDS,
-    RetainConfig,
-    bounds,
-    default,
-    section_model,
-    walk,
-)
+from retain.config.schema import RetainConfig
+from retain.config.walk import BOUNDS, bounds, default, section_model, walk
 
 
 def config_reference_markdown() -> str:

@@ -27,7 +27,7 @@ from transformers import (
 )
 
 from retain.checkpoints import save_model, start_folder
-from retain.config.schema import GuardsConfig
+from retain.config.guards import GuardsConfig
 from retain.guards.measure import Baseline, Probe
 from retain.guards.rules import (
     LOSS_WINDOW,

@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from retain.config.schema import GuardsConfig
+from retain.config.guards import GuardsConfig
 
 ACTIONS_THAT_STOP = ("stop", "restore_best")
 LOSS_WINDOW = 10  # steps whose mean loss the high and low loss limits judge

@@ -17,7 +17,7 @@ A method is a small class with up to five hooks, called by ``retain train`` in t
 report their size there).
 
 Methods compose: every method of ``method.use`` runs its hooks, in the order of
-:data:`retain.config.schema.METHODS` (the base method that picks the trainable weights
+:data:`retain.config.methods.METHODS` (the base method that picks the trainable weights
 first), whatever order the config lists them in.
 """
 

@@ -6,7 +6,7 @@ imports the built-in ones."""
 from __future__ import annotations
 
 from retain.config import RetainConfig
-from retain.config.schema import METHODS
+from retain.config.methods import METHODS
 from retain.methods.base import Method
 
 _REGISTRY: dict[str, type[Method]] = {}
@@ -15,7 +15,7 @@ _REGISTRY: dict[str, type[Method]] = {}
 def register(cls: type[Method]) -> type[Method]:
     """Class decorator: makes ``cls`` available as ``method.use: [cls.name]``."""
     if cls.name not in METHODS:
-        raise ValueError(f"method {cls.name!r} is not in retain.config.schema.METHODS")
+        raise ValueError(f"method {cls.name!r} is not in retain.config.methods.METHODS")
     _REGISTRY[cls.name] = cls
     return cls
 

@@ -16,7 +16,8 @@ from transformers import PreTrainedModel
 
 from retain.checkpoints import checkpoint_problem, save_model, start_folder
 from retain.config import RetainConfig
-from retain.config.schema import METHODS, GuardsConfig
+from retain.config.guards import GuardsConfig
+from retain.config.methods import METHODS
 from retain.errors import RetainError
 from retain.evaluation.engine import EvalResult, forgetting, forgetting_by_rehearsal
 from retain.guards.rules import unsound
