@@ -1,0 +1,130 @@
+"""What the command line prints: rich tables of findings, evaluations and accuracies on
+stdout, and one line per error on stderr."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from retain.errors import ConfigError
+
+INTERRUPTED = 130  # the exit code of Ctrl-C (typer turns KeyboardInterrupt into it)
+
+console = Console()
+errors = Console(stderr=True)
+
+# Global options of this invocation, set by the root callback before any command runs.
+STATE: dict[str, bool] = {"quiet": False}
+
+
+def output_file(param: typer.CallbackParam, value: Optional[Path]) -> Optional[Path]:
+    """Refuses an output file that cannot be written, before the command does any work."""
+    if value is None:
+        return value
+    option = param.opts[0] if param.opts else param.name
+    if value.is_dir():
+        raise ConfigError(f"{value} is a folder", file=option, fix="give the path of a file to write")
+    if not value.parent.is_dir():
+        raise ConfigError(f"no folder {value.parent} to write {value.name} into", file=option,
+                          fix="create the folder first, or give a path in an existing folder")
+    return value
+
+def print_findings(title: str, report, strict: bool) -> int:
+    """Prints a report's findings as a table with examples and returns its exit code."""
+    table = Table(title=title)
+    for column in ("severity", "finding", "count", "fix"):
+        table.add_column(column, justify="right" if column == "count" else "left")
+    for finding in report.findings:
+        style = {"blocker": "bold red", "warning": "yellow"}.get(finding.severity)
+        table.add_row(finding.severity, finding.title, f"{finding.count:,}", finding.fix, style=style)
+    console.print(table)
+    for finding in report.findings:
+        for example in finding.examples[:3]:
+            console.print(f"  {finding.code} line {example.get('line')}: {str(example.get('text', ''))[:100]!r}",
+                          markup=False, highlight=False)
+    counts = ", ".join(f"{report.count(s)} {s}s" for s in ("blocker", "warning", "info"))
+    code = report.exit_code(strict)
+    console.print(f"{counts}: {('go', 'warnings (--strict)', 'stop: fix the blockers first')[code]}")
+    return code
+
+
+# --- train ----------------------------------------------------------------------------
+
+def percent(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1%}"
+
+def print_eval(outcome) -> None:
+    result = outcome.result
+    for suite, methods in result.probes.items():
+        table = Table(title=f"probes: {suite} (version {next(iter(methods.values())).version})")
+        table.add_column("category")
+        table.add_column("items", justify="right")
+        for method in methods:
+            table.add_column(method, justify="right")
+        reports = outcome.forgetting.get(suite, {})
+        if reports:
+            table.add_column("forgetting (generation)" if "generation" in reports else "forgetting", justify="right")
+        first = next(iter(methods.values()))
+        rows = [*first.counts, "overall"]
+        for category in rows:
+            count = sum(first.counts.values()) if category == "overall" else first.counts[category]
+            cells = [percent(score.accuracy.get(category)) for score in methods.values()]
+            if reports:
+                report = reports.get("generation") or next(iter(reports.values()))
+                figure = report.categories.get(category)
+                cells.append(
+                    "-" if figure is None else
+                    f"{figure.absolute_drop:+.1%} [{figure.absolute_drop_ci[0]:+.1%}, {figure.absolute_drop_ci[1]:+.1%}]"
+                )
+            table.add_row(category, str(count), *cells, style="bold" if category == "overall" else None)
+        console.print(table)
+    if outcome.base_source:
+        console.print(f"forgetting = accuracy of the base ({outcome.base_source}) minus this model's; "
+                      "positive means forgotten, 95% bootstrap interval in brackets")
+    if result.task:
+        table = Table(title="task")
+        for column in ("split", "n", "accuracy", "by log-likelihood", "exact match", "no answer", "predicted", "health failures"):
+            table.add_column(column, justify="left" if column in ("split", "predicted") else "right")
+        for score in result.task.values():
+            predicted = ", ".join(f"{label} {share:.0%}" for label, share in score.predicted.items())
+            table.add_row(score.name, str(score.n), f"{score.accuracy:.1%}", percent(score.loglik_accuracy),
+                          f"{score.exact_match:.1%}", percent(score.unparsed), predicted or "-",
+                          percent(score.health.failures if score.health else None))
+        console.print(table)
+    if result.brittleness:
+        table = Table(title="brittleness: the eval set perturbed")
+        for column in ("perturbation", "n", "accuracy before", "after", "answers changed"):
+            table.add_column(column, justify="left" if column == "perturbation" else "right")
+        for entry in result.brittleness:
+            table.add_row(entry.name, str(entry.n), f"{entry.accuracy_original:.1%}",
+                          f"{entry.accuracy_perturbed:.1%}", f"{entry.flipped:.1%}")
+        console.print(table)
+    if result.drift:
+        kl = "-" if result.drift.kl is None else f"{result.drift.kl:.4f} nats/token (top-{result.drift.k} + rest)"
+        console.print(f"drift on the reference text ({result.drift.tokens:,} tokens): perplexity "
+                      f"{result.drift.perplexity:.2f}, KL(base || model) {kl}")
+    if result.smoke:
+        smoke = result.smoke
+        console.print(f"smoke test ({smoke.n} prompts): {smoke.failures:.0%} broken "
+                      f"(empty {smoke.empty:.0%}, whitespace {smoke.whitespace_only:.0%}, echo {smoke.echo:.0%}, "
+                      f"loop {smoke.loop:.0%}), no EOS {smoke.no_eos:.0%}, mean {smoke.mean_new_tokens:.1f} new tokens")
+    console.print(f"evaluated in {result.seconds:.1f} s")
+
+
+# --- lab ------------------------------------------------------------------------------
+
+def print_accuracy(title: str, accuracy: dict[str, float], counts: dict[str, int]) -> None:
+    console.print(title)
+    table = Table()
+    table.add_column("category")
+    table.add_column("items", justify="right")
+    table.add_column("accuracy", justify="right")
+    for name, value in accuracy.items():
+        if name != "overall":
+            table.add_row(name, str(counts.get(name, "")), f"{value:.1%}")
+    table.add_row("overall", str(sum(counts.values())), f"{accuracy['overall']:.1%}", style="bold")
+    console.print(table)
