@@ -26,7 +26,8 @@ from retain.report import build_report
 from retain.report.analysis import pareto_front, size_curves
 from retain.report.content import cards, verdict
 from retain.report.html import CSP
-from retain.report.sources import Trial, read_run, read_source, read_sweep, varying_settings
+from retain.report.sources import read_run, read_source, read_sweep
+from retain.report.views import Trial, varying_settings
 from retain.training.run import run_train
 
 pytestmark = pytest.mark.slow

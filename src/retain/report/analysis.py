@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from retain.report.sources import Trial, as_dict, as_number, dotted, varying_settings
+from retain.report.views import Trial, as_dict, as_number, dotted, varying_settings
 
 # Settings that differ between any two runs without changing what is compared.
 SIZE_KEY = "data.size"

@@ -8,7 +8,8 @@ from pathlib import Path
 
 from retain.errors import RetainError
 from retain.io import atomic_write_text
-from retain.report.sources import RunView, SweepView, read_source
+from retain.report.sources import read_source
+from retain.report.views import RunView, SweepView
 
 DEFAULT_NAME = "retain-report.html"
 

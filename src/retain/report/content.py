@@ -11,7 +11,7 @@ from functools import lru_cache
 from typing import Any
 
 from retain.errors import RetainError
-from retain.report.sources import RunView, as_dict, as_number, dotted
+from retain.report.views import RunView, as_dict, as_number, dotted
 from retain.summary import rehearsal_note
 
 FORGETTING_LIMIT = 0.03  # guards.forgetting.threshold's default, for runs whose config lacks it

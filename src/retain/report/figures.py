@@ -21,7 +21,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator, NullFormatter, ScalarFormatter
 
 from retain.report.analysis import SizeCurve
-from retain.report.sources import RunView, Trial, as_dict, as_number
+from retain.report.views import RunView, Trial, as_dict, as_number
 
 MAX_LEGEND = 12  # more lines than this and the legend would hide the plot
 GUARD_COLOR = "#c0392b"

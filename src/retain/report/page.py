@@ -16,7 +16,7 @@ import yaml
 import retain
 from retain.report import content, figures
 from retain.report.analysis import describe, format_value, pareto_front, size_curves
-from retain.report.sources import RunView, SweepView, Trial, as_dict, as_number, dotted, varying_settings
+from retain.report.views import RunView, SweepView, Trial, as_dict, as_number, dotted, varying_settings
 
 # What training does not save yet, said where the report would show it.
 MISSING_GENERATIONS = (
