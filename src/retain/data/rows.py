@@ -9,30 +9,20 @@ field and fix, so one pass shows every mistake. Commands that need clean data ca
 
 from __future__ import annotations
 
-import csv
-import json
-import re
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NamedTuple, Protocol
+from typing import Any, Protocol
 
+from retain.data.formats import CHAT_EXAMPLE, FIELD_SETTINGS, READERS, BadRow, Fields, resolve_format
 from retain.errors import DataError
 
-FORMATS = ("jsonl", "csv", "parquet", "datasets")
 CHAT_ROLES = ("system", "user", "assistant", "tool")
-_EXTENSIONS = {
-    ".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv", ".parquet": "parquet", ".pq": "parquet",
-}
 _JSON_TYPES = (
     (type(None), "null"), (bool, "boolean"), ((int, float), "number"), (str, "string"),
     (Mapping, "object"), ((list, tuple), "array"),
 )
 _PROBLEMS_NAMED = 3
-_LINE_BREAK = re.compile(r"\r\n|\r|\n")
-_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
-_FIELD_SETTINGS = "data.prompt_field, data.response_field or data.messages_field"
-_CHAT_EXAMPLE = '[{"role": "user", "content": "..."}, {"role": "assistant", "content": "..."}]'
 
 
 @dataclass(frozen=True)
@@ -79,28 +69,6 @@ class Problem:
         )
 
 
-class _Fields(NamedTuple):
-    """The column names that hold prompt, response and chat turns."""
-
-    prompt: str
-    response: str
-    messages: str
-
-
-class _BadRow(Exception):
-    """Why a row cannot become an :class:`Example`.
-
-    Readers yield one in place of a row they cannot decode (invalid JSON, say), so that
-    every row, decoded or not, reaches :func:`_parse_row` with its line number.
-    """
-
-    def __init__(self, field: str | None, message: str, fix: str) -> None:
-        super().__init__(message)
-        self.field = field
-        self.message = message
-        self.fix = fix
-
-
 def read_examples(
     path: str | Path,
     *,
@@ -129,13 +97,13 @@ def read_examples(
             no usable example at all (empty, or every row malformed).
     """
     path = Path(path)
-    fields = _Fields(prompt_field, response_field, messages_field)
+    fields = Fields(prompt_field, response_field, messages_field)
     examples: list[Example] = []
     problems: list[Problem] = []
-    for line, row in _READERS[_resolve_format(path, format)](path, fields):
+    for line, row in READERS[resolve_format(path, format)](path, fields):
         try:
             examples.append(_parse_row(row, line, fields))
-        except _BadRow as bad:
+        except BadRow as bad:
             problems.append(Problem(str(path), line, bad.field, bad.message, bad.fix))
     if not examples:
         raise _nothing_usable(path, problems)
@@ -232,33 +200,6 @@ def read_text(path: str | Path, what: str) -> str:
                         fix=f"check the path and permissions of {what}") from None
 
 
-def decode_json(text: str) -> object:
-    """Returns the JSON value in ``text`` (one JSONL line, or one cell).
-
-    Raises:
-        ValueError: Saying in a few words why it is not valid JSON: the parser's
-            complaint and column, a number of more than 4,300 digits (Python refuses
-            to convert them), nesting deeper than Python's recursion limit, or a lone
-            surrogate escape (``"\\ud800"``: valid JSON, but not Unicode text).
-    """
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as error:
-        raise ValueError(f"{error.msg} (column {error.colno})") from None
-    except ValueError:  # int() refuses 4,301+ digits: quadratic-time conversion (CVE-2020-10735)
-        raise ValueError("a number has more than 4,300 digits") from None
-    except RecursionError:
-        raise ValueError("nested too deeply (arrays or objects hundreds of levels deep)") from None
-    if _SURROGATE_ESCAPE.search(text):  # "\ud800" alone decodes to a str that is not text
-        try:
-            json.dumps(value, ensure_ascii=False).encode("utf-8")
-        except UnicodeEncodeError as error:
-            code = ord(error.object[error.start])
-            raise ValueError(f"a string holds \\u{code:04x}, half of a surrogate pair, which is not text; "
-                             "the file was cut or converted badly") from None
-    return value
-
-
 def chat_prompt_text(turns: Sequence[Mapping[str, Any]]) -> str:
     """Returns ``turns`` as plain text ending in an ``Assistant:`` cue.
 
@@ -272,12 +213,12 @@ def chat_prompt_text(turns: Sequence[Mapping[str, Any]]) -> str:
 # --- rows -----------------------------------------------------------------------------
 
 
-def _parse_row(row: object, line: int, fields: _Fields) -> Example:
-    """Returns ``row`` as an :class:`Example`; raises :class:`_BadRow` if malformed."""
-    if isinstance(row, _BadRow):
+def _parse_row(row: object, line: int, fields: Fields) -> Example:
+    """Returns ``row`` as an :class:`Example`; raises :class:`BadRow` if malformed."""
+    if isinstance(row, BadRow):
         raise row
     if not isinstance(row, Mapping):
-        raise _BadRow(
+        raise BadRow(
             None, f"the row is a JSON {_json_type(row)}, not an object",
             f'write one object per line: {{"{fields.prompt}": ..., "{fields.response}": ...}}',
         )
@@ -289,32 +230,32 @@ def _parse_row(row: object, line: int, fields: _Fields) -> Example:
     return Example(prompt, response, None, line, others)
 
 
-def _prompt_response(row: Mapping[str, Any], fields: _Fields) -> tuple[str, str]:
-    """Returns the prompt and response of a prompt/response row; raises :class:`_BadRow`."""
+def _prompt_response(row: Mapping[str, Any], fields: Fields) -> tuple[str, str]:
+    """Returns the prompt and response of a prompt/response row; raises :class:`BadRow`."""
     if row.get(fields.prompt) is None and row.get(fields.response) is None:
-        raise _BadRow(
+        raise BadRow(
             fields.prompt,
             f"the row has neither '{fields.prompt}'/'{fields.response}' nor '{fields.messages}'",
             f"add '{fields.prompt}' and '{fields.response}', or chat turns under "
-            f"'{fields.messages}'; if your columns have other names, set {_FIELD_SETTINGS}",
+            f"'{fields.messages}'; if your columns have other names, set {FIELD_SETTINGS}",
         )
     prompt = _text(row, fields.prompt, "data.prompt_field")
     response = _text(row, fields.response, "data.response_field")
     if not response.strip():
-        raise _BadRow(fields.response, "the response is empty", "give the row an answer or drop it")
+        raise BadRow(fields.response, "the response is empty", "give the row an answer or drop it")
     return prompt, response
 
 
 def _text(row: Mapping[str, Any], name: str, setting: str) -> str:
-    """Returns the text in column ``name``; raises :class:`_BadRow` if missing or not text."""
+    """Returns the text in column ``name``; raises :class:`BadRow` if missing or not text."""
     value = row.get(name)
     if value is None:
-        raise _BadRow(
+        raise BadRow(
             name, f"missing field '{name}'",
             f"add '{name}' to the row, or set {setting} to the column that holds it",
         )
     if not isinstance(value, str):
-        raise _BadRow(
+        raise BadRow(
             name, f"'{name}' must be text, got a JSON {_json_type(value)}",
             "write it as a string (in quotes)",
         )
@@ -327,26 +268,26 @@ def _chat(turns: object, name: str) -> tuple[str, str, tuple[dict[str, Any], ...
     Turns after the last assistant turn are kept in the turns but are not in the prompt.
 
     Raises:
-        _BadRow: Unless ``turns`` is a non-empty list of valid turns with an answer.
+        BadRow: Unless ``turns`` is a non-empty list of valid turns with an answer.
     """
     if not isinstance(turns, (list, tuple)):
-        raise _BadRow(
+        raise BadRow(
             name, f"'{name}' must be a list of turns, got a JSON {_json_type(turns)}",
-            f"write it as {_CHAT_EXAMPLE}",
+            f"write it as {CHAT_EXAMPLE}",
         )
     if not turns:
-        raise _BadRow(name, f"'{name}' is empty", f"write the conversation as {_CHAT_EXAMPLE}")
+        raise BadRow(name, f"'{name}' is empty", f"write the conversation as {CHAT_EXAMPLE}")
     for index, turn in enumerate(turns):
         _check_turn(turn, f"{name}[{index}]")
     answers = [index for index, turn in enumerate(turns) if turn["role"] == "assistant"]
     if not answers:
-        raise _BadRow(
+        raise BadRow(
             name, "the conversation has no assistant turn",
             "end the conversation with the answer as an assistant turn",
         )
     last = answers[-1]
     if not turns[last]["content"].strip():
-        raise _BadRow(
+        raise BadRow(
             f"{name}[{last}].content", "the last assistant turn is empty",
             "give the conversation an answer or drop it",
         )
@@ -355,9 +296,9 @@ def _chat(turns: object, name: str) -> tuple[str, str, tuple[dict[str, Any], ...
 
 
 def _check_turn(turn: object, where: str) -> None:
-    """Raises :class:`_BadRow` unless ``turn`` has a known role and text content."""
+    """Raises :class:`BadRow` unless ``turn`` has a known role and text content."""
     if not isinstance(turn, Mapping):
-        raise _BadRow(
+        raise BadRow(
             where, f"a turn must be an object, got a JSON {_json_type(turn)}",
             'write it as {"role": "user", "content": "..."}',
         )
@@ -370,10 +311,10 @@ def _check_turn(turn: object, where: str) -> None:
                 "human to user and gpt to assistant"
             )
         problem = "missing role" if role is None else f"unknown role {role!r}"
-        raise _BadRow(f"{where}.role", problem, fix)
+        raise BadRow(f"{where}.role", problem, fix)
     content = turn.get("content")
     if not isinstance(content, str):
-        raise _BadRow(
+        raise BadRow(
             f"{where}.content", f"the content must be text, got a JSON {_json_type(content)}",
             "write the turn's text as a string",
         )
@@ -398,177 +339,3 @@ def _nothing_usable(path: Path, problems: list[Problem]) -> DataError:
 
 # --- formats --------------------------------------------------------------------------
 
-
-def _resolve_format(path: Path, format: str) -> str:
-    """Returns the format to read ``path`` with; raises :class:`DataError` if none fits."""
-    if not path.exists():
-        raise DataError(
-            "file not found", file=path,
-            fix="check the path; relative paths start at the current directory",
-        )
-    if format == "auto":
-        if path.is_dir():
-            return "datasets"
-        if path.suffix.lower() not in _EXTENSIONS:
-            raise DataError(
-                f"cannot tell the format from the extension '{path.suffix}'", file=path,
-                fix="name the file .jsonl, .csv or .parquet, or set data.format "
-                "(jsonl for one JSON object per line)",
-            )
-        return _EXTENSIONS[path.suffix.lower()]
-    if format not in FORMATS:
-        raise DataError(
-            f"unknown format '{format}'", file=path, fix=f"use auto or one of {', '.join(FORMATS)}"
-        )
-    if path.is_dir() != (format == "datasets"):
-        raise DataError(
-            f"format '{format}' does not fit a {'directory' if path.is_dir() else 'file'}",
-            file=path, fix="use datasets for a directory written by save_to_disk, "
-            "jsonl, csv or parquet for a file",
-        )
-    return format
-
-
-def _check_columns(columns: Sequence[str], fields: _Fields, path: Path) -> None:
-    """Raises :class:`DataError` if a table has the columns of neither kind of row."""
-    if fields.messages in columns or {fields.prompt, fields.response} <= set(columns):
-        return
-    missing = " or ".join(repr(name) for name in fields[:2] if name not in columns)
-    raise DataError(
-        f"no column {missing} for prompt/response data and no '{fields.messages}' column "
-        f"for chat data; the columns are: {', '.join(columns) or 'none'}",
-        file=path, fix=f"rename the columns, or set {_FIELD_SETTINGS} to the names you use",
-    )
-
-
-def _unreadable(path: Path, error: OSError) -> DataError:
-    """Returns the error for a file the operating system will not let us read."""
-    return DataError(
-        f"cannot read the file: {error.strerror or error}", file=path,
-        fix="check that it is a file you may read",
-    )
-
-
-def _jsonl_rows(path: Path, fields: _Fields) -> Iterator[tuple[int, object]]:
-    """Yields (line, row) per non-blank line; a :class:`_BadRow` for lines that do not decode."""
-    try:
-        with path.open("rb") as handle:
-            for line, raw in enumerate(handle, start=1):
-                if raw.strip():
-                    yield line, _decode_json_line(raw)
-    except OSError as error:
-        raise _unreadable(path, error) from error
-
-
-def _decode_json_line(raw: bytes) -> object:
-    """Returns the JSON value on one line, or a :class:`_BadRow` saying why there is none."""
-    try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError:
-        return _BadRow(None, "the line is not UTF-8 text", "save the file as UTF-8")
-    try:
-        return decode_json(text)
-    except ValueError as error:
-        return _BadRow(
-            None, f"invalid JSON: {error}",
-            "make the line one complete JSON object; a JSONL record cannot span lines",
-        )
-
-
-def _csv_rows(path: Path, fields: _Fields) -> Iterator[tuple[int, object]]:
-    """Yields (line, row) per CSV record, the line where it starts; the header is line 1."""
-    # Long contexts exceed the csv module's 128 KiB default cell limit.
-    csv.field_size_limit(2**31 - 1)
-    ended = 0  # the line the last record ended on: the next one starts after it
-    try:
-        with path.open(newline="", encoding="utf-8-sig") as handle:
-            # strict: a quote left open is an error, not a cell that swallows the file.
-            reader = csv.DictReader(handle, strict=True)
-            _check_columns(reader.fieldnames or [], fields, path)
-            ended = reader.line_num
-            for record in reader:
-                # line_num is where the record ends; quoted cells may hold line breaks.
-                cells = [cell for cell in record.values() if isinstance(cell, str)]
-                breaks = sum(len(_LINE_BREAK.findall(cell)) for cell in cells)
-                ended = reader.line_num
-                yield reader.line_num - breaks, _csv_row(record, fields)
-    except UnicodeDecodeError as error:
-        raise DataError("the file is not UTF-8 text", file=path, fix="save it as UTF-8") from error
-    except csv.Error as error:
-        raise DataError(
-            f"malformed CSV: {error}", file=path, line=ended + 1,
-            fix='close every quoted cell with a quote, and double the quotes inside one ("")',
-        ) from error
-    except OSError as error:
-        raise _unreadable(path, error) from error
-
-
-def _csv_row(record: dict[Any, Any], fields: _Fields) -> object:
-    """Returns a CSV record as a row: empty cells are missing, chat turns are JSON text."""
-    if None in record:  # DictReader files cells beyond the header under the key None
-        return _BadRow(
-            None, f"the row has {len(record[None])} more cell(s) than the header",
-            "quote cells that contain commas",
-        )
-    row = {key: (value if value != "" else None) for key, value in record.items()}
-    turns = row.get(fields.messages)
-    if isinstance(turns, str):
-        try:
-            row[fields.messages] = decode_json(turns)
-        except ValueError as error:
-            return _BadRow(
-                fields.messages, f"the chat turns are not valid JSON: {error}",
-                f"write the cell as a JSON list: {_CHAT_EXAMPLE}",
-            )
-    return row
-
-
-def _parquet_rows(path: Path, fields: _Fields) -> Iterator[tuple[int, object]]:
-    """Yields (row number, row) per Parquet row, reading one batch at a time."""
-    import pyarrow.parquet as pq  # installed with datasets; imported late, it is slow
-    from pyarrow import ArrowException
-
-    try:
-        table = pq.ParquetFile(path)
-        _check_columns(table.schema_arrow.names, fields, path)
-        number = 0
-        for batch in table.iter_batches():
-            for row in batch.to_pylist():
-                number += 1
-                yield number, row
-    # ArrowInvalid is a ValueError; ArrowException covers its other errors (types, not implemented).
-    except (OSError, ValueError, ArrowException) as error:
-        raise DataError(
-            f"cannot read it as Parquet: {error}", file=path,
-            fix="check that it is a Parquet file, or set data.format to its real format",
-        ) from error
-
-
-def _datasets_rows(path: Path, fields: _Fields) -> Iterator[tuple[int, object]]:
-    """Yields (row number, row) per row of a directory written by ``save_to_disk``."""
-    from datasets import Dataset, load_from_disk  # imported late, it is slow
-
-    try:
-        dataset = load_from_disk(str(path))
-    # A folder of the wrong files fails inside datasets in many ways (a KeyError for a
-    # state.json without its keys, ...); every one means it is not a saved dataset.
-    except Exception as error:  # noqa: BLE001
-        raise DataError(
-            f"not a dataset saved with save_to_disk ({type(error).__name__}: {str(error)[:200]})", file=path,
-            fix="point to a directory written by save_to_disk, or to a .jsonl, .csv or "
-            ".parquet file",
-        ) from error
-    if not isinstance(dataset, Dataset):
-        splits = list(dataset)
-        raise DataError(
-            f"the directory holds a dataset with splits ({', '.join(splits) or 'none'}), not one split",
-            file=path,
-            fix=f"point to one split, e.g. {path / splits[0]}" if splits else "save one split with save_to_disk",
-        )
-    _check_columns(dataset.column_names, fields, path)
-    yield from enumerate(dataset, start=1)
-
-
-_READERS = {
-    "jsonl": _jsonl_rows, "csv": _csv_rows, "parquet": _parquet_rows, "datasets": _datasets_rows,
-}

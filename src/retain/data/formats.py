@@ -1,0 +1,237 @@
+"""The file formats rows are read from: JSONL, CSV, Parquet and ``datasets`` folders, each
+yielding (line, row) pairs, with a clear error for a file that cannot be read."""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any, NamedTuple
+
+from retain.errors import DataError
+
+CHAT_EXAMPLE = '[{"role": "user", "content": "..."}, {"role": "assistant", "content": "..."}]'
+FORMATS = ("jsonl", "csv", "parquet", "datasets")
+
+_EXTENSIONS = {
+    ".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv", ".parquet": "parquet", ".pq": "parquet",
+}
+
+LINE_BREAK = re.compile(r"\r\n|\r|\n")
+
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+
+FIELD_SETTINGS = "data.prompt_field, data.response_field or data.messages_field"
+
+class Fields(NamedTuple):
+    """The column names that hold prompt, response and chat turns."""
+
+    prompt: str
+    response: str
+    messages: str
+
+class BadRow(Exception):
+    """Why a row cannot become an :class:`Example`.
+
+    Readers yield one in place of a row they cannot decode (invalid JSON, say), so that
+    every row, decoded or not, reaches :func:`_parse_row` with its line number.
+    """
+
+    def __init__(self, field: str | None, message: str, fix: str) -> None:
+        super().__init__(message)
+        self.field = field
+        self.message = message
+        self.fix = fix
+
+def decode_json(text: str) -> object:
+    """Returns the JSON value in ``text`` (one JSONL line, or one cell).
+
+    Raises:
+        ValueError: Saying in a few words why it is not valid JSON: the parser's
+            complaint and column, a number of more than 4,300 digits (Python refuses
+            to convert them), nesting deeper than Python's recursion limit, or a lone
+            surrogate escape (``"\\ud800"``: valid JSON, but not Unicode text).
+    """
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{error.msg} (column {error.colno})") from None
+    except ValueError:  # int() refuses 4,301+ digits: quadratic-time conversion (CVE-2020-10735)
+        raise ValueError("a number has more than 4,300 digits") from None
+    except RecursionError:
+        raise ValueError("nested too deeply (arrays or objects hundreds of levels deep)") from None
+    if _SURROGATE_ESCAPE.search(text):  # "\ud800" alone decodes to a str that is not text
+        try:
+            json.dumps(value, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError as error:
+            code = ord(error.object[error.start])
+            raise ValueError(f"a string holds \\u{code:04x}, half of a surrogate pair, which is not text; "
+                             "the file was cut or converted badly") from None
+    return value
+
+def resolve_format(path: Path, format: str) -> str:
+    """Returns the format to read ``path`` with; raises :class:`DataError` if none fits."""
+    if not path.exists():
+        raise DataError(
+            "file not found", file=path,
+            fix="check the path; relative paths start at the current directory",
+        )
+    if format == "auto":
+        if path.is_dir():
+            return "datasets"
+        if path.suffix.lower() not in _EXTENSIONS:
+            raise DataError(
+                f"cannot tell the format from the extension '{path.suffix}'", file=path,
+                fix="name the file .jsonl, .csv or .parquet, or set data.format "
+                "(jsonl for one JSON object per line)",
+            )
+        return _EXTENSIONS[path.suffix.lower()]
+    if format not in FORMATS:
+        raise DataError(
+            f"unknown format '{format}'", file=path, fix=f"use auto or one of {', '.join(FORMATS)}"
+        )
+    if path.is_dir() != (format == "datasets"):
+        raise DataError(
+            f"format '{format}' does not fit a {'directory' if path.is_dir() else 'file'}",
+            file=path, fix="use datasets for a directory written by save_to_disk, "
+            "jsonl, csv or parquet for a file",
+        )
+    return format
+
+def _check_columns(columns: Sequence[str], fields: Fields, path: Path) -> None:
+    """Raises :class:`DataError` if a table has the columns of neither kind of row."""
+    if fields.messages in columns or {fields.prompt, fields.response} <= set(columns):
+        return
+    missing = " or ".join(repr(name) for name in fields[:2] if name not in columns)
+    raise DataError(
+        f"no column {missing} for prompt/response data and no '{fields.messages}' column "
+        f"for chat data; the columns are: {', '.join(columns) or 'none'}",
+        file=path, fix=f"rename the columns, or set {FIELD_SETTINGS} to the names you use",
+    )
+
+def _unreadable(path: Path, error: OSError) -> DataError:
+    """Returns the error for a file the operating system will not let us read."""
+    return DataError(
+        f"cannot read the file: {error.strerror or error}", file=path,
+        fix="check that it is a file you may read",
+    )
+
+def _jsonl_rows(path: Path, fields: Fields) -> Iterator[tuple[int, object]]:
+    """Yields (line, row) per non-blank line; a :class:`BadRow` for lines that do not decode."""
+    try:
+        with path.open("rb") as handle:
+            for line, raw in enumerate(handle, start=1):
+                if raw.strip():
+                    yield line, _decode_json_line(raw)
+    except OSError as error:
+        raise _unreadable(path, error) from error
+
+def _decode_json_line(raw: bytes) -> object:
+    """Returns the JSON value on one line, or a :class:`BadRow` saying why there is none."""
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        return BadRow(None, "the line is not UTF-8 text", "save the file as UTF-8")
+    try:
+        return decode_json(text)
+    except ValueError as error:
+        return BadRow(
+            None, f"invalid JSON: {error}",
+            "make the line one complete JSON object; a JSONL record cannot span lines",
+        )
+
+def _csv_rows(path: Path, fields: Fields) -> Iterator[tuple[int, object]]:
+    """Yields (line, row) per CSV record, the line where it starts; the header is line 1."""
+    # Long contexts exceed the csv module's 128 KiB default cell limit.
+    csv.field_size_limit(2**31 - 1)
+    ended = 0  # the line the last record ended on: the next one starts after it
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as handle:
+            # strict: a quote left open is an error, not a cell that swallows the file.
+            reader = csv.DictReader(handle, strict=True)
+            _check_columns(reader.fieldnames or [], fields, path)
+            ended = reader.line_num
+            for record in reader:
+                # line_num is where the record ends; quoted cells may hold line breaks.
+                cells = [cell for cell in record.values() if isinstance(cell, str)]
+                breaks = sum(len(LINE_BREAK.findall(cell)) for cell in cells)
+                ended = reader.line_num
+                yield reader.line_num - breaks, _csv_row(record, fields)
+    except UnicodeDecodeError as error:
+        raise DataError("the file is not UTF-8 text", file=path, fix="save it as UTF-8") from error
+    except csv.Error as error:
+        raise DataError(
+            f"malformed CSV: {error}", file=path, line=ended + 1,
+            fix='close every quoted cell with a quote, and double the quotes inside one ("")',
+        ) from error
+    except OSError as error:
+        raise _unreadable(path, error) from error
+
+def _csv_row(record: dict[Any, Any], fields: Fields) -> object:
+    """Returns a CSV record as a row: empty cells are missing, chat turns are JSON text."""
+    if None in record:  # DictReader files cells beyond the header under the key None
+        return BadRow(
+            None, f"the row has {len(record[None])} more cell(s) than the header",
+            "quote cells that contain commas",
+        )
+    row = {key: (value if value != "" else None) for key, value in record.items()}
+    turns = row.get(fields.messages)
+    if isinstance(turns, str):
+        try:
+            row[fields.messages] = decode_json(turns)
+        except ValueError as error:
+            return BadRow(
+                fields.messages, f"the chat turns are not valid JSON: {error}",
+                f"write the cell as a JSON list: {CHAT_EXAMPLE}",
+            )
+    return row
+
+def _parquet_rows(path: Path, fields: Fields) -> Iterator[tuple[int, object]]:
+    """Yields (row number, row) per Parquet row, reading one batch at a time."""
+    import pyarrow.parquet as pq  # installed with datasets; imported late, it is slow
+    from pyarrow import ArrowException
+
+    try:
+        table = pq.ParquetFile(path)
+        _check_columns(table.schema_arrow.names, fields, path)
+        number = 0
+        for batch in table.iter_batches():
+            for row in batch.to_pylist():
+                number += 1
+                yield number, row
+    # ArrowInvalid is a ValueError; ArrowException covers its other errors (types, not implemented).
+    except (OSError, ValueError, ArrowException) as error:
+        raise DataError(
+            f"cannot read it as Parquet: {error}", file=path,
+            fix="check that it is a Parquet file, or set data.format to its real format",
+        ) from error
+
+def _datasets_rows(path: Path, fields: Fields) -> Iterator[tuple[int, object]]:
+    """Yields (row number, row) per row of a directory written by ``save_to_disk``."""
+    from datasets import Dataset, load_from_disk  # imported late, it is slow
+
+    try:
+        dataset = load_from_disk(str(path))
+    # A folder of the wrong files fails inside datasets in many ways (a KeyError for a
+    # state.json without its keys, ...); every one means it is not a saved dataset.
+    except Exception as error:  # noqa: BLE001
+        raise DataError(
+            f"not a dataset saved with save_to_disk ({type(error).__name__}: {str(error)[:200]})", file=path,
+            fix="point to a directory written by save_to_disk, or to a .jsonl, .csv or "
+            ".parquet file",
+        ) from error
+    if not isinstance(dataset, Dataset):
+        splits = list(dataset)
+        raise DataError(
+            f"the directory holds a dataset with splits ({', '.join(splits) or 'none'}), not one split",
+            file=path,
+            fix=f"point to one split, e.g. {path / splits[0]}" if splits else "save one split with save_to_disk",
+        )
+    _check_columns(dataset.column_names, fields, path)
+    yield from enumerate(dataset, start=1)
+
+READERS = {
+    "jsonl": _jsonl_rows, "csv": _csv_rows, "parquet": _parquet_rows, "datasets": _datasets_rows,
+}
