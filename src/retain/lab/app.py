@@ -87,7 +87,8 @@ def _run_lab_steps(open_run, steps, size: str, seed: int, cache_dir: Optional[Pa
     table if it was made. Ctrl-C ends with the command that continues the run."""
     import yaml
 
-    from retain.lab.story import SCALES, STEPS, Lab, default_workers, markdown_table, run_story
+    from retain.lab.runs import SCALES, STEPS, Lab, default_workers
+    from retain.lab.story import markdown_table, run_story
 
     if size not in SCALES:
         raise ConfigError(f"unknown lab size {size!r}", field="--size", fix=f"use one of: {', '.join(SCALES)}")

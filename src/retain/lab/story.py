@@ -20,207 +20,14 @@ trainings are ``retain train`` runs of the config beside them. A step writes
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future
-from contextlib import contextmanager
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-from retain.config import RetainConfig, load_config
+from retain.config import RetainConfig
 from retain.errors import RetainError
 from retain.io import atomic_write_json
-from retain.lab.domain import TRAIN_ROWS
+from retain.lab.runs import AGGRESSIVE, BASELINE_JOB, NO_BRITTLENESS, STEPS, Lab, StepResult, Training, worker_pool
 from retain.summary import rehearsal_note
-
-STEPS = ("base", "audit", "baseline", "trap", "aggressive", "recipe", "report")
-
-
-@dataclass(frozen=True)
-class Scale:
-    """How big the lab's story is.
-
-    Attributes:
-        size: The lab preset of the base model and its world.
-        n_train: Rows of the clean domain training set.
-        small_rows: Rows of the set the size rule blocks (the articles' 200).
-        n_eval: Rows of each evaluation split (validation, test, OOD); the lab data's
-            defaults when None.
-        train: Overrides for every training of the story.
-        trap_every: Steps between guard checks of the trap run; its first check is the
-            catch, and the run is capped at two checks.
-        guarded_every: Steps between guard checks of the guarded aggressive run.
-        shots: Few-shot settings of the baseline (3 shots fit the lab model's 512 tokens).
-    """
-
-    size: str
-    n_train: int
-    small_rows: int = 200
-    n_eval: int | None = None
-    train: tuple[str, ...] = ()
-    trap_every: int = 25
-    guarded_every: int = 10
-    shots: tuple[int, ...] = (0, 3)
-
-
-SCALES: dict[str, Scale] = {
-    "default": Scale("default", n_train=TRAIN_ROWS),
-    # For tests: the micro model, a small task and a few steps; it runs every step's
-    # machinery, its numbers are not the lab's findings.
-    "micro": Scale("micro", n_train=64, small_rows=40, n_eval=16, trap_every=4, guarded_every=4, shots=(0, 1),
-                   train=("train.max_steps=8", "eval.perturbations=[]")),
-}
-AGGRESSIVE = ("method=[full]", "train.lr=5e-4")
-# The trap's and the aggressive runs' final evaluations skip the brittleness perturbations: the
-# story shows none of their figures, and they are about half of an evaluation (a looping
-# model generates to the cap on every perturbed prompt). The recipe, the model a user would
-# ship, keeps them for the report.
-NO_BRITTLENESS = "eval.perturbations=[]"
-
-
-@dataclass
-class StepResult:
-    """What one step found: its one-line finding and the figures behind it."""
-
-    step: str
-    line: str
-    figures: dict[str, Any] = field(default_factory=dict)
-    seconds: float = 0.0
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"step": self.step, "line": self.line, "figures": self.figures, "seconds": self.seconds}
-
-
-@dataclass(frozen=True)
-class Training:
-    """One ``retain train`` run of the story: its name, its overrides of the lab config,
-    and whether audit and doctor blockers are overridden (``--force``)."""
-
-    name: str
-    overrides: tuple[str, ...]
-    force: bool = False
-
-
-@dataclass
-class Lab:
-    """One lab run: its scale and seed, its run directory, how it reports.
-
-    Attributes:
-        scale: The story's size.
-        seed: Seed of the world, the data and every training.
-        root: The lab's run directory; data in ``data/``, trainings in ``runs/``,
-            step results in ``steps/``.
-        cache_dir: Base model cache; the default cache when None.
-        progress: Show progress bars.
-        echo: Prints one line per step and per notable event.
-        workers: Trainings run at once, each in its own process with an equal share of
-            the CPU threads (see :func:`run_story`).
-        resume: Continue an interrupted lab run: steps whose result is saved are not run
-            again, and a training that finished with the same config is read back.
-    """
-
-    scale: Scale
-    seed: int
-    root: Path
-    cache_dir: Path | None = None
-    progress: bool = True
-    echo: Callable[[str], None] = print
-    workers: int = 1
-    resume: bool = False
-    pending: dict[str, Future] = field(default_factory=dict)
-
-    @property
-    def data(self) -> Path:
-        return self.root / "data"
-
-    def step_file(self, step: str) -> Path:
-        return self.root / "steps" / f"{STEPS.index(step) + 1}-{step}.json"
-
-    def result(self, step: str) -> dict[str, Any] | None:
-        """Returns a step's saved result, or None if it has not run in this lab."""
-        path = self.step_file(step)
-        return json.loads(path.read_text()) if path.is_file() else None
-
-    def base_path(self) -> Path:
-        from retain.lab.base import build_base, lab_size
-
-        return build_base(lab_size(self.scale.size, self.seed), self.cache_dir, progress=self.progress).path
-
-    def ensure_data(self) -> Path:
-        """Writes the clean lab data (once) and returns its config file."""
-        from retain.lab.export import export_lab_data
-
-        if not (self.data / "config.yaml").is_file():
-            export_lab_data(self.data, size=self.scale.size, seed=self.seed, n_train=self.scale.n_train,
-                            n_eval=self.scale.n_eval)
-        return self.data / "config.yaml"
-
-    def config(self, name: str, overrides: Sequence[str] = ()) -> RetainConfig:
-        """Returns the lab config for the training ``name`` with ``overrides``."""
-        path = self.ensure_data()
-        common = [f"model.name_or_path={self.base_path()}", f"probes.suites=[{self.data / 'probes.jsonl'}]",
-                  f"train.seed={self.seed}", *self.scale.train]
-        return load_config(path, [*common, *overrides, f"output.dir={self.root / 'runs'}", f"output.name={name}"])
-
-    def train(self, training: Training) -> dict[str, Any]:
-        """Returns the summary of ``training`` with its run directory: from the worker
-        process it was sent to, or run here.
-
-        Raises:
-            TrainRefused: When the audit or the doctor refused it (a RetainError keeps
-                its message across the process boundary).
-        """
-        return self._outcome(training.name, f"training {training.name}", _train, training, self.resume)
-
-    def baseline(self) -> dict[str, Any]:
-        """Returns the base model's few-shot scores (:func:`_baseline`): from the worker
-        process it was sent to, or measured here."""
-        return self._outcome(BASELINE_JOB, "few-shot baseline", _baseline)
-
-    def _outcome(self, name: str, what: str, job: Callable[..., dict[str, Any]], *args: Any) -> dict[str, Any]:
-        future = self.pending.pop(name, None)
-        if future is None:
-            return job(self.root, self.scale, self.seed, self.cache_dir, *args, progress=self.progress)
-        if not self.progress:
-            return future.result()
-        from rich.console import Console
-
-        with Console(stderr=True).status(f"{what} (in a worker process)"):
-            return future.result()
-
-
-def _train(root: Path, scale: Scale, seed: int, cache_dir: Path | None, training: Training,
-           resume: bool = False, *, progress: bool = False) -> dict[str, Any]:
-    """Runs one training of the story, in this process or a worker's; resuming, a training
-    that finished with the same config is read back instead (one cut short starts again)."""
-    from retain.training.resume import finished_summary
-    from retain.training.run import run_train
-
-    lab = Lab(scale, seed, root, cache_dir, progress=progress)
-    config = lab.config(training.name, training.overrides)
-    summary = finished_summary(config) if resume else None
-    if summary is not None:
-        return summary | {"run_dir": str(Path(config.output.dir) / training.name)}
-    outcome = run_train(config, overwrite=True, force=training.force, progress=progress, echo=lambda line: None)
-    return outcome.summary | {"run_dir": str(outcome.run_dir)}
-
-
-def _baseline(root: Path, scale: Scale, seed: int, cache_dir: Path | None, *,
-              progress: bool = False) -> dict[str, Any]:
-    """Measures the base model's zero- and few-shot accuracy on the held-out task, in this
-    process or a worker's; returns ``{"accuracy": {shots: accuracy}, "best_shots",
-    "best_accuracy", "majority", "n", "verdict"}`` (``majority``: the share of the test
-    split's commonest label, :attr:`TaskScore.majority`)."""
-    from retain.evaluation.commands import run_baseline_command
-
-    lab = Lab(scale, seed, root, cache_dir, progress=progress)
-    config = lab.config("baseline", [f"eval.shots=[{','.join(map(str, scale.shots))}]"])
-    result = run_baseline_command(config, progress=progress)
-    shots, best = result.best
-    return {"accuracy": {str(k): score.accuracy for k, score in result.scores.items()}, "best_shots": shots,
-            "best_accuracy": best.accuracy, "majority": best.majority[1] if best.majority else None,
-            "n": best.n, "verdict": result.verdict()}
 
 
 def run_story(lab: Lab, steps: Sequence[str] = STEPS) -> list[StepResult]:
@@ -245,7 +52,7 @@ def run_story(lab: Lab, steps: Sequence[str] = STEPS) -> list[StepResult]:
     # so) before any worker needs it.
     first = steps[:1] if steps[:1] == ["base"] else []
     results = [_run_step(lab, name, kept=name in done) for name in first]
-    with _pool(lab, jobs):
+    with worker_pool(lab, jobs):
         results += [_run_step(lab, name, kept=name in done) for name in steps[len(first):]]
     return results
 
@@ -267,50 +74,6 @@ def _run_step(lab: Lab, name: str, *, kept: bool = False) -> StepResult:
     atomic_write_json(lab.step_file(name), result.to_dict())
     lab.echo(f"    {result.line} ({result.seconds:.0f} s)")
     return result
-
-
-@contextmanager
-def _pool(lab: Lab, jobs: Sequence[Training | str]):
-    """Sends ``jobs`` (trainings, and the baseline as :data:`BASELINE_JOB`) to
-    ``lab.workers`` processes for the block's duration (none with one worker or one job)."""
-    if lab.workers <= 1 or len(jobs) <= 1:
-        yield
-        return
-    import multiprocessing
-    import os
-    from concurrent.futures import ProcessPoolExecutor
-
-    from retain.lab.comparison import init_worker, worker_job
-
-    lab.ensure_data()
-    lab.base_path()  # built once here, not by each worker
-    threads = max(1, (os.cpu_count() or 1) // lab.workers)
-    # spawn: a fresh interpreter per worker, no forked torch thread pools or locks.
-    with ProcessPoolExecutor(lab.workers, mp_context=multiprocessing.get_context("spawn"),
-                             initializer=init_worker, initargs=(threads,)) as pool:
-        common = (lab.root, lab.scale, lab.seed, lab.cache_dir)
-        for job in sorted(jobs, key=lambda job: _job_name(job) != LONGEST):  # stable: story order after it
-            lab.pending[_job_name(job)] = (pool.submit(worker_job, _baseline, *common) if job == BASELINE_JOB
-                                           else pool.submit(worker_job, _train, *common, job, lab.resume))
-        try:
-            yield
-        finally:
-            for future in lab.pending.values():
-                future.cancel()
-            lab.pending.clear()
-
-
-def _job_name(job: Training | str) -> str:
-    return job if isinstance(job, str) else job.name
-
-
-def default_workers() -> int:
-    """2 on a machine with no GPU and at least 2 CPU cores, else 1 (a GPU runs one at a time)."""
-    import os
-
-    import torch
-
-    return 1 if torch.cuda.is_available() or (os.cpu_count() or 1) < 2 else 2
 
 
 def step_named(value: str) -> str:
@@ -519,12 +282,6 @@ DESCRIPTIONS = {
 TRAININGS: dict[str, Callable[[Lab], list[Training]]] = {
     "trap": trap_trainings, "aggressive": aggressive_trainings, "recipe": recipe_trainings,
 }
-BASELINE_JOB = "baseline"
-# The recipe's training is the story's longest job by far (`python benchmarks/run.py lab`,
-# --workers 1: 59 of 130 s, the other steps 1-28 s each): it starts first, on a worker of its
-# own, and the other jobs follow in the order the steps print them, so that each finding
-# comes as soon as it can while the recipe trains.
-LONGEST = "recipe"
 RUNNERS: dict[str, Callable[[Lab], StepResult]] = {
     "base": base_step, "audit": audit_step, "baseline": baseline_step, "trap": trap_step,
     "aggressive": aggressive_step, "recipe": recipe_step, "report": report_step,
