@@ -12,8 +12,9 @@ Typical use::
     print(outcome.results.recommended)
 """
 
+from retain.sweep.loading import load_sweep
 from retain.sweep.results import SweepResults, TrialRecord
-from retain.sweep.spec import Axis, Sweep, load_sweep
+from retain.sweep.spec import Axis, Sweep
 from retain.sweep.study import SweepOutcome, run_sweep
 
 __all__ = ["Axis", "Sweep", "SweepOutcome", "SweepResults", "TrialRecord", "load_sweep", "run_sweep"]
