@@ -4,15 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from retain.audit.checks import (
-    SIZE_SOURCE,
-    dataset_size,
-    degenerate_responses,
-    format_consistency,
-    role_order_problem,
-    token_lengths,
-)
+from retain.audit.checks import SIZE_SOURCE, dataset_size, degenerate_responses, format_consistency, role_order_problem
 from retain.audit.findings import Finding
+from retain.audit.lengths import token_lengths
 from retain.data.rows import Example
 from retain.lab.domain import DomainSpec, build_domain
 from retain.lab.tokenizer import train_tokenizer

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from retain.audit.doctor import RowCheck, inspect_batches, padding_trained, run_doctor
+from retain.audit.batches import RowCheck, inspect_batches, padding_trained
+from retain.audit.doctor import run_doctor
 from retain.cli import app
 from retain.config import RetainConfig
 from retain.data.encoding import encode_examples, prepare_tokenizer

@@ -13,14 +13,10 @@ from pathlib import Path
 
 from transformers import PreTrainedTokenizerBase
 
-from retain.audit.checks import (
-    dataset_size,
-    degenerate_responses,
-    format_consistency,
-    token_lengths,
-)
+from retain.audit.checks import dataset_size, degenerate_responses, format_consistency
 from retain.audit.contamination import blended_contamination, contamination
 from retain.audit.findings import SEVERITIES, Finding, Verdict
+from retain.audit.lengths import token_lengths
 from retain.audit.overlap import conflicting_labels, exact_duplicates, near_duplicates
 from retain.config import RetainConfig
 from retain.data.rows import Problem, read_examples_for
