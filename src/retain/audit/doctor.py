@@ -27,8 +27,8 @@ from retain.audit.batches import (
     padding_trained,
     prompt_masking,
 )
-from retain.audit.checks import context_window_exceeded, too_long
 from retain.audit.findings import MAX_EXAMPLES, SEVERITIES, Finding, Verdict
+from retain.audit.lengths import context_window_exceeded, too_long
 from retain.audit.prompts import generation_checks, template_checks
 from retain.config import RetainConfig
 from retain.data.encoding import (
