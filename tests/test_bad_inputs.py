@@ -99,8 +99,6 @@ def _c(kind: str, name: str, args: str, files: dict[str, str | bytes] | None = N
     return Case(kind, name, args, dict(files or {}), tuple(expect))
 
 
-
-
 def _nested(depth: int) -> str:
     return "[" * depth + "]" * depth
 

@@ -9,14 +9,8 @@ from peft import LoraConfig, get_peft_model
 from tiny_models import tiny_llama
 from transformers import LlamaForCausalLM
 
-from retain.evaluation.drift import (
-    BaseLogprobs,
-    base_logprobs_from_adapter_model,
-    compute_base_logprobs,
-    drift_report,
-    kl_to_base,
-    perplexity,
-)
+from retain.evaluation.base_logprobs import BaseLogprobs, base_logprobs_from_adapter_model, compute_base_logprobs
+from retain.evaluation.drift import drift_report, kl_to_base, perplexity
 from retain.lab.tokenizer import train_tokenizer
 from retain.lab.world import build_world
 

@@ -6,12 +6,8 @@ from tiny_models import tiny_llama
 from transformers import LlamaForCausalLM
 
 from retain.data.prompting import PromptFormat
-from retain.evaluation.loglik import (
-    _argmax,
-    encode_request,
-    rank_options,
-    score_continuations,
-)
+from retain.evaluation.loglik import _argmax, rank_options, score_continuations
+from retain.evaluation.requests import encode_request
 from retain.lab.tokenizer import train_tokenizer
 from retain.lab.world import build_world
 
@@ -155,11 +151,12 @@ def test_options_sharing_a_prefix_are_scored_as_if_alone(tiny) -> None:
 
 
 def test_rows_split_when_full_and_scores_stay_exact(tiny, monkeypatch) -> None:
-    from retain.evaluation import loglik
+    from retain.evaluation import packing, requests
 
     model, tokenizer = tiny
-    monkeypatch.setattr(loglik, "ROW_TOKENS", 24)  # force several rows per batch
-    rows, _ = loglik._pack([loglik._Encoded(i, c, o) for i, (c, o) in enumerate(loglik.encode_requests(tokenizer, REQUESTS))])
+    monkeypatch.setattr(packing, "ROW_TOKENS", 24)  # force several rows per batch
+    rows, _ = packing.pack([requests.EncodedRequest(i, c, o)
+                            for i, (c, o) in enumerate(requests.encode_requests(tokenizer, REQUESTS))])
     assert len(rows) > 1
     scored = score_continuations(model, tokenizer, REQUESTS, batch_size=32, strategy="packed")
     for (context, options), scores in zip(REQUESTS, scored):
@@ -168,12 +165,12 @@ def test_rows_split_when_full_and_scores_stay_exact(tiny, monkeypatch) -> None:
 
 
 def test_new_node_count_matches_what_adding_creates(tiny) -> None:
-    from retain.evaluation import loglik
+    from retain.evaluation import packing, requests
 
     _, tokenizer = tiny
-    tree = loglik._TokenTree()
-    for index, (context, options) in enumerate(loglik.encode_requests(tokenizer, REQUESTS)):
-        request = loglik._Encoded(index, context, options)
+    tree = packing._TokenTree()
+    for index, (context, options) in enumerate(requests.encode_requests(tokenizer, REQUESTS)):
+        request = requests.EncodedRequest(index, context, options)
         expected = tree.new_nodes(request)
         before = len(tree.tokens)
         end = tree.add(request.context)[-1]

@@ -23,7 +23,8 @@ from transformers import LlamaConfig
 
 from retain import hardware, memory, models
 from retain.config import RetainConfig
-from retain.evaluation.drift import compute_base_logprobs, drift_report
+from retain.evaluation.base_logprobs import compute_base_logprobs
+from retain.evaluation.drift import drift_report
 from retain.evaluation.generation import generate_greedy, score_probes_by_generation
 from retain.evaluation.loglik import score_probes_by_loglik
 from retain.lab.base import lab_size

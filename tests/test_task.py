@@ -63,7 +63,6 @@ def test_a_model_that_says_nothing_scores_zero_whatever_loglik_says(tiny, domain
     assert score.loglik_accuracy is not None and 0.0 <= score.loglik_accuracy <= 1.0
 
 
-
 def test_a_model_that_always_gives_the_commonest_label_scores_the_majority_share(
         tiny, domain_examples, monkeypatch) -> None:
     from collections import Counter

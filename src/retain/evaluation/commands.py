@@ -19,8 +19,8 @@ from retain.config import RetainConfig
 from retain.data.prompting import PromptFormat
 from retain.data.rows import Example, load_examples_for, read_text
 from retain.errors import DataError, RetainError
+from retain.evaluation.base_logprobs import BaseLogprobs, compute_base_logprobs
 from retain.evaluation.baseline import BaselineResult, run_baseline
-from retain.evaluation.drift import BaseLogprobs, compute_base_logprobs
 from retain.evaluation.engine import (
     EvalResult,
     EvalSettings,

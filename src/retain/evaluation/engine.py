@@ -18,7 +18,8 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from retain.data.perturb import PERTURBATIONS
 from retain.data.prompting import PromptFormat
 from retain.data.rows import Example
-from retain.evaluation.drift import BaseLogprobs, DriftReport, drift_report
+from retain.evaluation.base_logprobs import BaseLogprobs
+from retain.evaluation.drift import DriftReport, drift_report
 from retain.evaluation.forgetting import ForgettingReport, ItemResults, compare
 from retain.evaluation.generation import score_probes_by_generation
 from retain.evaluation.health import HealthReport, smoke_test

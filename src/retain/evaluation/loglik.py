@@ -33,90 +33,15 @@ import inspect
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from retain.data.prompting import PromptFormat
 from retain.evaluation.generation import left_pad
+from retain.evaluation.packing import score_batch_packed
 from retain.evaluation.probes import ProbeScore, ProbeSuite
+from retain.evaluation.requests import Continuation, EncodedRequest, encode_requests
 from retain.hardware import batches_with_backoff
-
-
-@dataclass(frozen=True)
-class Continuation:
-    """The score of one continuation given its prompt.
-
-    Attributes:
-        logprob: Sum of the log-probabilities of the continuation's tokens.
-        tokens: Number of continuation tokens scored.
-        greedy: True when every continuation token is the model's top choice.
-    """
-
-    logprob: float
-    tokens: int
-    greedy: bool
-
-
-@dataclass(frozen=True)
-class _Encoded:
-    """One request in token ids: a prompt and the continuations that follow it."""
-
-    index: int
-    context: list[int]
-    continuations: list[list[int]]
-
-
-def encode_request(
-    tokenizer: PreTrainedTokenizerBase,
-    context: str,
-    continuations: Sequence[str],
-    add_special_tokens: bool = True,
-) -> tuple[list[int], list[list[int]]]:
-    """Returns the prompt's ids and each continuation's ids, split as lm-eval splits them.
-
-    Raises:
-        ValueError: If a continuation encodes to no tokens.
-    """
-    return encode_requests(tokenizer, [(context, continuations)], add_special_tokens)[0]
-
-
-def encode_requests(
-    tokenizer: PreTrainedTokenizerBase,
-    requests: Sequence[tuple[str, Sequence[str]]],
-    add_special_tokens: bool = True,
-) -> list[tuple[list[int], list[list[int]]]]:
-    """Encodes many requests at once (one batched call per kind of text).
-
-    Raises:
-        ValueError: If a continuation encodes to no tokens.
-    """
-    stripped = [context.rstrip() for context, _ in requests]
-    wholes = [
-        text + context[len(text) :] + continuation
-        for text, (context, continuations) in zip(stripped, requests)
-        for continuation in continuations
-    ]
-    contexts = tokenizer(stripped, add_special_tokens=add_special_tokens)["input_ids"] if stripped else []
-    encoded_wholes = iter(tokenizer(wholes, add_special_tokens=add_special_tokens)["input_ids"] if wholes else [])
-    start = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
-    encoded = []
-    for text, context_ids, (_, continuations) in zip(stripped, contexts, requests):
-        if not context_ids:
-            # Nothing to condition on: start from BOS (or EOS), as lm-eval does.
-            context_ids = [start]
-        continuation_ids = []
-        for continuation in continuations:
-            whole = next(encoded_wholes)
-            if text:
-                ids = whole[len(context_ids) :]
-            else:  # the continuation alone, after the start token
-                ids = tokenizer(continuation, add_special_tokens=False)["input_ids"]
-            if not ids:
-                raise ValueError(f"continuation {continuation!r} encodes to no tokens")
-            continuation_ids.append(list(ids))
-        encoded.append((list(context_ids), continuation_ids))
-    return encoded
 
 
 @torch.inference_mode()
@@ -147,7 +72,7 @@ def score_continuations(
         The result does not depend on ``batch_size`` beyond float rounding.
     """
     encoded = [
-        _Encoded(index, context, continuations)
+        EncodedRequest(index, context, continuations)
         for index, (context, continuations) in enumerate(encode_requests(tokenizer, requests, add_special_tokens))
     ]
     limit = getattr(model.config, "max_position_embeddings", None)
@@ -157,7 +82,7 @@ def score_continuations(
     # Cache: longest first, so prompts of similar length share a batch and pad little.
     encoded.sort(key=(lambda request: request.context) if packed else (lambda request: -len(request.context)))
     results: list[list[Continuation]] = [[] for _ in requests]
-    score_batch = _score_batch_packed if packed else _score_batch
+    score_batch = score_batch_packed if packed else _score_batch
     was_training = model.training
     model.eval()
     try:
@@ -180,163 +105,7 @@ def _packed(model: PreTrainedModel, strategy: str) -> bool:
     return getattr(model.config, "_attn_implementation", None) in ("sdpa", "eager")
 
 
-# Tokens per packed row (more when one request needs more). Narrow rows waste padding,
-# wide rows waste attention over token pairs the mask hides. General suite, 90M-parameter
-# Llama, 2 CPU cores, best of 2: 32 -> 13.4 s, 64 -> 11.6 s, 96 -> 9.8 s, 128 -> 10.3 s,
-# 256 -> 12.4 s.
-ROW_TOKENS = 96
-
-
-class _TokenTree:
-    """The token sequences of one packed row as a prefix tree, one column per node.
-
-    Sequences that start alike share those nodes: the start token and a template such
-    as ``Question:`` across prompts, a few-shot preamble shared by every question, and
-    options that begin alike (numbers tokenised digit by digit) after their prompt.
-    """
-
-    def __init__(self) -> None:
-        self.tokens: list[int] = []
-        self.depth: list[int] = []  # position id of each node
-        self.parent: list[int] = []  # -1 for a sequence's first token
-        self._children: list[dict[int, int]] = []
-        self._roots: dict[int, int] = {}
-
-    def add(self, ids: Sequence[int], after: int = -1) -> list[int]:
-        """Adds ``ids`` after node ``after`` (-1: from the root); returns their nodes."""
-        path = []
-        for token in ids:
-            table = self._roots if after == -1 else self._children[after]
-            node = table.get(token)
-            if node is None:
-                node = len(self.tokens)
-                table[token] = node
-                self.tokens.append(token)
-                self.depth.append(0 if after == -1 else self.depth[after] + 1)
-                self.parent.append(after)
-                self._children.append({})
-            path.append(node)
-            after = node
-        return path
-
-    def new_nodes(self, request: _Encoded) -> int:
-        """Returns how many nodes adding ``request`` would create (nothing is added)."""
-        fed = {tuple(ids[:end]) for ids in request.continuations for end in range(1, len(ids))}
-        node = -1
-        for depth, token in enumerate(request.context):
-            child = (self._roots if node == -1 else self._children[node]).get(token)
-            if child is None:  # the rest of the prompt is new, and so is every option node
-                return len(request.context) - depth + len(fed)
-            node = child
-        return sum(1 for prefix in fed if self._find(prefix, node) is None)
-
-    def _find(self, ids: Sequence[int], after: int) -> int | None:
-        """Returns the node of ``ids`` after node ``after``, or None if absent."""
-        for token in ids:
-            child = self._children[after].get(token)
-            if child is None:
-                return None
-            after = child
-        return after
-
-
-@dataclass
-class _Placed:
-    """Where a request's predictions are read: its row, and per continuation the column
-    predicting each token (the prompt's last node, then the nodes of its prefixes)."""
-
-    row: int
-    columns: list[list[int]]
-
-
-def _pack(batch: list[_Encoded]) -> tuple[list[_TokenTree], list[_Placed]]:
-    """Packs requests into prefix-tree rows of at most ``ROW_TOKENS`` nodes each (or the
-    size of the largest request, if larger)."""
-    cap = max([ROW_TOKENS] + [len(r.context) + sum(len(c) - 1 for c in r.continuations) for r in batch])
-    rows: list[_TokenTree] = [_TokenTree()]
-    placed = []
-    for request in batch:
-        if len(rows[-1].tokens) + rows[-1].new_nodes(request) > cap:
-            rows.append(_TokenTree())
-        tree = rows[-1]
-        prompt_end = tree.add(request.context)[-1]
-        columns = []
-        for continuation in request.continuations:
-            path = tree.add(continuation[:-1], after=prompt_end)  # the last token is never fed
-            columns.append([prompt_end, *path])
-        placed.append(_Placed(len(rows) - 1, columns))
-    return rows, placed
-
-
-def _score_batch_packed(
-    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, batch: list[_Encoded]
-) -> list[list[Continuation]]:
-    """Scores a batch packed as prefix trees: every token sees its own ancestors only."""
-    device = next(model.parameters()).device
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    rows, placed = _pack(batch)
-    length = max(len(tree.tokens) for tree in rows)
-    ids = np.full((len(rows), length), pad_id, dtype=np.int64)
-    positions = np.zeros((len(rows), length), dtype=np.int64)
-    allowed = np.broadcast_to(np.eye(length, dtype=bool), (len(rows), length, length)).copy()
-    for row, tree in enumerate(rows):
-        ids[row, : len(tree.tokens)] = tree.tokens
-        positions[row, : len(tree.tokens)] = tree.depth
-        _see_ancestors(allowed[row], tree)
-    # Logits only where a prediction is read: the vocabulary projection is costly.
-    kept = sorted({column for item in placed for columns in item.columns for column in columns})
-    index_of = {column: index for index, column in enumerate(kept)}
-    logits = model(
-        input_ids=torch.from_numpy(ids).to(device),
-        attention_mask=_attention_mask(torch.from_numpy(allowed), model).to(device),
-        position_ids=torch.from_numpy(positions).to(device),
-        use_cache=False,
-        logits_to_keep=torch.tensor(kept, device=device),
-    ).logits
-    logprobs = torch.log_softmax(logits.float(), dim=-1)  # (rows, kept, vocab)
-    # Every scored token at once: its row, its logits column and its id.
-    rows_of, columns_of, targets, owners = [], [], [], []
-    for number, (request, item) in enumerate(zip(batch, placed)):
-        for option, (continuation, columns) in enumerate(zip(request.continuations, item.columns)):
-            rows_of += [item.row] * len(continuation)
-            columns_of += [index_of[column] for column in columns]
-            targets += continuation
-            owners += [(number, option)] * len(continuation)
-    where = (torch.tensor(rows_of, device=device), torch.tensor(columns_of, device=device))
-    target = torch.tensor(targets, device=device)
-    picked = logprobs[where].gather(-1, target.unsqueeze(-1)).squeeze(-1).tolist()
-    hits = (logprobs[where].argmax(-1) == target).tolist()
-    totals: dict[tuple[int, int], list] = {}
-    for owner, value, hit in zip(owners, picked, hits):
-        entry = totals.setdefault(owner, [0.0, 0, True])
-        entry[0] += value
-        entry[1] += 1
-        entry[2] = entry[2] and hit
-    return [
-        [Continuation(*totals[(number, option)]) for option in range(len(request.continuations))]
-        for number, request in enumerate(batch)
-    ]
-
-
-def _see_ancestors(allowed: np.ndarray, tree: _TokenTree) -> None:
-    """Sets ``allowed[node, a]`` for every ancestor ``a`` of every node, level by level."""
-    depth = np.asarray(tree.depth)
-    parent = np.asarray(tree.parent)
-    for level in range(1, int(depth.max(initial=0)) + 1):
-        nodes = np.flatnonzero(depth == level)
-        allowed[nodes] |= allowed[parent[nodes]]
-
-
-def _attention_mask(allowed: torch.Tensor, model: PreTrainedModel) -> torch.Tensor:
-    """Returns ``allowed`` (rows, query, key) as the 4-D mask the attention takes:
-    boolean for sdpa (cheaper), additive (0 or the dtype's minimum) for eager."""
-    if getattr(model.config, "_attn_implementation", None) == "sdpa":
-        return allowed[:, None]
-    dtype = next(model.parameters()).dtype
-    return torch.zeros(allowed.shape, dtype=dtype).masked_fill_(~allowed, torch.finfo(dtype).min)[:, None]
-
-
-def _truncate(request: _Encoded, limit: int | None) -> _Encoded:
+def _truncate(request: EncodedRequest, limit: int | None) -> EncodedRequest:
     """Drops the oldest prompt tokens so the longest continuation still fits."""
     if limit is None:
         return request
@@ -346,11 +115,11 @@ def _truncate(request: _Encoded, limit: int | None) -> _Encoded:
     room = limit - longest + 1  # the last continuation token is never fed to the model
     if len(request.context) <= room:
         return request
-    return _Encoded(request.index, request.context[-room:], request.continuations)
+    return EncodedRequest(request.index, request.context[-room:], request.continuations)
 
 
 def _score_batch(
-    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, batch: list[_Encoded]
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, batch: list[EncodedRequest]
 ) -> list[list[Continuation]]:
     device = next(model.parameters()).device
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
@@ -405,7 +174,7 @@ def _score_tails(
     model: PreTrainedModel,
     cache,
     context_mask: torch.Tensor,
-    batch: list[_Encoded],
+    batch: list[EncodedRequest],
     rows: list[tuple[int, int]],
     pad_id: int,
 ) -> dict[tuple[int, int], tuple[float, bool]]:

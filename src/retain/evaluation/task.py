@@ -27,8 +27,9 @@ from retain.data.rows import Example
 from retain.evaluation.generation import Generation, generate_greedy
 from retain.evaluation.health import HealthReport, generation_health
 from retain.evaluation.labels import infer_label_set, normalize_label, parse_label
-from retain.evaluation.loglik import encode_requests, score_continuations
+from retain.evaluation.loglik import score_continuations
 from retain.evaluation.probes import exact_match
+from retain.evaluation.requests import encode_requests
 
 UNPARSED = "(none)"
 

@@ -17,7 +17,8 @@ from transformers import (
 from retain.data.encoding import IGNORE_INDEX, Collator, Encoded
 from retain.data.prompting import PromptFormat
 from retain.data.rows import Example
-from retain.evaluation.drift import BaseLogprobs, drift_report
+from retain.evaluation.base_logprobs import BaseLogprobs
+from retain.evaluation.drift import drift_report
 from retain.evaluation.engine import EvalSettings, score_suite
 from retain.evaluation.generation import generate_greedy
 from retain.evaluation.health import check_generation

@@ -17,11 +17,11 @@ import torch
 import retain
 from retain.config import RetainConfig
 from retain.data.rows import Example
+from retain.evaluation.base_logprobs import compute_base_logprobs
 from retain.evaluation.commands import (
     cached_base_logprobs,
     model_identity,
 )
-from retain.evaluation.drift import compute_base_logprobs
 from retain.evaluation.engine import (
     evaluate,
 )
