@@ -9,8 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from retain.evaluation.forgetting import OVERALL
-
+OVERALL = "overall"  # the all-items key of a forgetting report's categories
 REHEARSED, NOT_REHEARSED = "rehearsed", "not_rehearsed"
 """The two groups of probe items forgetting is reported on: items whose fact a training
 or rehearsal row stated (the audit's ``probe_contamination``), and the others."""

@@ -17,8 +17,7 @@ from typing import Protocol
 
 import numpy as np
 
-OVERALL = "overall"
-"""Key of the all-items figures in :attr:`ForgettingReport.categories`."""
+from retain.summary import OVERALL
 
 
 class _Item(Protocol):
