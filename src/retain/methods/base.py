@@ -31,6 +31,9 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 
+from retain.errors import RetainError
+from retain.methods.general import load_general_texts
+
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
@@ -82,8 +85,6 @@ class MethodContext:
                 source cannot be read.
         """
         if self._general is None:
-            from retain.methods.general import load_general_texts
-
             self._general = load_general_texts(self.config)
         return self._general
 
@@ -167,8 +168,6 @@ def decoder_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
     Raises:
         RetainError: If the model has no recognisable list of layers.
     """
-    from retain.errors import RetainError
-
     inner = base_model(model)
     for path in ("model.layers", "transformer.h", "gpt_neox.layers", "model.decoder.layers",
                  "transformer.blocks"):

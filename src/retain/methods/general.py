@@ -18,6 +18,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from retain.config import RetainConfig
+from retain.data.prompting import PromptFormat, render_example
+from retain.data.rows import load_examples_for, read_text
 from retain.errors import ConfigError, DataError
 from retain.sources import base_of, family_of, model_family
 
@@ -63,12 +65,7 @@ def _file_texts(path: Path, text_field: str, config: RetainConfig) -> list[str]:
         raise DataError("no such file", file=path, field="method.general.source",
                         fix="give the path of a general-text file, or hf:NAME")
     if path.suffix == ".txt":
-        from retain.data.rows import read_text
-
         return [line.replace("\\n", "\n") for line in read_text(path, "general text").splitlines()]
-    from retain.data.prompting import PromptFormat, render_example
-    from retain.data.rows import load_examples_for
-
     try:
         examples = load_examples_for(config.data, path)
         # Rendered as raw text, as training renders rows without a chat template: chat

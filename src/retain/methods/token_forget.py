@@ -16,6 +16,7 @@ from transformers import PreTrainedModel
 from retain.data.encoding import IGNORE_INDEX, Collator, Encoded, build_collator, encode_examples
 from retain.data.rows import load_examples_for
 from retain.errors import ConfigError, DataError, RetainError
+from retain.methods.adapters import lora_config
 from retain.methods.base import Method, MethodContext, trainable
 from retain.methods.registry import register
 
@@ -239,8 +240,6 @@ def reference_model(model: PreTrainedModel, rows: list[Encoded], config,
         yield reference  # freed with the caller's last reference to it
         return
     from peft import get_peft_model
-
-    from retain.methods.adapters import lora_config
 
     flags = {name: parameter.requires_grad for name, parameter in model.named_parameters()}
     wrapped = get_peft_model(model, lora_config(model, config))

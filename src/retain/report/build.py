@@ -8,6 +8,9 @@ from pathlib import Path
 
 from retain.errors import RetainError
 from retain.io import atomic_write_text
+from retain.report.html import render_html
+from retain.report.markdown import render_markdown
+from retain.report.page import assemble
 from retain.report.sources import read_source
 from retain.report.views import RunView, SweepView
 
@@ -54,10 +57,6 @@ def build_report(paths: Sequence[str | Path], out: str | Path | None = None) -> 
         RetainError: No path given, a path is none of the above, a file in it is
             corrupt, or the report cannot be written.
     """
-    from retain.report.html import render_html
-    from retain.report.markdown import render_markdown
-    from retain.report.page import assemble
-
     if not paths:
         raise RetainError("no run or sweep to report on", fix="give one or more run or sweep directories")
     paths = [Path(path) for path in paths]

@@ -11,6 +11,7 @@ from functools import lru_cache
 from typing import Any
 
 from retain.errors import RetainError
+from retain.evaluation.suites import load_suite
 from retain.report.views import RunView, as_dict, as_number, dotted
 from retain.summary import rehearsal_note
 
@@ -357,8 +358,6 @@ def _suite_prompts(run: RunView, suite: str, version: str) -> dict[str, str]:
 
 @lru_cache(maxsize=16)
 def _load_prompts(name: str) -> tuple[str, str, dict[str, str]] | None:
-    from retain.evaluation.suites import load_suite
-
     try:
         loaded = load_suite(name)
     except (RetainError, OSError, ValueError):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import jinja2
 
+from retain.report.content import num, pct
 from retain.report.page import Page
 
 CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'; base-uri 'none'; form-action 'none'"
@@ -221,15 +222,11 @@ Status: <strong>{{ s.run.status }}</strong>.</p>
 
 
 def _num(value: object) -> str:
-    from retain.report.content import num
-
     return num(value)
 
 
 def _ci(value: object) -> str:
     """Formats a ``[mean, half-width]`` pair from ``compare.json`` as ``40.5% ± 2.0%``."""
-    from retain.report.content import pct
-
     if not isinstance(value, list) or len(value) != 2:
         return "n/a"
     mean, half = value

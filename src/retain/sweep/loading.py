@@ -14,6 +14,7 @@ from pydantic import ValidationError
 from retain.config import RetainConfig, load_config
 from retain.config.loading import key_lines, parse_yaml, read_text_file
 from retain.config.messages import OVERRIDE_SOURCE, inline, yaml_kind
+from retain.data.rows import load_examples_for
 from retain.errors import ConfigError, RetainError
 from retain.rundir import validate_run_name
 from retain.sweep.spec import MAX_GRID_VALUES, NUMBER, RANGE_KEYS, RESERVED, Axis, Objectives, Sweep, SweepFile, scalar
@@ -216,8 +217,6 @@ def _check_data_sizes(axes: list[Axis], base: RetainConfig, path: Path, lines: d
     axis = next((axis for axis in axes if axis.key == "data.size"), None)
     if axis is None or not base.data.train:
         return
-    from retain.data.rows import load_examples_for
-
     rows = len(load_examples_for(base.data, base.data.train))
     sizes = [value for value in (axis.grid_values() if axis.values is not None else [axis.high]) if value is not None]
     too_big = [size for size in sizes if size > rows]

@@ -22,7 +22,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from retain.errors import RetainError
+from retain.errors import RetainError, TrainRefused
+from retain.training.run import run_train
 
 _PRELOAD = ["retain.training.run"]
 _context = None
@@ -127,8 +128,6 @@ def _child(target: Callable[..., Any], args: tuple, output: str | None, send, li
     try:
         outcome: dict[str, Any] = {"result": target(*args)}
     except RetainError as exc:
-        from retain.errors import TrainRefused
-
         outcome = {"error": type(exc).__name__, "message": exc.render().split(" Fix: ")[0], "fix": exc.fix,
                    "refused": isinstance(exc, TrainRefused)}
     except BaseException as exc:  # noqa: BLE001 - a bug or a library error: record it, keep the traceback
@@ -148,7 +147,5 @@ def _die_with_parent(lifeline) -> None:
 
 def train_trial(config) -> dict[str, Any]:
     """The trial itself: ``retain train`` of ``config`` into its run directory; returns the summary."""
-    from retain.training.run import run_train
-
     logger = logging.getLogger("retain.sweep.trial")
     return run_train(config, overwrite=True, progress=False, echo=logger.info).summary

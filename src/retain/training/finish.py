@@ -20,6 +20,7 @@ from retain.config.guards import GuardsConfig
 from retain.config.methods import METHODS
 from retain.errors import RetainError
 from retain.evaluation.engine import EvalResult, forgetting, forgetting_by_rehearsal
+from retain.evaluation.task import no_better_than_majority
 from retain.guards.rules import unsound
 from retain.guards.state import GuardState
 from retain.rundir import RunDir
@@ -174,8 +175,6 @@ def task_reasons(before: dict[str, dict[str, Any]], after: dict[str, dict[str, A
         after: The final model's task scores by split.
         fail_share: The broken share that fails (``guards.smoke.fail_share``).
     """
-    from retain.evaluation.task import no_better_than_majority
-
     reasons = []
     held_out, base = after.get("eval"), before.get("eval")
     if held_out and base and held_out["accuracy"] <= base["accuracy"]:

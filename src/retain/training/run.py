@@ -51,7 +51,7 @@ from retain.data.encoding import (
     prepare_tokenizer,
 )
 from retain.data.prompting import PromptFormat, render_example
-from retain.data.rows import load_examples_for
+from retain.data.rows import load_examples_for, read_text
 from retain.errors import ConfigError, RetainError
 from retain.evaluation.commands import (
     default_suites,
@@ -338,8 +338,6 @@ def _run_trainer(trainer: RetainTrainer, checkpoint: Path | None, state: GuardSt
 
 def _reference(config: RetainConfig, suites: list) -> str | None:
     if config.eval.reference:
-        from retain.data.rows import read_text
-
         return read_text(config.eval.reference, "eval.reference")
     return default_reference_text(suites)
 
