@@ -43,8 +43,8 @@ def _retain(config_path: Path, out: Path, name: str, overrides: list[str]) -> di
                                        f"train.epochs={EPOCHS}"])
     outcome = run_train(config, overwrite=True, progress=False, echo=lambda line: None)
     summary = outcome.summary
-    return {"seconds": summary["train_seconds"], "steps": summary["steps"],
-            "tokens_per_second": summary["train_tokens_per_second"], "checks": summary["checks"],
+    return {"seconds": summary.train_seconds, "steps": summary.steps,
+            "tokens_per_second": summary.train_tokens_per_second, "checks": summary.checks,
             "check_seconds": _check_seconds(outcome.run_dir / "metrics.jsonl")}
 
 

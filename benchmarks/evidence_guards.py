@@ -64,19 +64,19 @@ def _train(config_path: Path, name: str, overrides: list[str], *, force: bool = 
         summary = run_train(config, overwrite=True, force=force, progress=False, echo=lambda line: None).summary
     checks = guard_checks(run_dir)
     return {
-        "seconds": summary["seconds"],
-        "status": summary["status"],
-        "stopped_by": summary["stopped_by"],
-        "restored_step": summary["restored_step"],
-        "steps": summary["steps"],
-        "base_probe_accuracy": summary["base_probe_accuracy"],
-        "final_probe_accuracy": summary["final_probe_accuracy"],
-        "forgetting": summary["forgetting_relative"],
-        "task_accuracy": {split: score["accuracy"] for split, score in summary["task"].items()},
-        "guard_events": summary["guard_events"],
+        "seconds": summary.seconds,
+        "status": summary.status,
+        "stopped_by": summary.stopped_by,
+        "restored_step": summary.restored_step,
+        "steps": summary.steps,
+        "base_probe_accuracy": summary.base_probe_accuracy,
+        "final_probe_accuracy": summary.final_probe_accuracy,
+        "forgetting": summary.forgetting_relative,
+        "task_accuracy": {split: summary.task_accuracy(split) for split in summary.task},
+        "guard_events": list(summary.guard_events),
         "checks": [{key: check[key] for key in ("step", "probe_accuracy", "forgetting", "task_accuracy",
                                                 "smoke_fail_share")} for check in checks],
-        "ship": summary["verdict"]["ship"],
+        "ship": summary.verdict.ship,
     }
 
 

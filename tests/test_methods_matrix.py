@@ -226,7 +226,7 @@ def test_a_method_trains_calls_its_hooks_reloads_and_shows_its_effect(lab, tmp_p
     config = _config(lab, tmp_path, methods)
     table = registered()
     spy = Spy(monkeypatch, [table[method] for method in {config.method.base, *methods}])
-    summary = run_train(config, progress=False, echo=lambda line: None).summary
+    summary = run_train(config, progress=False, echo=lambda line: None).summary.to_dict()
     run = tmp_path / "-".join(methods)
     metrics = [record for record in read_jsonl(run / "metrics.jsonl") if record.get("event") == "log"]
     losses = [record["loss"] for record in metrics if "loss" in record]

@@ -328,7 +328,7 @@ def test_an_eval_result_file_is_reported_as_an_evaluation(runs, tmp_path) -> Non
     result = {**final, "base": {"source": "lab", "result": base}, "forgetting": {}}
     (tmp_path / "eval.json").write_text(json.dumps(result))
     view = read_source(tmp_path / "eval.json")
-    assert view.kind == "eval" and view.summary["final_probe_accuracy"] is not None
+    assert view.kind == "eval" and view.summary.final_probe_accuracy is not None
     html = build_report([tmp_path / "eval.json"], tmp_path / "e.html").html.read_text()
     assert "Evaluation: eval" in html and "<h3>Data audit</h3>" not in html
 

@@ -72,7 +72,7 @@ def test_a_healthy_lora_run_leaves_a_complete_run_directory_and_no_alarm(lab, tm
     # The micro model's loss stays near 3 on this task; the high-loss warning is not what is tested.
     cfg = config(lab, tmp_path, train={"lr": 1e-5}, guards={"loss": {"max_loss_after_warmup": 5.0}})
     outcome = quiet_train(cfg, merge=True)
-    summary, run_dir = outcome.summary, outcome.run_dir
+    summary, run_dir = outcome.summary.to_dict(), outcome.run_dir
     assert summary["status"] == "completed" and summary["guard_events"] == []
     # No guard fired; the micro model learns nothing of the task in 8 steps at lr 1e-5, and
     # the verdict says so instead of calling the run safe.
@@ -103,7 +103,7 @@ def test_a_healthy_lora_run_leaves_a_complete_run_directory_and_no_alarm(lab, tm
 def test_the_forgetting_guard_restores_the_best_checkpoint(lab, tmp_path) -> None:
     aggressive = {"method": {"use": ["full"]}, "train": {"lr": 1e-3, "max_steps": 16},
                   "guards": {"every_steps": 2, "forgetting": {"threshold": 0.1, "patience": 0}}}
-    summary = quiet_train(config(lab, tmp_path / "guarded", **aggressive)).summary
+    summary = quiet_train(config(lab, tmp_path / "guarded", **aggressive)).summary.to_dict()
     assert any(event["guard"] == "forgetting" and event["action"] == "restore_best"
                for event in summary["guard_events"])
     assert summary["restored_step"] == summary["best_step"] is not None
@@ -112,7 +112,7 @@ def test_the_forgetting_guard_restores_the_best_checkpoint(lab, tmp_path) -> Non
     # The restored weights are the best check's weights: the same greedy answers, the same accuracy.
     assert summary["final_probe_accuracy"] == pytest.approx(best["probe_accuracy"])
     blind = dict(aggressive, guards={"enabled": False})
-    unguarded = quiet_train(config(lab, tmp_path / "blind", **blind)).summary
+    unguarded = quiet_train(config(lab, tmp_path / "blind", **blind)).summary.to_dict()
     assert unguarded["status"] == "completed" and unguarded["steps"] == 16
     assert unguarded["forgetting_relative"] > summary["forgetting_relative"] + 0.1
     assert not unguarded["verdict"]["ship"]
@@ -124,7 +124,7 @@ def test_when_every_check_forgets_too_much_the_run_rolls_back_to_its_start(lab, 
     cfg = config(lab, tmp_path, method={"use": ["full"]}, train={"lr": 1e-2, "max_steps": 8, "precision": precision},
                  guards={"every_steps": 4, "forgetting": {"threshold": 0.01, "patience": 0}})
     outcome = quiet_train(cfg)
-    summary = outcome.summary
+    summary = outcome.summary.to_dict()
     # Checks and the final evaluation measure the model in full precision, as the base was
     # measured, even when it trains in bf16 (accelerate's autocast wrapper is stepped around).
     start = next(r for r in read_jsonl(outcome.run_dir / "metrics.jsonl") if r.get("event") == "check")
@@ -170,7 +170,7 @@ def test_a_nan_loss_stops_at_once_with_the_step(lab, tmp_path) -> None:
     cfg = config(lab, tmp_path, method={"use": ["full"]},
                  train={"lr": 1e6, "max_steps": 16, "max_grad_norm": None, "precision": "fp32"},
                  guards={"every_steps": 16, "forgetting": {"action": "warn"}, "smoke": {"action": "warn"}})
-    summary = quiet_train(cfg).summary
+    summary = quiet_train(cfg).summary.to_dict()
     stop = summary["stopped_by"]
     assert stop["guard"] == "loss" and stop["action"] == "stop"
     assert f"at step {stop['step']}" in stop["message"] and summary["steps"] == stop["step"] < 16
@@ -185,7 +185,7 @@ def test_doctor_blockers_refuse_training_and_force_overrides(lab, tmp_path) -> N
     assert "eos_masked" in {f["code"] for f in doctor["findings"] if f["severity"] == "blocker"}
     assert not (tmp_path / "refused" / "run" / "checkpoints").exists()
     forced = quiet_train(config(lab, tmp_path / "forced", **trap), force=True)
-    assert forced.summary["steps"] == 4
+    assert forced.summary.steps == 4
 
 
 def test_train_cli_refusal_is_one_line_with_exit_code_2(lab, tmp_path) -> None:
@@ -449,7 +449,7 @@ def test_a_probe_planted_in_the_replay_file_is_reported_by_audit_and_train(lab, 
     assert finding["details"]["items"] == {"lab": [planted.id]} and finding["examples"][0]["line"] == 4
 
     lines: list[str] = []
-    summary = run_train(RetainConfig.model_validate(values), progress=False, echo=lines.append).summary
+    summary = run_train(RetainConfig.model_validate(values), progress=False, echo=lines.append).summary.to_dict()
     assert any("probe item(s) appear in the" in line and "rows replay blended in" in line for line in lines), lines
     assert summary["rehearsal"]["items"] == {"lab": [planted.id]}
     assert summary["rehearsal"]["rows"] == {"replay": 64}

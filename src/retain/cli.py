@@ -198,7 +198,6 @@ def train(
 ) -> None:
     """Fine-tune with guards: audit, doctor, baseline, training, final evaluation, verdict."""
     from retain.config import load_config
-    from retain.summary import rehearsal_note
     from retain.training.run import run_train
 
     overrides = list(set_ or []) + ([f"output.name={name}"] if name else [])
@@ -206,21 +205,21 @@ def train(
                         merge=merge, progress=not STATE["quiet"],
                         echo=lambda line: console.print(line, markup=False, highlight=False))
     summary = outcome.summary
-    if not summary:  # another process of `accelerate launch`: the main one reports
+    if summary is None:  # another process of `accelerate launch`: the main one reports
         return
     console.print(f"run directory: {outcome.run_dir}")
-    table = Table(title=f"retain train: {summary['status']}")
+    table = Table(title=f"retain train: {summary.status}")
     for column in ("measure", "base", "final"):
         table.add_column(column, justify="left" if column == "measure" else "right")
-    table.add_row("general probes", percent(summary["base_probe_accuracy"]), percent(summary["final_probe_accuracy"]))
-    for split, score in summary["task"].items():
-        table.add_row(f"task ({split})", "", percent(score["accuracy"]))
+    table.add_row("general probes", percent(summary.base_probe_accuracy), percent(summary.final_probe_accuracy))
+    for split in summary.task:
+        table.add_row(f"task ({split})", percent(summary.base_task_accuracy(split)), percent(summary.task_accuracy(split)))
     console.print(table)
-    if summary["forgetting_relative"] is not None:
-        console.print(f"forgetting, relative: {summary['forgetting_relative']:+.1%}{rehearsal_note(summary)}",
+    if summary.forgetting_relative is not None:
+        console.print(f"forgetting, relative: {summary.forgetting_relative:+.1%}{summary.rehearsal_note()}",
                       markup=False)
-    verdict = summary["verdict"]
-    console.print("verdict: safe to ship" if verdict["ship"] else "verdict: not safe to ship: " + "; ".join(verdict["reasons"]),
+    verdict = summary.verdict
+    console.print("verdict: safe to ship" if verdict.ship else "verdict: not safe to ship: " + "; ".join(verdict.reasons),
                   markup=False, highlight=False)
 
 

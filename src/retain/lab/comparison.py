@@ -28,7 +28,7 @@ from retain.io import atomic_write_json
 from retain.lab.base import build_base, lab_size
 from retain.lab.domain import TRAIN_ROWS
 from retain.lab.export import export_lab_data
-from retain.summary import NOT_REHEARSED, REHEARSED, group_forgetting
+from retain.summary import NOT_REHEARSED, REHEARSED
 
 T = TypeVar("T")
 
@@ -262,17 +262,16 @@ def _run(recipe: Recipe, seed: int, data: Path, runs: Path, data_size: int | Non
             summary = run_train(config, overwrite=True, progress=progress, echo=lambda line: None).summary
         except RetainError as error:
             raise RetainError(f"recipe '{recipe.name}', seed {seed}: {error.message}", fix=error.fix) from None
-    task = summary.get("task") or {}
-    not_rehearsed, _ = group_forgetting(summary, NOT_REHEARSED)
-    rehearsed, rehearsed_items = group_forgetting(summary, REHEARSED)
+    not_rehearsed, _ = summary.group_forgetting(NOT_REHEARSED)
+    rehearsed, rehearsed_items = summary.group_forgetting(REHEARSED)
     return RunResult(
         recipe=recipe.name, seed=seed,
-        task_accuracy=(task.get("eval") or {}).get("accuracy"),
-        ood_accuracy=(task.get("ood") or {}).get("accuracy"),
-        probe_accuracy=summary.get("final_probe_accuracy"),
-        base_probe_accuracy=summary.get("base_probe_accuracy"),
-        forgetting=summary.get("forgetting_relative"),
-        train_seconds=float(summary.get("train_seconds") or 0.0),
+        task_accuracy=summary.task_accuracy(),
+        ood_accuracy=summary.task_accuracy("ood"),
+        probe_accuracy=summary.final_probe_accuracy,
+        base_probe_accuracy=summary.base_probe_accuracy,
+        forgetting=summary.forgetting_relative,
+        train_seconds=float(summary.train_seconds or 0.0),
         run_dir=str(summary_path.parent),
         forgetting_not_rehearsed=not_rehearsed, forgetting_rehearsed=rehearsed, rehearsed_items=rehearsed_items,
     )

@@ -8,12 +8,13 @@ import json
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from retain.config import RetainConfig, load_config
 from retain.lab.domain import TRAIN_ROWS
+from retain.summary import RunSummary
 
 # The story's steps, in order (a lab run keeps each one's result in steps/N-NAME.json).
 STEPS = ("base", "audit", "baseline", "trap", "aggressive", "recipe", "report")
@@ -143,7 +144,7 @@ class Lab:
                   f"train.seed={self.seed}", *self.scale.train]
         return load_config(path, [*common, *overrides, f"output.dir={self.root / 'runs'}", f"output.name={name}"])
 
-    def train(self, training: Training) -> dict[str, Any]:
+    def train(self, training: Training) -> RunSummary:
         """Returns the summary of ``training`` with its run directory: from the worker
         process it was sent to, or run here.
 
@@ -180,9 +181,9 @@ def _train(root: Path, scale: Scale, seed: int, cache_dir: Path | None, training
     config = lab.config(training.name, training.overrides)
     summary = finished_summary(config) if resume else None
     if summary is not None:
-        return summary | {"run_dir": str(Path(config.output.dir) / training.name)}
+        return replace(summary, run_dir=str(Path(config.output.dir) / training.name))
     outcome = run_train(config, overwrite=True, force=training.force, progress=progress, echo=lambda line: None)
-    return outcome.summary | {"run_dir": str(outcome.run_dir)}
+    return replace(outcome.summary, run_dir=str(outcome.run_dir))
 
 def _baseline(root: Path, scale: Scale, seed: int, cache_dir: Path | None, *,
               progress: bool = False) -> dict[str, Any]:

@@ -27,7 +27,7 @@ from retain.config import RetainConfig
 from retain.errors import RetainError
 from retain.io import atomic_write_json
 from retain.lab.runs import AGGRESSIVE, BASELINE_JOB, NO_BRITTLENESS, STEPS, Lab, StepResult, Training, worker_pool
-from retain.summary import rehearsal_note
+from retain.summary import RunSummary
 
 
 def run_story(lab: Lab, steps: Sequence[str] = STEPS) -> list[StepResult]:
@@ -193,11 +193,11 @@ def aggressive_trainings(lab: Lab) -> list[Training]:
 def aggressive_step(lab: Lab) -> StepResult:
     naive, guarded = (lab.train(training) for training in aggressive_trainings(lab))
     lost = _categories_lost(naive)
-    stop = guarded.get("stopped_by") or {}
-    line = (f"naive: task {_pct(_task(naive))}, forgetting {_pct(naive.get('forgetting_relative'))} "
+    stop = guarded.stopped_by or {}
+    line = (f"naive: task {_pct(naive.task_accuracy())}, forgetting {_pct(naive.forgetting_relative)} "
             f"(" + ", ".join(f"{name} {drop:.0%}" for name, drop in lost[:3]) + "); "
             f"guarded: {('stopped at step ' + str(stop['step']) + ' by ' + stop['guard']) if stop else 'not stopped'}"
-            f"{_restored(guarded)}, forgetting {_pct(guarded.get('forgetting_relative'))}")
+            f"{_restored(guarded)}, forgetting {_pct(guarded.forgetting_relative)}")
     return StepResult("aggressive", line, {"naive": _run_figures(naive), "guarded": _run_figures(guarded),
                                            "categories_lost": lost})
 
@@ -209,11 +209,12 @@ def recipe_trainings(lab: Lab) -> list[Training]:
 def recipe_step(lab: Lab) -> StepResult:
     (training,) = recipe_trainings(lab)
     summary = lab.train(training)
-    events = ", ".join(f"{e['guard']} -> {e['action']} at {e['step']}" for e in summary["guard_events"]) or "no guard fired"
-    line = (f"{' '.join(training.overrides)}: task {_pct(_task(summary))} "
-            f"(base {_pct((summary.get('task_base') or {}).get('eval'))}), "
-            f"forgetting {_pct(summary.get('forgetting_relative'))}{rehearsal_note(summary)}, {events}; "
-            f"verdict: {'ship' if summary['verdict']['ship'] else 'do not ship'}")
+    events = ", ".join(f"{e.get('guard')} -> {e.get('action')} at {e.get('step')}"
+                       for e in summary.guard_events) or "no guard fired"
+    line = (f"{' '.join(training.overrides)}: task {_pct(summary.task_accuracy())} "
+            f"(base {_pct(summary.base_task_accuracy())}), "
+            f"forgetting {_pct(summary.forgetting_relative)}{summary.rehearsal_note()}, {events}; "
+            f"verdict: {'ship' if summary.verdict.ship else 'do not ship'}")
     return StepResult("recipe", line, {"overrides": list(training.overrides), "run": _run_figures(summary)})
 
 
@@ -305,27 +306,26 @@ def _suites(config: RetainConfig) -> list:
     return [load_suite(name) for name in config.probes.suites or default_suites(config.model.name_or_path)]
 
 
-def _run_figures(summary: dict[str, Any]) -> dict[str, Any]:
+def _run_figures(summary: RunSummary) -> dict[str, Any]:
     """The figures of a training the lab keeps: task, general, forgetting, guards, verdict."""
-    task = summary.get("task") or {}
     return {
-        "run_dir": summary["run_dir"], "steps": summary.get("steps"),
-        "task": (task.get("eval") or {}).get("accuracy"), "ood": (task.get("ood") or {}).get("accuracy"),
-        "task_base": (summary.get("task_base") or {}).get("eval"),
-        "general": summary.get("final_probe_accuracy"), "base_general": summary.get("base_probe_accuracy"),
-        "forgetting": summary.get("forgetting_relative"),
-        "stopped_by": summary.get("stopped_by"), "restored_step": summary.get("restored_step"),
-        "guard_events": summary.get("guard_events") or [],
-        "train_seconds": summary.get("train_seconds"),
-        "ship": summary["verdict"]["ship"], "reasons": summary["verdict"]["reasons"],
+        "run_dir": summary.run_dir, "steps": summary.steps,
+        "task": summary.task_accuracy(), "ood": summary.task_accuracy("ood"),
+        "task_base": summary.base_task_accuracy(),
+        "general": summary.final_probe_accuracy, "base_general": summary.base_probe_accuracy,
+        "forgetting": summary.forgetting_relative,
+        "stopped_by": summary.stopped_by, "restored_step": summary.restored_step,
+        "guard_events": list(summary.guard_events),
+        "train_seconds": summary.train_seconds,
+        "ship": summary.verdict.ship, "reasons": list(summary.verdict.reasons),
         "categories": _category_drops(summary),
     }
 
 
-def _category_drops(summary: dict[str, Any]) -> dict[str, dict[str, float | None]]:
+def _category_drops(summary: RunSummary) -> dict[str, dict[str, float | None]]:
     """Returns per category the base and final accuracy of the watched probe suite."""
     out: dict[str, dict[str, float | None]] = {}
-    for report in (summary.get("forgetting") or {}).values():
+    for report in summary.forgetting.values():
         for name, category in (report.get("categories") or {}).items():
             if name != "overall":
                 out[name] = {"base": category.get("accuracy_before"), "final": category.get("accuracy_after"),
@@ -333,18 +333,14 @@ def _category_drops(summary: dict[str, Any]) -> dict[str, dict[str, float | None
     return out
 
 
-def _categories_lost(summary: dict[str, Any]) -> list[tuple[str, float]]:
+def _categories_lost(summary: RunSummary) -> list[tuple[str, float]]:
     drops = [(name, values["drop"]) for name, values in _category_drops(summary).items()
              if values.get("drop") is not None]
     return sorted(drops, key=lambda item: -item[1])
 
 
-def _task(summary: dict[str, Any]) -> float | None:
-    return ((summary.get("task") or {}).get("eval") or {}).get("accuracy")
-
-
-def _restored(summary: dict[str, Any]) -> str:
-    step = summary.get("restored_step")
+def _restored(summary: RunSummary) -> str:
+    step = summary.restored_step
     if step is None:
         return ""
     return ", rolled back to its starting weights" if step == 0 else f", restored step {step}"

@@ -12,8 +12,8 @@ from typing import Any
 
 from retain.errors import RetainError
 from retain.evaluation.suites import load_suite
-from retain.report.views import RunView, as_dict, as_number, dotted
-from retain.summary import rehearsal_note
+from retain.report.views import RunView, as_dict, as_number, dotted, summary_of
+from retain.summary import RunSummary
 
 FORGETTING_LIMIT = 0.03  # guards.forgetting.threshold's default, for runs whose config lacks it
 SMOKE_LIMIT = 0.5  # guards.smoke.fail_share's default
@@ -70,7 +70,7 @@ def last_check(run: RunView) -> dict[str, Any]:
 
 def task_accuracy(run: RunView, split: str) -> float | None:
     """Returns the final accuracy on a task split (``eval`` or ``ood``), None if unmeasured."""
-    return as_number(as_dict(as_dict(as_dict(run.summary).get("task")).get(split)).get("accuracy"))
+    return as_number(as_dict(as_dict(summary_of(run).task).get(split)).get("accuracy"))
 
 
 def verdict(run: RunView) -> tuple[bool | None, list[str]]:
@@ -80,17 +80,16 @@ def verdict(run: RunView) -> tuple[bool | None, list[str]]:
         blockers = [f"{name}: {finding.get('title')}" for name, report in (("audit", run.audit), ("doctor", run.doctor))
                     for finding in findings(report) if finding.get("severity") == "blocker"]
         return False, ["refused before training"] + blockers
-    summary_verdict = as_dict(as_dict(run.summary).get("verdict"))
-    if "ship" not in summary_verdict:
+    judged = summary_of(run).verdict
+    if judged is None:
         reason = "the run has not finished (no summary.json)" if status == "unfinished" else "no verdict recorded"
         return None, [reason]
-    reasons = [str(reason) for reason in summary_verdict.get("reasons") or []]
-    return bool(summary_verdict["ship"]), reasons
+    return judged.ship, list(judged.reasons)
 
 
 def cards(run: RunView) -> list[Card]:
     """Returns the run's summary cards: task, general probes, drift, health, training, verdict."""
-    summary = as_dict(run.summary)
+    summary = summary_of(run)
     base_task = as_dict(as_dict(run.base_eval).get("task")) if run.summary is not None else {}
     check = last_check(run)
     result = [_task_card(run, "eval", "Task accuracy, held-out", base_task, check),
@@ -113,7 +112,7 @@ def _task_card(run: RunView, split: str, title: str, base_task: dict, check: dic
         return Card(title, pct(check["task_accuracy"]),
                     [f"at the last check (step {check.get('step')}), on validation rows"], "warn")
     lines = [f"before: {pct(before)}" if before is not None else "before: not measured in this run"]
-    score = as_dict(as_dict(as_dict(run.summary).get("task")).get(split))
+    score = as_dict(as_dict(summary_of(run).task).get(split))
     if score:
         lines.append(f"{score.get('n', '?')} examples, no answer {pct(score.get('unparsed'))}")
     if before is not None and after is not None:
@@ -125,10 +124,10 @@ def _task_card(run: RunView, split: str, title: str, base_task: dict, check: dic
     return Card(title, pct(after), lines, "bad" if silent else "neutral")
 
 
-def _probe_card(run: RunView, summary: dict, check: dict) -> Card:
+def _probe_card(run: RunView, summary: RunSummary, check: dict) -> Card:
     limit = forgetting_limit(run)
-    before, after = summary.get("base_probe_accuracy"), summary.get("final_probe_accuracy")
-    drop = as_number(summary.get("forgetting_relative"))
+    before, after = summary.base_probe_accuracy, summary.final_probe_accuracy
+    drop = as_number(summary.forgetting_relative)
     lines = []
     if run.summary is None and check:
         after, drop = check.get("probe_accuracy"), as_number(check.get("forgetting"))
@@ -140,7 +139,7 @@ def _probe_card(run: RunView, summary: dict, check: dict) -> Card:
     lines.append(f"relative drop {signed_pct(drop)}" + (f" (95% CI {signed_pct(interval[0])} to "
                                                          f"{signed_pct(interval[1])})" if interval else ""))
     lines.append(f"limit {limit:.0%}")
-    note = rehearsal_note(summary).strip(" ()")
+    note = summary.rehearsal_note().strip(" ()")
     if note:  # rows were blended in: forgetting on the items they stated and on the rest
         lines.append(note)
     return Card("General probes: forgetting", signed_pct(drop), lines, "bad" if drop > limit else "good")
@@ -149,7 +148,7 @@ def _probe_card(run: RunView, summary: dict, check: dict) -> Card:
 def overall_interval(run: RunView) -> tuple[float, float] | None:
     """Returns the widest-dropping suite's 95% interval of the relative drop, if recorded."""
     worst = None
-    for report in as_dict(as_dict(run.summary).get("forgetting")).values():
+    for report in as_dict(summary_of(run).forgetting).values():
         overall = as_dict(as_dict(as_dict(report).get("categories")).get("overall"))
         drop, ci = as_number(overall.get("relative_drop")), overall.get("relative_drop_ci")
         if drop is not None and isinstance(ci, list) and len(ci) == 2 and (worst is None or drop > worst[0]):
@@ -159,8 +158,8 @@ def overall_interval(run: RunView) -> tuple[float, float] | None:
     return worst[1]  # type: ignore[return-value]
 
 
-def _drift_card(run: RunView, summary: dict, check: dict) -> Card:
-    drift = as_dict(summary.get("drift"))
+def _drift_card(run: RunView, summary: RunSummary, check: dict) -> Card:
+    drift = as_dict(summary.drift)
     kl, ratio = as_number(drift.get("kl")), perplexity_ratio(run)
     lines = []
     if run.summary is None and check:
@@ -176,19 +175,19 @@ def _drift_card(run: RunView, summary: dict, check: dict) -> Card:
 
 def perplexity_ratio(run: RunView) -> float | None:
     """Returns final / base perplexity on the reference text, None if either is missing."""
-    final = as_number(as_dict(as_dict(run.summary).get("drift")).get("perplexity"))
+    final = as_number(as_dict(summary_of(run).drift).get("perplexity"))
     base = as_number(as_dict(as_dict(run.base_eval).get("drift")).get("perplexity"))
     return final / base if final is not None and base else None
 
 
-def _health_card(run: RunView, summary: dict, check: dict) -> Card:
-    smoke = as_dict(summary.get("smoke"))
+def _health_card(run: RunView, summary: RunSummary, check: dict) -> Card:
+    smoke = as_dict(summary.smoke)
     smoke_share = as_number(smoke.get("failures"))
     lines = []
     if run.summary is None and check:
         smoke_share = as_number(check.get("smoke_fail_share"))
         lines.append(f"at the last check (step {check.get('step')})")
-    for split, score in as_dict(summary.get("task")).items():
+    for split, score in as_dict(summary.task).items():
         health = as_dict(as_dict(score).get("health"))
         if health:
             lines.append(f"task ({split}): {pct(health.get('failures'))} broken, "
@@ -197,28 +196,28 @@ def _health_card(run: RunView, summary: dict, check: dict) -> Card:
         return Card("Generation health", "n/a", ["not measured"])
     limit = as_number(dotted(run.config, "guards.smoke.fail_share")) or SMOKE_LIMIT
     task_broken = [as_number(as_dict(as_dict(score).get("health")).get("failures"))
-                   for score in as_dict(summary.get("task")).values()]
+                   for score in as_dict(summary.task).values()]
     bad = (smoke_share is not None and smoke_share >= limit) or any(
         share is not None and share >= limit for share in task_broken)
     return Card("Generation health", f"{pct(smoke_share, 0)} smoke answers broken", lines,
                 "bad" if bad else "good")
 
 
-def _training_card(run: RunView, summary: dict) -> Card:
+def _training_card(run: RunView, summary: RunSummary) -> Card:
     status = run.status
     if run.kind == "eval":
         return Card("Evaluation", str(run.meta.get("model") or run.name),
                     [f"base: {run.meta.get('base') or 'none'}"])
-    methods = summary.get("method") or dotted(run.config, "method.use") or []
+    methods = summary.method or dotted(run.config, "method.use") or []
     lines = [f"method: {'+'.join(str(m) for m in methods) or 'n/a'}"]
-    steps = summary.get("steps") or max((int(r.get("step") or 0) for r in run.logs), default=0)
-    lines.append(f"{steps} steps, {summary.get('checks', len(run.checks))} checks"
-                 + (f", {num(summary.get('seconds'))} s" if summary.get("seconds") is not None else ""))
-    stopped = as_dict(summary.get("stopped_by"))
+    steps = summary.steps or max((int(r.get("step") or 0) for r in run.logs), default=0)
+    lines.append(f"{steps} steps, {summary.checks if run.summary else len(run.checks)} checks"
+                 + (f", {num(summary.seconds)} s" if summary.seconds is not None else ""))
+    stopped = as_dict(summary.stopped_by)
     if stopped:
         lines.append(f"stopped by the {stopped.get('guard')} guard at step {stopped.get('step')}")
-    if summary.get("restored_step") is not None:
-        lines.append(f"restored the checkpoint of step {summary.get('restored_step')}")
+    if summary.restored_step is not None:
+        lines.append(f"restored the checkpoint of step {summary.restored_step}")
     if status == "unfinished":
         lines.append("no summary.json: still running, or stopped before the end")
     tone = {"completed": "good", "stopped": "warn", "unfinished": "warn", "refused": "bad"}.get(status, "neutral")
@@ -231,7 +230,7 @@ def _training_card(run: RunView, summary: dict) -> Card:
 def forgetting_rows(run: RunView) -> list[dict[str, Any]]:
     """Returns one row per suite and category: items, before, after, drops with intervals."""
     rows = []
-    for suite, report in as_dict(as_dict(run.summary).get("forgetting")).items():
+    for suite, report in as_dict(summary_of(run).forgetting).items():
         report = as_dict(report)
         for category, values in as_dict(report.get("categories")).items():
             values = as_dict(values)
@@ -252,7 +251,7 @@ def forgetting_rows(run: RunView) -> list[dict[str, Any]]:
 def task_rows(run: RunView) -> list[dict[str, Any]]:
     """Returns one row per task split: accuracy, by log-likelihood, unparsed, what it predicts."""
     rows = []
-    for split, score in as_dict(as_dict(run.summary).get("task")).items():
+    for split, score in as_dict(summary_of(run).task).items():
         score = as_dict(score)
         predicted = as_dict(score.get("predicted"))
         rows.append({
@@ -378,10 +377,10 @@ def broken_answers(run: RunView) -> list[dict[str, Any]]:
             if isinstance(pair, list) and len(pair) == 2:
                 rows.append({"where": f"smoke test, step {check.get('step')}", "prompt": pair[0],
                              "answer": pair[1], "flags": ", ".join(as_dict(check.get("smoke_failures")))})
-    summary = as_dict(run.summary)
-    sources = [("final smoke test", as_dict(summary.get("smoke")))] + [
+    summary = summary_of(run)
+    sources = [("final smoke test", as_dict(summary.smoke))] + [
         (f"final task ({split})", as_dict(as_dict(score).get("health")))
-        for split, score in as_dict(summary.get("task")).items()]
+        for split, score in as_dict(summary.task).items()]
     for where, health in sources:
         for examples in as_dict(health.get("examples")).values():
             for example in examples if isinstance(examples, list) else []:

@@ -21,7 +21,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator, NullFormatter, ScalarFormatter
 
 from retain.report.analysis import SizeCurve
-from retain.report.views import RunView, Trial, as_dict, as_number
+from retain.report.views import RunView, Trial, as_dict, as_number, summary_of
 
 MAX_LEGEND = 12  # more lines than this and the legend would hide the plot
 GUARD_COLOR = "#c0392b"
@@ -142,7 +142,7 @@ def probe_figure(run: RunView) -> str | None:
                               if as_number(as_dict(c.get("categories")).get(name)) is not None], base.get(name))
         axis.plot(*zip(*points, strict=True), marker=".", linewidth=1, label=label(name, 28))
     overall = [(c["step"], c["probe_accuracy"]) for c in checks if as_number(c.get("probe_accuracy")) is not None]
-    base_overall = as_number(as_dict(run.summary).get("base_probe_accuracy"))
+    base_overall = as_number(summary_of(run).base_probe_accuracy)
     if overall:
         overall = _from_start(overall, base_overall)
         axis.plot(*zip(*overall, strict=True), color="black", linewidth=2, label="all probes")
@@ -200,7 +200,7 @@ def probe_overlay_figure(runs: Sequence[RunView]) -> str | None:
     figure, (axis,) = _figure()
     for run in runs:
         points = [(c["step"], c["probe_accuracy"]) for c in run.checks if as_number(c.get("probe_accuracy")) is not None]
-        base = as_number(as_dict(run.summary).get("base_probe_accuracy"))
+        base = as_number(summary_of(run).base_probe_accuracy)
         if points:
             points = _from_start(points, base)
             axis.plot(*zip(*points, strict=True), marker=".", linewidth=1,

@@ -16,7 +16,7 @@ import yaml
 import retain
 from retain.report import content, figures
 from retain.report.analysis import describe, format_value, pareto_front, size_curves
-from retain.report.views import RunView, SweepView, Trial, as_dict, as_number, dotted, varying_settings
+from retain.report.views import RunView, SweepView, Trial, as_dict, as_number, dotted, summary_of, varying_settings
 
 # What training does not save yet, said where the report would show it.
 MISSING_GENERATIONS = (
@@ -147,21 +147,21 @@ def comparison(runs: Sequence[RunView], anchors: Sequence[str]) -> Comparison:
     varying = varying_settings(runs)
     rows = []
     for run, anchor in zip(runs, anchors, strict=True):
-        summary = as_dict(run.summary)
+        summary = summary_of(run)
         ship, reasons = content.verdict(run)
-        drop = summary.get("forgetting_relative")
+        drop = summary.forgetting_relative
         if run.summary is None:
             drop = content.last_check(run).get("forgetting")
         rows.append(ComparisonRow(
             name=run.name, anchor=anchor, status=run.status,
-            method="+".join(map(str, summary.get("method") or dotted(run.config, "method.use") or [])) or "n/a",
+            method="+".join(map(str, summary.method or dotted(run.config, "method.use") or [])) or "n/a",
             settings=describe({key: dotted(run.config, key) for key in varying}),
             task=content.pct(content.task_accuracy(run, "eval")), ood=content.pct(content.task_accuracy(run, "ood")),
-            probes=f"{content.pct(summary.get('base_probe_accuracy'))} → {content.pct(summary.get('final_probe_accuracy'))}",
+            probes=f"{content.pct(summary.base_probe_accuracy)} → {content.pct(summary.final_probe_accuracy)}",
             forgetting=content.signed_pct(drop),
             forgetting_bad=(drop or 0) > content.forgetting_limit(run) if isinstance(drop, (int, float)) else False,
-            kl=content.num(as_dict(summary.get("drift")).get("kl")),
-            smoke=content.pct(as_dict(summary.get("smoke")).get("failures"), 0),
+            kl=content.num(as_dict(summary.drift).get("kl")),
+            smoke=content.pct(as_dict(summary.smoke).get("failures"), 0),
             ship=ship, reasons="; ".join(reasons),
         ))
     trials = [_trial_of(index, run) for index, run in enumerate(runs)]
@@ -178,11 +178,11 @@ def comparison(runs: Sequence[RunView], anchors: Sequence[str]) -> Comparison:
 
 
 def _trial_of(number: int, run: RunView) -> Trial:
-    summary = as_dict(run.summary)
+    summary = summary_of(run)
     return Trial(number=number, task_accuracy=content.task_accuracy(run, "eval"),
                  ood_accuracy=content.task_accuracy(run, "ood"),
-                 forgetting=as_number(summary.get("forgetting_relative")),
-                 general_accuracy=as_number(summary.get("final_probe_accuracy")), run=run)
+                 forgetting=as_number(summary.forgetting_relative),
+                 general_accuracy=as_number(summary.final_probe_accuracy), run=run)
 
 
 def sweep_section(sweep: SweepView, anchor: str) -> SweepSection:

@@ -32,9 +32,11 @@ from retain.report.views import (
     probe_overall,
     read_config,
     read_json,
+    summary_of,
     varying_settings,
 )
 from retain.rundir import RunDir
+from retain.summary import RunSummary
 
 RUN_MARKERS = ("summary.json", "metrics.jsonl", "meta.json", "audit.json")
 SWEEP_FILES = ("sweep.json", "trials.jsonl")
@@ -59,7 +61,7 @@ def read_run(path: Path) -> RunView:
         raise RetainError(f"{path} is not a run directory (no config.yaml with summary.json, "
                           "metrics.jsonl or meta.json)", fix="give a directory written by retain train")
     run_dir = RunDir(path)
-    summary = run_dir.read_summary() if run_dir.summary_path.is_file() else None
+    summary = RunSummary.from_dict(run_dir.read_summary()) if run_dir.summary_path.is_file() else None
     return RunView(
         path=path,
         name=path.name,
@@ -102,7 +104,7 @@ def read_eval_result(path: Path) -> RunView:
     drops = [as_number(as_dict(as_dict(report.get("categories")).get("overall")).get("relative_drop"))
              for report in watched.values()]
     drops = [drop for drop in drops if drop is not None]
-    summary = {
+    summary = RunSummary.from_dict({
         "status": "evaluated",
         "method": [],
         "base_probe_accuracy": probe_overall(base) if base else None,
@@ -112,8 +114,7 @@ def read_eval_result(path: Path) -> RunView:
         "task": as_dict(result.get("task")),
         "drift": result.get("drift"),
         "smoke": result.get("smoke"),
-        "verdict": None,
-    }
+    })
     return RunView(path=path, name=path.stem, kind="eval", summary=summary,
                    meta={"model": result.get("model"), "base": as_dict(result.get("base")).get("source")},
                    preloaded_evals={"base": base, "final": result})
@@ -218,16 +219,16 @@ def _within(folder: Path, candidate: Path) -> bool:
 
 
 def _trial_from_run(number: int, run: RunView) -> Trial:
-    summary = as_dict(run.summary)
-    task = as_dict(summary.get("task"))
+    summary = summary_of(run)
+    task = as_dict(summary.task)
     return Trial(
         number=number,
         state="complete" if run.summary is not None else "running",
         task_accuracy=as_number(as_dict(task.get("eval")).get("accuracy")),
         ood_accuracy=as_number(as_dict(task.get("ood")).get("accuracy")),
-        forgetting=as_number(summary.get("forgetting_relative")),
-        general_accuracy=as_number(summary.get("final_probe_accuracy")),
-        seconds=as_number(summary.get("seconds")),
+        forgetting=as_number(summary.forgetting_relative),
+        general_accuracy=as_number(summary.final_probe_accuracy),
+        seconds=as_number(summary.seconds),
         run=run,
     )
 

@@ -15,6 +15,7 @@ from typing import Any
 import yaml
 
 from retain.errors import RetainError
+from retain.summary import RunSummary
 
 IGNORED_PREFIXES = ("output.",)  # settings every run differs in (names, folders)
 
@@ -143,7 +144,7 @@ class RunView:
     kind: str = "run"
     config: dict[str, Any] = field(default_factory=dict)
     meta: dict[str, Any] = field(default_factory=dict)
-    summary: dict[str, Any] | None = None
+    summary: RunSummary | None = None
     metrics: list[dict[str, Any]] = field(default_factory=list)
     audit: dict[str, Any] | None = None
     doctor: dict[str, Any] | None = None
@@ -154,7 +155,7 @@ class RunView:
     def status(self) -> str:
         """``completed``, ``stopped``, ``evaluated``, ``refused`` or ``unfinished``."""
         if self.summary is not None:
-            return str(self.summary.get("status") or "completed")
+            return self.summary.status or "completed"
         if not self.metrics and not (self.path / "base_eval.json").exists() and (self.audit or self.doctor):
             return "refused"  # the audit or the doctor stopped it before training
         return "unfinished"
@@ -179,7 +180,7 @@ class RunView:
         """Every guard decision (triggered or not); the summary's list when there are no metrics."""
         events = [r for r in self.metrics if r.get("event") == "guard"]
         if not events and self.summary is not None:
-            events = [e for e in self.summary.get("guard_events") or [] if isinstance(e, dict)]
+            events = list(self.summary.guard_events)
         return events
 
     @cached_property
@@ -195,6 +196,14 @@ class RunView:
         if self.preloaded_evals is not None:
             return self.preloaded_evals.get("final")
         return optional_object(self.path / "final_eval.json", "the final evaluation")
+
+NO_SUMMARY = RunSummary(status="")  # what a run without summary.json reads as: every figure empty
+
+
+def summary_of(run: RunView) -> RunSummary:
+    """Returns the run's summary, or :data:`NO_SUMMARY` when it has none."""
+    return run.summary or NO_SUMMARY
+
 
 def probe_overall(result: dict[str, Any] | None, method: str = "generation") -> float | None:
     """Returns the share of probe items answered right by ``method`` over all suites."""

@@ -19,6 +19,7 @@ import retain
 from retain.config import dump_config
 from retain.config.messages import inline
 from retain.io import atomic_write_json, atomic_write_text
+from retain.summary import RunSummary
 from retain.sweep.spec import Sweep
 
 # Figures a trial records from its run's summary.json (user attributes of the Optuna trial).
@@ -59,18 +60,17 @@ class SweepResults:
     files: dict[str, Path]
 
 
-def figures(summary: dict[str, Any], split: str) -> dict[str, Any]:
-    """Returns the figures a trial records, from its run's ``summary.json``."""
-    task = summary.get("task") or {}
+def figures(summary: RunSummary, split: str) -> dict[str, Any]:
+    """Returns the figures a trial records, from its run's summary."""
     return {
-        "task_accuracy": (task.get(split) or {}).get("accuracy"),
-        "ood_accuracy": (task.get("ood") or {}).get("accuracy"),
-        "general_accuracy": summary.get("final_probe_accuracy"),
-        "base_general_accuracy": summary.get("base_probe_accuracy"),
-        "forgetting": summary.get("forgetting_relative"),
-        "ship": (summary.get("verdict") or {}).get("ship"),
-        "status": summary.get("status"),
-        "train_seconds": summary.get("train_seconds"),
+        "task_accuracy": summary.task_accuracy(split),
+        "ood_accuracy": summary.task_accuracy("ood"),
+        "general_accuracy": summary.final_probe_accuracy,
+        "base_general_accuracy": summary.base_probe_accuracy,
+        "forgetting": summary.forgetting_relative,
+        "ship": summary.verdict.ship,
+        "status": summary.status,
+        "train_seconds": summary.train_seconds,
     }
 
 

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from retain.errors import RetainError, TrainRefused
+from retain.summary import RunSummary
 from retain.training.run import run_train
 
 _PRELOAD = ["retain.training.run"]
@@ -145,7 +146,7 @@ def _die_with_parent(lifeline) -> None:
     os._exit(70)
 
 
-def train_trial(config) -> dict[str, Any]:
+def train_trial(config) -> RunSummary:
     """The trial itself: ``retain train`` of ``config`` into its run directory; returns the summary."""
     logger = logging.getLogger("retain.sweep.trial")
     return run_train(config, overwrite=True, progress=False, echo=logger.info).summary

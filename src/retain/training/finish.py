@@ -24,6 +24,7 @@ from retain.evaluation.task import no_better_than_majority
 from retain.guards.rules import unsound
 from retain.guards.state import GuardState
 from retain.rundir import RunDir
+from retain.summary import RunSummary, Verdict
 
 logger = logging.getLogger("retain.train")
 
@@ -102,8 +103,9 @@ def save_merged(model: PreTrainedModel, tokenizer, target: Path, config: RetainC
 
 def summary_of(config: RetainConfig, state: GuardState, base: dict[str, Any], final: EvalResult, *,
              restored: int | None, steps: int, train_seconds: float, tokens: float, seconds: float,
-             train_output: dict[str, Any], rehearsal: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Returns ``summary.json``: the verdict with its reasons, and the numbers behind it.
+             train_output: dict[str, Any], rehearsal: dict[str, Any] | None = None) -> RunSummary:
+    """Returns the run's summary (``summary.json``): the verdict with its reasons, and the
+    numbers behind it.
 
     ``rehearsal`` is what training blended in: ``{"rows": {source: count}, "items":
     {suite: [ids]}}``, the probe items a blended row stated; forgetting is also reported
@@ -129,35 +131,34 @@ def summary_of(config: RetainConfig, state: GuardState, base: dict[str, Any], fi
     if restored == 0:
         reasons.append("rolled back to the starting weights: the model learned nothing that could be "
                        "kept within the forgetting limit")
-    task = {name: score.to_dict() for name, score in final.task.items()}
-    return {
-        "status": "stopped" if state.stopped_by else "completed",
-        "stopped_by": state.stopped_by.to_dict() if state.stopped_by else None,
-        "restored_step": restored,
-        "best_step": state.best_step,
-        "steps": steps,
-        "method": [name for name in METHODS if name in {config.method.base, *config.method.use}],
-        "seconds": round(seconds, 1),
-        "train_seconds": round(train_seconds, 1),
-        "train_tokens_per_second": round(tokens / train_seconds, 1) if train_seconds else None,
-        "base_probe_accuracy": overall_accuracy(base, method),
-        "final_probe_accuracy": overall_accuracy(final.to_dict(), method),
-        "forgetting": {suite: report.to_dict() for suite, report in watched.items()},
-        "forgetting_relative": drop,
-        "rehearsal": rehearsal,
-        "forgetting_by_rehearsal": {
+    return RunSummary(
+        status="stopped" if state.stopped_by else "completed",
+        stopped_by=state.stopped_by.to_dict() if state.stopped_by else None,
+        restored_step=restored,
+        best_step=state.best_step,
+        steps=steps,
+        method=tuple(name for name in METHODS if name in {config.method.base, *config.method.use}),
+        seconds=round(seconds, 1),
+        train_seconds=round(train_seconds, 1),
+        train_tokens_per_second=round(tokens / train_seconds, 1) if train_seconds else None,
+        base_probe_accuracy=overall_accuracy(base, method),
+        final_probe_accuracy=overall_accuracy(final.to_dict(), method),
+        forgetting={suite: report.to_dict() for suite, report in watched.items()},
+        forgetting_relative=drop,
+        rehearsal=rehearsal,
+        forgetting_by_rehearsal={
             suite: {group: report.to_dict() for group, report in groups.items()}
             for suite, groups in forgetting_by_rehearsal(base, final, method, rehearsal["items"]).items()
         },
-        "task": task,
-        "task_base": {name: score.get("accuracy") for name, score in (base.get("task") or {}).items()},
-        "drift": final.drift.to_dict() if final.drift else None,
-        "smoke": final.smoke.to_dict() if final.smoke else None,
-        "guard_events": [decision.to_dict() for decision in state.decisions if decision.triggered],
-        "checks": len(state.checks),
-        "trainer": train_output,
-        "verdict": {"ship": not reasons, "reasons": reasons},
-    }
+        task={name: score.to_dict() for name, score in final.task.items()},
+        task_base={name: score.get("accuracy") for name, score in (base.get("task") or {}).items()},
+        drift=final.drift.to_dict() if final.drift else None,
+        smoke=final.smoke.to_dict() if final.smoke else None,
+        guard_events=tuple(decision.to_dict() for decision in state.decisions if decision.triggered),
+        checks=len(state.checks),
+        trainer=train_output,
+        verdict=Verdict(ship=not reasons, reasons=tuple(reasons)),
+    )
 
 
 def task_reasons(before: dict[str, dict[str, Any]], after: dict[str, dict[str, Any]],

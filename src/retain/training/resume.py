@@ -17,6 +17,7 @@ from retain.config.loading import dump_config, load_config
 from retain.errors import ConfigError, RetainError, RunDirError
 from retain.io import config_file_hashes
 from retain.rundir import RunDir
+from retain.summary import RunSummary
 
 
 def data_hashes(config: RetainConfig) -> dict[str, str]:
@@ -27,7 +28,7 @@ def data_hashes(config: RetainConfig) -> dict[str, str]:
     return {field.removeprefix("data."): digest for field, digest in hashes.items()}
 
 
-def finished_summary(config: RetainConfig) -> dict[str, Any] | None:
+def finished_summary(config: RetainConfig) -> RunSummary | None:
     """Returns the summary of the run ``config`` names if that run finished with this very
     config, else None: comparisons and evidence scripts read such a run back instead of
     training it again.
@@ -44,7 +45,7 @@ def finished_summary(config: RetainConfig) -> dict[str, Any] | None:
         return None
     if not _same_config(saved, config) or not _same_data(folder / "meta.json", config):
         return None
-    return json.loads(summary.read_text())
+    return RunSummary.read(summary)
 
 
 def _same_data(meta: Path, config: RetainConfig) -> bool:

@@ -72,6 +72,7 @@ from retain.models import load_model, quiet_peft
 from retain.paths import cache_dir
 from retain.progress import quiet_trainer
 from retain.rundir import RunDir, default_run_name
+from retain.summary import RunSummary
 from retain.training.baseline import measure_base
 from retain.training.disk import disk_full
 from retain.training.finish import (
@@ -95,7 +96,7 @@ class TrainOutcome:
     """What ``retain train`` leaves: its run directory and the summary written there."""
 
     run_dir: Path
-    summary: dict[str, Any]
+    summary: RunSummary | None  # None in the other processes of a multi-process run
 
 
 def run_train(
@@ -244,7 +245,7 @@ def _train(config: RetainConfig, run: RunDir, *, resume: bool, force: bool, merg
     train_metrics = _run_trainer(trainer, checkpoint, guard.state, plan.total_steps)
     train_seconds = time.perf_counter() - train_started
     if not run.writer:  # another process of a multi-process run: the main one finishes it
-        return TrainOutcome(run_dir=run.path, summary={})
+        return TrainOutcome(run_dir=run.path, summary=None)
     # 8. After training: the best checkpoint restored if a guard asked, the methods'
     #    post-processing, the model saved, the final evaluation and the verdict.
     drop_autocast(model)  # evaluated and saved in full precision, as the base model was measured
@@ -267,7 +268,7 @@ def _train(config: RetainConfig, run: RunDir, *, resume: bool, force: bool, merg
                          tokens=sum(len(row.input_ids) for row in plan.train_rows) * epochs_done,
                          seconds=time.perf_counter() - started, train_output=train_metrics,
                          rehearsal=rehearsal)
-    run.write_summary(summary)
+    run.write_summary(summary.to_dict())
     return TrainOutcome(run_dir=run.path, summary=summary)
 
 
