@@ -19,7 +19,7 @@ import torch
 from safetensors.torch import load_file
 
 from retain.config import RetainConfig
-from retain.config.methods import BASE_METHODS
+from retain.config.methods import base_methods
 from retain.data.encoding import IGNORE_INDEX
 from retain.io import read_jsonl
 from retain.lab.export import export_lab_data
@@ -42,7 +42,7 @@ QUICK = {"ewc": {"samples": 16}, "token_forget": {"reference_steps": 2}, "self_a
 def _combinations() -> list[tuple[str, ...]]:
     combos: list[tuple[str, ...]] = []
     for name in registered():
-        if name in BASE_METHODS:
+        if name in base_methods():
             combos.append((name,))
         else:
             combos += [("lora", name), ("full", name)]

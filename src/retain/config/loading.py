@@ -16,6 +16,7 @@ from pydantic.fields import FieldInfo
 
 from retain.config.messages import OVERRIDE_SOURCE, config_error, yaml_kind
 from retain.config.methods import expand_method_shorthand
+from retain.config.registry import discover_methods
 from retain.config.schema import RetainConfig
 from retain.config.walk import dotted_fields, field_at, valid_paths
 from retain.errors import ConfigError
@@ -43,6 +44,17 @@ def load_config(path: str | Path | None, overrides: Sequence[str] = ()) -> Retai
             override or value is invalid. The error names the file (``--set`` for
             overrides), line, dotted field and a fix.
     """
+    try:
+        return _load(path, overrides)
+    except ConfigError as error:
+        # A method in a file of its own under retain/methods/ makes its name and section
+        # known when that file is imported; a config naming one is read again once they are.
+        if not (error.field or "").startswith("method") or not discover_methods():
+            raise
+    return _load(path, overrides)
+
+
+def _load(path: str | Path | None, overrides: Sequence[str]) -> RetainConfig:
     raw: dict[str, Any] = {}
     lines: dict[str, int] = {}
     if path is not None:

@@ -10,14 +10,45 @@ from retain.config.section import Section, invalid
 
 _ATTENTION_AND_MLP = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
-# Every method retain ships, in the order their hooks run (retain.methods registers one
-# plugin per name). The first three decide which weights train and exclude each other.
-BASE_METHODS = ("full", "lora", "qlora")
+# The methods retain ships, in the order their hooks run. The first three decide which
+# weights train and exclude each other. token_forget comes before the rehearsal methods: it
+# marks the task rows' tokens, and the general rows replay and self_augment blend in
+# afterwards are trained on whole. A method added in a file of its own under
+# retain/methods/ joins this order when it registers (retain.config.registry).
+_BASE = ("full", "lora", "qlora")
+_ORDER: list[str] = [*_BASE, "freeze", "llrd", "token_forget", "replay", "self_augment", "ewc", "l2sp", "fapm"]
+_CHOOSES_WEIGHTS: set[str] = set(_BASE)
 
-# token_forget comes before the rehearsal methods: it marks the task rows' tokens, and the
-# general rows replay and self_augment blend in afterwards are trained on whole.
-METHODS = (*BASE_METHODS, "freeze", "llrd", "token_forget", "replay", "self_augment", "ewc", "l2sp",
-           "fapm")
+
+def method_names() -> tuple[str, ...]:
+    """Returns every known method's name, in the order their hooks run."""
+    return tuple(_ORDER)
+
+
+def base_methods() -> tuple[str, ...]:
+    """Returns the methods that decide which weights train (full, lora, qlora), in order."""
+    return tuple(name for name in _ORDER if name in _CHOOSES_WEIGHTS)
+
+
+def add_method_name(name: str, *, after: str | None = None, chooses_weights: bool = False) -> None:
+    """Puts ``name`` in the hook order: right after ``after``, or last when None.
+
+    Raises:
+        ValueError: If ``name`` is already known or ``after`` is not.
+    """
+    if name in _ORDER:
+        raise ValueError(f"method {name!r} is already known")
+    if after is not None and after not in _ORDER:
+        raise ValueError(f"method {name!r} runs after {after!r}, which is not a known method")
+    _ORDER.insert(_ORDER.index(after) + 1 if after is not None else len(_ORDER), name)
+    if chooses_weights:
+        _CHOOSES_WEIGHTS.add(name)
+
+
+def remove_method_name(name: str) -> None:
+    """Takes ``name`` out of the hook order (a test's toy method, once the test is done)."""
+    _ORDER.remove(name)
+    _CHOOSES_WEIGHTS.discard(name)
 
 class LoraConfig(Section):
     """LoRA adapter settings (Hu et al., 2021, https://arxiv.org/abs/2106.09685)."""
@@ -227,10 +258,10 @@ class MethodConfig(Section):
     @field_validator("use")
     @classmethod
     def _known_methods(cls, use: list[str]) -> list[str]:
-        unknown = [name for name in use if name not in METHODS]
+        unknown = [name for name in use if name not in _ORDER]
         if unknown:
-            raise invalid(f"unknown method '{unknown[0]}'", f"use any of {', '.join(METHODS)}")
-        bases = list(dict.fromkeys(name for name in use if name in BASE_METHODS))
+            raise invalid(f"unknown method '{unknown[0]}'", f"use any of {', '.join(_ORDER)}")
+        bases = list(dict.fromkeys(name for name in use if name in _CHOOSES_WEIGHTS))
         if len(bases) > 1:
             raise invalid(f"methods '{bases[0]}' and '{bases[1]}' exclude each other",
                            "name one of full (every weight trains), lora or qlora (adapters train)")
@@ -249,7 +280,7 @@ class MethodConfig(Section):
     @property
     def base(self) -> str:
         """The method that decides which weights train: full, lora or qlora (lora by default)."""
-        return next((name for name in self.use if name in BASE_METHODS), "lora")
+        return next((name for name in self.use if name in _CHOOSES_WEIGHTS), "lora")
 
     @property
     def adapters(self) -> bool:

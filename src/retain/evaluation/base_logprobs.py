@@ -177,12 +177,12 @@ def compute_base_logprobs(
     if k < 1:
         raise ValueError(f"k must be at least 1, got {k}")
     token_ids = tokenize(tokenizer, text)
-    windows = windows(token_ids, window)
+    pieces = windows(token_ids, window)
     top_logprobs: list[torch.Tensor] = []
     top_ids: list[torch.Tensor] = []
     rest_logprobs: list[torch.Tensor] = []
     with evaluating(model) as device:
-        for log_probs, _ in scored_batches(model, windows, batch_size, device):
+        for log_probs, _ in scored_batches(model, pieces, batch_size, device):
             if k > log_probs.shape[-1]:
                 raise ValueError(f"k={k} exceeds the vocabulary size {log_probs.shape[-1]}")
             values, ids = log_probs.topk(k, dim=-1)  # (n, k)

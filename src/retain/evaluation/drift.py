@@ -163,9 +163,9 @@ def _score(
     """Returns the mean NLL of ``token_ids`` under ``model`` and, given a base, the mean KL."""
     nll_sum = kl_sum = 0.0
     position = 0
-    windows = windows(token_ids, window)
+    pieces = windows(token_ids, window)
     with evaluating(model) as device:
-        for log_probs, targets in scored_batches(model, windows, batch_size, device):
+        for log_probs, targets in scored_batches(model, pieces, batch_size, device):
             nll_sum -= log_probs.gather(-1, targets[:, None]).double().sum().item()
             if base is not None:
                 kl_sum += _bucketed_kl_sum(log_probs, base, position)

@@ -17,7 +17,7 @@ A method is a small class with up to five hooks, called by ``retain train`` in t
 report their size there).
 
 Methods compose: every method of ``method.use`` runs its hooks, in the order of
-:data:`retain.config.methods.METHODS` (the base method that picks the trainable weights
+:func:`retain.config.methods.method_names` (the base method that picks the trainable weights
 first), whatever order the config lists them in.
 """
 
@@ -38,6 +38,7 @@ if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
     from retain.config import RetainConfig
+    from retain.config.section import Section
     from retain.data.encoding import Encoded
     from retain.data.prompting import PromptFormat
 
@@ -95,10 +96,20 @@ class Method:
     Class attributes:
         name: The name ``method.use`` lists it by.
         paper: The paper it implements, as a citation with a link.
+        settings_class: Its section of the config, ``method.<name>`` (None: no settings).
+            The built-in methods' sections are in :mod:`retain.config.methods`; a method
+            added in a file of its own defines its section there and names it here.
+        after: The method whose hooks run just before this one's (None: after every other);
+            read for a method :mod:`retain.config.methods` does not list.
+        chooses_weights: True for a method that decides which weights train, as full,
+            lora and qlora do (a run names at most one).
     """
 
     name: ClassVar[str]
     paper: ClassVar[str]
+    settings_class: ClassVar[type[Section] | None] = None
+    after: ClassVar[str | None] = None
+    chooses_weights: ClassVar[bool] = False
 
     def __init__(self, config: RetainConfig) -> None:
         self.config = config

@@ -57,7 +57,7 @@ class TokenForget(Method):
     over the whole run. Loss hooks after this one (``ewc``, ``l2sp``) still add their
     penalties to the replaced loss.
 
-    It runs before ``replay`` and ``self_augment`` (their order in ``METHODS``), so it marks
+    It runs before ``replay`` and ``self_augment`` (the hook order of ``retain.config.methods``), so it marks
     the task's rows only; general rows blended in afterwards are trained on whole.
     """
 

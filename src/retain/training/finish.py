@@ -17,7 +17,7 @@ from transformers import PreTrainedModel
 from retain.checkpoints import checkpoint_problem, save_model, start_folder
 from retain.config import RetainConfig
 from retain.config.guards import GuardsConfig
-from retain.config.methods import METHODS
+from retain.config.methods import method_names
 from retain.errors import RetainError
 from retain.evaluation.engine import EvalResult, forgetting, forgetting_by_rehearsal
 from retain.evaluation.task import no_better_than_majority
@@ -137,7 +137,7 @@ def summary_of(config: RetainConfig, state: GuardState, base: dict[str, Any], fi
         restored_step=restored,
         best_step=state.best_step,
         steps=steps,
-        method=tuple(name for name in METHODS if name in {config.method.base, *config.method.use}),
+        method=tuple(name for name in method_names() if name in {config.method.base, *config.method.use}),
         seconds=round(seconds, 1),
         train_seconds=round(train_seconds, 1),
         train_tokens_per_second=round(tokens / train_seconds, 1) if train_seconds else None,
