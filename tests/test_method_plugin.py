@@ -6,6 +6,7 @@ else in retain is edited for it. Unregistered, it is unknown again.
 
 from __future__ import annotations
 
+import importlib.metadata
 from pathlib import Path
 
 import pytest
@@ -102,23 +103,31 @@ def test_unregistered_toy_is_unknown_again(toy) -> None:
         register(Toy)  # the fixture unregisters it
 
 
-def test_a_config_naming_an_unknown_method_imports_the_method_files_once(monkeypatch) -> None:
-    # What retain.methods' import does for a method file the config layer has not seen yet.
-    imported: list[str] = []
+def test_a_config_naming_an_unknown_method_loads_the_method_plugins_once(monkeypatch) -> None:
+    # A package whose import registers Toy, as retain.methods' import registers its files.
+    loaded: list[str] = []
 
-    def import_module(name: str):
-        imported.append(name)
-        register(Toy)
+    class Plugin:
+        name = "toy-package"
 
-    monkeypatch.setattr(config_registry.importlib, "import_module", import_module)
+        def load(self) -> None:
+            loaded.append(self.name)
+            register(Toy)
+
+    monkeypatch.setattr(config_registry, "entry_points", lambda group: [Plugin()] if group == "retain.methods" else [])
     try:
         with pytest.raises(ConfigError):
-            load_config(None, ["train.lr=-1"])  # an error outside `method` imports nothing
-        assert imported == []
+            load_config(None, ["train.lr=-1"])  # an error outside `method` loads nothing
+        assert loaded == []
         config = load_config(None, ["method.use=[lora,toy]", "method.toy.scale=3"])
-        assert imported == ["retain.methods"] and config.method.toy.scale == 3
+        assert loaded == ["toy-package"] and config.method.toy.scale == 3
     finally:
         unregister("toy")
+
+
+def test_retain_declares_its_methods_package_as_a_plugin() -> None:
+    points = importlib.metadata.entry_points(group="retain.methods")
+    assert "retain.methods" in {point.value for point in points}
 
 
 @pytest.mark.slow

@@ -9,13 +9,20 @@ itself, so that reading a config never imports a method (torch and peft cost sec
 
 from __future__ import annotations
 
-import importlib
+import logging
+from importlib.metadata import entry_points
 
 from pydantic import Field, create_model
 
 from retain.config.methods import MethodConfig, add_method_name, method_names, remove_method_name
 from retain.config.schema import RetainConfig
 from retain.config.section import Section
+
+logger = logging.getLogger("retain")
+
+# The entry point group of modules whose import registers methods: retain's own package
+# (pyproject.toml) and any other package's methods.
+ENTRY_POINTS = "retain.methods"
 
 # Settings sections of the methods declared here, by name, in declaration order.
 _SETTINGS: dict[str, tuple[type[Section], str]] = {}
@@ -61,13 +68,18 @@ def _assemble() -> None:
 
 
 def discover_methods() -> bool:
-    """Imports :mod:`retain.methods`, whose files register every method they define, and
-    returns True if that made a method known that was not before.
+    """Imports every module of the ``retain.methods`` entry point group (retain's own
+    methods package, and any other package's), whose files register the methods they
+    define; returns True if that made a method known that was not before.
 
-    The config layer does not import the methods at the top (they import torch and peft,
-    seconds that reading or showing a config should not pay): :func:`load_config` calls this
-    only when a config's ``method`` section names something it does not know yet.
+    The config layer does not import the methods (they import torch and peft, seconds that
+    reading or showing a config should not pay): :func:`load_config` calls this only when a
+    config's ``method`` section names something it does not know yet.
     """
     before = method_names()
-    importlib.import_module("retain.methods")
+    for point in entry_points(group=ENTRY_POINTS):
+        try:
+            point.load()
+        except Exception as error:  # noqa: BLE001 - a broken plugin must not break retain
+            logger.warning("the %s plugin %r failed to load: %s", ENTRY_POINTS, point.name, error)
     return method_names() != before
