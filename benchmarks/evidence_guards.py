@@ -284,7 +284,11 @@ and general-only stretches of about 25 steps) and drew from a corpus that restat
 probes. Issue 22 fixed both, and from then on: the recipe search scores the validation split and
 trains at seed 0 only; every table that judges the recipe uses seeds 1 and up; the patience rule,
 the lab world, the probes and the metrics were left as they were while the new numbers came in,
-whatever they said.
+whatever they said. One thing was iterated on the new numbers: when none of the 10 settings of the
+first two search grids shipped at seed 0 (validation), a third grid (3 epochs, lr 3e-4 and 5e-4,
+replay 0.5 and 0.75) was declared and run, and the recipe was chosen from it by the search script's
+rule (the shipped setting with the best validation accuracy); it was then run on seeds 1-4 and
+scored on the test split for the first time.
 """
 
 
