@@ -193,8 +193,6 @@ def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
     return records
 
 
-# --- run names ------------------------------------------------------------------------
-
 def drop_partial_last_line(path: Path) -> None:
     """Truncates a file after its last newline, if a crash left a partial line there."""
     if not path.exists() or path.stat().st_size == 0:

@@ -42,7 +42,7 @@ _RUN_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]*")
 _LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
-# --- atomic files and JSON ------------------------------------------------------------
+# --- run names ------------------------------------------------------------------------
 
 
 def default_run_name(command: str) -> str:

@@ -123,6 +123,3 @@ def _percentile(ordered: Sequence[int], percent: float) -> int:
     """Returns the nearest-rank percentile of sorted values."""
     rank = max(1, math.ceil(percent / 100 * len(ordered)))
     return ordered[rank - 1]
-
-
-# --- helpers --------------------------------------------------------------------------

@@ -203,6 +203,3 @@ def clusters(pairs: Iterable[tuple[int, int]], singletons: int = 0) -> list[list
     for row in list(parent):
         members[root(row)].append(row)
     return sorted((sorted(group) for group in members.values()), key=lambda group: group[0])
-
-
-# --- small helpers ---------------------------------------------------------------------

@@ -335,7 +335,3 @@ def _nothing_usable(path: Path, problems: list[Problem]) -> DataError:
         f"no usable examples: all {len(problems)} row(s) are malformed; the first: {first.message}",
         fix=first.fix, file=path, line=first.line, field=first.field,
     )
-
-
-# --- formats --------------------------------------------------------------------------
-

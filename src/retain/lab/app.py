@@ -215,6 +215,3 @@ def lab_compare(
         raise
     console.print(markdown_table(rows), markup=False)
     console.print(f"table data: {out_dir / 'compare.json'}")
-
-
-# --- report ---------------------------------------------------------------------------
