@@ -196,7 +196,6 @@ def test_one_run_has_its_cards_plots_findings_and_answers(runs, tmp_path) -> Non
     assert by_title["Verdict"].value == "not safe to ship"
     assert by_title["Training"].value == summary["status"] == "stopped"
 
-
     files = build_report([runs["aggressive"]], tmp_path / "one.html")
     html = files.html.read_text()
     page = assert_inert(html)

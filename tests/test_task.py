@@ -88,6 +88,7 @@ def test_no_better_than_majority_is_two_standard_errors_above_the_majority_share
     # Fewer examples, a wider band: 60% of 20 at a 50% majority (SE 11 points) is not enough.
     assert no_better_than_majority(0.60, 0.5, 20) and not no_better_than_majority(0.75, 0.5, 20)
 
+
 def test_labels_are_parsed_robustly_and_shares_reported(tiny, domain_examples, monkeypatch) -> None:
     model, tokenizer = tiny
     examples = domain_examples[:4]

@@ -44,6 +44,8 @@ app.add_typer(lab_app, name="lab")
 _click_errors = sys.modules[typer.BadParameter.__module__]
 # Abort is not among them in the vendored click: typer keeps it in typer.exceptions.
 _Abort = getattr(_click_errors, "Abort", None) or sys.modules["typer.exceptions"].Abort
+
+
 def _setup_logging() -> None:
     """Warnings go to stderr; the run directory's log.txt gets everything from INFO up."""
     from transformers.utils import logging as hf_logging

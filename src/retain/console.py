@@ -33,6 +33,7 @@ def output_file(param: typer.CallbackParam, value: Optional[Path]) -> Optional[P
                           fix="create the folder first, or give a path in an existing folder")
     return value
 
+
 def print_findings(title: str, report, strict: bool) -> int:
     """Prints a report's findings as a table with examples and returns its exit code."""
     table = Table(title=title)
@@ -56,6 +57,7 @@ def print_findings(title: str, report, strict: bool) -> int:
 
 def percent(value: float | None) -> str:
     return "-" if value is None else f"{value:.1%}"
+
 
 def print_eval(outcome) -> None:
     result = outcome.result

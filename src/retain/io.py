@@ -30,6 +30,7 @@ def to_json(obj: Any, *, indent: int | None = None) -> str:
         _finite(obj), indent=indent, allow_nan=False, default=_to_plain, ensure_ascii=False
     )
 
+
 def _finite(obj: Any) -> Any:
     """Returns ``obj`` with every non-finite float replaced by its string spelling."""
     if isinstance(obj, float) and not math.isfinite(obj):
@@ -40,6 +41,7 @@ def _finite(obj: Any) -> Any:
         return [_finite(value) for value in obj]
     return obj
 
+
 def _to_plain(obj: Any) -> Any:
     """``json.dumps`` hook for values it does not know: scalars with ``.item()``, paths."""
     if isinstance(obj, Path):
@@ -47,6 +49,7 @@ def _to_plain(obj: Any) -> Any:
     if hasattr(obj, "item") and callable(obj.item):
         return _finite(obj.item())
     raise TypeError(f"{type(obj).__name__} is not JSON serializable")
+
 
 def atomic_write_text(path: str | Path, text: str) -> None:
     """Replaces ``path`` with ``text`` so that readers see the old or the new file, never half.
@@ -74,6 +77,7 @@ def atomic_write_text(path: str | Path, text: str) -> None:
         raise
     _fsync_dir(path.parent)
 
+
 def atomic_write_json(path: str | Path, obj: Any) -> None:
     """Atomically writes ``obj`` as indented JSON with a trailing newline.
 
@@ -83,6 +87,7 @@ def atomic_write_json(path: str | Path, obj: Any) -> None:
     """
     # Serialize first: a failure then never touches the disk.
     atomic_write_text(path, to_json(obj, indent=2) + "\n")
+
 
 def fsync_tree(folder: str | Path) -> None:
     """Flushes every file under ``folder``, then the folders themselves, to disk.
@@ -105,6 +110,7 @@ def fsync_tree(folder: str | Path) -> None:
         _fsync_dir(Path(directory))
     _fsync_dir(folder.parent)
 
+
 def sha256_file(path: str | Path) -> str:
     """Returns the SHA-256 hex digest of a file, read in 1 MiB blocks.
 
@@ -116,6 +122,7 @@ def sha256_file(path: str | Path) -> str:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
 
 def config_file_hashes(settings: dict[str, Any]) -> dict[str, str]:
     """Returns the SHA-256 of every existing file a config names, by dotted field.
@@ -142,6 +149,7 @@ def config_file_hashes(settings: dict[str, Any]) -> dict[str, str]:
     visit(settings, "")
     return hashes
 
+
 def _fsync_dir(directory: Path) -> None:
     """Flushes a directory entry to disk; a no-op where directories cannot be opened."""
     if os.name == "nt":
@@ -152,6 +160,7 @@ def _fsync_dir(directory: Path) -> None:
             os.fsync(fd)
         finally:
             os.close(fd)
+
 
 def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
     """Reads a JSON-lines file written by :meth:`RunDir.append_metrics`.

@@ -27,11 +27,13 @@ from retain.hardware import available_memory
 class InsufficientMemory(RetainError):
     """Training the model on this machine's CPU needs more memory than it has available."""
 
+
 _GIB = 1024**3
 
 # Activations at the small batches a CPU trains with, the allocator's slack, Python and
 # the libraries: a margin on top of what the parameters themselves take.
 _MARGIN = 0.2
+
 
 @dataclass(frozen=True)
 class MemoryEstimate:
@@ -65,9 +67,11 @@ class MemoryEstimate:
                 f"weights, {_in_bytes(self.training_state)} of gradients, optimizer state and weight "
                 f"copies, +{_MARGIN:.0%} for activations and the runtime)")
 
+
 def _in_bytes(size: int) -> str:
     """Returns a byte count in GiB, or in MiB below one GiB."""
     return f"{size / _GIB:.1f} GiB" if size >= _GIB else f"{size / (1 << 20):.1f} MiB"
+
 
 def estimate_training_memory(config: RetainConfig, *, merge: bool = False) -> MemoryEstimate | None:
     """Estimates the memory ``retain train`` needs for ``config`` on the CPU, loading nothing.
@@ -106,6 +110,7 @@ def estimate_training_memory(config: RetainConfig, *, merge: bool = False) -> Me
     return MemoryEstimate(config.model.name_or_path, parameters, dtype, weights, state,
                           needed=math.ceil((weights + state) * (1 + _MARGIN)), available=available_memory())
 
+
 def check_training_memory(config: RetainConfig, *, merge: bool = False) -> MemoryEstimate | None:
     """Refuses a CPU training that cannot fit in the memory this machine has available.
 
@@ -138,6 +143,7 @@ def check_training_memory(config: RetainConfig, *, merge: bool = False) -> Memor
         )
     return estimate
 
+
 def count_parameters(name_or_path: str, *, revision: str | None = None,
                      trust_remote_code: bool = False) -> int | None:
     """Returns a model's parameter count without loading its weights (of the base, for adapters).
@@ -165,6 +171,7 @@ def count_parameters(name_or_path: str, *, revision: str | None = None,
         return None
     return sum(parameter.numel() for parameter in model.parameters())
 
+
 def _weight_files(path: Path) -> list[Path]:
     """Returns a model directory's safetensors files, by its shard index when it has one
     (some repositories ship the same weights twice, e.g. ``consolidated.safetensors``)."""
@@ -174,6 +181,7 @@ def _weight_files(path: Path) -> list[Path]:
     if (path / "model.safetensors").is_file():
         return [path / "model.safetensors"]
     return sorted(path.glob("*.safetensors"))
+
 
 def _safetensors_parameters(file: Path) -> int:
     """Returns the number of values in a safetensors file, from its JSON header alone."""

@@ -24,12 +24,14 @@ _REPRODUCIBILITY_ENV = (
     "CUBLAS_WORKSPACE_CONFIG", "WORLD_SIZE", "HF_HUB_OFFLINE",
 )
 
+
 def _package_version(name: str) -> str | None:
     """Returns the installed version of ``name``, or None if it is not installed."""
     try:
         return metadata.version(name)
     except metadata.PackageNotFoundError:
         return None
+
 
 def _git(directory: Path, *arguments: str) -> subprocess.CompletedProcess[str] | None:
     """Runs ``git -C directory ...``; None where git is missing or hangs."""
@@ -38,6 +40,7 @@ def _git(directory: Path, *arguments: str) -> subprocess.CompletedProcess[str] |
                               timeout=5, check=False)
     except (OSError, subprocess.SubprocessError):
         return None
+
 
 def _git_commit(directory: Path) -> str | None:
     """Returns the commit checked out where ``directory`` is, or None if it is in no checkout
@@ -49,6 +52,7 @@ def _git_commit(directory: Path) -> str | None:
         return None
     return result.stdout.strip() or None
 
+
 def _git_dirty(directory: Path) -> bool | None:
     """Returns whether tracked files under ``directory`` differ from the commit; None
     outside a checkout."""
@@ -57,10 +61,12 @@ def _git_dirty(directory: Path) -> bool | None:
     result = _git(directory, "status", "--porcelain", "--untracked-files=no", "--", ".")
     return None if result is None or result.returncode != 0 else bool(result.stdout.strip())
 
+
 def _torch_threads() -> int | None:
     """Returns torch's intra-op thread count (float sums depend on it), if torch is loaded."""
     torch = sys.modules.get("torch")
     return torch.get_num_threads() if torch is not None else None
+
 
 def _deterministic_algorithms() -> bool | None:
     """Returns whether torch was told to use deterministic algorithms only, if torch is loaded."""

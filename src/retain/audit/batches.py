@@ -44,6 +44,7 @@ class RowCheck:
     prompt_differs: bool
     early_eos: int = 0
 
+
 def inspect_batches(
     encoded: Sequence[Encoded],
     tokenizer: PreTrainedTokenizerBase,
@@ -112,6 +113,7 @@ def masked_labels(rows: Sequence[RowCheck]) -> Finding | None:
         details={"share": len(empty) / len(rows)},
     )
 
+
 def eos_checks(
     rows: Sequence[RowCheck], tokenizer: PreTrainedTokenizerBase, config: RetainConfig
 ) -> Finding | None:
@@ -150,6 +152,7 @@ def eos_checks(
         )
     return None
 
+
 def prompt_masking(rows: Sequence[RowCheck], loss_on: str) -> Finding | None:
     """With ``loss_on: response`` the prompt must carry no loss."""
     trained = [row for row in rows if row.prompt_trained]
@@ -164,6 +167,7 @@ def prompt_masking(rows: Sequence[RowCheck], loss_on: str) -> Finding | None:
         examples=example_lines(trained, lambda row: f"{row.prompt_trained} prompt tokens trained"),
     )
 
+
 def padding_trained(rows: Sequence[RowCheck]) -> Finding | None:
     """Padding that carries a loss teaches the model to emit padding."""
     trained = [row for row in rows if row.padding_trained]
@@ -177,6 +181,7 @@ def padding_trained(rows: Sequence[RowCheck]) -> Finding | None:
         fix="use train.collator: completion (pads labels with -100)",
         examples=example_lines(trained, lambda row: f"{row.padding_trained} pad tokens trained"),
     )
+
 
 def early_eos(rows: Sequence[RowCheck], tokenizer: PreTrainedTokenizerBase) -> Finding | None:
     """An EOS trained before the end of a row teaches the model to stop there, e.g. at once."""
@@ -194,10 +199,12 @@ def early_eos(rows: Sequence[RowCheck], tokenizer: PreTrainedTokenizerBase) -> F
         examples=example_lines(early, lambda row: f"{row.early_eos} early EOS"),
     )
 
+
 def example_lines(rows: Sequence[Any], text: str | Callable[[Any], str]) -> tuple[dict[str, Any], ...]:
     """Returns a finding's examples: the first rows' lines, each with ``text`` (or ``text(row)``)."""
     return tuple({"line": row.line, "text": text(row) if callable(text) else text}
                  for row in rows[:MAX_EXAMPLES])
+
 
 def loss_sample(row: Encoded, tokenizer: PreTrainedTokenizerBase, collator: str) -> list[tuple[str, bool]]:
     """Returns the row as the collator hands it to the loss, as ``(text, trained)`` pieces."""

@@ -19,6 +19,7 @@ from retain.evaluation.probes import ProbeItem, ProbeSuite
 
 _SENTENCE_END = re.compile(r"(?<=[.?!])\s+|\n")
 
+
 def contamination(
     train: Sequence[Example],
     eval_examples: Sequence[Example] | None = None,
@@ -63,6 +64,7 @@ def contamination(
             findings.append(_probe_contamination(lines, items, seen, threshold, where="the training data"))
     return findings
 
+
 def blended_contamination(
     texts: Sequence[str],
     probes: Sequence[ProbeSuite],
@@ -88,6 +90,7 @@ def blended_contamination(
     if not seen:
         return None
     return _probe_contamination(list(range(1, len(texts) + 1)), items, seen, threshold, where=source)
+
 
 def probe_matches(
     texts: Sequence[str],
@@ -146,13 +149,16 @@ def probe_matches(
             seen.setdefault(index, row)
     return dict(sorted(seen.items()))
 
+
 def _sentences(text: str) -> list[str]:
     """Returns the sentences of a text, each normalised (end punctuation off)."""
     return [normalize_text(part) for part in _SENTENCE_END.split(text) if part]
 
+
 def rehearsed_ids(finding: Finding | None) -> dict[str, list[str]]:
     """Returns the ids of the probe items a ``probe_contamination`` finding holds, by suite."""
     return dict(finding.details.get("items", {})) if finding is not None else {}
+
 
 def _eval_overlap(
     train: Sequence[Example], eval_examples: Sequence[Example], leaked: dict[int, int],
@@ -175,6 +181,7 @@ def _eval_overlap(
         ),
         details={"share": share, "threshold": threshold, "eval_rows": len(eval_examples)},
     )
+
 
 def _probe_contamination(
     lines: Sequence[int], items: Sequence[tuple[ProbeSuite, ProbeItem]],
@@ -206,6 +213,7 @@ def _probe_contamination(
         details={"threshold": threshold, "suites": sorted({suite.name for suite, _ in items}),
                  "where": where, "items": found},
     )
+
 
 class _Corpus:
     """Training texts to look other texts up in, exactly or by shingle Jaccard."""

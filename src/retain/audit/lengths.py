@@ -58,6 +58,7 @@ def token_lengths(
     ]
     return [finding for finding in findings if finding is not None]
 
+
 def too_long(
     examples: Sequence[Example], prompt_tokens: Sequence[int], total_tokens: Sequence[int],
     max_length: int,
@@ -86,6 +87,7 @@ def too_long(
                  "lose_all": len(whole)},
     )
 
+
 def _length_summary(total_tokens: Sequence[int], max_length: int) -> Finding:
     """Returns the percentiles of row lengths in tokens."""
     ordered = sorted(total_tokens)
@@ -100,6 +102,7 @@ def _length_summary(total_tokens: Sequence[int], max_length: int) -> Finding:
         details={"p50": p50, "p95": p95, "max": ordered[-1], "mean": sum(ordered) / len(ordered),
                  "max_length": max_length},
     )
+
 
 def context_window_exceeded(
     total_tokens: Sequence[int], max_length: int, context_window: int | None
@@ -118,6 +121,7 @@ def context_window_exceeded(
         details={"max_length": max_length, "context_window": context_window,
                  "rows_beyond_window": beyond},
     )
+
 
 def _percentile(ordered: Sequence[int], percent: float) -> int:
     """Returns the nearest-rank percentile of sorted values."""

@@ -21,6 +21,7 @@ _SHINGLES_PER_CHUNK = 250_000  # about 1 MB of uint32: stays in cache
 
 _LSH_RECALL = 0.98  # chance that a pair exactly at the threshold becomes a candidate
 
+
 @dataclass(frozen=True)
 class Shingles:
     """The character-shingle hashes of many texts, flat, with row offsets.
@@ -94,6 +95,7 @@ class Shingles:
             first = last
         return np.ascontiguousarray(result.T)  # (rows, perms)
 
+
 def lsh_params(threshold: float, num_perm: int, recall: float = _LSH_RECALL) -> tuple[int, int]:
     """Returns (bands, rows per band) so a pair at ``threshold`` is found with ``recall``.
 
@@ -106,6 +108,7 @@ def lsh_params(threshold: float, num_perm: int, recall: float = _LSH_RECALL) -> 
         if 1 - (1 - threshold**rows) ** bands >= recall:
             return bands, rows
     return num_perm, 1
+
 
 def _shingle_hashes(texts: Sequence[str], shingle: int) -> tuple[np.ndarray, np.ndarray]:
     """Returns the shingle hashes of ``texts`` (flat, 32-bit in uint64) and their counts.
@@ -126,6 +129,7 @@ def _shingle_hashes(texts: Sequence[str], shingle: int) -> tuple[np.ndarray, np.
     values = rolling[np.repeat(starts, counts) + within]
     return (values * np.uint64(0x9E3779B97F4A7C15)) >> np.uint64(32), counts  # Fibonacci mixing
 
+
 def _band_keys(signatures: np.ndarray, bands: int, rows: int) -> np.ndarray:
     """Returns one key per band and row, shape (bands, rows of data): equal bands, equal keys."""
     count = signatures.shape[0]
@@ -134,6 +138,7 @@ def _band_keys(signatures: np.ndarray, bands: int, rows: int) -> np.ndarray:
     for column in range(rows):  # polynomial hash of the band's values, mod 2^64
         keys = keys * np.uint64(0x100000001B3) + banded[:, :, column]
     return np.ascontiguousarray(keys.T)  # (bands, rows of data)
+
 
 def _candidate_pairs(keys: np.ndarray, split: int | None = None) -> set[tuple[int, int]]:
     """Returns the row pairs (a < b) that share a key in some band.
@@ -155,6 +160,7 @@ def _candidate_pairs(keys: np.ndarray, split: int | None = None) -> set[tuple[in
                     pairs.add((a, b))
     return pairs
 
+
 def similar_pairs(
     shingles: Shingles, threshold: float, num_perm: int, split: int | None = None
 ) -> list[tuple[int, int]]:
@@ -169,16 +175,19 @@ def similar_pairs(
     candidates = sorted(_candidate_pairs(keys, split))
     return [(a, b) for a, b in candidates if _jaccard(shingles.set(a), shingles.set(b)) >= threshold]
 
+
 def _jaccard(first: np.ndarray, second: np.ndarray) -> float:
     """Returns the Jaccard similarity of two sorted sets of distinct hashes."""
     shared = np.intersect1d(first, second, assume_unique=True).size
     union = first.size + second.size - shared
     return shared / union if union else 1.0
 
+
 def jaccard_of_texts(first: str, second: str, shingle: int) -> float:
     """Returns the exact shingle Jaccard similarity of two texts."""
     pair = Shingles.of([first, second], shingle)
     return _jaccard(pair.set(0), pair.set(1))
+
 
 def clusters(pairs: Iterable[tuple[int, int]], singletons: int = 0) -> list[list[int]]:
     """Returns the connected components of ``pairs`` (union-find), sorted members.

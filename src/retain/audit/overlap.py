@@ -28,6 +28,8 @@ NEAR_THRESHOLD = 0.8
 CONFLICT_THRESHOLD = 0.9
 BLOCKER_SHARE = 0.01
 _STRIP = string.punctuation + string.whitespace
+
+
 def normalize_text(text: str) -> str:
     """Returns ``text`` casefolded, whitespace runs collapsed, end punctuation stripped.
 

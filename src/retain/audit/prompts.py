@@ -29,6 +29,7 @@ TEMPLATE_MARKERS = {
     "<|begin_of_text|>": "Llama 3",
 }
 
+
 def template_checks(
     rows: Sequence[RowCheck],
     encoded: Sequence[Encoded],
@@ -104,16 +105,19 @@ def template_checks(
         )
     return None
 
+
 def _marker(text: str, own: str) -> str | None:
     """Returns the chat markup in ``text``: one foreign to the template ``own`` first."""
     found = [marker for marker in TEMPLATE_MARKERS if marker in text]
     return next((marker for marker in found if marker not in own), found[0] if found else None)
+
 
 def _prompt_text(example: Example) -> str:
     """Returns the text a row's author wrote before the answer, chat turns included."""
     if example.messages is None:
         return example.prompt
     return "\n".join(str(turn.get("content", "")) for turn in example.messages)
+
 
 def generation_checks(
     generation: dict[str, Any],

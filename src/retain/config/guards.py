@@ -10,6 +10,7 @@ from retain.config.section import Section
 
 _SMOKE_PROMPTS = ("Hello, how are you?", "What is 2+2?", "Is the sky blue? Answer yes or no.")
 
+
 class ForgettingGuardConfig(Section):
     """Stops forgetting while it happens, by watching the probe suites."""
 
@@ -43,6 +44,7 @@ class ForgettingGuardConfig(Section):
         None, gt=0, description="Check every N steps; null follows guards.every_steps."
     )
 
+
 class SmokeGuardConfig(Section):
     """Catches a model whose generations broke (empty, whitespace, echo, loop)."""
 
@@ -75,6 +77,7 @@ class SmokeGuardConfig(Section):
         None, gt=0, description="Check every N steps; null follows guards.every_steps."
     )
 
+
 class DriftGuardConfig(Section):
     """Watches how far the model's next-token distribution moved on general reference text."""
 
@@ -97,6 +100,7 @@ class DriftGuardConfig(Section):
         None, gt=0, description="Check every N steps; null follows guards.every_steps."
     )
 
+
 class OverfittingGuardConfig(Section):
     """Flags memorising: a tiny training loss, or validation loss rising while training loss falls."""
 
@@ -115,6 +119,7 @@ class OverfittingGuardConfig(Section):
         "stop", description="What rising validation loss does."
     )
 
+
 class LossGuardConfig(Section):
     """Loss health: a NaN or infinite loss stops at once; a loss that stays high warns."""
 
@@ -123,6 +128,7 @@ class LossGuardConfig(Section):
         gt=0,
         description="Training loss still above this after warmup warns; null disables the check.",
     )
+
 
 class GuardsConfig(Section):
     """Checks that run during training, each logged with its numbers and acting as configured."""

@@ -50,6 +50,7 @@ def remove_method_name(name: str) -> None:
     _ORDER.remove(name)
     _CHOOSES_WEIGHTS.discard(name)
 
+
 class LoraConfig(Section):
     """LoRA adapter settings (Hu et al., 2021, https://arxiv.org/abs/2106.09685)."""
 
@@ -77,6 +78,7 @@ class LoraConfig(Section):
         "(Dettmers et al., 2023) found necessary to match full fine-tuning.",
     )
 
+
 class QLoraConfig(Section):
     """4-bit quantised base weights under LoRA adapters (Dettmers et al., 2023,
     https://arxiv.org/abs/2305.14314); the adapters are ``method.lora``'s."""
@@ -90,6 +92,7 @@ class QLoraConfig(Section):
     compute_dtype: Literal["bf16", "fp16", "fp32"] = Field(
         "bf16", description="Dtype the 4-bit weights are dequantised to for each matmul."
     )
+
 
 class FreezeConfig(Section):
     """Freezes the bottom of the network (e.g. Lee et al., 2019, https://arxiv.org/abs/1911.03090)."""
@@ -110,6 +113,7 @@ class FreezeConfig(Section):
         description="Freeze the output head as well (tied to the input embeddings, it freezes them too).",
     )
 
+
 class LlrdConfig(Section):
     """Layer-wise learning-rate decay (Howard & Ruder, 2018, https://arxiv.org/abs/1801.06146;
     Clark et al., 2020, https://arxiv.org/abs/2003.10555)."""
@@ -121,6 +125,7 @@ class LlrdConfig(Section):
         description="Each layer's learning rate is the one above it times this factor; the top "
         "layer and the head train at train.lr, the embeddings at lr x factor^layers.",
     )
+
 
 class GeneralDataConfig(Section):
     """General (non-task) data for replay, EWC's Fisher and self-augmentation prompts."""
@@ -138,6 +143,7 @@ class GeneralDataConfig(Section):
         20000, gt=0, description="Texts read at most (the first N), so a large corpus stays cheap."
     )
 
+
 class ReplayConfig(Section):
     """Experience replay: general data blended into the task data (Rolnick et al., 2019,
     https://arxiv.org/abs/1811.11682; for LLMs, Scialom et al., 2022,
@@ -147,6 +153,7 @@ class ReplayConfig(Section):
         0.2, gt=0, lt=1, description="Share of the blended training set that is general data."
     )
 
+
 class SelfAugmentConfig(Section):
     """Self-synthesized rehearsal: the base model answers general prompts before training and
     its healthy answers are mixed in (Huang et al., 2024, https://arxiv.org/abs/2403.01244)."""
@@ -155,6 +162,7 @@ class SelfAugmentConfig(Section):
         0.2, gt=0, lt=1, description="Share of the blended training set that is self-generated."
     )
     max_new_tokens: int = Field(32, gt=0, description="Tokens the base model may generate per prompt.")
+
 
 class EwcConfig(Section):
     """Elastic weight consolidation (Kirkpatrick et al., 2017, https://arxiv.org/abs/1612.00796)."""
@@ -167,6 +175,7 @@ class EwcConfig(Section):
     )
     samples: int = Field(256, gt=0, description="General texts the Fisher is estimated on.")
 
+
 class L2spConfig(Section):
     """L2-SP: an L2 penalty towards the starting weights (Li et al., 2018,
     https://arxiv.org/abs/1802.01483)."""
@@ -174,6 +183,7 @@ class L2spConfig(Section):
     strength: float = Field(
         0.01, ge=0, description="alpha: the penalty is alpha/2 * sum((w - w_base)^2)."
     )
+
 
 class FapmConfig(Section):
     """Forgetting-aware pruning of the task vector after training (Huang et al., 2025,
@@ -186,6 +196,7 @@ class FapmConfig(Section):
         description="Share of each weight matrix's task-vector entries kept (the rest reset to "
         "the base weights); 0.1 is the paper's 90% sparsity.",
     )
+
 
 class TokenForgetConfig(Section):
     """Token-level forgetting (Ghahrizjani et al., 2025, https://arxiv.org/abs/2508.04329)."""
@@ -213,6 +224,7 @@ class TokenForgetConfig(Section):
     reference_steps: int = Field(50, gt=0, description="Optimizer steps of the reference fine-tuning.")
     t_max: float = Field(0.25, ge=0, description="Weight of the negative loss at the end of training.")
     t_min: float = Field(1e-5, ge=0, description="Weight of the negative loss at the start.")
+
 
 class MethodConfig(Section):
     """Which forgetting mitigations to use, and their settings.
@@ -286,6 +298,7 @@ class MethodConfig(Section):
     def adapters(self) -> bool:
         """True when LoRA adapters train (lora or qlora)."""
         return self.base != "full"
+
 
 def expand_method_shorthand(data: Any) -> Any:
     """Returns ``{"use": data}`` for the ``method: lora`` / ``method: [a, b]`` shorthand."""

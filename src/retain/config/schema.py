@@ -22,6 +22,8 @@ TASK_MULTIPLIERS: dict[str, float] = {
 DOMAIN_MULTIPLIERS: dict[str, float] = {
     "general": 1.0, "medical": 1.5, "legal": 1.5, "finance": 1.3, "code": 1.3,
 }
+
+
 class ModelConfig(Section):
     """The base model to fine-tune."""
 

@@ -20,6 +20,7 @@ def invalid(message: str, fix: str, field: str | None = None) -> PydanticCustomE
         context["field"] = field
     return PydanticCustomError("retain", "{message}", context)
 
+
 class Section(BaseModel):
     """Base of every config section: unknown keys and bad assignments are errors."""
 

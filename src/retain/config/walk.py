@@ -18,6 +18,7 @@ def section_model(annotation: Any) -> type[BaseModel] | None:
         return annotation
     return None
 
+
 def walk(model: type[BaseModel] = RetainConfig, prefix: str = "") -> list[tuple[str, FieldInfo]]:
     """Returns ``(dotted_name, field)`` for every field, sections before their fields."""
     found: list[tuple[str, FieldInfo]] = []
@@ -29,13 +30,16 @@ def walk(model: type[BaseModel] = RetainConfig, prefix: str = "") -> list[tuple[
             found.extend(walk(sub, dotted + "."))
     return found
 
+
 def dotted_fields() -> list[str]:
     """Returns every valid leaf setting as a dotted name, e.g. ``train.lr``, in file order."""
     return [name for name, field in walk() if section_model(field.annotation) is None]
 
+
 def valid_paths() -> list[str]:
     """Returns every name an override may set: sections and leaves."""
     return [name for name, _ in walk()]
+
 
 def model_at(parts: Sequence[str]) -> type[BaseModel] | None:
     """Returns the section model at ``parts`` (``()`` is the top level), or None."""
@@ -45,13 +49,13 @@ def model_at(parts: Sequence[str]) -> type[BaseModel] | None:
         model = section_model(field.annotation) if field else None
     return model
 
+
 def field_at(parts: Sequence[str]) -> FieldInfo | None:
     """Returns the field at dotted ``parts``, or None if there is no such field."""
     if not parts:
         return None
     model = model_at(parts[:-1])
     return model.model_fields.get(parts[-1]) if model else None
-
 
 
 # Numeric constraints as pydantic names them: (words for errors, symbol for the reference).
@@ -62,6 +66,7 @@ BOUNDS = {
     "le": ("at most", "<="),
 }
 
+
 def bounds(field: FieldInfo) -> list[tuple[str, Any]]:
     """Returns the field's numeric bounds as ``(attr, value)``, e.g. ``[("gt", 0)]``."""
     found = []
@@ -71,9 +76,11 @@ def bounds(field: FieldInfo) -> list[tuple[str, Any]]:
                 found.append((attr, getattr(item, attr)))
     return found
 
+
 def choices(field: FieldInfo) -> list[str]:
     """Returns the allowed values of a Literal field, as text."""
     return [str(arg) for arg in get_args(field.annotation)]
+
 
 def default(field: FieldInfo) -> Any:
     """Returns the field's default value, calling its factory if it has one."""

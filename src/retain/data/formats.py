@@ -25,12 +25,14 @@ _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 
 FIELD_SETTINGS = "data.prompt_field, data.response_field or data.messages_field"
 
+
 class Fields(NamedTuple):
     """The column names that hold prompt, response and chat turns."""
 
     prompt: str
     response: str
     messages: str
+
 
 class BadRow(Exception):
     """Why a row cannot become an :class:`Example`.
@@ -44,6 +46,7 @@ class BadRow(Exception):
         self.field = field
         self.message = message
         self.fix = fix
+
 
 def decode_json(text: str) -> object:
     """Returns the JSON value in ``text`` (one JSONL line, or one cell).
@@ -70,6 +73,7 @@ def decode_json(text: str) -> object:
             raise ValueError(f"a string holds \\u{code:04x}, half of a surrogate pair, which is not text; "
                              "the file was cut or converted badly") from None
     return value
+
 
 def resolve_format(path: Path, format: str) -> str:
     """Returns the format to read ``path`` with; raises :class:`DataError` if none fits."""
@@ -100,6 +104,7 @@ def resolve_format(path: Path, format: str) -> str:
         )
     return format
 
+
 def _check_columns(columns: Sequence[str], fields: Fields, path: Path) -> None:
     """Raises :class:`DataError` if a table has the columns of neither kind of row."""
     if fields.messages in columns or {fields.prompt, fields.response} <= set(columns):
@@ -111,12 +116,14 @@ def _check_columns(columns: Sequence[str], fields: Fields, path: Path) -> None:
         file=path, fix=f"rename the columns, or set {FIELD_SETTINGS} to the names you use",
     )
 
+
 def _unreadable(path: Path, error: OSError) -> DataError:
     """Returns the error for a file the operating system will not let us read."""
     return DataError(
         f"cannot read the file: {error.strerror or error}", file=path,
         fix="check that it is a file you may read",
     )
+
 
 def _jsonl_rows(path: Path, fields: Fields) -> Iterator[tuple[int, object]]:
     """Yields (line, row) per non-blank line; a :class:`BadRow` for lines that do not decode."""
@@ -127,6 +134,7 @@ def _jsonl_rows(path: Path, fields: Fields) -> Iterator[tuple[int, object]]:
                     yield line, _decode_json_line(raw)
     except OSError as error:
         raise _unreadable(path, error) from error
+
 
 def _decode_json_line(raw: bytes) -> object:
     """Returns the JSON value on one line, or a :class:`BadRow` saying why there is none."""
@@ -141,6 +149,7 @@ def _decode_json_line(raw: bytes) -> object:
             None, f"invalid JSON: {error}",
             "make the line one complete JSON object; a JSONL record cannot span lines",
         )
+
 
 def _csv_rows(path: Path, fields: Fields) -> Iterator[tuple[int, object]]:
     """Yields (line, row) per CSV record, the line where it starts; the header is line 1."""
@@ -169,6 +178,7 @@ def _csv_rows(path: Path, fields: Fields) -> Iterator[tuple[int, object]]:
     except OSError as error:
         raise _unreadable(path, error) from error
 
+
 def _csv_row(record: dict[Any, Any], fields: Fields) -> object:
     """Returns a CSV record as a row: empty cells are missing, chat turns are JSON text."""
     if None in record:  # DictReader files cells beyond the header under the key None
@@ -187,6 +197,7 @@ def _csv_row(record: dict[Any, Any], fields: Fields) -> object:
                 f"write the cell as a JSON list: {CHAT_EXAMPLE}",
             )
     return row
+
 
 def _parquet_rows(path: Path, fields: Fields) -> Iterator[tuple[int, object]]:
     """Yields (row number, row) per Parquet row, reading one batch at a time."""
@@ -207,6 +218,7 @@ def _parquet_rows(path: Path, fields: Fields) -> Iterator[tuple[int, object]]:
             f"cannot read it as Parquet: {error}", file=path,
             fix="check that it is a Parquet file, or set data.format to its real format",
         ) from error
+
 
 def _datasets_rows(path: Path, fields: Fields) -> Iterator[tuple[int, object]]:
     """Yields (row number, row) per row of a directory written by ``save_to_disk``."""
@@ -231,6 +243,7 @@ def _datasets_rows(path: Path, fields: Fields) -> Iterator[tuple[int, object]]:
         )
     _check_columns(dataset.column_names, fields, path)
     yield from enumerate(dataset, start=1)
+
 
 READERS = {
     "jsonl": _jsonl_rows, "csv": _csv_rows, "parquet": _parquet_rows, "datasets": _datasets_rows,

@@ -35,6 +35,7 @@ DEFAULT_BATCH_SIZE = 16
 _TENSOR_NAMES = ("token_ids", "topk_ids", "topk_logprobs", "rest_logprobs")
 """Tensor fields of :class:`BaseLogprobs`, as stored in its safetensors file."""
 
+
 def fingerprint(text: str, tokenizer: PreTrainedTokenizerBase, k: int, window: int) -> str:
     """Returns the sha256 hex digest identifying a base computation's inputs.
 
@@ -44,6 +45,7 @@ def fingerprint(text: str, tokenizer: PreTrainedTokenizerBase, k: int, window: i
     digest = hashlib.sha256(f"{len(tokenizer)}\n{k}\n{window}\n".encode())
     digest.update(text.encode("utf-8"))
     return digest.hexdigest()
+
 
 @dataclass(frozen=True, eq=False)
 class BaseLogprobs:
@@ -146,6 +148,7 @@ class BaseLogprobs:
         base.check(text, tokenizer)
         return base
 
+
 def compute_base_logprobs(
     model: torch.nn.Module,
     tokenizer: PreTrainedTokenizerBase,
@@ -200,6 +203,7 @@ def compute_base_logprobs(
         rest_logprobs=torch.cat(rest_logprobs),
     )
 
+
 def base_logprobs_from_adapter_model(
     peft_model: PeftModel,
     tokenizer: PreTrainedTokenizerBase,
@@ -227,10 +231,12 @@ def rest_log_mass(log_probs: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
     """
     return log_probs.scatter(-1, ids.long(), float("-inf")).logsumexp(-1)
 
+
 def tokenize(tokenizer: PreTrainedTokenizerBase, text: str) -> list[int]:
     """Returns the ids of ``text`` with the special tokens the tokenizer adds (BOS)."""
     # verbose=False: the text is longer than the model's context on purpose.
     return list(tokenizer(text, verbose=False)["input_ids"])
+
 
 def windows(token_ids: Sequence[int], window: int) -> list[list[int]]:
     """Returns consecutive slices of at most ``window`` tokens that predict something.
@@ -250,6 +256,7 @@ def windows(token_ids: Sequence[int], window: int) -> list[list[int]]:
             "use a longer text"
         )
     return kept
+
 
 def scored_batches(
     model: torch.nn.Module, windows: list[list[int]], batch_size: int, device: torch.device
@@ -279,6 +286,7 @@ def scored_batches(
 
     for _, scored in batches_with_backoff(windows, batch_size, score, owner=model, kind="drift"):
         yield scored
+
 
 @contextmanager
 def evaluating(model: torch.nn.Module) -> Iterator[torch.device]:

@@ -42,6 +42,7 @@ from retain.evaluation.base_logprobs import (
 if TYPE_CHECKING:
     pass
 
+
 @dataclass(frozen=True)
 class DriftReport:
     """Drift of one model on a reference text.

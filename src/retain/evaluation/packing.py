@@ -19,6 +19,7 @@ from retain.evaluation.requests import Continuation, EncodedRequest
 # 256 -> 12.4 s.
 ROW_TOKENS = 96
 
+
 class _TokenTree:
     """The token sequences of one packed row as a prefix tree, one column per node.
 
@@ -71,6 +72,7 @@ class _TokenTree:
             after = child
         return after
 
+
 @dataclass
 class _Placed:
     """Where a request's predictions are read: its row, and per continuation the column
@@ -78,6 +80,7 @@ class _Placed:
 
     row: int
     columns: list[list[int]]
+
 
 def pack(batch: list[EncodedRequest]) -> tuple[list[_TokenTree], list[_Placed]]:
     """Packs requests into prefix-tree rows of at most ``ROW_TOKENS`` nodes each (or the
@@ -96,6 +99,7 @@ def pack(batch: list[EncodedRequest]) -> tuple[list[_TokenTree], list[_Placed]]:
             columns.append([prompt_end, *path])
         placed.append(_Placed(len(rows) - 1, columns))
     return rows, placed
+
 
 def score_batch_packed(
     model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, batch: list[EncodedRequest]
@@ -146,6 +150,7 @@ def score_batch_packed(
         for number, request in enumerate(batch)
     ]
 
+
 def _see_ancestors(allowed: np.ndarray, tree: _TokenTree) -> None:
     """Sets ``allowed[node, a]`` for every ancestor ``a`` of every node, level by level."""
     depth = np.asarray(tree.depth)
@@ -153,6 +158,7 @@ def _see_ancestors(allowed: np.ndarray, tree: _TokenTree) -> None:
     for level in range(1, int(depth.max(initial=0)) + 1):
         nodes = np.flatnonzero(depth == level)
         allowed[nodes] |= allowed[parent[nodes]]
+
 
 def _attention_mask(allowed: torch.Tensor, model: PreTrainedModel) -> torch.Tensor:
     """Returns ``allowed`` (rows, query, key) as the 4-D mask the attention takes:

@@ -23,6 +23,7 @@ class Continuation:
     tokens: int
     greedy: bool
 
+
 @dataclass(frozen=True)
 class EncodedRequest:
     """One request in token ids: a prompt and the continuations that follow it."""
@@ -30,6 +31,7 @@ class EncodedRequest:
     index: int
     context: list[int]
     continuations: list[list[int]]
+
 
 def encode_request(
     tokenizer: PreTrainedTokenizerBase,
@@ -43,6 +45,7 @@ def encode_request(
         ValueError: If a continuation encodes to no tokens.
     """
     return encode_requests(tokenizer, [(context, continuations)], add_special_tokens)[0]
+
 
 def encode_requests(
     tokenizer: PreTrainedTokenizerBase,

@@ -37,6 +37,7 @@ OutputDirOption = Annotated[Path, typer.Option("--output-dir", help="Folder of r
 
 LabWorkersOption = Annotated[Optional[int], typer.Option("--workers", min=1, help="Trainings run at once, each in its own process (default: 2 on a CPU with 2+ cores, 1 with a GPU).")]
 
+
 @lab_app.callback()
 def lab(
     ctx: typer.Context,
@@ -62,6 +63,7 @@ def lab(
                                          resume=resume),
                    STEPS, size, seed, cache_dir, workers, resume=resume)
 
+
 @lab_app.command("step")
 def lab_step(
     step: Annotated[str, typer.Argument(help="Step number 1-7 or name: base, audit, baseline, trap, aggressive, recipe, report.")],
@@ -79,6 +81,7 @@ def lab_step(
     chosen = step_named(step)
     _run_lab_steps(lambda: RunDir.create(output_dir, name, resume=(output_dir / name).is_dir()),
                    (chosen,), size, seed, cache_dir, workers)
+
 
 def _run_lab_steps(open_run, steps, size: str, seed: int, cache_dir: Optional[Path], workers: Optional[int],
                    resume: bool = False) -> None:
@@ -122,6 +125,7 @@ def _run_lab_steps(open_run, steps, size: str, seed: int, cache_dir: Optional[Pa
             console.print(markdown_table(result.figures["rows"]), markup=False)
     console.print(f"lab run directory: {run.path}", markup=False, highlight=False, soft_wrap=True)
 
+
 def _check_lab_settings(run, size: str, seed: int) -> None:
     """Resuming, the lab run's size and seed must be the ones it started with."""
     import yaml
@@ -132,6 +136,7 @@ def _check_lab_settings(run, size: str, seed: int) -> None:
                           file=run.config_path, field="--size/--seed",
                           fix=f"resume with --size {saved.get('size')} --seed {saved.get('seed')}, or start a new "
                           "run with another --name")
+
 
 @lab_app.command("build-base")
 def lab_build_base(
@@ -156,6 +161,7 @@ def lab_build_base(
     print_accuracy("probe accuracy at build time (greedy exact match)", meta["probe_accuracy"],
                     meta["probe_counts"])
 
+
 @lab_app.command("data")
 def lab_data(
     out_dir: Annotated[Path, typer.Argument(help="Folder to write the lab data into.")],
@@ -176,6 +182,7 @@ def lab_data(
     for path, count in written.items():
         console.print(f"{count:>7,}  {path}")
     console.print(f"config: {out_dir / 'config.yaml'} (try: retain doctor {out_dir / 'config.yaml'})")
+
 
 @lab_app.command("compare")
 def lab_compare(

@@ -46,6 +46,7 @@ class Scale:
     guarded_every: int = 10
     shots: tuple[int, ...] = (0, 3)
 
+
 SCALES: dict[str, Scale] = {
     "default": Scale("default", n_train=TRAIN_ROWS),
     # For tests: the micro model, a small task and a few steps; it runs every step's
@@ -62,6 +63,7 @@ AGGRESSIVE = ("method=[full]", "train.lr=5e-4")
 # ship, keeps them for the report.
 NO_BRITTLENESS = "eval.perturbations=[]"
 
+
 @dataclass
 class StepResult:
     """What one step found: its one-line finding and the figures behind it."""
@@ -74,6 +76,7 @@ class StepResult:
     def to_dict(self) -> dict[str, Any]:
         return {"step": self.step, "line": self.line, "figures": self.figures, "seconds": self.seconds}
 
+
 @dataclass(frozen=True)
 class Training:
     """One ``retain train`` run of the story: its name, its overrides of the lab config,
@@ -82,6 +85,7 @@ class Training:
     name: str
     overrides: tuple[str, ...]
     force: bool = False
+
 
 @dataclass
 class Lab:
@@ -170,6 +174,7 @@ class Lab:
         with Console(stderr=True).status(f"{what} (in a worker process)"):
             return future.result()
 
+
 def _train(root: Path, scale: Scale, seed: int, cache_dir: Path | None, training: Training,
            resume: bool = False, *, progress: bool = False) -> dict[str, Any]:
     """Runs one training of the story, in this process or a worker's; resuming, a training
@@ -184,6 +189,7 @@ def _train(root: Path, scale: Scale, seed: int, cache_dir: Path | None, training
         return replace(summary, run_dir=str(Path(config.output.dir) / training.name))
     outcome = run_train(config, overwrite=True, force=training.force, progress=progress, echo=lambda line: None)
     return replace(outcome.summary, run_dir=str(outcome.run_dir))
+
 
 def _baseline(root: Path, scale: Scale, seed: int, cache_dir: Path | None, *,
               progress: bool = False) -> dict[str, Any]:
@@ -200,6 +206,7 @@ def _baseline(root: Path, scale: Scale, seed: int, cache_dir: Path | None, *,
     return {"accuracy": {str(k): score.accuracy for k, score in result.scores.items()}, "best_shots": shots,
             "best_accuracy": best.accuracy, "majority": best.majority[1] if best.majority else None,
             "n": best.n, "verdict": result.verdict()}
+
 
 @contextmanager
 def worker_pool(lab: Lab, jobs: Sequence[Training | str]):
@@ -231,8 +238,10 @@ def worker_pool(lab: Lab, jobs: Sequence[Training | str]):
                 future.cancel()
             lab.pending.clear()
 
+
 def _job_name(job: Training | str) -> str:
     return job if isinstance(job, str) else job.name
+
 
 def default_workers() -> int:
     """2 on a machine with no GPU and at least 2 CPU cores, else 1 (a GPU runs one at a time)."""
@@ -241,6 +250,7 @@ def default_workers() -> int:
     import torch
 
     return 1 if torch.cuda.is_available() or (os.cpu_count() or 1) < 2 else 2
+
 
 BASELINE_JOB = "baseline"
 

@@ -43,6 +43,7 @@ def read_json(path: Path, *, what: str) -> Any:
 # libyaml's parser where PyYAML was built with it: a sweep's 50 configs parse 20x faster.
 _YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
+
 def read_config(path: Path) -> dict[str, Any]:
     """Returns a run's resolved ``config.yaml`` as a plain mapping (not validated: a run
     written by an older retain is still shown).
@@ -68,6 +69,7 @@ def read_config(path: Path) -> dict[str, Any]:
         raise RetainError("config.yaml is not a mapping of sections", file=path, fix="rerun the run, or repair the file")
     return config
 
+
 def optional_object(path: Path, what: str) -> dict[str, Any] | None:
     """Returns the JSON object in ``path``, None if the file does not exist."""
     if not path.is_file():
@@ -83,11 +85,13 @@ def as_dict(value: Any) -> dict[str, Any]:
     """Returns ``value`` if it is a dict, else ``{}``: tolerant access to nested JSON."""
     return value if isinstance(value, dict) else {}
 
+
 def as_number(value: Any) -> float | None:
     """Returns ``value`` as a finite float, None for anything else (missing, NaN, text)."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return None
     return float(value) if math.isfinite(value) else None
+
 
 def dotted(config: dict[str, Any], key: str) -> Any:
     """Returns ``config["a"]["b"]`` for ``"a.b"``; None where a level is missing."""
@@ -110,6 +114,7 @@ def flatten(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
             flat[name] = value
     return flat
 
+
 def varying_settings(runs: Sequence[RunView]) -> list[str]:
     """Returns the dotted settings whose values differ between ``runs`` (config order).
 
@@ -121,6 +126,7 @@ def varying_settings(runs: Sequence[RunView]) -> list[str]:
     keys = list(dict.fromkeys(key for flat in flats for key in flat))
     return [key for key in keys if not key.startswith(IGNORED_PREFIXES)
             and len({json.dumps(flat.get(key), sort_keys=True, default=str) for flat in flats}) > 1]
+
 
 @dataclass
 class RunView:
@@ -197,6 +203,7 @@ class RunView:
             return self.preloaded_evals.get("final")
         return optional_object(self.path / "final_eval.json", "the final evaluation")
 
+
 NO_SUMMARY = RunSummary(status="")  # what a run without summary.json reads as: every figure empty
 
 
@@ -245,6 +252,7 @@ class Trial:
     @property
     def name(self) -> str:
         return self.run.name if self.run is not None else f"trial {self.number}"
+
 
 @dataclass
 class SweepView:

@@ -108,6 +108,7 @@ def _spec_error(exc: ValidationError, path: Path, lines: dict[str, int]) -> Conf
     message = f"{error['msg'][:1].lower()}{error['msg'][1:]}, got {inline(got) if not isinstance(got, str) else repr(got)}"
     return ConfigError(message, file=path, line=line, field=dotted, fix=f"see docs/SWEEP.md{hint}")
 
+
 def _check_overrides(file_set: list[str], cli_set: list[str], base_path: Path, path: Path,
                      lines: dict[str, int]) -> list[str]:
     """Checks the file's ``set`` overrides one by one (so an error names its line); returns
@@ -121,6 +122,7 @@ def _check_overrides(file_set: list[str], cli_set: list[str], base_path: Path, p
             raise ConfigError(exc.message, file=path, line=lines.get(f"set.{index}"), field=f"set.{index}",
                               fix=exc.fix) from None
     return [*file_set, *cli_set]
+
 
 def _axes(spec: SweepFile, path: Path, lines: dict[str, int]) -> list[Axis]:
     """Parses each entry of ``space`` into an :class:`Axis`.
@@ -187,6 +189,7 @@ def _axes(spec: SweepFile, path: Path, lines: dict[str, int]) -> list[Axis]:
                           field="space", fix="vary fewer settings or fewer values, or use mode: optuna with trials: N")
     return axes
 
+
 def _check_axis(axis: Axis, base_path: Path, overrides: list[str], path: Path, lines: dict[str, int]) -> None:
     """Applies each value (a range's ends) to the base config; a setting or value the config
     refuses is an error at the value's line."""
@@ -212,6 +215,7 @@ def _check_axis(axis: Axis, base_path: Path, overrides: list[str], path: Path, l
             raise ConfigError(message, file=path, line=line or lines.get(f"space.{axis.key}"),
                               field=f"space.{axis.key}", fix=exc.fix) from None
 
+
 def _check_data_sizes(axes: list[Axis], base: RetainConfig, path: Path, lines: dict[str, int]) -> None:
     """data.size values must not exceed the training rows, or the nested subsets stop growing."""
     axis = next((axis for axis in axes if axis.key == "data.size"), None)
@@ -226,6 +230,7 @@ def _check_data_sizes(axes: list[Axis], base: RetainConfig, path: Path, lines: d
                           fix=f"use sizes up to {rows}: each size trains on the first N rows, so the "
                           "subsets are nested and larger ones add data")
 
+
 def _check_task_split(split: str, base: RetainConfig, axes: list[Axis], path: Path, lines: dict[str, int]) -> None:
     setting = f"data.{split}"
     if getattr(base.data, split) is None and not any(axis.key == setting for axis in axes):
@@ -233,6 +238,7 @@ def _check_task_split(split: str, base: RetainConfig, axes: list[Axis], path: Pa
                           file=path, line=lines.get("objectives.task") or lines.get("objectives"),
                           field="objectives.task",
                           fix=f"set {setting} in the base config (held-out task examples), or use the other split")
+
 
 def _check_storage(url: str, source: str | Path, line: int | None) -> None:
     """Parses the storage URL and finds its SQLAlchemy dialect; connecting comes later."""

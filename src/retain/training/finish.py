@@ -29,7 +29,6 @@ from retain.summary import RunSummary, Verdict
 logger = logging.getLogger("retain.train")
 
 
-
 def restore_if_asked(model: PreTrainedModel, state: GuardState, run: RunDir, config: GuardsConfig,
                       echo: Callable[[str], None]) -> int | None:
     """Loads the best checkpoint back when a guard that stopped the run asked for ``restore_best``."""
