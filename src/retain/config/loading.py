@@ -19,7 +19,9 @@ from retain.config.methods import expand_method_shorthand
 from retain.config.registry import discover_methods
 from retain.config.schema import RetainConfig
 from retain.config.walk import dotted_fields, field_at, valid_paths
+from retain import yamlfile
 from retain.errors import ConfigError
+from retain.yamlfile import YamlProblem
 
 # PyYAML follows YAML 1.1, which reads "1e-4" (no dot) as a string, not a float.
 _NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
@@ -83,13 +85,12 @@ def read_text_file(path: Path) -> str:
 
 
 def parse_yaml(text: str, path: str | Path) -> dict[str, Any]:
-    """Returns the file's top-level mapping ({} for an empty file)."""
+    """Returns the file's top-level mapping ({} for an empty file), read within the bounds
+    of :mod:`retain.yamlfile` (aliases, repeated keys, huge integers, depth)."""
     try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise _yaml_error(exc, path) from None
-    except RecursionError:
-        raise _too_deep(path) from None
+        data = yamlfile.load(text)
+    except YamlProblem as problem:
+        raise ConfigError(problem.message, file=path, line=problem.line, fix=problem.fix) from None
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -103,31 +104,11 @@ def parse_yaml(text: str, path: str | Path) -> dict[str, Any]:
     return data
 
 
-def _yaml_error(exc: yaml.YAMLError, path: str | Path) -> ConfigError:
-    """Turns a PyYAML error into a ConfigError at the line PyYAML points to."""
-    mark = getattr(exc, "problem_mark", None)
-    line = mark.line + 1 if mark is not None else None
-    problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-    return ConfigError(
-        f"invalid YAML: {problem}",
-        file=path,
-        line=line,
-        fix="check the indentation and the ':' after each key; quote values that contain ': ' or "
-        "start with '{', '[', '*' or '&'",
-    )
-
-
-def _too_deep(path: str | Path) -> ConfigError:
-    """The error for YAML nested past Python's recursion limit (PyYAML recurses per level)."""
-    return ConfigError("invalid YAML: nested too deeply", file=path,
-                       fix="a config is sections of 'key: value' settings; remove the nested brackets")
-
-
 def _key_name(node: yaml.Node) -> str:
     """Returns a mapping key as pydantic names it: ``~`` is ``None``, ``0x10`` is ``16``."""
     if isinstance(node, yaml.ScalarNode):
         try:
-            return str(yaml.SafeLoader("").construct_object(node))
+            return str(yamlfile.scalar(node))
         except yaml.YAMLError:
             pass
     return str(node.value)
@@ -141,11 +122,9 @@ def key_lines(text: str, path: str | Path) -> dict[str, int]:
             would silently keep the last one).
     """
     try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
-    except yaml.YAMLError as exc:
-        raise _yaml_error(exc, path) from None
-    except RecursionError:
-        raise _too_deep(path) from None
+        root = yamlfile.compose(text)
+    except YamlProblem as problem:
+        raise ConfigError(problem.message, file=path, line=problem.line, field=problem.key, fix=problem.fix) from None
     lines: dict[str, int] = {}
 
     def visit(node: yaml.Node, prefix: str) -> None:
@@ -169,10 +148,7 @@ def key_lines(text: str, path: str | Path) -> dict[str, int]:
                 visit(item, f"{prefix}{index}.")
 
     if root is not None:
-        try:
-            visit(root, "")
-        except RecursionError:
-            raise _too_deep(path) from None
+        visit(root, "")  # compose checked the depth
     return lines
 
 
@@ -217,14 +193,15 @@ def _parse_override(text: str) -> tuple[str, Any]:
             fix=_unknown_path_fix(key),
         )
     try:
-        value = yaml.safe_load(value_text)
-    except yaml.YAMLError as exc:
-        problem = getattr(exc, "problem", None) or "invalid YAML"
+        value = yamlfile.load(value_text)
+    except YamlProblem as problem:
+        shown = text if len(text) <= 80 else f"{text[:60]}...({len(text):,} characters)"
         raise ConfigError(
-            f"cannot parse the value of override '{text}': {problem}",
+            f"cannot parse the value of override '{shown}': {problem.message}",
             file=OVERRIDE_SOURCE,
             field=key,
-            fix="quote the value, e.g. key='a: b', or write lists as [a, b]",
+            fix=("quote the value, e.g. key='a: b', or write lists as [a, b]"
+                 if problem.message.startswith("invalid YAML") else problem.fix),
         ) from None
     if key == "method" and isinstance(value, (str, list)):
         key = "method.use"  # the shorthand picks methods; it keeps their settings

@@ -3,9 +3,10 @@ validation error carries its own fix."""
 
 from __future__ import annotations
 
-from typing import Any
+import types
+from typing import Any, Union, get_args, get_origin
 
-from pydantic import BaseModel, ConfigDict, model_validator
+from pydantic import BaseModel, ConfigDict, ValidationInfo, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
 
@@ -39,3 +40,18 @@ class Section(BaseModel):
         return {} if data is None else data
 
 
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_yes_no_for_numbers(cls, value: Any, info: ValidationInfo) -> Any:
+        # pydantic reads True as 1 and 1.0 in a number field; `lr: true` is a mistake, not 1.0.
+        if isinstance(value, bool) and info.field_name and _numbers_only(cls.model_fields[info.field_name].annotation):
+            raise invalid(f"{str(value).lower()} is a yes/no value, not a number", "write a number")
+        return value
+
+
+def _numbers_only(annotation: Any) -> bool:
+    """True for ``int``, ``float`` and their optional forms (``float | None``)."""
+    members = get_args(annotation) if get_origin(annotation) in (Union, types.UnionType) else (annotation,)
+    kinds = {member for member in members if member is not type(None)}
+    return bool(kinds) and kinds <= {int, float}

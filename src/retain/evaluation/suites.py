@@ -25,6 +25,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from retain import yamlfile
 from retain.data.formats import decode_json
 from retain.data.rows import read_text
 from retain.errors import DataError
@@ -32,6 +33,7 @@ from retain.evaluation.lmeval import is_lmeval_name, load_lmeval_suite
 from retain.evaluation.probes import CHECKERS, Checker, ProbeItem, ProbeSuite
 from retain.io import atomic_write_text
 from retain.sources import suite_names, suite_source
+from retain.yamlfile import YamlProblem
 
 GENERAL_SUITE = "general"
 BUILTIN_SUITES: tuple[str, ...] = (GENERAL_SUITE,)  # shipped as files; others register (retain.sources)
@@ -155,19 +157,10 @@ def _jsonl_rows(path: Path) -> tuple[dict[str, Any], list[tuple[int, Any]]]:
 def _yaml_rows(path: Path) -> tuple[dict[str, Any], list[tuple[int, Any]]]:
     text = read_text(path, "a probe suite")
     try:
-        document = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as error:
-        mark = getattr(error, "problem_mark", None)
-        raise DataError(
-            f"not valid YAML ({getattr(error, 'problem', None) or error})",
-            file=path,
-            line=mark.line + 1 if mark else None,
-            fix="check the indentation and quoting near this line",
-        ) from None
-    except RecursionError:
-        raise DataError("not valid YAML: nested too deeply", file=path,
-                        fix="write the suite as a mapping with an 'items' list of flat items") from None
+        document = yamlfile.compose(text)
+        data = yamlfile.load(text)
+    except YamlProblem as problem:
+        raise DataError(problem.message, file=path, line=problem.line, fix=problem.fix) from None
     if not isinstance(data, dict) or not isinstance(data.get("items"), list):
         raise DataError(
             "a YAML probe suite is a mapping with an 'items' list",

@@ -128,9 +128,15 @@ def _run_lab_steps(open_run, steps, size: str, seed: int, cache_dir: Optional[Pa
 
 def _check_lab_settings(run, size: str, seed: int) -> None:
     """Resuming, the lab run's size and seed must be the ones it started with."""
-    import yaml
+    from retain import yamlfile
 
-    saved = (yaml.safe_load(run.config_path.read_text()) or {}).get("lab") or {}
+    try:
+        document = yamlfile.load(run.config_path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yamlfile.YamlProblem) as problem:
+        raise ConfigError(f"cannot read the lab run's settings: {problem}", file=run.config_path,
+                          fix="start a new run with another --name (this one's config.yaml is damaged)") from None
+    saved = (document.get("lab") if isinstance(document, dict) else None) or {}
+    saved = saved if isinstance(saved, dict) else {}
     if (saved.get("size"), saved.get("seed")) != (size, seed):
         raise ConfigError(f"the lab run {run.path} started with --size {saved.get('size')} --seed {saved.get('seed')}",
                           file=run.config_path, field="--size/--seed",

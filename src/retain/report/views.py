@@ -12,10 +12,11 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-import yaml
 
+from retain import yamlfile
 from retain.errors import RetainError
 from retain.summary import RunSummary
+from retain.yamlfile import YamlProblem
 
 IGNORED_PREFIXES = ("output.",)  # settings every run differs in (names, folders)
 
@@ -40,10 +41,6 @@ def read_json(path: Path, *, what: str) -> Any:
                           fix="rerun the command that wrote it, or delete the file") from None
 
 
-# libyaml's parser where PyYAML was built with it: a sweep's 50 configs parse 20x faster.
-_YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-
-
 def read_config(path: Path) -> dict[str, Any]:
     """Returns a run's resolved ``config.yaml`` as a plain mapping (not validated: a run
     written by an older retain is still shown).
@@ -57,12 +54,10 @@ def read_config(path: Path) -> dict[str, Any]:
         raise RetainError(f"cannot read the run's config: {error}", file=path,
                           fix="check the file's permissions and encoding (UTF-8)") from None
     try:
-        config = yaml.load(text, Loader=_YAML_LOADER)  # a safe loader, C or Python
-    except yaml.YAMLError as error:
-        mark = getattr(error, "problem_mark", None)
-        raise RetainError(f"invalid YAML: {getattr(error, 'problem', None) or error}", file=path,
-                          line=mark.line + 1 if mark is not None else None,
-                          fix="rerun the run, or repair the file") from None
+        config = yamlfile.load(text)
+    except YamlProblem as problem:
+        raise RetainError(problem.message, file=path, line=problem.line,
+                          fix=f"{problem.fix}; or rerun the run") from None
     if config is None:
         return {}
     if not isinstance(config, dict):
