@@ -304,3 +304,15 @@ def test_docs_config_md_is_the_generated_reference() -> None:
     assert doc.read_text() == config_reference_document(), (
         "docs/CONFIG.md is out of date: run `retain config reference --write docs/CONFIG.md`")
 
+
+
+def test_a_leading_tilde_is_the_home_folder_in_every_path_setting(tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path))
+    config_file = tmp_path / "c.yaml"
+    config_file.write_text("output:\n  dir: ~/runs\ndata:\n  train: ~/train.jsonl\nprobes:\n  suites: [lab, ~/s.yaml]\n")
+    config = load_config(config_file, ["method.general.source=~/general.txt"])
+    assert config.output.dir == str(tmp_path / "runs")
+    assert config.data.train == str(tmp_path / "train.jsonl")
+    assert config.probes.suites == ["lab", str(tmp_path / "s.yaml")]
+    assert config.method.general.source == str(tmp_path / "general.txt")
+    assert load_config(None, ["output.name=~x"]).output.name == "~x"  # only a leading ~ or ~/ in a path

@@ -18,7 +18,7 @@ from retain.config.messages import OVERRIDE_SOURCE, config_error, yaml_kind
 from retain.config.methods import expand_method_shorthand
 from retain.config.registry import discover_methods
 from retain.config.schema import RetainConfig
-from retain.config.walk import dotted_fields, field_at, valid_paths
+from retain.config.walk import dotted_fields, field_at, plain_type, valid_paths
 from retain import yamlfile
 from retain.errors import ConfigError
 from retain.yamlfile import YamlProblem
@@ -223,7 +223,7 @@ def _leaf_types(annotation: Any) -> set[Any]:
     """Returns the plain types a (possibly optional) annotation accepts."""
     if get_origin(annotation) in (Union, types.UnionType):
         return set().union(*(_leaf_types(arg) for arg in get_args(annotation)))
-    return {annotation}
+    return {plain_type(annotation)}
 
 
 def _set_path(raw: dict[str, Any], key: str, value: Any, text: str) -> dict[str, Any]:

@@ -6,7 +6,7 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from retain.config.section import Section, invalid
+from retain.config.section import PathText, Section, invalid
 
 _ATTENTION_AND_MLP = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
@@ -130,7 +130,7 @@ class LlrdConfig(Section):
 class GeneralDataConfig(Section):
     """General (non-task) data for replay, EWC's Fisher and self-augmentation prompts."""
 
-    source: str | None = Field(
+    source: PathText | None = Field(
         None,
         description="`lab` (the lab world's pretraining corpus less every document that "
         "states a probed fact), a file (.txt one text per "
@@ -216,7 +216,7 @@ class TokenForgetConfig(Section):
         "fine-tuned on to score each token's influence (loss under the base minus loss under a "
         "reference that did not see the row); every row is still trained on.",
     )
-    reference_data: str | None = Field(
+    reference_data: PathText | None = Field(
         None,
         description="A file of other task rows (same format as data.train) to fine-tune one "
         "reference model on instead, as the paper's code does; null splits the training rows.",

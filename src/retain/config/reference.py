@@ -8,7 +8,7 @@ from pydantic.fields import FieldInfo
 
 from retain.config.messages import inline
 from retain.config.schema import RetainConfig
-from retain.config.walk import BOUNDS, bounds, default, section_model, walk
+from retain.config.walk import BOUNDS, bounds, default, plain_type, section_model, walk
 
 
 def config_reference_markdown() -> str:
@@ -35,11 +35,12 @@ def _type_text(field: FieldInfo) -> str:
     optional = type(None) in get_args(annotation)
     if optional:
         annotation = next(arg for arg in get_args(annotation) if arg is not type(None))
+    annotation = plain_type(annotation)
     if get_origin(annotation) is Literal:
         text = "one of: " + ", ".join(str(arg) for arg in get_args(annotation))
     elif get_origin(annotation) is list:
         non_empty = any(getattr(item, "min_length", None) for item in field.metadata)
-        text = f"list of {get_args(annotation)[0].__name__}" + (", non-empty" if non_empty else "")
+        text = f"list of {plain_type(get_args(annotation)[0]).__name__}" + (", non-empty" if non_empty else "")
     else:
         text = getattr(annotation, "__name__", str(annotation))
     limits = ", ".join(f"{BOUNDS[attr][1]} {value}" for attr, value in bounds(field))

@@ -9,7 +9,7 @@ from pydantic import Field, field_validator, model_validator
 
 from retain.config.guards import GuardsConfig
 from retain.config.methods import MethodConfig
-from retain.config.section import Section, invalid
+from retain.config.section import PathText, Section, invalid
 from retain.data.perturb import PERTURBATIONS
 
 _DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
@@ -27,7 +27,7 @@ DOMAIN_MULTIPLIERS: dict[str, float] = {
 class ModelConfig(Section):
     """The base model to fine-tune."""
 
-    name_or_path: str = Field(
+    name_or_path: PathText = Field(
         "lab",
         description="Base model: `lab` for retain's built-in lab model, a Hugging Face Hub id, "
         "or a local directory.",
@@ -47,7 +47,7 @@ class ModelConfig(Section):
         description="Run modelling code shipped with a Hub repository; enable only for "
         "repositories you trust.",
     )
-    chat_template: str = Field(
+    chat_template: PathText = Field(
         "auto",
         description="Chat template: `auto` uses the tokenizer's own if it has one, `none` "
         "uses none, anything else is a path to a Jinja file.",
@@ -75,20 +75,20 @@ class ModelConfig(Section):
 class DataConfig(Section):
     """Where the training and evaluation examples come from, and how to read them."""
 
-    train: str | None = Field(
+    train: PathText | None = Field(
         None,
         description="Training data: a JSONL, CSV or Parquet file, or a dataset id/directory with "
         "`format: datasets`.",
     )
-    eval: str | None = Field(
+    eval: PathText | None = Field(
         None, description="Held-out examples of the new task, to measure what fine-tuning gained."
     )
-    validation: str | None = Field(
+    validation: PathText | None = Field(
         None,
         description="Held-out examples scored during training: validation loss (early stopping) "
         "and task accuracy (which checkpoint is best).",
     )
-    ood: str | None = Field(
+    ood: PathText | None = Field(
         None,
         description="Out-of-distribution examples, to measure forgetting beyond the probe suites.",
     )
@@ -187,7 +187,7 @@ class TrainConfig(Section):
 class ProbesConfig(Section):
     """What general ability is measured with, to detect forgetting."""
 
-    suites: list[str] | None = Field(
+    suites: list[PathText] | None = Field(
         None,
         min_length=1,
         description="Probe suites: built-in `lab` or `general`, `lmeval:TASK`, or paths to suite "
@@ -269,7 +269,7 @@ class AuditConfig(Section):
 class EvalConfig(Section):
     """Task evaluation, drift and the few-shot baseline."""
 
-    reference: str | None = Field(
+    reference: PathText | None = Field(
         None,
         description="Reference text file for drift (KL to base, perplexity); null uses the "
         "lab's for the lab model and retain's built-in general text otherwise.",
@@ -327,7 +327,7 @@ class EvalConfig(Section):
 class OutputConfig(Section):
     """Where run directories go."""
 
-    dir: str = Field("runs", description="Folder that holds one directory per run.")
+    dir: PathText = Field("runs", description="Folder that holds one directory per run.")
     name: str | None = Field(
         None,
         description="Run name (letters, digits, `.`, `_`, `-`); "

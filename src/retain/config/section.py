@@ -3,10 +3,11 @@ validation error carries its own fix."""
 
 from __future__ import annotations
 
+import os
 import types
-from typing import Any, Union, get_args, get_origin
+from typing import Annotated, Any, Union, get_args, get_origin
 
-from pydantic import BaseModel, ConfigDict, ValidationInfo, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, ValidationInfo, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
 
@@ -20,6 +21,16 @@ def invalid(message: str, fix: str, field: str | None = None) -> PydanticCustomE
     if field is not None:
         context["field"] = field
     return PydanticCustomError("retain", "{message}", context)
+
+
+def expand_home(value: str) -> str:
+    """Returns ``value`` with a leading ``~`` or ``~/`` spelled out as the home folder, as a
+    shell would have (a YAML value or a quoted --set reaches retain unexpanded)."""
+    return os.path.expanduser(value) if value == "~" or value.startswith("~/") else value
+
+
+PathText = Annotated[str, AfterValidator(expand_home)]
+"""Text that names a file or folder (or a name such as `lab`): ``~/`` is the home folder."""
 
 
 class Section(BaseModel):

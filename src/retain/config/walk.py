@@ -4,12 +4,17 @@ default (for --set, error messages and the reference)."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, get_args
+from typing import Annotated, Any, get_args, get_origin
 
 from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 
 from retain.config.schema import RetainConfig
+
+
+def plain_type(annotation: Any) -> Any:
+    """Returns ``annotation`` without ``Annotated[...]``'s validators (``PathText`` is str)."""
+    return get_args(annotation)[0] if get_origin(annotation) is Annotated else annotation
 
 
 def section_model(annotation: Any) -> type[BaseModel] | None:
