@@ -26,7 +26,7 @@ from transformers import (
     TrainingArguments,
 )
 
-from retain.io import atomic_write_json, fsync_tree
+from retain.io import atomic_write_json, decode_json, fsync_tree
 from retain.rundir import RunDir
 
 logger = logging.getLogger("retain.train")
@@ -101,8 +101,8 @@ def checkpoint_problem(folder: Path) -> str | None:
     if not seal.is_file():
         return f"no {STATE_FILE}: interrupted while saving"
     try:
-        files = json.loads(seal.read_text()).get("files", {})
-    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
+        files = decode_json(seal.read_text(encoding="utf-8")).get("files", {})
+    except (ValueError, AttributeError):  # not UTF-8 or JSON (UnicodeDecodeError is a ValueError), not an object
         return f"{STATE_FILE} is not a JSON object"
     for name, size in files.items():
         path = folder / name

@@ -9,6 +9,7 @@ import json
 import logging
 import math
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,8 @@ from typing import Any
 from retain.errors import RunDirError
 
 logger = logging.getLogger("retain")
+
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 
 
 def to_json(obj: Any, *, indent: int | None = None) -> str:
@@ -162,6 +165,34 @@ def _fsync_dir(directory: Path) -> None:
             os.close(fd)
 
 
+def decode_json(text: str) -> object:
+    """Returns the JSON value in ``text`` (a file retain wrote, one JSONL line, or one cell).
+
+    Raises:
+        ValueError: Saying in a few words why it is not valid JSON: the parser's
+            complaint and column, a number of more than 4,300 digits (Python refuses
+            to convert them), nesting deeper than Python's recursion limit, or a lone
+            surrogate escape (``"\\ud800"``: valid JSON, but not Unicode text).
+    """
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as error:
+        where = f"line {error.lineno}, column {error.colno}" if error.lineno > 1 else f"column {error.colno}"
+        raise ValueError(f"{error.msg} ({where})") from None
+    except ValueError:  # int() refuses 4,301+ digits: quadratic-time conversion (CVE-2020-10735)
+        raise ValueError("a number has more than 4,300 digits") from None
+    except RecursionError:
+        raise ValueError("nested too deeply (arrays or objects hundreds of levels deep)") from None
+    if _SURROGATE_ESCAPE.search(text):  # "\ud800" alone decodes to a str that is not text
+        try:
+            json.dumps(value, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError as error:
+            code = ord(error.object[error.start])
+            raise ValueError(f"a string holds \\u{code:04x}, half of a surrogate pair, which is not text; "
+                             "the file was cut or converted badly") from None
+    return value
+
+
 def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
     """Reads a JSON-lines file written by :meth:`RunDir.append_metrics`.
 
@@ -186,8 +217,8 @@ def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
         if not line.strip():
             continue
         try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
+            record = decode_json(line)
+        except ValueError:
             if number == len(lines):  # no newline after it: the write was cut short
                 continue
             record = None

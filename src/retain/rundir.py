@@ -20,7 +20,6 @@ JSON has no NaN or infinity; they are written as the strings ``"NaN"``,
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import re
@@ -33,7 +32,7 @@ from types import TracebackType
 from typing import Any
 
 from retain.errors import RunDirError
-from retain.io import atomic_write_json, atomic_write_text, drop_partial_last_line, read_jsonl, to_json
+from retain.io import atomic_write_json, atomic_write_text, decode_json, drop_partial_last_line, read_jsonl, to_json
 from retain.provenance import provenance
 
 logger = logging.getLogger(__name__)
@@ -217,18 +216,17 @@ class RunDir:
                 JSON object.
         """
         try:
-            summary = json.loads(self.summary_path.read_text(encoding="utf-8"))
+            summary = decode_json(self.summary_path.read_text(encoding="utf-8"))
         except FileNotFoundError:
             raise RunDirError(
                 "no summary.json: the run has not finished",
                 file=self.summary_path,
                 fix="finish or rerun it",
             ) from None
-        except json.JSONDecodeError as exc:
+        except ValueError as exc:  # not JSON, not UTF-8, a huge number, nesting past the limit
             raise RunDirError(
-                f"invalid JSON: {exc.msg}",
+                f"invalid JSON: {exc}",
                 file=self.summary_path,
-                line=exc.lineno,
                 fix="rerun to rewrite it",
             ) from None
         if not isinstance(summary, dict):

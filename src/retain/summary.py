@@ -10,11 +10,12 @@ event) stay JSON mappings, as :mod:`retain.evaluation` writes them.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
+
+from retain.io import decode_json
 
 SCHEMA_VERSION = 2
 """2: issue 22 added ``schema_version``, ``rehearsal`` and ``forgetting_by_rehearsal``;
@@ -135,7 +136,7 @@ class RunSummary:
         """
         path = Path(path)
         file = path / "summary.json" if path.is_dir() else path
-        return cls.from_dict(json.loads(file.read_text(encoding="utf-8")), run_dir=file.parent)
+        return cls.from_dict(decode_json(file.read_text(encoding="utf-8")), run_dir=file.parent)
 
     def task_accuracy(self, split: str = "eval") -> float | None:
         """Returns the final model's task accuracy on a split (``eval``, ``ood``)."""

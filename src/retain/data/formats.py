@@ -4,13 +4,13 @@ yielding (line, row) pairs, with a clear error for a file that cannot be read.""
 from __future__ import annotations
 
 import csv
-import json
 import re
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
 from retain.errors import DataError
+from retain.io import decode_json
 
 CHAT_EXAMPLE = '[{"role": "user", "content": "..."}, {"role": "assistant", "content": "..."}]'
 FORMATS = ("jsonl", "csv", "parquet", "datasets")
@@ -21,7 +21,6 @@ _EXTENSIONS = {
 
 LINE_BREAK = re.compile(r"\r\n|\r|\n")
 
-_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 
 FIELD_SETTINGS = "data.prompt_field, data.response_field or data.messages_field"
 
@@ -46,33 +45,6 @@ class BadRow(Exception):
         self.field = field
         self.message = message
         self.fix = fix
-
-
-def decode_json(text: str) -> object:
-    """Returns the JSON value in ``text`` (one JSONL line, or one cell).
-
-    Raises:
-        ValueError: Saying in a few words why it is not valid JSON: the parser's
-            complaint and column, a number of more than 4,300 digits (Python refuses
-            to convert them), nesting deeper than Python's recursion limit, or a lone
-            surrogate escape (``"\\ud800"``: valid JSON, but not Unicode text).
-    """
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as error:
-        raise ValueError(f"{error.msg} (column {error.colno})") from None
-    except ValueError:  # int() refuses 4,301+ digits: quadratic-time conversion (CVE-2020-10735)
-        raise ValueError("a number has more than 4,300 digits") from None
-    except RecursionError:
-        raise ValueError("nested too deeply (arrays or objects hundreds of levels deep)") from None
-    if _SURROGATE_ESCAPE.search(text):  # "\ud800" alone decodes to a str that is not text
-        try:
-            json.dumps(value, ensure_ascii=False).encode("utf-8")
-        except UnicodeEncodeError as error:
-            code = ord(error.object[error.start])
-            raise ValueError(f"a string holds \\u{code:04x}, half of a surrogate pair, which is not text; "
-                             "the file was cut or converted badly") from None
-    return value
 
 
 def resolve_format(path: Path, format: str) -> str:

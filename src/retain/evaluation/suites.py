@@ -26,12 +26,11 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from retain import yamlfile
-from retain.data.formats import decode_json
 from retain.data.rows import read_text
 from retain.errors import DataError
 from retain.evaluation.lmeval import is_lmeval_name, load_lmeval_suite
 from retain.evaluation.probes import CHECKERS, Checker, ProbeItem, ProbeSuite
-from retain.io import atomic_write_text
+from retain.io import atomic_write_text, decode_json
 from retain.sources import suite_names, suite_source
 from retain.yamlfile import YamlProblem
 

@@ -15,6 +15,7 @@ from typing import Any
 
 from retain import yamlfile
 from retain.errors import RetainError
+from retain.io import decode_json
 from retain.summary import RunSummary
 from retain.yamlfile import YamlProblem
 
@@ -35,9 +36,10 @@ def read_json(path: Path, *, what: str) -> Any:
         raise RetainError(f"cannot read {what}: {error}", file=path,
                           fix="check the file's permissions and encoding (UTF-8)") from None
     try:
-        return json.loads(text)
-    except json.JSONDecodeError as error:
-        raise RetainError(f"invalid JSON in {what}: {error.msg}", file=path, line=error.lineno,
+        return decode_json(text)
+    except ValueError as error:
+        raise RetainError(f"invalid JSON in {what}: {error}", file=path,
+                          line=getattr(error, "lineno", None),
                           fix="rerun the command that wrote it, or delete the file") from None
 
 
