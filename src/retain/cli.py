@@ -25,8 +25,11 @@ from retain.console import (
     percent,
     print_eval,
     print_findings,
+    report_file,
+    write_output,
 )
 from retain.errors import ConfigError, RetainError
+from retain.io import to_json
 from retain.lab.app import lab_app
 
 app = typer.Typer(
@@ -76,6 +79,7 @@ def _root(
     """Fine-tune LLMs without silently forgetting."""
     _setup_logging()
     STATE["quiet"] = quiet
+    console.file = None  # standard output again, unless this command's output is `-`
 
 
 def _usage_error(error: Exception) -> RetainError:
@@ -117,11 +121,8 @@ def config_reference(
     """Print every setting with its type, default and meaning, as Markdown."""
     from retain.config import config_reference_markdown
     from retain.config.reference import config_reference_document
-    from retain.io import atomic_write_text
-
     if write is not None:
-        atomic_write_text(write, config_reference_document())
-        console.print(f"wrote {write}")
+        write_output(write, config_reference_document())
         return
     console.print(config_reference_markdown(), end="", markup=False, highlight=False, soft_wrap=True)
 
@@ -146,7 +147,6 @@ def audit(
     from retain.config import load_config
     from retain.evaluation.commands import default_suites
     from retain.evaluation.suites import load_suite
-    from retain.io import atomic_write_json
 
     resolved = load_config(config, set_ or [])
     suites = [load_suite(name) for name in (resolved.probes.suites or default_suites(resolved.model.name_or_path))]
@@ -157,8 +157,7 @@ def audit(
         raise ConfigError(str(error), fix="see retain audit --help for the valid names") from None
     code = print_findings(f"audit of {data}: {report.rows:,} rows", report, strict)
     if json_out is not None:
-        atomic_write_json(json_out, report.to_dict())
-        console.print(f"wrote {json_out}")
+        write_output(json_out, to_json(report.to_dict(), indent=2) + "\n")
     raise typer.Exit(code)
 
 
@@ -172,7 +171,6 @@ def doctor(
     """Check the training pipeline on real batches: labels, EOS, masking, template, generation."""
     from retain.audit.doctor import run_doctor
     from retain.config import load_config
-    from retain.io import atomic_write_json
 
     report = run_doctor(load_config(config, set_ or []))
     if report.sample:
@@ -183,8 +181,7 @@ def doctor(
         console.print(f"  trained on: {trained!r}", markup=False, highlight=False, soft_wrap=True)
     code = print_findings(f"doctor: {report.model} on {report.data}, {report.rows:,} rows", report, strict)
     if json_out is not None:
-        atomic_write_json(json_out, report.to_dict())
-        console.print(f"wrote {json_out}")
+        write_output(json_out, to_json(report.to_dict(), indent=2) + "\n")
     raise typer.Exit(code)
 
 
@@ -249,7 +246,6 @@ def eval_(
     """Measure a model: probe accuracy per category, task accuracy, drift, generation health."""
     from retain.config import load_config
     from retain.evaluation.commands import run_eval
-    from retain.io import atomic_write_json
 
     resolved = load_config(config, set_ or [])
     outcome = run_eval(
@@ -258,8 +254,7 @@ def eval_(
     )
     print_eval(outcome)
     if json_out is not None:
-        atomic_write_json(json_out, outcome.to_dict())
-        console.print(f"wrote {json_out}")
+        write_output(json_out, to_json(outcome.to_dict(), indent=2) + "\n")
 
 
 @app.command("baseline")
@@ -271,7 +266,6 @@ def baseline(
     """Zero- and few-shot accuracy of the base model: is fine-tuning needed at all?"""
     from retain.config import load_config
     from retain.evaluation.commands import run_baseline_command
-    from retain.io import atomic_write_json
 
     result = run_baseline_command(load_config(config, set_ or []), progress=not STATE["quiet"])
     table = Table(title="base model on the task")
@@ -283,14 +277,13 @@ def baseline(
     console.print(table)
     console.print(result.verdict())
     if json_out is not None:
-        atomic_write_json(json_out, result.to_dict())
-        console.print(f"wrote {json_out}")
+        write_output(json_out, to_json(result.to_dict(), indent=2) + "\n")
 
 
 @app.command("report")
 def report(
     paths: Annotated[list[Path], typer.Argument(help="Run directories, sweep directories, `retain lab compare` folders or `retain eval --json` files.")],
-    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="The HTML file (default: report.html inside a single run or sweep directory, else ./retain-report.html); the Markdown summary goes beside it.")] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", callback=report_file, help="The HTML file (default: report.html inside a single run or sweep directory, else ./retain-report.html); the Markdown summary goes beside it.")] = None,
 ) -> None:
     """One self-contained HTML report (plots, findings, answers) and a Markdown summary."""
     from retain.report import build_report

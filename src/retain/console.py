@@ -3,6 +3,7 @@ stdout, and one line per error on stderr."""
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Optional
 
@@ -11,27 +12,52 @@ from rich.console import Console
 from rich.table import Table
 
 from retain.errors import ConfigError
+from retain.io import atomic_write_text, output_problem
 
 INTERRUPTED = 130  # the exit code of Ctrl-C (typer turns KeyboardInterrupt into it)
 
 console = Console()
 errors = Console(stderr=True)
 
+STDOUT = "-"  # an output path that means standard output
+
 # Global options of this invocation, set by the root callback before any command runs.
 STATE: dict[str, bool] = {"quiet": False}
 
 
 def output_file(param: typer.CallbackParam, value: Optional[Path]) -> Optional[Path]:
-    """Refuses an output file that cannot be written, before the command does any work."""
+    """Refuses an output file that cannot be written, before the command does any work;
+    ``-`` is standard output (the tables then go to standard error)."""
     if value is None:
         return value
+    if str(value) == STDOUT:
+        console.file = sys.stderr  # stdout carries the file alone
+        return value
     option = param.opts[0] if param.opts else param.name
-    if value.is_dir():
-        raise ConfigError(f"{value} is a folder", file=option, fix="give the path of a file to write")
-    if not value.parent.is_dir():
-        raise ConfigError(f"no folder {value.parent} to write {value.name} into", file=option,
-                          fix="create the folder first, or give a path in an existing folder")
+    problem = output_problem(value)
+    if problem is not None:
+        raise ConfigError(problem, file=option,
+                          fix="give the path of a regular file in a writable folder, or - for standard output")
     return value
+
+
+def report_file(param: typer.CallbackParam, value: Optional[Path]) -> Optional[Path]:
+    """As :func:`output_file`, for an output with files beside it (no standard output)."""
+    if value is not None and str(value) == STDOUT:
+        option = param.opts[0] if param.opts else param.name
+        raise ConfigError("the report is a file with another beside it, not standard output", file=option,
+                          fix="give the path of the HTML file to write")
+    return output_file(param, value)
+
+
+def write_output(path: Path, text: str) -> None:
+    """Writes an output file atomically, or ``text`` to standard output for ``-``."""
+    if str(path) == STDOUT:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+        return
+    atomic_write_text(path, text)
+    console.print(f"wrote {path}", markup=False, highlight=False)
 
 
 def print_findings(title: str, report, strict: bool) -> int:

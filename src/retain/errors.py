@@ -67,6 +67,11 @@ class RunDirError(RetainError):
     """A run directory cannot be created, resumed or written."""
 
 
+class OutputRefused(RetainError):
+    """An output path names something a write must not replace (a device, a FIFO, a
+    symlink, a folder) or a folder that cannot be written."""
+
+
 def _rebuild(cls: type[RetainError], message: str, details: dict) -> RetainError:
     return cls(message, **details)
 

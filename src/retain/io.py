@@ -10,11 +10,12 @@ import logging
 import math
 import os
 import re
+import stat
 import tempfile
 from pathlib import Path
 from typing import Any
 
-from retain.errors import RunDirError
+from retain.errors import OutputRefused, RunDirError
 
 logger = logging.getLogger("retain")
 
@@ -65,6 +66,9 @@ def atomic_write_text(path: str | Path, text: str) -> None:
             file is left behind.
     """
     path = Path(path)
+    problem = replace_problem(path)
+    if problem is not None:
+        raise OutputRefused(problem, file=path, fix="give the path of a regular file (new or to replace)")
     mode = path.stat().st_mode & 0o777 if path.exists() else 0o644
     fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
@@ -79,6 +83,42 @@ def atomic_write_text(path: str | Path, text: str) -> None:
             os.unlink(temp)
         raise
     _fsync_dir(path.parent)
+
+
+def replace_problem(path: Path) -> str | None:
+    """Returns why an atomic write must not replace what stands at ``path`` (None: nothing
+    stands there, or a regular file does).
+
+    A write goes to a temp file renamed over ``path``, which would swap a device
+    (``/dev/null``), a FIFO, a socket or a symlink for a regular file, or fail on a folder.
+    """
+    try:
+        status = path.lstat()
+    except FileNotFoundError:
+        return None
+    except OSError as error:
+        return f"cannot look at {path}: {error.strerror or error}"
+    kind = status.st_mode
+    if stat.S_ISREG(kind):
+        return None
+    what = ("a symbolic link" if stat.S_ISLNK(kind) else "a folder" if stat.S_ISDIR(kind)
+            else "a device" if stat.S_ISCHR(kind) or stat.S_ISBLK(kind) else "a FIFO" if stat.S_ISFIFO(kind)
+            else "a socket" if stat.S_ISSOCK(kind) else "not a regular file")
+    return f"{path} is {what}, which retain will not replace with a file"
+
+
+def output_problem(path: Path) -> str | None:
+    """Returns why ``path`` cannot be written as an output file, checked before any work:
+    :func:`replace_problem`, or its folder missing or not writable."""
+    problem = replace_problem(path)
+    if problem is not None:
+        return problem
+    folder = path.parent
+    if not folder.is_dir():
+        return f"no folder {folder} to write {path.name} into"
+    if not os.access(folder, os.W_OK | os.X_OK):
+        return f"the folder {folder} is not writable"
+    return None
 
 
 def atomic_write_json(path: str | Path, obj: Any) -> None:
