@@ -7,6 +7,7 @@ import logging
 import math
 import os
 import re
+import subprocess
 import sys
 from pathlib import Path
 
@@ -16,7 +17,7 @@ import retain
 from retain import rundir as rundir_module
 from retain.errors import RunDirError
 from retain.io import atomic_write_json, atomic_write_text, read_jsonl
-from retain.rundir import RunDir, default_run_name
+from retain.rundir import LOCK_FILE, RunDir, default_run_name
 
 
 def leftovers(directory: Path) -> list[str]:
@@ -119,14 +120,16 @@ def test_overwrite_replaces_the_old_run(tmp_path: Path) -> None:
     old = RunDir.create(tmp_path, "x")
     old.write_config("old: true\n")
     (old.path / "checkpoints").mkdir()
+    old.release()  # the process that wrote it has finished
     run = RunDir.create(tmp_path, "x", overwrite=True)
-    assert run.path.is_dir() and list(run.path.iterdir()) == []
+    assert run.path.is_dir() and [path.name for path in run.path.iterdir()] == [LOCK_FILE]
     assert leftovers(tmp_path) == []
 
 
 def test_resume_keeps_the_files(tmp_path: Path) -> None:
     old = RunDir.create(tmp_path, "x")
     old.append_metrics({"step": 1})
+    old.release()
     run = RunDir.create(tmp_path, "x", resume=True)
     assert [record["step"] for record in run.read_metrics()] == [1]
 
@@ -174,6 +177,7 @@ def test_truncated_last_line_is_skipped(tmp_path: Path) -> None:
     with open(run.metrics_path, "a") as file:
         file.write('{"step": 2, "lo')  # a crash mid-write
     assert [record["step"] for record in run.read_metrics()] == [1]
+    run.release()
     resumed = RunDir.create(tmp_path, "x", resume=True)
     resumed.append_metrics({"step": 2})  # must not glue onto the partial line
     assert [record["step"] for record in resumed.read_metrics()] == [1, 2]
@@ -240,3 +244,29 @@ def test_attach_and_detach_log(tmp_path: Path) -> None:
     run.detach_log(handler)
     assert "WARNING retain: careful" in run.log_path.read_text()
     assert os.path.getsize(run.log_path) > 0
+
+
+@pytest.mark.parametrize("flags", [{"resume": True}, {"overwrite": True}])
+def test_a_run_another_process_writes_is_neither_resumed_nor_replaced(tmp_path: Path, flags: dict) -> None:
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time; from retain.rundir import RunDir; "
+        f"run = RunDir.create({str(tmp_path)!r}, 'x'); run.append_metrics({{'step': 1}}); "
+        "print('ready', flush=True); time.sleep(60)")], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "ready"
+        with pytest.raises(RunDirError) as caught:
+            RunDir.create(tmp_path, "x", **flags)
+        assert f"pid {holder.pid}" in caught.value.message and "in use" in caught.value.message
+        assert [record["step"] for record in RunDir(tmp_path / "x").read_metrics()] == [1]  # untouched
+    finally:
+        holder.kill()
+        holder.wait()
+    # Killed, it holds nothing: the kernel dropped its lock with the process.
+    assert RunDir.create(tmp_path, "x", resume=True).read_metrics()[0]["step"] == 1
+
+
+def test_a_released_run_opens_again_in_the_same_process(tmp_path: Path) -> None:
+    with RunDir.create(tmp_path, "x") as run:
+        with pytest.raises(RunDirError):
+            RunDir.create(tmp_path, "x", resume=True)
+    RunDir.create(tmp_path, "x", resume=True).release()  # leaving `with` released it

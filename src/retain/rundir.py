@@ -23,22 +23,29 @@ from __future__ import annotations
 import logging
 import os
 import re
+import socket
 import shutil
 import time
 import uuid
 from datetime import datetime, timezone
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import IO, Any
 
 from retain.errors import RunDirError
 from retain.io import atomic_write_json, atomic_write_text, decode_json, drop_partial_last_line, read_jsonl, to_json
 from retain.provenance import provenance
 
+try:  # advisory locks where the platform has them (not on Windows)
+    import fcntl
+except ImportError:  # pragma: no cover - Windows
+    fcntl = None  # type: ignore[assignment]
+
 logger = logging.getLogger(__name__)
 
 _RUN_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]*")
 _LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+LOCK_FILE = ".retain.lock"  # held by the process writing the run directory
 
 
 # --- run names ------------------------------------------------------------------------
@@ -107,6 +114,7 @@ class RunDir:
         self._saved_levels: dict[logging.Handler, int] = {}
         self._metrics_checked = False
         self._log_handler: logging.Handler | None = None
+        self._lock: IO[str] | None = None  # an open LOCK_FILE while this process writes here
 
     @classmethod
     def create(
@@ -145,7 +153,7 @@ class RunDir:
                 raise RunDirError(
                     f"{path} does not exist, so there is nothing to resume", fix="drop --resume"
                 )
-            return cls(path)
+            return cls(path)._locked(take_lock(path))
         has_content = path.is_dir() and any(path.iterdir())
         if has_content and not overwrite:
             raise RunDirError(
@@ -153,6 +161,8 @@ class RunDir:
                 fix="pass --overwrite to replace it or --resume to continue it, "
                 "or choose another --name",
             )
+        # Replacing a run another process is writing would pull it from under that process.
+        old = take_lock(path) if has_content else None
         try:
             if has_content:
                 _replace_with_empty_dir(path)
@@ -163,7 +173,20 @@ class RunDir:
                 f"cannot create {path}: {exc.strerror}",
                 fix="check permissions or choose another output.dir",
             ) from None
-        return cls(path)
+        finally:
+            if old is not None:
+                old.close()
+        return cls(path)._locked(take_lock(path))
+
+    def _locked(self, lock: IO[str] | None) -> RunDir:
+        self._lock = lock
+        return self
+
+    def release(self) -> None:
+        """Lets another process open this run directory (closing the file drops the lock)."""
+        if self._lock is not None:
+            self._lock.close()
+            self._lock = None
 
     # Whole files.
 
@@ -344,12 +367,44 @@ class RunDir:
         if self._log_handler is not None:
             self.detach_log(self._log_handler)
             self._log_handler = None
+        self.release()
 
     def __repr__(self) -> str:
         return f"RunDir({str(self.path)!r})"
 
 
 # --- helpers --------------------------------------------------------------------------
+
+
+def take_lock(path: Path) -> IO[str] | None:
+    """Returns the open lock file of run directory ``path``, locked for this process (an
+    advisory ``flock``: the kernel drops it when the process ends, however it ends, so a
+    killed run leaves no stale lock). None where the platform has no such locks.
+
+    Raises:
+        RunDirError: Another live process holds it (its PID, host and start are named).
+    """
+    if fcntl is None:  # pragma: no cover - Windows
+        return None
+    try:
+        handle = open(path / LOCK_FILE, "a+", encoding="utf-8")  # noqa: SIM115 - held open while the run lives
+    except OSError as exc:
+        raise RunDirError(f"cannot open {path / LOCK_FILE}: {exc.strerror}", file=path,
+                          fix="check the run directory's permissions") from None
+    try:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.seek(0)
+        holder = handle.read(500).strip() or "a process that has not said who it is"
+        handle.close()
+        raise RunDirError(f"{path} is in use by another retain process: {holder}", file=path,
+                          fix="wait for that run to finish or stop it, then --resume or --overwrite; "
+                          "or choose another --name") from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"pid {os.getpid()} on {socket.gethostname()}, since {datetime.now(timezone.utc):%Y-%m-%d %H:%M:%S} UTC\n")
+    handle.flush()
+    return handle
 
 
 def _replace_with_empty_dir(path: Path) -> None:
