@@ -11,6 +11,7 @@ from typer.testing import CliRunner
 
 import retain
 from retain.cli import app
+from retain.errors import ConfigError
 
 runner = CliRunner()
 
@@ -90,6 +91,12 @@ def test_lab_data_writes_every_file(tmp_path) -> None:
     assert len(train) == 55 and sum("flaw" in row for row in train) == 5
     header = json.loads((out / "probes.jsonl").read_text().splitlines()[0])
     assert header["suite"] == "lab"
+    (out / "train.jsonl").write_text('{"prompt": "edited", "response": "by hand"}\n')
+    again = runner.invoke(app, ["lab", "data", str(out)])
+    assert isinstance(again.exception, ConfigError) and "already holds lab files" in str(again.exception)
+    assert "edited" in (out / "train.jsonl").read_text()
+    assert runner.invoke(app, ["lab", "data", str(out), "--overwrite"]).exit_code == 0
+    assert "edited" not in (out / "train.jsonl").read_text()
 
 
 @pytest.mark.slow

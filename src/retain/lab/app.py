@@ -177,10 +177,16 @@ def lab_data(
     conflicts: Annotated[float, typer.Option(min=0, max=1, help="Share of train rows copied with another label.")] = 0.0,
     contamination: Annotated[float, typer.Option(min=0, max=1, help="Share of test rows leaked into train.")] = 0.0,
     size: SizeOption = "default",
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace lab files already in the folder.")] = False,
 ) -> None:
     """Write the lab's domain task splits, probe suite and general corpus as files."""
-    from retain.lab.export import export_lab_data
+    from retain.lab.export import LAB_FILES, export_lab_data
 
+    there = [name for name in LAB_FILES if (out_dir / name).exists()]
+    if there and not overwrite:
+        raise ConfigError(f"the folder already holds lab files ({', '.join(there[:3])}"
+                          f"{', ...' if len(there) > 3 else ''}), which may have been edited", file=str(out_dir),
+                          fix="pass --overwrite to write them again, or give another folder")
     written = export_lab_data(
         out_dir, size=size, seed=seed, n_train=n_train,
         duplicates=duplicates, conflicts=conflicts, contamination=contamination,
