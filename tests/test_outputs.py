@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import stat
 import subprocess
 import sys
@@ -82,3 +83,16 @@ def test_the_writer_itself_refuses_what_the_command_line_did_not_check(tmp_path:
     assert output_problem(tmp_path / "new.json") is None
     atomic_write_text(tmp_path / "kept.json", "replaced\n")  # a regular file is replaced whole
     assert (tmp_path / "kept.json").read_text() == "replaced\n"
+
+
+def test_data_in_terminal_output_is_shown_not_obeyed(tmp_path: Path) -> None:
+    # A label with an ESC that would hide the rest of the output, and rich markup.
+    label = "\x1b[8mhidden[bold red]X[/bold red]"
+    rows = [{"prompt": f"q{i}?", "response": "yes" if i % 2 else "no"} for i in range(40)]
+    rows += [{"prompt": "odd one", "response": label}, {"prompt": "odd two", "response": label}]
+    data = tmp_path / "d.jsonl"
+    data.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    result = _run("audit", str(data), "--allow-small-data", "--task", "classification", cwd=tmp_path)
+    assert "\x1b[8m" not in result.stdout and "\\x1b[8mhidden" in result.stdout
+    assert "[bold" in result.stdout  # the markup printed as text
+    assert re.match(r"\d+ blockers, \d+ warnings", result.stdout.splitlines()[-1])  # the verdict still shows

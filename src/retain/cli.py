@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 import retain
 from retain.console import (
@@ -26,6 +26,7 @@ from retain.console import (
     print_eval,
     print_findings,
     report_file,
+    visible,
     write_output,
 )
 from retain.errors import ConfigError, RetainError
@@ -176,8 +177,8 @@ def doctor(
     if report.sample:
         trained = "".join(text for text, loss in report.sample if loss)
         console.print("first row as the loss sees it (bold: trained on):")
-        console.print("  " + "".join(f"[{'bold' if loss else 'dim'}]{escape(text)}[/]"
-                                     for text, loss in report.sample), soft_wrap=True)
+        console.print(Text.assemble("  ", *((visible(text), "bold" if loss else "dim") for text, loss in report.sample)),
+                      soft_wrap=True)
         console.print(f"  trained on: {trained!r}", markup=False, highlight=False, soft_wrap=True)
     code = print_findings(f"doctor: {report.model} on {report.data}, {report.rows:,} rows", report, strict)
     if json_out is not None:

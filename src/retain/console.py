@@ -3,6 +3,7 @@ stdout, and one line per error on stderr."""
 
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
 from typing import Optional
@@ -10,14 +11,34 @@ from typing import Optional
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from retain.errors import ConfigError
 from retain.io import atomic_write_text, output_problem
 
 INTERRUPTED = 130  # the exit code of Ctrl-C (typer turns KeyboardInterrupt into it)
 
-console = Console()
-errors = Console(stderr=True)
+# Control characters other than newline and tab: an ESC in a label could hide the rest of
+# the output (a blocker verdict included), a carriage return overwrite it.
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def visible(text: str) -> str:
+    """Returns ``text`` with every control character spelled out (``\\x1b``)."""
+    return _CONTROL.sub(lambda match: f"\\x{ord(match.group()):02x}", text)
+
+
+class _PlainConsole(Console):
+    """A rich console that never reads markup in text and shows control characters as
+    escapes: much of what retain prints comes from the user's data (labels, categories,
+    file names). Styles are given as Text objects, never inside strings."""
+
+    def render_str(self, text: str, **kwargs) -> Text:  # type: ignore[override]
+        return super().render_str(visible(text), **kwargs)
+
+
+console = _PlainConsole(markup=False)
+errors = _PlainConsole(stderr=True, markup=False)
 
 STDOUT = "-"  # an output path that means standard output
 
