@@ -96,3 +96,13 @@ def test_data_in_terminal_output_is_shown_not_obeyed(tmp_path: Path) -> None:
     assert "\x1b[8m" not in result.stdout and "\\x1b[8mhidden" in result.stdout
     assert "[bold" in result.stdout  # the markup printed as text
     assert re.match(r"\d+ blockers, \d+ warnings", result.stdout.splitlines()[-1])  # the verdict still shows
+
+
+def test_a_label_in_the_markdown_summary_is_text_not_a_link_or_image() -> None:
+    from retain.report.markdown import cell
+
+    for label in ("![pixel](https://example.com/t.png)", "[click](javascript:alert(1))", "<img src=x>", "a|b`c\\"):
+        text = cell(label)
+        assert "](" not in text.replace("\\](", "") and "<img" not in text
+    assert cell("[x](javascript:alert(1))") == "\\[x\\](javascript:alert(1))"
+    assert cell("a\\b") == "a\\\\b"

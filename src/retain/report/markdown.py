@@ -17,8 +17,12 @@ def cell(value: Any, limit: int = 160) -> str:
     text = " ".join(str("" if value is None else value).split())
     if len(text) > limit:
         text = text[: limit - 1] + "…"
-    # Outside tags, <, > and & are all HTML needs escaped; quotes stay readable.
-    return html.escape(text, quote=False).replace("|", "\\|").replace("`", "\\`")
+    # Outside tags, <, > and & are all HTML needs escaped; quotes stay readable. Escaped
+    # brackets make no link or image of a label such as ![x](https://...) or [x](javascript:...).
+    escaped = html.escape(text, quote=False)
+    for char in "\\|`[]":
+        escaped = escaped.replace(char, "\\" + char)
+    return escaped
 
 
 def _table(header: list[str], rows: list[list[Any]]) -> list[str]:
