@@ -44,6 +44,7 @@ except ImportError:  # pragma: no cover - Windows
 logger = logging.getLogger(__name__)
 
 _RUN_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]*")
+MAX_RUN_NAME = 200
 _LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 LOCK_FILE = ".retain.lock"  # held by the process writing the run directory
 
@@ -66,6 +67,12 @@ def validate_run_name(name: str) -> str:
         RunDirError: ``name`` is empty, has a path separator or other characters
             outside ``[A-Za-z0-9._-]``, or starts with a dot (hidden, or ``..``).
     """
+    if len(name) > MAX_RUN_NAME:
+        raise RunDirError(
+            f"the run name has {len(name)} characters",
+            field="output.name",
+            fix=f"use at most {MAX_RUN_NAME} (a file name holds 255, and retain adds to it when it replaces a run)",
+        )
     if not _RUN_NAME.fullmatch(name):
         raise RunDirError(
             f"invalid run name '{name}'",

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -25,6 +24,7 @@ from retain.data.prompting import PromptFormat
 from retain.data.rows import Example, load_examples_for
 from retain.errors import TrainRefused
 from retain.hardware import resolve_precision
+from retain.paths import process_count
 from retain.rundir import RunDir
 from retain.training.sampling import TASK
 
@@ -72,7 +72,7 @@ class Plan:
         validation_rows = (encode_split(config, validation, config.data.validation, tokenizer, prompt_format)
                            if validation else [])
         settings = config.train
-        processes = int(os.environ.get("WORLD_SIZE", "1"))  # `accelerate launch` splits each batch
+        processes = process_count()  # `accelerate launch` splits each batch
         steps_per_epoch = max(1, math.ceil(len(train_rows) / (settings.batch_size * settings.grad_accum
                                                                * processes)))
         total_steps = settings.max_steps or max(1, math.ceil(steps_per_epoch * settings.epochs))

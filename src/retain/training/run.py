@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import pickle
 import time
 from collections.abc import Callable
@@ -69,7 +68,7 @@ from retain.hardware import drop_autocast
 from retain.memory import check_training_memory
 from retain.methods import MethodContext, methods_for
 from retain.models import load_model, quiet_peft
-from retain.paths import cache_dir
+from retain.paths import cache_dir, process_count
 from retain.progress import quiet_trainer
 from retain.rundir import RunDir, default_run_name
 from retain.summary import RunSummary
@@ -163,7 +162,7 @@ def _open_run(config: RetainConfig, *, overwrite: bool, resume: bool) -> RunDir:
     to it, and its run name is the one every process uses.
     """
     name = [config.output.name or default_run_name("train")]
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:  # one process: no distributed state to set up
+    if process_count() <= 1:  # one process: no distributed state to set up
         return RunDir.create(config.output.dir, name[0], overwrite=overwrite, resume=resume)
     from accelerate import PartialState
     from accelerate.utils import broadcast_object_list
