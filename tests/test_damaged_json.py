@@ -19,6 +19,7 @@ DAMAGED = {
     "huge number": '{"steps": ' + "9" * 5000 + "}",
     "half a surrogate": '{"a": "\\ud800"}',
     "not JSON": '{"a": ',
+    "a key twice": '{"steps": 1, "steps": 2}',
 }
 
 
@@ -57,3 +58,19 @@ def test_a_damaged_metrics_line_is_named_by_its_line(tmp_path: Path, text: str) 
     with pytest.raises(RunDirError) as caught:
         read_jsonl(path)
     assert caught.value.line == 2
+
+
+def test_user_data_with_a_key_twice_or_a_column_twice_is_refused_at_its_line(tmp_path: Path) -> None:
+    from retain.data.rows import load_examples
+    from retain.errors import DataError
+
+    jsonl = tmp_path / "d.jsonl"
+    jsonl.write_text('{"prompt": "q", "response": "a"}\n{"prompt": "q", "response": "a", "response": "b"}\n')
+    with pytest.raises(DataError) as caught:
+        load_examples(jsonl)
+    assert caught.value.line == 2 and "twice" in caught.value.message
+    table = tmp_path / "d.csv"
+    table.write_text("prompt,response,response\nq,a,b\n")
+    with pytest.raises(DataError) as caught:
+        load_examples(table)
+    assert caught.value.line == 1 and caught.value.field == "response"

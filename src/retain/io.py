@@ -205,20 +205,37 @@ def _fsync_dir(directory: Path) -> None:
             os.close(fd)
 
 
+class _RepeatedKey(ValueError):
+    pass
+
+
+def _object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object, refused when a key appears twice (json keeps the last without a word)."""
+    found = dict(pairs)
+    if len(found) < len(pairs):
+        seen: set[str] = set()
+        repeated = next(key for key, _ in pairs if key in seen or seen.add(key))
+        raise _RepeatedKey(f"the key '{repeated[:60]}' appears twice in one object")
+    return found
+
+
 def decode_json(text: str) -> object:
     """Returns the JSON value in ``text`` (a file retain wrote, one JSONL line, or one cell).
 
     Raises:
         ValueError: Saying in a few words why it is not valid JSON: the parser's
             complaint and column, a number of more than 4,300 digits (Python refuses
-            to convert them), nesting deeper than Python's recursion limit, or a lone
+            to convert them), nesting deeper than Python's recursion limit, a key twice
+            in one object (json would keep the last without a word), or a lone
             surrogate escape (``"\\ud800"``: valid JSON, but not Unicode text).
     """
     try:
-        value = json.loads(text)
+        value = json.loads(text, object_pairs_hook=_object)
     except json.JSONDecodeError as error:
         where = f"line {error.lineno}, column {error.colno}" if error.lineno > 1 else f"column {error.colno}"
         raise ValueError(f"{error.msg} ({where})") from None
+    except _RepeatedKey as error:
+        raise ValueError(str(error)) from None
     except ValueError:  # int() refuses 4,301+ digits: quadratic-time conversion (CVE-2020-10735)
         raise ValueError("a number has more than 4,300 digits") from None
     except RecursionError:

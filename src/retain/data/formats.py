@@ -78,7 +78,12 @@ def resolve_format(path: Path, format: str) -> str:
 
 
 def _check_columns(columns: Sequence[str], fields: Fields, path: Path) -> None:
-    """Raises :class:`DataError` if a table has the columns of neither kind of row."""
+    """Raises :class:`DataError` if a table has a column twice (a reader would keep one and
+    drop the other without a word) or the columns of neither kind of row."""
+    repeated = sorted({name for name in columns if columns.count(name) > 1})
+    if repeated:
+        raise DataError(f"the column '{repeated[0]}' appears twice in the header", file=path, line=1,
+                        field=repeated[0], fix="rename or remove one of them")
     if fields.messages in columns or {fields.prompt, fields.response} <= set(columns):
         return
     missing = " or ".join(repr(name) for name in fields[:2] if name not in columns)
