@@ -56,3 +56,12 @@ def test_a_run_name_longer_than_a_file_name_allows_is_refused(tmp_path: Path) ->
         RunDir.create(tmp_path, "r" * 256)
     assert caught.value.field == "output.name" and not any(tmp_path.iterdir())
     RunDir.create(tmp_path, "r" * MAX_RUN_NAME).release()
+
+
+def test_a_seed_numpy_cannot_take_is_refused_when_the_config_is_read() -> None:
+    from retain.config import load_config
+
+    with pytest.raises(ConfigError) as caught:
+        load_config(None, [f"train.seed={2**32}"])
+    assert caught.value.field == "train.seed"
+    assert load_config(None, [f"train.seed={2**32 - 1}"]).train.seed == 2**32 - 1

@@ -162,7 +162,8 @@ class TrainConfig(Section):
         description="Tokens the loss is computed on: `response` (answer tokens only) or `all`.",
     )
     seed: int = Field(
-        0, ge=0, description="Random seed for data order, initialisation and sampling."
+        0, ge=0, lt=2**32,  # numpy's seeds end at 2**32 - 1
+        description="Random seed for data order, initialisation and sampling."
     )
     save_every: int | None = Field(
         None,

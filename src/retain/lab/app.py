@@ -24,7 +24,7 @@ lab_app = typer.Typer(
 
 SizeOption = Annotated[str, typer.Option("--size", help="Lab preset: default or micro (tests).")]
 
-SeedOption = Annotated[int, typer.Option("--seed", help="Seed of the world and the model.")]
+SeedOption = Annotated[int, typer.Option("--seed", min=0, max=2**32 - 1, help="Seed of the world and the model.")]
 
 CacheOption = Annotated[
     Optional[Path],

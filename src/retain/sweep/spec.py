@@ -56,7 +56,7 @@ class SweepFile(_Strict):
     trials: int | None = Field(None, ge=1, description="Trial budget; grid mode: all points if null.")
     population: int | None = Field(None, ge=2, description="NSGA-II population; null: budget / 4 in 4..50.")
     storage: str | None = Field(None, description="Optuna storage URL; null: SQLite in the sweep directory.")
-    seed: int = Field(0, ge=0, description="Seed of the sampler (and of the grid's order when cut short).")
+    seed: int = Field(0, ge=0, lt=2**32, description="Seed of the sampler (and of the grid's order when cut short).")
     heartbeat: int = Field(10, ge=1, description="Seconds between a running trial's heartbeats.")
     set: list[str] = Field(default_factory=list, description="Overrides applied to the base for every trial.")
     objectives: Objectives = Field(default_factory=Objectives, description="What trials are scored on.")
