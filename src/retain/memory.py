@@ -3,7 +3,6 @@ headers alone, and a run refused before anything loads when the machine has less
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import struct
@@ -18,6 +17,7 @@ from transformers import (
 
 from retain.config import RetainConfig
 from retain.errors import RetainError
+from retain.io import decode_json
 from retain.models import ModelLoadError, resolve_device, resolve_dtype, resolve_model_path
 
 logger = logging.getLogger("retain.models")
@@ -150,15 +150,31 @@ def count_parameters(name_or_path: str, *, revision: str | None = None,
 
     Read from the safetensors headers of a local model, else from its config by building
     the model on the meta device (no memory). None when neither is at hand.
+
+    Raises:
+        ModelLoadError: A file it reads is damaged or not what it claims (a header longer
+            than its file, an index without ``weight_map``, an adapter whose base is itself);
+            the error names the file.
     """
+    return _count(name_or_path, revision=revision, trust_remote_code=trust_remote_code, seen=set())
+
+
+def _count(name_or_path: str, *, revision: str | None, trust_remote_code: bool, seen: set[Path]) -> int | None:
     try:
         path = resolve_model_path(name_or_path, progress=False)
     except ModelLoadError:
         return None
     adapter_config = path / "adapter_config.json"
     if adapter_config.is_file():
-        base = json.loads(adapter_config.read_text()).get("base_model_name_or_path") or ""
-        return count_parameters(base, trust_remote_code=trust_remote_code) if base else None
+        if path.resolve() in seen:
+            raise ModelLoadError("the adapter's base model is the adapter itself", file=adapter_config,
+                                 field="base_model_name_or_path", fix="set it to the base model the adapter was trained on")
+        seen.add(path.resolve())
+        base = _json_object(adapter_config).get("base_model_name_or_path") or ""
+        if not isinstance(base, str):
+            raise ModelLoadError("base_model_name_or_path is not a name or path", file=adapter_config,
+                                 field="base_model_name_or_path", fix="set it to the base model's name or folder")
+        return _count(base, revision=None, trust_remote_code=trust_remote_code, seen=seen) if base else None
     files = _weight_files(path) if path.is_dir() else []
     if files:
         return sum(_safetensors_parameters(file) for file in files)
@@ -172,20 +188,59 @@ def count_parameters(name_or_path: str, *, revision: str | None = None,
     return sum(parameter.numel() for parameter in model.parameters())
 
 
+_DAMAGED = "re-download or re-save the model (this file is damaged or not what its name says)"
+
+
+def _json_object(path: Path) -> dict:
+    """Returns the JSON object in a model file; a damaged one is a ModelLoadError naming it."""
+    try:
+        value = decode_json(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:  # UnicodeDecodeError is a ValueError
+        raise ModelLoadError(f"cannot read {path.name}: {error}", file=path, fix=_DAMAGED) from None
+    if not isinstance(value, dict):
+        raise ModelLoadError(f"{path.name} is not a JSON object", file=path, fix=_DAMAGED)
+    return value
+
+
 def _weight_files(path: Path) -> list[Path]:
     """Returns a model directory's safetensors files, by its shard index when it has one
     (some repositories ship the same weights twice, e.g. ``consolidated.safetensors``)."""
     index = path / "model.safetensors.index.json"
     if index.is_file():
-        return sorted({path / name for name in json.loads(index.read_text())["weight_map"].values()})
+        weight_map = _json_object(index).get("weight_map")
+        if not isinstance(weight_map, dict) or not all(isinstance(name, str) for name in weight_map.values()):
+            raise ModelLoadError("the shard index has no weight_map of file names", file=index,
+                                 field="weight_map", fix=_DAMAGED)
+        files = sorted({path / name for name in weight_map.values()})
+        missing = [file for file in files if not file.is_file()]
+        if missing:
+            raise ModelLoadError(f"the shard index names {missing[0].name}, which is not there", file=index,
+                                 fix="download every shard of the model")
+        return files
     if (path / "model.safetensors").is_file():
         return [path / "model.safetensors"]
     return sorted(path.glob("*.safetensors"))
 
 
 def _safetensors_parameters(file: Path) -> int:
-    """Returns the number of values in a safetensors file, from its JSON header alone."""
+    """Returns the number of values in a safetensors file, from its JSON header alone
+    (8 bytes of little-endian length, then that many bytes of JSON)."""
+    size = file.stat().st_size
     with open(file, "rb") as handle:
-        (length,) = struct.unpack("<Q", handle.read(8))  # the header's size, little-endian u64
-        header = json.loads(handle.read(length))
-    return sum(math.prod(entry["shape"]) for key, entry in header.items() if key != "__metadata__")
+        start = handle.read(8)
+        if len(start) < 8:
+            raise ModelLoadError(f"{file.name} is too short to be safetensors ({size} bytes)", file=file, fix=_DAMAGED)
+        (length,) = struct.unpack("<Q", start)
+        if length > size - 8:
+            raise ModelLoadError(f"{file.name}'s header claims {length:,} bytes; the file has {size:,}",
+                                 file=file, fix=_DAMAGED)
+        try:
+            header = decode_json(handle.read(length).decode("utf-8"))
+        except ValueError as error:
+            raise ModelLoadError(f"{file.name}'s header is not JSON: {error}", file=file, fix=_DAMAGED) from None
+    try:
+        return sum(math.prod(int(dim) for dim in entry["shape"])
+                   for key, entry in header.items() if key != "__metadata__")
+    except (AttributeError, KeyError, TypeError, ValueError):
+        raise ModelLoadError(f"{file.name}'s header does not list tensors with shapes", file=file,
+                             fix=_DAMAGED) from None

@@ -1,0 +1,67 @@
+"""Model directories whose files are damaged or not what they claim: the memory estimate,
+which reads them before anything is loaded, says which file and what to do, in one error."""
+
+from __future__ import annotations
+
+import json
+import struct
+from pathlib import Path
+
+import pytest
+
+from retain.memory import count_parameters
+from retain.models import ModelLoadError
+
+
+def _safetensors(header: bytes, *, claimed: int | None = None) -> bytes:
+    return struct.pack("<Q", len(header) if claimed is None else claimed) + header
+
+
+GOOD_HEADER = json.dumps({"w": {"dtype": "F32", "shape": [2, 3], "data_offsets": [0, 24]}}).encode()
+
+DAMAGED = {
+    "header of petabytes": _safetensors(GOOD_HEADER, claimed=2**60),
+    "shorter than its length field": b"\x01\x02",
+    "header not JSON": _safetensors(b"\xff\xfenot json"),
+    "header without shapes": _safetensors(json.dumps({"w": {"dtype": "F32"}}).encode()),
+    "header a list": _safetensors(b"[1, 2]"),
+}
+
+
+@pytest.mark.parametrize("content", DAMAGED.values(), ids=DAMAGED.keys())
+def test_a_damaged_safetensors_file_is_named(tmp_path: Path, content: bytes) -> None:
+    (tmp_path / "config.json").write_text("{}")
+    (tmp_path / "model.safetensors").write_bytes(content)
+    with pytest.raises(ModelLoadError) as caught:
+        count_parameters(str(tmp_path))
+    assert caught.value.file == str(tmp_path / "model.safetensors") and caught.value.fix
+
+
+def test_a_sound_header_is_counted(tmp_path: Path) -> None:
+    (tmp_path / "config.json").write_text("{}")
+    (tmp_path / "model.safetensors").write_bytes(_safetensors(GOOD_HEADER) + bytes(24))
+    assert count_parameters(str(tmp_path)) == 6
+
+
+@pytest.mark.parametrize("index", ['{"metadata": {}}', '{"weight_map": ["a"]}', "not json", '{"weight_map": {"w": "gone.safetensors"}}'])
+def test_a_shard_index_without_a_usable_weight_map_is_named(tmp_path: Path, index: str) -> None:
+    (tmp_path / "config.json").write_text("{}")
+    (tmp_path / "model.safetensors.index.json").write_text(index)
+    with pytest.raises(ModelLoadError) as caught:
+        count_parameters(str(tmp_path))
+    assert caught.value.file == str(tmp_path / "model.safetensors.index.json")
+
+
+def test_an_adapter_whose_base_is_itself_is_refused_not_recursed(tmp_path: Path) -> None:
+    (tmp_path / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": str(tmp_path)}))
+    with pytest.raises(ModelLoadError) as caught:
+        count_parameters(str(tmp_path))
+    assert "itself" in caught.value.message and caught.value.field == "base_model_name_or_path"
+
+
+@pytest.mark.parametrize("text", ["not json", "[1]", '{"base_model_name_or_path": 5}'])
+def test_an_adapter_config_that_is_not_one_is_named(tmp_path: Path, text: str) -> None:
+    (tmp_path / "adapter_config.json").write_text(text)
+    with pytest.raises(ModelLoadError) as caught:
+        count_parameters(str(tmp_path))
+    assert caught.value.file == str(tmp_path / "adapter_config.json")
