@@ -6,7 +6,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from retain.checkpoints import read_seal
+from retain.checkpoints import STATE_FILE, read_seal
+from retain.errors import RunDirError
 from retain.guards.rules import (
     Check,
     Decision,
@@ -65,4 +66,12 @@ class GuardState:
 def read_guard_state(checkpoint: Path) -> GuardState | None:
     """Returns the guard state a checkpoint's seal keeps, or None if it keeps none."""
     data = read_seal(checkpoint)
-    return GuardState.from_dict(data) if data is not None else None
+    if data is None:
+        return None
+    try:
+        return GuardState.from_dict(data)
+    except (AttributeError, KeyError, TypeError, ValueError) as error:  # fields retain never wrote
+        raise RunDirError(f"the guard state in {STATE_FILE} is not as retain wrote it ({type(error).__name__}: "
+                          f"{str(error)[:120]})", file=checkpoint / STATE_FILE,
+                          fix=f"delete {checkpoint.name} to resume from the checkpoint before it, or start the "
+                          "run again") from None
