@@ -65,3 +65,20 @@ def test_a_seed_numpy_cannot_take_is_refused_when_the_config_is_read() -> None:
         load_config(None, [f"train.seed={2**32}"])
     assert caught.value.field == "train.seed"
     assert load_config(None, [f"train.seed={2**32 - 1}"]).train.seed == 2**32 - 1
+
+
+def test_a_resume_under_another_thread_count_is_warned_about(tmp_path: Path) -> None:
+    import json
+
+    import torch
+
+    from retain.training.resume import same_threads_note
+
+    run = RunDir(tmp_path)
+    run.meta_path.write_text(json.dumps({"torch_threads": torch.get_num_threads() + 1}))
+    note = same_threads_note(run)
+    assert note and f"OMP_NUM_THREADS={torch.get_num_threads() + 1}" in note
+    run.meta_path.write_text(json.dumps({"torch_threads": torch.get_num_threads()}))
+    assert same_threads_note(run) is None
+    run.meta_path.write_text("damaged")
+    assert same_threads_note(run) is None  # nothing recorded to compare with

@@ -9,8 +9,11 @@ names (``meta.json``); resuming refuses a different config or a changed file.
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Any
+
+import torch
 
 from retain.config import RetainConfig
 from retain.config.loading import dump_config, load_config
@@ -18,6 +21,8 @@ from retain.errors import ConfigError, RetainError, RunDirError
 from retain.io import config_file_hashes
 from retain.rundir import RunDir
 from retain.summary import RunSummary
+
+logger = logging.getLogger("retain.train")
 
 
 def data_hashes(config: RetainConfig) -> dict[str, str]:
@@ -127,3 +132,21 @@ def check_same_config(run: RunDir, config: RetainConfig) -> RetainConfig:
             fix="resume with the same config and --set options, or start a new run with another --name",
         )
     return config
+
+
+def same_threads_note(run: RunDir) -> str | None:
+    """Returns a warning when this process has another torch thread count than the one the
+    run started with (``meta.json``'s ``torch_threads``), else None.
+
+    Float sums are split across threads, so a resume under another count trains the
+    remaining steps to slightly different numbers than an uninterrupted run would.
+    """
+    try:
+        started = json.loads(run.meta_path.read_text()).get("torch_threads")
+    except (OSError, ValueError, AttributeError):
+        return None
+    now = torch.get_num_threads()
+    if not isinstance(started, int) or started == now:
+        return None
+    return (f"this run started with {started} torch threads and resumes with {now}: the remaining steps will "
+            f"not match an uninterrupted run to the last digit; set OMP_NUM_THREADS={started} to match")

@@ -83,7 +83,7 @@ from retain.training.finish import (
 )
 from retain.training.plan import VALIDATION_LIMIT, Plan, TrainingRows, check_blended_rows, training_args
 from retain.training.preflight import check_inputs, preflight
-from retain.training.resume import check_same_config, check_same_data, data_hashes
+from retain.training.resume import check_same_config, check_same_data, data_hashes, same_threads_note
 from retain.training.sampling import SeededEpochOrder
 from retain.training.trainer import RetainTrainer
 
@@ -143,6 +143,10 @@ def run_train(
             if resume:
                 config = check_same_config(run, config)
                 check_same_data(run, config)
+                note = same_threads_note(run)
+                if note:
+                    logger.warning(note)
+                    echo(f"warning: {note}")
             else:
                 run.write_config(dump_config(config))
                 run.write_meta({"data": data_hashes(config)})
