@@ -74,3 +74,15 @@ def test_user_data_with_a_key_twice_or_a_column_twice_is_refused_at_its_line(tmp
     with pytest.raises(DataError) as caught:
         load_examples(table)
     assert caught.value.line == 1 and caught.value.field == "response"
+
+
+@pytest.mark.parametrize("special", ["/dev/zero", "/dev/null"])
+def test_a_device_given_as_data_or_a_suite_is_refused_not_read_forever(special: str) -> None:
+    from retain.data.rows import load_examples, read_text
+    from retain.errors import DataError
+
+    with pytest.raises(DataError) as caught:
+        load_examples(Path(special))
+    assert "device" in caught.value.message
+    with pytest.raises(DataError):
+        read_text(special, "a probe suite")

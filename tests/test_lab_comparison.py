@@ -170,6 +170,7 @@ def test_a_worker_that_saw_ctrl_c_starts_none_of_the_jobs_it_still_holds(monkeyp
     monkeypatch.setattr(signal, "signal", lambda signum, handler: calls.append((signum, handler)))
     monkeypatch.setattr(torch, "set_num_threads", lambda threads: None)  # this process's threads stay
     monkeypatch.setattr(hf_logging, "disable_progress_bar", lambda: None)
+    monkeypatch.setattr(compare, "_die_with_parent", lambda: None)  # this process has no pool parent
     compare.init_worker(1)
     assert calls[-1] == (signal.SIGINT, compare._interrupted)
     with pytest.raises(KeyboardInterrupt):
@@ -177,3 +178,49 @@ def test_a_worker_that_saw_ctrl_c_starts_none_of_the_jobs_it_still_holds(monkeyp
     with pytest.raises(KeyboardInterrupt):
         compare.worker_job(calls.append, "held")  # the next one never starts
     assert "held" not in calls
+
+
+PARENT = """
+import multiprocessing, time
+from retain.lab import comparison
+results = comparison._map(time.sleep, [(0,)] + [(60,)] * 4, 2)
+next(results)
+print(" ".join(str(child.pid) for child in multiprocessing.active_children()), flush=True)
+next(results)
+"""
+
+
+def _alive(pid: int) -> bool:
+    import os
+
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:  # a zombie has ended; its parent has not reaped it yet
+        return open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return True
+
+
+@pytest.mark.parametrize("signal_name", ["SIGTERM", "SIGINT"])
+def test_the_workers_end_with_their_parent_signalled_alone(signal_name: str) -> None:
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    parent = subprocess.Popen([sys.executable, "-c", PARENT], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                              text=True)
+    try:
+        workers = [int(pid) for pid in parent.stdout.readline().split()]
+        assert len(workers) == 2
+        parent.send_signal(getattr(signal, signal_name))  # to the parent alone, not its process group
+        parent.wait(timeout=30)
+        deadline = time.monotonic() + 10
+        while any(_alive(pid) for pid in workers) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not any(_alive(pid) for pid in workers), signal_name
+    finally:
+        parent.kill()
+        parent.wait()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import re
+import stat
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -47,6 +48,14 @@ class BadRow(Exception):
         self.fix = fix
 
 
+def _special(path: Path) -> str:
+    """Says what ``path`` is when it is neither a file nor a folder."""
+    kind = path.stat().st_mode
+    what = ("a device" if stat.S_ISCHR(kind) or stat.S_ISBLK(kind) else "a FIFO" if stat.S_ISFIFO(kind)
+            else "a socket" if stat.S_ISSOCK(kind) else "not a regular file")
+    return f"{path} is {what}, not a file to read rows from"
+
+
 def resolve_format(path: Path, format: str) -> str:
     """Returns the format to read ``path`` with; raises :class:`DataError` if none fits."""
     if not path.exists():
@@ -54,6 +63,8 @@ def resolve_format(path: Path, format: str) -> str:
             "file not found", file=path,
             fix="check the path; relative paths start at the current directory",
         )
+    if not path.is_file() and not path.is_dir():  # /dev/zero never ends, a FIFO may never start
+        raise DataError(_special(path), file=path, fix="give the path of a data file")
     if format == "auto":
         if path.is_dir():
             return "datasets"

@@ -188,6 +188,8 @@ def read_text(path: str | Path, what: str) -> str:
         path: The file.
         what: What the file should be, for the fix (``"a probe suite"``).
     """
+    if Path(path).exists() and not Path(path).is_file():  # a folder, or /dev/zero, which never ends
+        raise DataError("not a regular file", file=path, fix=f"give the path of {what}")
     try:
         return Path(path).read_text(encoding="utf-8")
     except FileNotFoundError:

@@ -202,9 +202,23 @@ def _map(function: Callable[..., T], jobs: list[tuple], workers: int, **kwargs: 
         try:
             for future in as_completed(futures):
                 yield future.result()
+        except BaseException:  # Ctrl-C or SIGINT to this process alone, an error, the caller stopping
+            stop_workers(pool)
+            raise
         finally:
             for future in futures:
                 future.cancel()
+
+
+def stop_workers(pool: Any) -> None:
+    """Ends a pool's worker processes now, with the jobs they run (their runs start again
+    next time): without it, leaving the pool waits for every running training, and a
+    SIGINT sent to the parent alone (not its process group) reaches no worker."""
+    import multiprocessing
+
+    pool.shutdown(wait=False, cancel_futures=True)
+    for child in multiprocessing.active_children():
+        child.terminate()
 
 
 def init_worker(threads: int) -> None:
@@ -219,6 +233,25 @@ def init_worker(threads: int) -> None:
     torch.set_num_threads(threads)
     hf_logging.disable_progress_bar()
     signal.signal(signal.SIGINT, _interrupted)
+    _die_with_parent()
+
+
+def _die_with_parent() -> None:
+    """Ends this worker within a second of its parent's death (SIGTERM or kill -9 to the
+    parent leaves no worker running under PID 1 and starting queued jobs). Polling the
+    parent's PID works on Linux and macOS alike; written here as no library does it."""
+    import os
+    import threading
+    import time
+
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os._exit(1)  # no cleanup to wait for: the parent that would read the result is gone
+
+    threading.Thread(target=watch, name="retain-parent-watch", daemon=True).start()
 
 
 _INTERRUPTED = False  # set in a worker by Ctrl-C

@@ -219,7 +219,7 @@ def worker_pool(lab: Lab, jobs: Sequence[Training | str]):
     import os
     from concurrent.futures import ProcessPoolExecutor
 
-    from retain.lab.comparison import init_worker, worker_job
+    from retain.lab.comparison import init_worker, stop_workers, worker_job
 
     lab.ensure_data()
     lab.base_path()  # built once here, not by each worker
@@ -233,6 +233,9 @@ def worker_pool(lab: Lab, jobs: Sequence[Training | str]):
                                            else pool.submit(worker_job, _train, *common, job, lab.resume))
         try:
             yield
+        except BaseException:  # Ctrl-C, SIGINT to this process alone, a failed step
+            stop_workers(pool)
+            raise
         finally:
             for future in lab.pending.values():
                 future.cancel()
