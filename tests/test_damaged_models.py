@@ -65,3 +65,20 @@ def test_an_adapter_config_that_is_not_one_is_named(tmp_path: Path, text: str) -
     with pytest.raises(ModelLoadError) as caught:
         count_parameters(str(tmp_path))
     assert caught.value.file == str(tmp_path / "adapter_config.json")
+
+
+def test_a_model_that_ships_its_own_code_is_refused_with_the_setting_to_change(micro_base, tmp_path: Path) -> None:
+    import shutil
+
+    from retain.models import load_model, load_model_parts
+
+    base, _ = micro_base
+    for name in Path(base.path).glob("tokenizer*"):
+        shutil.copy(name, tmp_path / name.name)
+    (tmp_path / "config.json").write_text(json.dumps({
+        "model_type": "custom-arch", "auto_map": {"AutoConfig": "configuration_x.XConfig"}}))
+    (tmp_path / "configuration_x.py").write_text("raise SystemExit('remote code ran')\n")
+    for load in (lambda: load_model_parts(str(tmp_path)), lambda: load_model(str(tmp_path), device="cpu")):
+        with pytest.raises(ModelLoadError) as caught:
+            load()
+        assert caught.value.field == "model.trust_remote_code" and "trust_remote_code: true" in caught.value.fix

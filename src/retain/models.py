@@ -168,12 +168,8 @@ def load_model_parts(
     try:
         tokenizer = AutoTokenizer.from_pretrained(tokenizer_source, **options)
         config = AutoConfig.from_pretrained(str(path), **options)
-    except OSError as error:
-        raise ModelLoadError(
-            f"cannot load model '{name_or_path}': {str(error).splitlines()[0]}",
-            fix="check the path or hub id; hub models need network access or a local copy "
-            "(HF_HUB_OFFLINE=1 uses only the local cache)",
-        ) from None
+    except (OSError, ValueError) as error:
+        raise load_error(name_or_path, error) from None
     return ModelParts(tokenizer, config, *_generation_settings(path, config, revision), str(path))
 
 
@@ -234,6 +230,26 @@ def _model_dir_in(path: Path) -> Path:
     )
 
 
+def load_error(name: str, error: Exception) -> ModelLoadError:
+    """Returns transformers' refusal to load ``name`` as one error with the fix for its cause:
+    code the model ships (an ``auto_map``) that retain was not told to trust, an invalid
+    ``generation_config.json``, or a path, hub id or file that cannot be read."""
+    first = (str(error).splitlines() or [type(error).__name__])[0]
+    text = str(error)
+    if "trust_remote_code" in text or "custom code" in text:
+        return ModelLoadError(f"model '{name}' ships its own Python code (its config's auto_map), which retain "
+                              "does not run unless told to", field="model.trust_remote_code",
+                              fix=f"set model.trust_remote_code: true only if you trust the code in {name}")
+    if "generation" in text.lower() and isinstance(error, ValueError):
+        return ModelLoadError(f"cannot load model '{name}': {first}",
+                              fix="fix generation_config.json in the model directory; `retain doctor` lists "
+                              "every generation setting that would stop the model from answering")
+    return ModelLoadError(f"cannot load model '{name}': {first}",
+                          fix="check the path or hub id; hub models need network access or a local copy "
+                          "(HF_HUB_OFFLINE=1 uses only the local cache); retain loads safetensors weights only "
+                          "(convert .bin checkpoints with save_pretrained)")
+
+
 def _load_plain(
     name: str, revision: str | None, device: str, dtype: torch.dtype, trust_remote_code: bool,
     extra: dict[str, Any] | None = None,
@@ -251,19 +267,8 @@ def _load_plain(
             use_safetensors=True,  # never unpickle .bin weights
             **extra,
         )
-    except ValueError as error:  # transformers rejects an invalid generation_config.json
-        raise ModelLoadError(
-            f"cannot load model '{name}': {str(error).splitlines()[0]}",
-            fix="fix generation_config.json in the model directory; `retain doctor` lists "
-            "every generation setting that would stop the model from answering",
-        ) from None
-    except OSError as error:
-        raise ModelLoadError(
-            f"cannot load model '{name}': {str(error).splitlines()[0]}",
-            fix="check the path or hub id; hub models need network access or a local copy "
-            "(HF_HUB_OFFLINE=1 uses only the local cache); retain loads safetensors weights only "
-            "(convert .bin checkpoints with save_pretrained)",
-        ) from None
+    except (OSError, ValueError) as error:
+        raise load_error(name, error) from None
     _ensure_pad_token(tokenizer)
     if "quantization_config" in extra:  # placed by its device_map; a quantised model cannot move
         return model.eval(), tokenizer
