@@ -82,3 +82,21 @@ def test_a_model_that_ships_its_own_code_is_refused_with_the_setting_to_change(m
         with pytest.raises(ModelLoadError) as caught:
             load()
         assert caught.value.field == "model.trust_remote_code" and "trust_remote_code: true" in caught.value.fix
+
+
+def test_retain_train_refuses_a_damaged_model_before_making_its_run_directory(micro_base, tmp_path: Path) -> None:
+    import shutil
+
+    from retain.config import load_config
+    from retain.lab.export import export_lab_data
+    from retain.training.run import run_train
+
+    base, _ = micro_base
+    model = tmp_path / "model"
+    shutil.copytree(base.path, model)
+    (model / "model.safetensors").write_bytes(_safetensors(GOOD_HEADER, claimed=2**60))
+    export_lab_data(tmp_path / "data", size="micro", n_train=16, n_eval=8)
+    config = load_config(tmp_path / "data" / "config.yaml", [f"model.name_or_path={model}", f"output.dir={tmp_path / 'runs'}"])
+    with pytest.raises(ModelLoadError) as caught:
+        run_train(config)
+    assert caught.value.file == str(model / "model.safetensors") and not (tmp_path / "runs").exists()
