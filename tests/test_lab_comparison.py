@@ -170,8 +170,7 @@ def test_a_worker_that_saw_ctrl_c_starts_none_of_the_jobs_it_still_holds(monkeyp
     monkeypatch.setattr(signal, "signal", lambda signum, handler: calls.append((signum, handler)))
     monkeypatch.setattr(torch, "set_num_threads", lambda threads: None)  # this process's threads stay
     monkeypatch.setattr(hf_logging, "disable_progress_bar", lambda: None)
-    monkeypatch.setattr(compare, "_die_with_parent", lambda: None)  # this process has no pool parent
-    compare.init_worker(1)
+    compare.init_worker(1)  # no parent pid: not a pool's worker, nothing watches
     assert calls[-1] == (signal.SIGINT, compare._interrupted)
     with pytest.raises(KeyboardInterrupt):
         compare._interrupted(signal.SIGINT, None)  # Ctrl-C: the running job is interrupted

@@ -197,7 +197,7 @@ def _map(function: Callable[..., T], jobs: list[tuple], workers: int, **kwargs: 
     threads = max(1, (os.cpu_count() or 1) // workers)
     # spawn: a fresh interpreter per worker, no forked torch thread pools or locks.
     with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
-                             initializer=init_worker, initargs=(threads,)) as pool:
+                             initializer=init_worker, initargs=(threads, os.getpid())) as pool:
         futures = [pool.submit(worker_job, function, *job) for job in jobs]
         try:
             for future in as_completed(futures):
@@ -221,10 +221,10 @@ def stop_workers(pool: Any) -> None:
         child.terminate()
 
 
-def init_worker(threads: int) -> None:
+def init_worker(threads: int, parent: int | None = None) -> None:
     """Sets up a worker process of a pool of trainings: ``threads`` torch threads, no
-    progress bars (nobody sees a worker's terminal), and Ctrl-C remembered (see
-    :func:`worker_job`)."""
+    progress bars (nobody sees a worker's terminal), Ctrl-C remembered (see
+    :func:`worker_job`), and, given the pool owner's pid ``parent``, an end when it ends."""
     import signal
 
     import torch
@@ -233,10 +233,11 @@ def init_worker(threads: int) -> None:
     torch.set_num_threads(threads)
     hf_logging.disable_progress_bar()
     signal.signal(signal.SIGINT, _interrupted)
-    _die_with_parent()
+    if parent is not None:
+        _die_with_parent(parent)
 
 
-def _die_with_parent() -> None:
+def _die_with_parent(parent: int) -> None:
     """Ends this worker within a second of its parent's death (SIGTERM or kill -9 to the
     parent leaves no worker running under PID 1 and starting queued jobs). Polling the
     parent's PID works on Linux and macOS alike; written here as no library does it."""
@@ -244,8 +245,8 @@ def _die_with_parent() -> None:
     import threading
     import time
 
-    parent = os.getppid()
-
+    # ``parent`` is the pid the pool's owner passed, not os.getppid() read here: a parent
+    # killed while this worker was still importing would make the orphan watch its new one.
     def watch() -> None:
         while os.getppid() == parent:
             time.sleep(0.5)

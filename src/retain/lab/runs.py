@@ -226,7 +226,7 @@ def worker_pool(lab: Lab, jobs: Sequence[Training | str]):
     threads = max(1, (os.cpu_count() or 1) // lab.workers)
     # spawn: a fresh interpreter per worker, no forked torch thread pools or locks.
     with ProcessPoolExecutor(lab.workers, mp_context=multiprocessing.get_context("spawn"),
-                             initializer=init_worker, initargs=(threads,)) as pool:
+                             initializer=init_worker, initargs=(threads, os.getpid())) as pool:
         common = (lab.root, lab.scale, lab.seed, lab.cache_dir)
         for job in sorted(jobs, key=lambda job: _job_name(job) != LONGEST):  # stable: story order after it
             lab.pending[_job_name(job)] = (pool.submit(worker_job, _baseline, *common) if job == BASELINE_JOB
