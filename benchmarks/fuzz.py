@@ -1,4 +1,6 @@
-"""Fuzzes the data loaders, the probe-suite loader and the audit with generated files.
+"""Fuzzes the data loaders, the probe-suite loader, the audit, the config and sweep YAML
+readers, the model-directory files the memory estimate reads, and checkpoint seals, with
+generated files.
 
 Usage: ``python benchmarks/fuzz.py [INPUTS] [--seed N]`` prints the counts; the
 reliability part ``benchmarks/reliability_fuzz.py`` (``make fuzz``) runs it long and
@@ -141,6 +143,78 @@ def suite_files(draw: st.DrawFn) -> tuple[str, bytes]:
     return "jsonl", draw(mutated(text.encode("utf-8", "surrogatepass")))
 
 
+# YAML no generator writes by itself: aliases that expand, contain themselves or merge,
+# huge integers, repeated keys, yes/no, deep nesting, tags.
+_YAML_SNIPPETS = (
+    "a: &a [x, x, x, x, x, x, x, x, x]\nb: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a]\n"
+    "c: &c [*b, *b, *b, *b, *b, *b, *b, *b, *b]\nd: &d [*c, *c, *c, *c, *c, *c, *c, *c, *c]\n"
+    "e: &e [*d, *d, *d, *d, *d, *d, *d, *d, *d]\nf: &f [*e, *e, *e, *e, *e, *e, *e, *e, *e]\n"
+    "g: [*f, *f, *f, *f, *f, *f, *f, *f, *f]\n",
+    "loop: &l [1, *l]\n", "train:\n  seed: " + "9" * 5000 + "\n", "train:\n  lr: 1\n  lr: 2\n",
+    "train:\n  lr: yes\n", "x: " + "[" * 2000 + "]" * 2000 + "\n", "base: &b {lr: 1}\ntrain:\n  <<: *b\n",
+    "x: !!python/object:os.system ls\n", "x: !!binary aGVsbG8=\n", "? [a, b]\n: c\n", "",
+)
+_SECTIONS = ("model", "data", "method", "train", "guards", "eval", "probes", "audit", "output", "base", "axes",
+             "budget", "mode", "sampler", "set", "name", "storage")
+_SETTINGS = ("lr", "epochs", "use", "name_or_path", "train", "seed", "ratio", "strength", "dir", "name", "enabled",
+             "patience", "threshold", "values", "key", "low", "high", "log", "suites", "size")
+
+
+@st.composite
+def yaml_files(draw: st.DrawFn) -> bytes:
+    import yaml
+
+    document = draw(st.dictionaries(st.sampled_from(_SECTIONS) | st.text(max_size=6),
+                                    st.one_of(st.dictionaries(st.sampled_from(_SETTINGS) | st.text(max_size=6),
+                                                              json_values, max_size=4), json_values), max_size=5))
+    try:
+        text = yaml.safe_dump(document, allow_unicode=True)
+    except yaml.YAMLError:
+        text = ""
+    if draw(st.booleans()):
+        text = draw(st.sampled_from(_YAML_SNIPPETS)) + text
+    return draw(mutated(text.encode("utf-8", "surrogatepass")))
+
+
+@st.composite
+def model_dirs(draw: st.DrawFn) -> dict[str, bytes]:
+    """The files count_parameters reads: safetensors headers (a length and JSON, or junk),
+    a shard index, an adapter config."""
+    header = draw(st.one_of(st.dictionaries(st.text(max_size=6), st.one_of(
+        st.fixed_dictionaries({"dtype": st.sampled_from(("F32", "BF16", "x")),
+                               "shape": st.lists(st.one_of(st.integers(-2, 10**12), json_values), max_size=3)}),
+        json_values), max_size=3), json_values))
+    body = json.dumps(header).encode()
+    claimed = draw(st.one_of(st.just(len(body)), st.integers(0, 2**64 - 1)))
+    files = {"model.safetensors": draw(mutated(claimed.to_bytes(8, "little") + body))}
+    if draw(st.booleans()):
+        files["model.safetensors.index.json"] = draw(mutated(json.dumps(draw(st.one_of(
+            st.fixed_dictionaries({"weight_map": st.dictionaries(st.text(max_size=6), st.sampled_from(
+                ("model.safetensors", "gone.safetensors", "../x", "")) | json_values, max_size=3)}),
+            json_values))).encode()))
+    if draw(st.integers(0, 3)) == 0:
+        files["adapter_config.json"] = draw(mutated(json.dumps(draw(st.one_of(
+            st.fixed_dictionaries({"base_model_name_or_path": st.sampled_from((".", "", "lab-nowhere")) | json_values}),
+            json_values))).encode()))
+    return files
+
+
+@st.composite
+def seals(draw: st.DrawFn) -> bytes:
+    """A checkpoint's retain_state.json: as retain writes it, bent, or anything."""
+    entry = st.one_of(st.integers(-5, 10**6), st.fixed_dictionaries(
+        {"bytes": st.one_of(st.integers(-5, 10**6), json_values)}, optional={"sha256": json_values}), json_values)
+    guards = st.one_of(st.none(), json_values, st.fixed_dictionaries({}, optional={
+        "checks": st.lists(st.dictionaries(st.sampled_from(("step", "forgetting", "smoke_examples", "x")),
+                                           json_values, max_size=3), max_size=2),
+        "decisions": st.lists(json_values, max_size=2), "warned": json_values, "best_step": json_values,
+        "stopped_by": json_values, "restore": json_values, "recent_losses": json_values}))
+    seal = draw(st.one_of(st.fixed_dictionaries({"files": st.one_of(st.dictionaries(st.sampled_from(
+        ("optimizer.pt", "trainer_state.json", "../../x", "/etc/passwd", "")) | st.text(max_size=6), entry,
+        max_size=3), json_values), "guards": guards}), json_values))
+    return draw(mutated(json.dumps(seal).encode()))
+
+
 # --- the targets ----------------------------------------------------------------------
 
 
@@ -207,13 +281,63 @@ def _audit_call() -> Callable[[bytes, Path], Any]:
     return call
 
 
+def _config(data: bytes, folder: Path) -> Any:
+    from retain.config import load_config
+
+    path = folder / "config.yaml"
+    path.write_bytes(data)
+    return load_config(path)
+
+
+def _sweep(data: bytes, folder: Path) -> Any:
+    from retain.sweep.loading import load_sweep
+
+    (folder / "config.yaml").write_text("train:\n  epochs: 1\n")
+    path = folder / "sweep.yaml"
+    path.write_bytes(data)
+    return load_sweep(path)
+
+
+def _model_dir(files: dict[str, bytes], folder: Path) -> Any:
+    import shutil
+
+    from retain.memory import count_parameters
+
+    model = folder / "model"
+    shutil.rmtree(model, ignore_errors=True)
+    model.mkdir()
+    (model / "config.json").write_text("{}")
+    for name, data in files.items():
+        (model / name).write_bytes(data)
+    return count_parameters(str(model))
+
+
+def _seal(data: bytes, folder: Path) -> Any:
+    import shutil
+
+    from retain.checkpoints import STATE_FILE, checkpoint_problem
+    from retain.guards.state import read_guard_state
+
+    checkpoint = folder / "checkpoint-2"
+    shutil.rmtree(checkpoint, ignore_errors=True)
+    checkpoint.mkdir()
+    (checkpoint / "optimizer.pt").write_bytes(b"x" * 10)
+    (checkpoint / STATE_FILE).write_bytes(data)
+    return checkpoint_problem(checkpoint) or read_guard_state(checkpoint)
+
+
 def targets() -> list[Target]:
-    """Returns the fuzz targets: the JSONL and CSV readers, the suite loader, the audit."""
+    """Returns the fuzz targets: the JSONL and CSV readers, the suite loader, the audit, the
+    config and sweep readers, the model files of the memory estimate, checkpoint seals."""
     return [
         Target("read_examples (JSONL)", jsonl_files(), _read(".jsonl")),
         Target("read_examples (CSV)", csv_files(), _read(".csv")),
         Target("load_suite (JSONL, YAML)", suite_files(), _suite),
         Target("run_audit (JSONL train + eval)", jsonl_files(), _audit_call()),
+        Target("load_config (YAML)", yaml_files(), _config),
+        Target("load_sweep (YAML)", yaml_files(), _sweep),
+        Target("count_parameters (model files)", model_dirs(), _model_dir),
+        Target("checkpoint seal and guard state", seals(), _seal),
     ]
 
 
