@@ -90,13 +90,13 @@ def test_a_finished_run_is_read_back_while_its_config_still_means_the_same(tmp_p
     (folder / "meta.json").write_text(json.dumps({"data": _data_hashes(config)}))
     saved = folder / "config.yaml"
     saved.write_text(dump_config(config))
-    assert finished_summary(config) == {"steps": 7}
+    assert finished_summary(config).steps == 7
     assert finished_summary(config.model_copy(update={"train": config.train.model_copy(update={"lr": 2e-3})})) is None
     # Saved before a setting existed: the setting takes its default, and the run still counts.
     older = [line for line in saved.read_text().splitlines() if "lr_ratio" not in line]
     assert len(older) == len(saved.read_text().splitlines()) - 1
     saved.write_text("\n".join(older) + "\n")
-    assert finished_summary(config) == {"steps": 7}
+    assert finished_summary(config).steps == 7
     # Saved with a setting since removed: it no longer validates, so the run is trained again.
     saved.write_text(dump_config(config).replace("train:\n", "train:\n  retired_setting: 3\n", 1))
     assert finished_summary(config) is None
@@ -107,13 +107,13 @@ def test_a_finished_run_is_read_back_while_its_config_still_means_the_same(tmp_p
     config = load_config(None, [f"output.dir={tmp_path}", "output.name=run", "train.lr=1e-3", f"data.train={data}"])
     saved.write_text(dump_config(config))
     (folder / "meta.json").write_text(json.dumps({"data": _data_hashes(config)}))
-    assert finished_summary(config) == {"steps": 7}
+    assert finished_summary(config).steps == 7
     data.write_text('{"prompt": "a", "response": "c"}\n')
     assert finished_summary(config) is None
     (folder / "meta.json").write_text("{not json")
     assert finished_summary(config) is None
     (folder / "meta.json").write_text(json.dumps({"command": "train"}))  # from before data hashes were kept
-    assert finished_summary(config) == {"steps": 7}
+    assert finished_summary(config).steps == 7
     (folder / "meta.json").unlink()  # nothing to tell what it trained on
     assert finished_summary(config) is None
     (folder / "meta.json").write_text(json.dumps({"data": _data_hashes(config)}))

@@ -158,7 +158,7 @@ def test_the_smoke_guard_stops_a_model_that_answers_nothing(lab, tmp_path, monke
     monkeypatch.setattr(Lora, "prepare_model", broken)
     # forgetting only warns here: the smoke guard alone decides
     summary = quiet_train(config(lab, tmp_path, guards={"every_steps": 4,
-                                                        "forgetting": {"action": "warn"}})).summary
+                                                        "forgetting": {"action": "warn"}})).summary.to_dict()
     stop = summary["stopped_by"]
     assert stop["guard"] == "smoke" and stop["step"] == 4  # its first check
     assert "emits EOS at once" in stop["message"] and not summary["verdict"]["ship"]

@@ -177,7 +177,7 @@ def trap_step(lab: Lab) -> StepResult:
     except TrainRefused as error:
         refused = error.message
     forced = lab.train(forcing)
-    stop = forced.get("stopped_by") or {}
+    stop = forced.stopped_by or {}
     line = ("doctor: " + ("refused the run" if refused else "did NOT refuse the run")
             + f"; forced past it, {'the ' + stop['guard'] + ' guard stopped it at step ' + str(stop['step']) if stop else 'no guard stopped it'}"
             + (f" ({_first_sentence(stop.get('message', ''))})" if stop else ""))
