@@ -266,7 +266,7 @@ def test_a_run_another_process_writes_is_neither_resumed_nor_replaced(tmp_path: 
 
 
 def test_a_released_run_opens_again_in_the_same_process(tmp_path: Path) -> None:
-    with RunDir.create(tmp_path, "x") as run:
+    with RunDir.create(tmp_path, "x"):
         with pytest.raises(RunDirError):
             RunDir.create(tmp_path, "x", resume=True)
     RunDir.create(tmp_path, "x", resume=True).release()  # leaving `with` released it

@@ -209,6 +209,14 @@ class _RepeatedKey(ValueError):
     pass
 
 
+class JsonProblem(ValueError):
+    """Why a text is not the JSON it should be; ``line`` is 1-based where the parser knows it."""
+
+    def __init__(self, message: str, line: int | None = None) -> None:
+        super().__init__(message)
+        self.line = line
+
+
 def _object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     """A JSON object, refused when a key appears twice (json keeps the last without a word)."""
     found = dict(pairs)
@@ -233,7 +241,7 @@ def decode_json(text: str) -> object:
         value = json.loads(text, object_pairs_hook=_object)
     except json.JSONDecodeError as error:
         where = f"line {error.lineno}, column {error.colno}" if error.lineno > 1 else f"column {error.colno}"
-        raise ValueError(f"{error.msg} ({where})") from None
+        raise JsonProblem(f"{error.msg} ({where})", error.lineno) from None
     except _RepeatedKey as error:
         raise ValueError(str(error)) from None
     except ValueError:  # int() refuses 4,301+ digits: quadratic-time conversion (CVE-2020-10735)

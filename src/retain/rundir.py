@@ -257,6 +257,7 @@ class RunDir:
             raise RunDirError(
                 f"invalid JSON: {exc}",
                 file=self.summary_path,
+                line=getattr(exc, "line", None),
                 fix="rerun to rewrite it",
             ) from None
         if not isinstance(summary, dict):

@@ -14,6 +14,9 @@ relative to full fine-tuning, each as a mean with a 95% confidence interval over
 
 from __future__ import annotations
 
+import contextlib
+import os
+
 import math
 import re
 import statistics
@@ -211,14 +214,26 @@ def _map(function: Callable[..., T], jobs: list[tuple], workers: int, **kwargs: 
 
 
 def stop_workers(pool: Any) -> None:
-    """Ends a pool's worker processes now, with the jobs they run (their runs start again
-    next time): without it, leaving the pool waits for every running training, and a
-    SIGINT sent to the parent alone (not its process group) reaches no worker."""
+    """Interrupts the jobs a pool's workers run (Ctrl-C in each, as :func:`_interrupted`
+    handles it) and shuts the pool down without starting any job left: without it, leaving
+    the pool waits for every running training, and a SIGINT sent to the parent alone (not
+    its process group) reaches no worker. The workers stay alive to report their
+    interrupted jobs, so the pool ends whole (terminating them breaks it, and Python 3.11's
+    pool thread then fails on the futures it had cancelled)."""
     import multiprocessing
+    import signal
 
+    workers = multiprocessing.active_children()  # the pool's workers: the lab runs no other child
+    for child in workers:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(child.pid, signal.SIGINT)
     pool.shutdown(wait=False, cancel_futures=True)
-    for child in multiprocessing.active_children():
-        child.terminate()
+    # A worker still starting (importing torch) when the signal came dies of it, which breaks
+    # the pool and leaves the others waiting for work that never comes: end those too.
+    for child in workers:
+        child.join(timeout=10)
+        if child.is_alive():
+            child.terminate()
 
 
 def init_worker(threads: int, parent: int | None = None) -> None:
@@ -256,21 +271,30 @@ def _die_with_parent(parent: int) -> None:
 
 
 _INTERRUPTED = False  # set in a worker by Ctrl-C
+_RUNNING = False  # a job is running in this worker
 
 
 def _interrupted(signum: int, frame: Any) -> None:
+    """Ctrl-C in a worker: the running job stops; an idle worker only remembers it (raising
+    while it waits for work would kill it, and break the pool)."""
     global _INTERRUPTED
     _INTERRUPTED = True
-    raise KeyboardInterrupt
+    if _RUNNING:
+        raise KeyboardInterrupt
 
 
 def worker_job(function: Callable[..., T], *args: Any) -> T:
     """Runs one job in a worker, unless Ctrl-C reached the worker before: the pool hands each
     worker its next jobs ahead of time, where they can no longer be cancelled, and a worker
     survives the KeyboardInterrupt of the job it was running."""
+    global _RUNNING
     if _INTERRUPTED:
         raise KeyboardInterrupt
-    return function(*args)
+    _RUNNING = True
+    try:
+        return function(*args)
+    finally:
+        _RUNNING = False
 
 
 def _run(recipe: Recipe, seed: int, data: Path, runs: Path, data_size: int | None,

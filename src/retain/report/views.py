@@ -39,7 +39,7 @@ def read_json(path: Path, *, what: str) -> Any:
         return decode_json(text)
     except ValueError as error:
         raise RetainError(f"invalid JSON in {what}: {error}", file=path,
-                          line=getattr(error, "lineno", None),
+                          line=getattr(error, "line", None),
                           fix="rerun the command that wrote it, or delete the file") from None
 
 

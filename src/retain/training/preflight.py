@@ -16,28 +16,33 @@ from retain.evaluation.commands import (
     default_suites,
 )
 from retain.evaluation.suites import load_suite
-from retain.memory import count_parameters
+from retain.memory import check_training_memory, count_parameters
 from retain.models import load_model_parts
 from retain.rundir import RunDir
 
 logger = logging.getLogger("retain.train")
 
 
-def check_inputs(config: RetainConfig) -> None:
-    """Reads every data file and probe suite the config names, and the model's tokenizer,
-    config and weight headers, before anything is written, so a missing, unreadable or
-    damaged one is refused with no run directory left behind."""
+def check_inputs(config: RetainConfig, *, memory: bool = True, merge: bool = False) -> None:
+    """Reads every data file and probe suite the config names, checks the memory the run
+    needs (unless ``memory`` is False: --force) and loads the model's tokenizer and config,
+    before anything is written, so a missing, unreadable, damaged or too large one is
+    refused with no run directory left behind."""
     for path in (config.data.train, config.data.validation, config.data.eval, config.data.ood):
         if path:
             load_examples_for(config.data, path)
     for name in config.probes.suites or default_suites(config.model.name_or_path):
         load_suite(name)
-    # The model's tokenizer and config (not its weights) and the headers the memory estimate
-    # reads: a model that cannot load fails here, before its run directory exists.
+    # The memory the run needs (``memory``: not under --force), from the weight headers, then
+    # the model's tokenizer and config (not its weights): a model that cannot fit or cannot
+    # load fails here, before its run directory exists.
     model = config.model
+    if memory:
+        check_training_memory(config, merge=merge)
+    else:
+        count_parameters(model.name_or_path, revision=model.revision, trust_remote_code=model.trust_remote_code)
     load_model_parts(model.name_or_path, revision=model.revision, trust_remote_code=model.trust_remote_code,
                      progress=False)
-    count_parameters(model.name_or_path, revision=model.revision, trust_remote_code=model.trust_remote_code)
 
 
 def preflight(config: RetainConfig, run: RunDir, suites: list, *, force: bool,

@@ -134,7 +134,7 @@ def run_train(
         raise ConfigError("--resume needs the name of the run to continue", field="output.name",
                           fix="pass --name NAME (the run directory's name) or set output.name")
     if not resume:
-        check_inputs(config)
+        check_inputs(config, memory=not force, merge=merge)
     run = _open_run(config, overwrite=overwrite, resume=resume)
     if not run.writer:
         echo, progress = (lambda line: None), False
@@ -191,7 +191,7 @@ def _train(config: RetainConfig, run: RunDir, *, resume: bool, force: bool, merg
     suites = [load_suite(name) for name in config.probes.suites or default_suites(config.model.name_or_path)]
     # 2. Before the model: the memory it needs (a run that cannot fit stops at once), then
     #    the audit and the doctor (a new run only).
-    if not force:
+    if resume and not force:  # a new run checked it before its directory existed
         check_training_memory(config, merge=merge)
     if not resume:
         preflight(config, run, suites, force=force, echo=echo)
