@@ -194,7 +194,9 @@ def model_dirs(draw: st.DrawFn) -> dict[str, bytes]:
             json_values))).encode()))
     if draw(st.integers(0, 3)) == 0:
         files["adapter_config.json"] = draw(mutated(json.dumps(draw(st.one_of(
-            st.fixed_dictionaries({"base_model_name_or_path": st.sampled_from((".", "", "lab-nowhere")) | json_values}),
+            # Paths only: a string that could be a hub id would be looked up on the network.
+            st.fixed_dictionaries({"base_model_name_or_path": st.sampled_from((".", "", "/nonexistent-base"))
+                                   | st.integers() | st.none() | st.lists(st.integers(), max_size=2)}),
             json_values))).encode()))
     return files
 
