@@ -98,13 +98,16 @@ def replace_problem(path: Path) -> str | None:
         return None
     except OSError as error:
         return f"cannot look at {path}: {error.strerror or error}"
-    kind = status.st_mode
-    if stat.S_ISREG(kind):
+    if stat.S_ISREG(status.st_mode):
         return None
-    what = ("a symbolic link" if stat.S_ISLNK(kind) else "a folder" if stat.S_ISDIR(kind)
-            else "a device" if stat.S_ISCHR(kind) or stat.S_ISBLK(kind) else "a FIFO" if stat.S_ISFIFO(kind)
-            else "a socket" if stat.S_ISSOCK(kind) else "not a regular file")
-    return f"{path} is {what}, which retain will not replace with a file"
+    return f"{path} is {file_kind(status.st_mode)}, which retain will not replace with a file"
+
+
+def file_kind(mode: int) -> str:
+    """Names what a ``st_mode`` describes when it is not a regular file: "a device", "a FIFO"..."""
+    return ("a symbolic link" if stat.S_ISLNK(mode) else "a folder" if stat.S_ISDIR(mode)
+            else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "a FIFO" if stat.S_ISFIFO(mode)
+            else "a socket" if stat.S_ISSOCK(mode) else "not a regular file")
 
 
 def output_problem(path: Path) -> str | None:

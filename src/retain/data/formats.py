@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import csv
 import re
-import stat
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
 from retain.errors import DataError
-from retain.io import decode_json
+from retain.io import decode_json, file_kind
 
 CHAT_EXAMPLE = '[{"role": "user", "content": "..."}, {"role": "assistant", "content": "..."}]'
 FORMATS = ("jsonl", "csv", "parquet", "datasets")
@@ -50,10 +49,7 @@ class BadRow(Exception):
 
 def _special(path: Path) -> str:
     """Says what ``path`` is when it is neither a file nor a folder."""
-    kind = path.stat().st_mode
-    what = ("a device" if stat.S_ISCHR(kind) or stat.S_ISBLK(kind) else "a FIFO" if stat.S_ISFIFO(kind)
-            else "a socket" if stat.S_ISSOCK(kind) else "not a regular file")
-    return f"{path} is {what}, not a file to read rows from"
+    return f"{path} is {file_kind(path.stat().st_mode)}, not a file to read rows from"
 
 
 def resolve_format(path: Path, format: str) -> str:

@@ -194,7 +194,6 @@ def _map(function: Callable[..., T], jobs: list[tuple], workers: int, **kwargs: 
             yield function(*job, **kwargs)
         return
     import multiprocessing
-    import os
     from concurrent.futures import ProcessPoolExecutor, as_completed
 
     threads = max(1, (os.cpu_count() or 1) // workers)
