@@ -67,6 +67,10 @@ class RunDirError(RetainError):
     """A run directory cannot be created, resumed or written."""
 
 
+class ModelLoadError(RetainError):
+    """The model named by the user cannot be found or loaded, or one of its files is damaged."""
+
+
 class OutputRefused(RetainError):
     """An output path names something a write must not replace (a device, a FIFO, a
     symlink, a folder) or a folder that cannot be written."""

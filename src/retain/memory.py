@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import logging
 import math
-import struct
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,12 +15,12 @@ from transformers import (
 )
 
 from retain.config import RetainConfig
-from retain.errors import RetainError
-from retain.io import decode_json
-from retain.models import ModelLoadError, resolve_device, resolve_dtype, resolve_model_path
+from retain.errors import ModelLoadError, RetainError
+from retain.modelfiles import json_object, safetensors_parameters, weight_files
+from retain.hardware import available_memory
+from retain.models import resolve_device, resolve_dtype, resolve_model_path
 
 logger = logging.getLogger("retain.models")
-from retain.hardware import available_memory
 
 
 class InsufficientMemory(RetainError):
@@ -170,14 +169,14 @@ def _count(name_or_path: str, *, revision: str | None, trust_remote_code: bool, 
             raise ModelLoadError("the adapter's base model is the adapter itself", file=adapter_config,
                                  field="base_model_name_or_path", fix="set it to the base model the adapter was trained on")
         seen.add(path.resolve())
-        base = _json_object(adapter_config).get("base_model_name_or_path") or ""
+        base = json_object(adapter_config).get("base_model_name_or_path") or ""
         if not isinstance(base, str):
             raise ModelLoadError("base_model_name_or_path is not a name or path", file=adapter_config,
                                  field="base_model_name_or_path", fix="set it to the base model's name or folder")
         return _count(base, revision=None, trust_remote_code=trust_remote_code, seen=seen) if base else None
-    files = _weight_files(path) if path.is_dir() else []
+    files = weight_files(path) if path.is_dir() else []
     if files:
-        return sum(_safetensors_parameters(file) for file in files)
+        return sum(safetensors_parameters(file) for file in files)
     try:
         config = AutoConfig.from_pretrained(str(path), revision=revision, trust_remote_code=trust_remote_code)
         with torch.device("meta"):
@@ -186,61 +185,3 @@ def _count(name_or_path: str, *, revision: str | None, trust_remote_code: bool, 
         logger.info("cannot count the parameters of %s without loading it: %s", name_or_path, error)
         return None
     return sum(parameter.numel() for parameter in model.parameters())
-
-
-_DAMAGED = "re-download or re-save the model (this file is damaged or not what its name says)"
-
-
-def _json_object(path: Path) -> dict:
-    """Returns the JSON object in a model file; a damaged one is a ModelLoadError naming it."""
-    try:
-        value = decode_json(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as error:  # UnicodeDecodeError is a ValueError
-        raise ModelLoadError(f"cannot read {path.name}: {error}", file=path, fix=_DAMAGED) from None
-    if not isinstance(value, dict):
-        raise ModelLoadError(f"{path.name} is not a JSON object", file=path, fix=_DAMAGED)
-    return value
-
-
-def _weight_files(path: Path) -> list[Path]:
-    """Returns a model directory's safetensors files, by its shard index when it has one
-    (some repositories ship the same weights twice, e.g. ``consolidated.safetensors``)."""
-    index = path / "model.safetensors.index.json"
-    if index.is_file():
-        weight_map = _json_object(index).get("weight_map")
-        if not isinstance(weight_map, dict) or not all(isinstance(name, str) for name in weight_map.values()):
-            raise ModelLoadError("the shard index has no weight_map of file names", file=index,
-                                 field="weight_map", fix=_DAMAGED)
-        files = sorted({path / name for name in weight_map.values()})
-        missing = [file for file in files if not file.is_file()]
-        if missing:
-            raise ModelLoadError(f"the shard index names {missing[0].name}, which is not there", file=index,
-                                 fix="download every shard of the model")
-        return files
-    if (path / "model.safetensors").is_file():
-        return [path / "model.safetensors"]
-    return sorted(path.glob("*.safetensors"))
-
-
-def _safetensors_parameters(file: Path) -> int:
-    """Returns the number of values in a safetensors file, from its JSON header alone
-    (8 bytes of little-endian length, then that many bytes of JSON)."""
-    size = file.stat().st_size
-    with open(file, "rb") as handle:
-        start = handle.read(8)
-        if len(start) < 8:
-            raise ModelLoadError(f"{file.name} is too short to be safetensors ({size} bytes)", file=file, fix=_DAMAGED)
-        (length,) = struct.unpack("<Q", start)
-        if length > size - 8:
-            raise ModelLoadError(f"{file.name}'s header claims {length:,} bytes; the file has {size:,}",
-                                 file=file, fix=_DAMAGED)
-        try:
-            header = decode_json(handle.read(length).decode("utf-8"))
-        except ValueError as error:
-            raise ModelLoadError(f"{file.name}'s header is not JSON: {error}", file=file, fix=_DAMAGED) from None
-    try:
-        return sum(math.prod(int(dim) for dim in entry["shape"])
-                   for key, entry in header.items() if key != "__metadata__")
-    except (AttributeError, KeyError, TypeError, ValueError):
-        raise ModelLoadError(f"{file.name}'s header does not list tensors with shapes", file=file,
-                             fix=_DAMAGED) from None

@@ -15,7 +15,6 @@ machine has less.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import warnings
 from collections.abc import Iterator
@@ -34,8 +33,9 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
-from retain.errors import RetainError
+from retain.errors import ModelLoadError
 from retain.hardware import default_device
+from retain.modelfiles import damaged_file, json_object
 from retain.sources import model_family
 
 logger = logging.getLogger("retain.models")
@@ -43,10 +43,6 @@ logger = logging.getLogger("retain.models")
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 # Where a run directory keeps its final model, in order of preference (see issue 5).
 _RUN_MODEL_DIRS = ("model", "adapter", "final")
-
-
-class ModelLoadError(RetainError):
-    """The model named by the user cannot be found or loaded."""
 
 
 @dataclass(frozen=True)
@@ -159,17 +155,19 @@ def load_model_parts(
     path = resolve_model_path(name_or_path, progress)
     tokenizer_source = str(path)
     adapter_config = path / "adapter_config.json"
+    folders = [path]
     if adapter_config.is_file():
-        base = json.loads(adapter_config.read_text()).get("base_model_name_or_path") or ""
+        base = _base_name(adapter_config)
         if not any(path.glob("tokenizer*.json")):
             tokenizer_source = base
         path = Path(resolve_name(base, progress))
+        folders.append(path)
+    for folder in folders:
+        _refuse_remote_code(name_or_path, folder, trust_remote_code)
     options = {"revision": revision, "trust_remote_code": trust_remote_code}
-    try:
+    with guarded_load(name_or_path, folders):
         tokenizer = AutoTokenizer.from_pretrained(tokenizer_source, **options)
         config = AutoConfig.from_pretrained(str(path), **options)
-    except (OSError, ValueError) as error:
-        raise load_error(name_or_path, error) from None
     return ModelParts(tokenizer, config, *_generation_settings(path, config, revision), str(path))
 
 
@@ -182,13 +180,12 @@ def _generation_settings(
     ``max_new_tokens: 0``), and the doctor must still say what is in it.
     """
     local = path / "generation_config.json"
+    settings = json_object(local) if local.is_file() else {}  # a damaged file is named here
     try:
-        settings = GenerationConfig.from_pretrained(str(path), revision=revision).to_dict()
-        return settings, None
+        return GenerationConfig.from_pretrained(str(path), revision=revision).to_dict(), None
     except OSError:  # no generation_config.json: generate() derives one from the config
         return GenerationConfig.from_model_config(config).to_dict(), None
     except ValueError as error:
-        settings = json.loads(local.read_text()) if local.is_file() else {}
         return settings, str(error)
 
 
@@ -230,6 +227,62 @@ def _model_dir_in(path: Path) -> Path:
     )
 
 
+@contextlib.contextmanager
+def guarded_load(name: str, folders: list[Path]) -> Iterator[None]:
+    """Turns any failure of transformers or peft to load ``name`` into one
+    :class:`ModelLoadError`: the damaged file in ``folders`` when one is
+    (:func:`retain.modelfiles.damaged_file`), else :func:`load_error`'s reading of the error.
+
+    Every ``from_pretrained`` of a model, tokenizer, config or adapter runs inside it: a
+    damaged file fails deep inside those libraries in any way (a ``KeyError`` for a
+    tokenizer.json without its vocabulary, a ``TypeError`` for a list), and each means
+    the same to the user.
+    """
+    try:
+        yield
+    except ModelLoadError:
+        raise
+    except Exception as error:  # noqa: BLE001 (see the docstring)
+        for folder in folders:
+            damaged = damaged_file(folder)
+            if damaged is not None:
+                raise damaged from None
+        raise load_error(name, error) from None
+
+
+def _ships_code(name: str, file: Path | None = None) -> ModelLoadError:
+    return ModelLoadError(f"model '{name}' ships its own Python code (its config's auto_map), which retain "
+                          "does not run unless told to", file=file, field="model.trust_remote_code",
+                          fix=f"set model.trust_remote_code: true only if you trust the code in {name}")
+
+
+def _refuse_remote_code(name: str, folder: Path, trust_remote_code: bool) -> None:
+    """Raises before transformers reads ``folder`` if its config or tokenizer config names
+    code to run (an ``auto_map``) and retain was not told to trust it; transformers would
+    fail later, after a warning, with an error about whichever file it read first."""
+    if trust_remote_code or not folder.is_dir():
+        return
+    for file in (folder / "config.json", folder / "tokenizer_config.json"):
+        if file.is_file() and "auto_map" in json_object(file):
+            raise _ships_code(name, file)
+
+
+def _base_name(adapter_config: Path) -> str:
+    """Returns the base model an adapter names; raises :class:`ModelLoadError` if it names none."""
+    base = json_object(adapter_config).get("base_model_name_or_path")
+    if not base or not isinstance(base, str):
+        raise ModelLoadError(
+            "adapter_config.json names no base_model_name_or_path",
+            file=adapter_config,
+            field="base_model_name_or_path",
+            fix="set it to the base model's directory or hub id",
+        )
+    if Path(base).resolve() == adapter_config.parent.resolve():
+        raise ModelLoadError("the adapter's base model is the adapter itself", file=adapter_config,
+                             field="base_model_name_or_path", fix="set it to the base model the adapter was trained on")
+    return base
+
+
 def load_error(name: str, error: Exception) -> ModelLoadError:
     """Returns transformers' refusal to load ``name`` as one error with the fix for its cause:
     code the model ships (an ``auto_map``) that retain was not told to trust, an invalid
@@ -237,9 +290,7 @@ def load_error(name: str, error: Exception) -> ModelLoadError:
     first = (str(error).splitlines() or [type(error).__name__])[0]
     text = str(error)
     if "trust_remote_code" in text or "custom code" in text:
-        return ModelLoadError(f"model '{name}' ships its own Python code (its config's auto_map), which retain "
-                              "does not run unless told to", field="model.trust_remote_code",
-                              fix=f"set model.trust_remote_code: true only if you trust the code in {name}")
+        return _ships_code(name)
     if "generation" in text.lower() and isinstance(error, ValueError):
         return ModelLoadError(f"cannot load model '{name}': {first}",
                               fix="fix generation_config.json in the model directory; `retain doctor` lists "
@@ -255,7 +306,8 @@ def _load_plain(
     extra: dict[str, Any] | None = None,
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     extra = extra or {}
-    try:
+    _refuse_remote_code(name, Path(name), trust_remote_code)
+    with guarded_load(name, [Path(name)]):
         tokenizer = AutoTokenizer.from_pretrained(
             name, revision=revision, trust_remote_code=trust_remote_code
         )
@@ -267,8 +319,6 @@ def _load_plain(
             use_safetensors=True,  # never unpickle .bin weights
             **extra,
         )
-    except (OSError, ValueError) as error:
-        raise load_error(name, error) from None
     _ensure_pad_token(tokenizer)
     if "quantization_config" in extra:  # placed by its device_map; a quantised model cannot move
         return model.eval(), tokenizer
@@ -294,14 +344,7 @@ def _load_adapter(
 ) -> LoadedModel:
     from peft import PeftModel
 
-    base_name = json.loads(adapter_config.read_text()).get("base_model_name_or_path")
-    if not base_name:
-        raise ModelLoadError(
-            "adapter_config.json names no base_model_name_or_path",
-            file=adapter_config,
-            field="base_model_name_or_path",
-            fix="set it to the base model's directory or hub id",
-        )
+    base_name = _base_name(adapter_config)
     if not (path / "adapter_model.safetensors").is_file():
         raise ModelLoadError(
             f"'{path}' has no adapter_model.safetensors"
@@ -313,11 +356,12 @@ def _load_adapter(
         )
     base_path = resolve_name(base_name, progress=False)
     model, tokenizer = _load_plain(base_path, None, device, dtype, trust_remote_code)
-    if any(path.glob("tokenizer*.json")):
-        tokenizer = AutoTokenizer.from_pretrained(path)
-        _ensure_pad_token(tokenizer)
-    with quiet_peft():
-        peft_model = PeftModel.from_pretrained(model, path).to(device).eval()
+    with guarded_load(source, [path]):
+        if any(path.glob("tokenizer*.json")):
+            tokenizer = AutoTokenizer.from_pretrained(path)
+            _ensure_pad_token(tokenizer)
+        with quiet_peft():
+            peft_model = PeftModel.from_pretrained(model, path).to(device).eval()
     return LoadedModel(peft_model, tokenizer, source, base_path, is_adapter=True)
 
 

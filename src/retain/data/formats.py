@@ -193,7 +193,7 @@ def _parquet_rows(path: Path, fields: Fields) -> Iterator[tuple[int, object]]:
         _check_columns(table.schema_arrow.names, fields, path)
         number = 0
         for batch in table.iter_batches():
-            for row in batch.to_pylist():
+            for row in _batch_rows(batch):
                 number += 1
                 yield number, row
     # ArrowInvalid is a ValueError; ArrowException covers its other errors (types, not implemented).
@@ -202,6 +202,27 @@ def _parquet_rows(path: Path, fields: Fields) -> Iterator[tuple[int, object]]:
             f"cannot read it as Parquet: {error}", file=path,
             fix="check that it is a Parquet file, or set data.format to its real format",
         ) from error
+
+
+def _batch_rows(batch: Any) -> list[object]:
+    """Returns a Parquet record batch as rows; a row with a cell Python cannot hold (a
+    timestamp past the year 9999, say) becomes a :class:`BadRow` naming the column."""
+    try:
+        return batch.to_pylist()
+    except (OverflowError, ValueError):
+        pass
+    rows: list[object] = []
+    for index in range(batch.num_rows):
+        row: dict[str, object] = {}
+        for name, column in zip(batch.schema.names, batch.columns):
+            try:
+                row[name] = column[index].as_py()
+            except (OverflowError, ValueError) as error:
+                row = BadRow(name, f"the value in column '{name}' cannot be read: {error}",
+                             f"fix or drop the column '{name}' (a {column.type} value out of range)")
+                break
+        rows.append(row)
+    return rows
 
 
 def _datasets_rows(path: Path, fields: Fields) -> Iterator[tuple[int, object]]:

@@ -70,7 +70,7 @@ from retain.methods import MethodContext, methods_for
 from retain.models import load_model, quiet_peft
 from retain.paths import cache_dir, process_count
 from retain.progress import quiet_trainer
-from retain.rundir import RunDir, default_run_name
+from retain.rundir import RunDir, default_run_name, validate_run_name
 from retain.summary import RunSummary
 from retain.training.baseline import measure_base
 from retain.training.disk import disk_full
@@ -133,6 +133,9 @@ def run_train(
     if resume and not config.output.name:
         raise ConfigError("--resume needs the name of the run to continue", field="output.name",
                           fix="pass --name NAME (the run directory's name) or set output.name")
+    process_count()  # a WORLD_SIZE that counts no processes, and a bad run name, before any loading
+    if config.output.name:
+        validate_run_name(config.output.name)
     if not resume:
         check_inputs(config, memory=not force, merge=merge)
     run = _open_run(config, overwrite=overwrite, resume=resume)
