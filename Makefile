@@ -40,9 +40,10 @@ results: setup
 	$(BIN)/python benchmarks/evidence_methods.py
 	$(BIN)/python benchmarks/evidence_recipe.py
 
-# The long fuzz run of docs/RELIABILITY.md: 5,000 generated inputs for each of the data
-# loaders (JSONL, CSV), the probe-suite loader and the audit, 20,000 in all (a few minutes
-# on 2 cores); tests/test_properties.py runs 150 per target.
+# The long fuzz run of docs/RELIABILITY.md: 5,000 generated inputs for each of eight
+# targets (the JSONL and CSV loaders, the probe-suite loader, the audit, the config and
+# sweep YAML readers, model-directory files, checkpoint seals), 40,000 in all (about 6
+# minutes on 2 cores); tests/test_properties.py runs 150 per target.
 fuzz: setup
 	RETAIN_FUZZ_INPUTS=5000 $(BIN)/python benchmarks/reliability.py fuzz
 

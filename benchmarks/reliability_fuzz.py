@@ -1,7 +1,7 @@
-"""Reliability part ``fuzz``: the data loaders, the suite loader and the audit under fuzz.
+"""Reliability part ``fuzz``: the loaders, the audit, model files and checkpoints under fuzz.
 
 Runs :func:`fuzz.run_fuzz` with ``RETAIN_FUZZ_INPUTS`` inputs per target (default
-5,000: 20,000 inputs over the four targets, ``make fuzz``); the test suite runs 150 per
+5,000: 40,000 inputs over the eight targets, ``make fuzz``); the test suite runs 150 per
 target (``tests/test_properties.py``).
 """
 
@@ -22,13 +22,15 @@ def run() -> dict[str, Any]:
 
 def markdown(result: dict[str, Any]) -> str:
     lines = [
-        "## Fuzzing the loaders and the audit\n",
+        "## Fuzzing the loaders, the audit, model files and checkpoints\n",
         f"`make fuzz` ({result['date']}): {result['inputs']:,} generated inputs "
         f"({result['inputs_per_target']:,} per target, hypothesis seed {result['seed']}), "
         f"**{result['crashes']} crashes** (a crash is any exception that is not a `RetainError`), "
         f"in {result['seconds']:,.0f} s. Inputs are files of arbitrary JSON rows, chat turns, "
-        "CSV tables and suites, with bytes inserted, deleted, truncated or made invalid UTF-8 "
-        "(`benchmarks/fuzz.py`).\n",
+        "CSV tables and suites; config and sweep YAML (aliases, merge keys, huge numbers, deep "
+        "nesting); model directories (safetensors headers, shard indexes, adapter configs); and "
+        "checkpoint seals and guard state; each with bytes inserted, deleted, truncated or made "
+        "invalid UTF-8 (`benchmarks/fuzz.py`).\n",
         "| target | inputs | read / reported | user errors (RetainError) | crashes |",
         "| --- | ---: | ---: | ---: | ---: |",
     ]

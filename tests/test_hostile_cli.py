@@ -6,7 +6,10 @@ output paths that are not files, YAML that expands, numbers and nesting past wha
 reader can hold, damaged model files, and environment values that validate and then
 crash. Every case must end as a user error does (:mod:`test_bad_inputs`): exit code 2,
 one ``error:`` line naming what the case names, no traceback, nothing written, and
-whatever stood at the case's paths untouched.
+whatever stood at the case's paths untouched. Each case failed on the code before issue 24
+(commit 71d9a5d: a traceback, a wrong exit code, a file replaced, memory exhausted by an
+alias bomb, or an evaluation started on data that should have been refused); cases that
+already passed there live in ``test_bad_inputs.py``.
 
 What cannot be a single command (two processes, signals, a resumed training, an edited
 checkpoint, terminal and Markdown escaping) is tested in the other ``test_hostile_*``
@@ -88,11 +91,8 @@ CASES: list[Hostile] = [
     _h("output paths", "json_onto_a_fifo", f"{_AUDIT_JSON} fifo", _DATA, "fifo", "FIFO", make=_fifo),
     _h("output paths", "json_onto_a_symlink", f"{_AUDIT_JSON} link.json", _DATA, "link.json", "symbolic link",
        make=_symlink),
-    _h("output paths", "json_onto_a_folder", f"{_AUDIT_JSON} out", {**_DATA, "out/": ""}, "out", "folder"),
     _h("output paths", "json_onto_a_device", f"{_AUDIT_JSON} {os.devnull}", _DATA, os.devnull, "device"),
-    _h("output paths", "json_into_a_missing_folder", f"{_AUDIT_JSON} no/such/a.json", _DATA, "no folder"),
     _h("output paths", "reference_onto_a_fifo", "config reference --write fifo", {}, "fifo", make=_fifo),
-    _h("output paths", "report_to_standard_output", "report run --out -", _RUN, "--out"),
     _h("output paths", "lab_data_over_edited_files", "lab data d", {"d/config.yaml": "edited: true\n"},
        "--overwrite"),
     # --- 2. YAML that expands ------------------------------------------------------------
@@ -104,8 +104,6 @@ CASES: list[Hostile] = [
        "s.yaml", "1,000,000"),
     _h("expanding YAML", "run_config_alias_bomb", "report run --out r.html", {**_RUN, "run/config.yaml": _LAUGHS},
        "config.yaml", "1,000,000"),
-    _h("expanding YAML", "config_key_twice", "config show c.yaml", {"c.yaml": "train:\n  lr: 1\n  lr: 2\n"},
-       "c.yaml:3", "train.lr"),
     _h("expanding YAML", "learning_rate_yes", "config show c.yaml", {"c.yaml": "train:\n  lr: yes\n"},
        "c.yaml:2", "train.lr"),
     # --- 3. numbers and nesting outside the fuzzed readers -------------------------------
@@ -132,8 +130,6 @@ CASES: list[Hostile] = [
        {"m/config.json": "{}", "m/tokenizer.json": "[1, 2]"}, "m/tokenizer.json", "not a JSON object"),
     _h("model directories", "tokenizer_json_without_a_model", "eval m --suite general --no-drift",
        {"m/config.json": "{}", "m/tokenizer.json": '{"version": "1.0"}'}, "m/tokenizer.json", "model"),
-    _h("model directories", "config_json_garbage", "eval m --suite general --no-drift",
-       {"m/config.json": b"\xff\xfe\x00garbage"}, "m/config.json"),
     _h("model directories", "adapter_config_not_json", "eval m --suite general --no-drift",
        {"m/adapter_config.json": "not json"}, "m/adapter_config.json"),
     _h("model directories", "adapter_based_on_itself", "eval m --suite general --no-drift",

@@ -249,7 +249,8 @@ def final_metrics(run_dir: Path) -> dict[str, Any]:
     """Returns the numbers a run ends with: each step's loss, each check's measures, the
     final evaluation (probes, task, drift, smoke) and the verdict with the guards' events.
 
-    Times and durations are left out; so are records a resume dropped and redid.
+    Times and durations are left out (the trainer's runtime and throughputs among them);
+    so are records a resume dropped and redid.
     """
     records = read_jsonl(run_dir / "metrics.jsonl")
     summary = json.loads((run_dir / "summary.json").read_text())
@@ -265,6 +266,8 @@ def final_metrics(run_dir: Path) -> dict[str, Any]:
         "summary": {key: summary[key] for key in (
             "status", "steps", "best_step", "restored_step", "final_probe_accuracy", "forgetting_relative",
             "task", "drift", "smoke", "guard_events", "checks", "verdict")},
+        # The trainer's mean loss over the whole run; its runtime and throughputs are the last call's.
+        "train_loss": (summary.get("trainer") or {}).get("train_loss"),
     }
 
 

@@ -185,9 +185,9 @@ def _map(function: Callable[..., T], jobs: list[tuple], workers: int, **kwargs: 
     order of completion from ``workers`` processes (``kwargs`` only in-process: a worker
     shows no progress bars).
 
-    When the caller stops early (Ctrl-C, an error, or closing the generator), jobs not yet
-    handed to a worker are cancelled instead of waited for; finished runs are on disk, so
-    the same command continues from them.
+    When the caller stops early (Ctrl-C, an error, or closing the generator), the running
+    jobs are interrupted and the rest refused, not waited for (:func:`stop_workers`);
+    finished runs are on disk, so the same command continues from them.
     """
     if workers <= 1:
         for job in jobs:
@@ -200,37 +200,65 @@ def _map(function: Callable[..., T], jobs: list[tuple], workers: int, **kwargs: 
     # spawn: a fresh interpreter per worker, no forked torch thread pools or locks.
     with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
                              initializer=init_worker, initargs=(threads, os.getpid())) as pool:
-        futures = [pool.submit(worker_job, function, *job) for job in jobs]
+        with _ctrl_c_ignored():  # the workers start here, and are born ignoring Ctrl-C
+            futures = [pool.submit(worker_job, function, *job) for job in jobs]
         try:
             for future in as_completed(futures):
                 yield future.result()
         except BaseException:  # Ctrl-C or SIGINT to this process alone, an error, the caller stopping
             stop_workers(pool)
             raise
-        finally:
-            for future in futures:
-                future.cancel()
 
 
-def stop_workers(pool: Any) -> None:
+@contextlib.contextmanager
+def _ctrl_c_ignored() -> Iterator[None]:
+    """Ignores SIGINT in this (main) thread while worker processes start, so that they
+    inherit the ignoring: a worker interrupted while it still imports torch would die,
+    and a dead worker breaks the pool (Python 3.11's pool thread then fails on futures
+    already cancelled, with tracebacks). :func:`init_worker` installs the worker's own
+    handler once it is up; a Ctrl-C before that is what :func:`stop_workers` repeats."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def stop_workers(pool: Any, grace: float = 10.0) -> None:
     """Interrupts the jobs a pool's workers run (Ctrl-C in each, as :func:`_interrupted`
-    handles it) and shuts the pool down without starting any job left: without it, leaving
-    the pool waits for every running training, and a SIGINT sent to the parent alone (not
-    its process group) reaches no worker. The workers stay alive to report their
-    interrupted jobs, so the pool ends whole (terminating them breaks it, and Python 3.11's
-    pool thread then fails on the futures it had cancelled)."""
+    handles it), so that every job still queued fails at once instead of starting, and
+    the pool ends whole: without it, leaving the pool waits for every running training,
+    and a SIGINT sent to the parent alone (not its process group) reaches no worker.
+
+    Ctrl-C is sent again every half second until the workers are gone: one still
+    starting ignores it (:func:`_ctrl_c_ignored`) and must see it once its handler is
+    up. A worker not gone after ``grace`` seconds is terminated. No future is cancelled
+    here: the pool hands each queued job to a worker that refuses it, and a pool broken by
+    a terminated worker marks the jobs it still holds failed, which Python 3.11 cannot do
+    to a cancelled one.
+    """
     import multiprocessing
     import signal
+    import time
 
     workers = multiprocessing.active_children()  # the pool's workers: the lab runs no other child
+    pool.shutdown(wait=False)
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline:
+        alive = [child for child in workers if child.is_alive()]
+        if not alive:
+            return
+        for child in alive:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(child.pid, signal.SIGINT)
+        time.sleep(0.5)
     for child in workers:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(child.pid, signal.SIGINT)
-    pool.shutdown(wait=False, cancel_futures=True)
-    # A worker still starting (importing torch) when the signal came dies of it, which breaks
-    # the pool and leaves the others waiting for work that never comes: end those too.
-    for child in workers:
-        child.join(timeout=10)
         if child.is_alive():
             child.terminate()
 

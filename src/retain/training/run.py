@@ -311,6 +311,23 @@ class _MetricsOnly(TrainerCallback):
             self.run.append_metrics({"event": "log", "step": state.global_step, "epoch": state.epoch, **logs})
 
 
+def _whole_run(metrics: dict[str, Any], log_history: list[dict[str, Any]]) -> dict[str, Any]:
+    """Returns the trainer's metrics with ``train_loss`` over the whole run.
+
+    The trainer's own ``train_loss`` sums the losses of this call only, divided by every
+    step: after a resume it is not the run's. The log history is restored with the
+    checkpoint, so its losses (each the mean over the steps since the log before) weighted
+    by their steps give the same figure for a resumed run as for one never interrupted.
+    ``train_runtime`` and the throughputs stay those of the last call (docs/TRAINING.md).
+    """
+    losses = {entry["step"]: entry["loss"] for entry in log_history if "loss" in entry and "step" in entry}
+    total, previous = 0.0, 0
+    for step in sorted(losses):
+        total += losses[step] * (step - previous)
+        previous = step
+    return {**metrics, "train_loss": total / previous} if previous else metrics
+
+
 def _run_trainer(trainer: RetainTrainer, checkpoint: Path | None, state: GuardState,
                  total_steps: int) -> dict[str, Any]:
     """Trains, from ``checkpoint`` when resuming; returns the trainer's metrics.
@@ -321,10 +338,11 @@ def _run_trainer(trainer: RetainTrainer, checkpoint: Path | None, state: GuardSt
     had. Its metrics are then ``{}``.
     """
     if checkpoint is None:
-        return trainer.train().metrics
+        return _whole_run(trainer.train().metrics, trainer.state.log_history)
     if state.stopped_by is None and checkpoint_step(checkpoint) < total_steps:
         try:
-            return trainer.train(resume_from_checkpoint=str(checkpoint)).metrics
+            return _whole_run(trainer.train(resume_from_checkpoint=str(checkpoint)).metrics,
+                              trainer.state.log_history)
         except pickle.UnpicklingError as error:
             # transformers loads the optimizer, scheduler and RNG states with
             # weights_only=True, which refuses a pickle holding code: a checkpoint whose seal
