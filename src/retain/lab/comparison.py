@@ -232,23 +232,24 @@ def _ctrl_c_ignored() -> Iterator[None]:
 
 def stop_workers(pool: Any, grace: float = 10.0) -> None:
     """Interrupts the jobs a pool's workers run (Ctrl-C in each, as :func:`_interrupted`
-    handles it), so that every job still queued fails at once instead of starting, and
-    the pool ends whole: without it, leaving the pool waits for every running training,
-    and a SIGINT sent to the parent alone (not its process group) reaches no worker.
+    handles it) and shuts the pool down without starting a job not yet handed out, so that
+    it ends whole: without it, leaving the pool waits for every running training, and a
+    SIGINT sent to the parent alone (not its process group) reaches no worker. A job a
+    worker already holds fails at once (:func:`worker_job`).
 
     Ctrl-C is sent again every half second until the workers are gone: one still
     starting ignores it (:func:`_ctrl_c_ignored`) and must see it once its handler is
-    up. A worker not gone after ``grace`` seconds is terminated. No future is cancelled
-    here: the pool hands each queued job to a worker that refuses it, and a pool broken by
-    a terminated worker marks the jobs it still holds failed, which Python 3.11 cannot do
-    to a cancelled one.
+    up. A worker not gone after ``grace`` seconds is terminated. The pool cancels the
+    queued jobs itself (``cancel_futures``), which also drops them from what it would
+    mark failed if a worker died: Python 3.11's pool thread fails on a future cancelled
+    from outside (``future.cancel()``) when the pool breaks, with tracebacks.
     """
     import multiprocessing
     import signal
     import time
 
     workers = multiprocessing.active_children()  # the pool's workers: the lab runs no other child
-    pool.shutdown(wait=False)
+    pool.shutdown(wait=False, cancel_futures=True)
     deadline = time.monotonic() + grace
     while time.monotonic() < deadline:
         alive = [child for child in workers if child.is_alive()]
