@@ -42,7 +42,7 @@ results: setup
 
 # The long fuzz run of docs/RELIABILITY.md: 5,000 generated inputs for each of eight
 # targets (the JSONL and CSV loaders, the probe-suite loader, the audit, the config and
-# sweep YAML readers, model-directory files, checkpoint seals), 40,000 in all (about 6
+# sweep YAML readers, model-directory files, checkpoint seals), 40,000 in all (about 7
 # minutes on 2 cores); tests/test_properties.py runs 150 per target.
 fuzz: setup
 	RETAIN_FUZZ_INPUTS=5000 $(BIN)/python benchmarks/reliability.py fuzz
