@@ -160,7 +160,8 @@ def score_probes_by_generation(
 ) -> ProbeScore:
     """Returns the accuracy of greedy answers to every probe in ``suite``, by its checkers.
 
-    Each generation is cut at the suite's stop strings, then judged by the item's checker.
+    Each generation is cut at the suite's stop strings (raw prompts only: a chat answer
+    ends at its end-of-turn token), then judged by the item's checker.
     ``max_new_tokens`` is generous on purpose: a tight cap cuts multi-token answers
     (a 6-token cap understated the lab base model by 12 points) and reports forgetting
     where there is none.
@@ -174,6 +175,10 @@ def score_probes_by_generation(
         batch_size,
         add_special_tokens=prompt_format.add_special_tokens,
     )
-    answers = [cut_at_stop(generation.text, suite.stop) for generation in generations]
+    # The stop strings cut a base model's continuation before the next question it invents;
+    # a chat model's answer ends at its end-of-turn token, and a line break inside it
+    # ("7 + 5 = 12\n\nSo ...", an explanation then the result) is part of the answer.
+    stop = () if prompt_format.is_chat else suite.stop
+    answers = [cut_at_stop(generation.text, stop) for generation in generations]
     correct = [check_answer(item, answer) for item, answer in zip(suite.items, answers)]
     return ProbeScore.from_flags(suite, suite.items, "generation", correct, answers, generations)
