@@ -13,7 +13,6 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from itertools import pairwise
 
-
 MAX_LABEL_WORDS = 3
 # Quotes and markdown that wrap an answer without being part of it.
 _WRAPPERS = "\"'`*_“”‘’"
