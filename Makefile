@@ -17,7 +17,7 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install $(PIP_FLAGS) "$(TORCH_SPEC)"
-	$(BIN)/pip install $(PIP_FLAGS) -e ".[dev]"
+	$(BIN)/pip install $(PIP_FLAGS) -e ".[dev,gguf]"
 	touch $@
 
 lab: setup

@@ -132,3 +132,16 @@ def test_an_unknown_domain_in_the_config_names_the_field(lab_files) -> None:
     result = audit(str(lab_files["clean"]), "--config", str(config))
     assert result.returncode == 2 and "audit" in result.stderr and "astrology" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_the_audit_says_whose_tokenizer_counted_the_tokens(tmp_path) -> None:
+    from retain.audit.runner import run_audit
+    from retain.config import load_config
+
+    data = tmp_path / "d.jsonl"
+    data.write_text("".join(json.dumps({"prompt": f"question {i}?", "response": "yes"}) + "\n" for i in range(30)))
+    unnamed = {f.code: f for f in run_audit(load_config(None, []), data, allow_small=True).findings}
+    assert unnamed["tokenizer"].severity == "warning" and "default model" in unnamed["tokenizer"].title
+    named = {f.code: f for f in run_audit(load_config(None, ["model.name_or_path=lab"]), data,
+                                          allow_small=True).findings}
+    assert named["tokenizer"].severity == "info" and "'lab'" in named["tokenizer"].title

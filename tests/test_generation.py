@@ -100,3 +100,15 @@ def test_accuracy_by_category_is_item_weighted() -> None:
     assert result == {"x": pytest.approx(2 / 3), "y": 0.0, "overall": 0.5}
     with pytest.raises(ValueError):
         accuracy_by_category(items, [True])
+
+
+def test_a_bar_shows_only_when_the_command_asked(tiny, capsys) -> None:
+    from retain.progress import shown
+
+    model, tokenizer = tiny
+    generate_greedy(model, tokenizer, ["a b", "c"], 2, batch_size=1, label="quiet please")
+    assert "quiet please" not in capsys.readouterr().err  # guards' checks evaluate silently
+    with shown():
+        generate_greedy(model, tokenizer, ["a b", "c"], 2, batch_size=1, label="probes by generation")
+    shown_bar = capsys.readouterr().err
+    assert "probes by generation" in shown_bar and "2/2" in shown_bar

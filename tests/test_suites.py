@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from retain.errors import DataError
-from retain.evaluation.probes import ProbeItem, check_answer, cut_at_stop, first_number
+from retain.evaluation.probes import ProbeItem, answer_number, check_answer, cut_at_stop
 from retain.evaluation.suites import load_suite, write_suite
 from retain.lab.world import build_world
 
@@ -140,7 +140,7 @@ def test_regex_checker_is_case_insensitive_unless_told() -> None:
 def test_cut_at_stop_skips_leading_whitespace() -> None:
     assert cut_at_stop("\n Paris\nQuestion: next", ["\n"]) == "Paris"
     assert cut_at_stop(" 42", []) == "42"
-    assert first_number("about .5 or 3") == 0.5
+    assert answer_number("about .5 or 3") == 3
 
 
 def test_suite_file_that_is_not_utf8_is_a_clear_error(tmp_path: Path) -> None:

@@ -235,3 +235,21 @@ def test_chat_rows_use_the_chat_template_and_prompt_rows_stay_raw(tiny) -> None:
         assert raw.prompt == "User: hi\nAssistant:" and raw.response == " hello"
     finally:
         tokenizer.chat_template = None
+
+
+def test_the_baseline_verdict_says_when_the_best_accuracy_is_no_skill() -> None:
+    from retain.evaluation.baseline import BaselineResult
+    from retain.evaluation.task import TaskScore
+
+    def score(accuracy: float, predicted: dict[str, float]) -> TaskScore:
+        return TaskScore(name="eval", n=150, accuracy=accuracy, exact_match=accuracy, labels=("maybe", "no", "yes"),
+                         predicted=predicted, majority=("yes", 0.533))
+
+    # The PubMedQA trial: "no" to every row, 36.7%, while always "yes" would score 53.3%.
+    constant = BaselineResult({0: score(0.367, {"no": 1.0}), 5: score(0.30, {"no": 0.6, "yes": 0.4})}, None, 0.05, {})
+    assert constant.verdict().startswith("no skill: zero-shot, the model answered 'no' to 100% of the rows")
+    below = BaselineResult({0: score(0.50, {"no": 0.5, "yes": 0.5})}, None, 0.05, {})
+    assert "at or below always answering the commonest label 'yes' (53.3%)" in below.verdict()
+    skilled = BaselineResult({0: score(0.70, {"no": 0.4, "yes": 0.6})}, None, 0.05, {})
+    assert skilled.caveat() is None and skilled.verdict().startswith("best: zero-shot at 70.0%")
+    assert constant.to_dict()["caveat"] == constant.caveat()

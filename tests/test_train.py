@@ -162,6 +162,7 @@ def test_the_smoke_guard_stops_a_model_that_answers_nothing(lab, tmp_path, monke
     stop = summary["stopped_by"]
     assert stop["guard"] == "smoke" and stop["step"] == 4  # its first check
     assert "emits EOS at once" in stop["message"] and not summary["verdict"]["ship"]
+    assert summary["restored_step"] == 0  # a stop by any guard never saves the weights that tripped it
 
 
 def test_a_nan_loss_stops_at_once_with_the_step(lab, tmp_path) -> None:
@@ -174,6 +175,7 @@ def test_a_nan_loss_stops_at_once_with_the_step(lab, tmp_path) -> None:
     stop = summary["stopped_by"]
     assert stop["guard"] == "loss" and stop["action"] == "stop"
     assert f"at step {stop['step']}" in stop["message"] and summary["steps"] == stop["step"] < 16
+    assert summary["restored_step"] == 0  # the starting weights, not the NaN ones
 
 
 def test_doctor_blockers_refuse_training_and_force_overrides(lab, tmp_path) -> None:

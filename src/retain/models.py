@@ -34,6 +34,8 @@ from transformers import (
 )
 
 from retain.errors import ModelLoadError
+from retain.ggufmodels import SUFFIX as GGUF_SUFFIX
+from retain.ggufmodels import gguf_file_in, load_gguf
 from retain.hardware import default_device
 from retain.modelfiles import damaged_file, json_object
 from retain.sources import model_family
@@ -204,11 +206,19 @@ def _warn_if_remote_code(name_or_path: str, trust_remote_code: bool) -> None:
 
 
 def resolve_model_path(name_or_path: str, progress: bool = True) -> Path:
-    """Returns a registered model's directory, the model directory in a path, or a hub id as is."""
+    """Returns a registered model's directory, the model directory in a path (a GGUF file,
+    or a folder holding one, converted once into the cache: :mod:`retain.ggufmodels`), or
+    a hub id as is."""
     family = model_family(name_or_path)
     if family is not None:
         return family.build(progress)
     path = Path(name_or_path)
+    if path.suffix.lower() == GGUF_SUFFIX and not path.exists():
+        raise ModelLoadError(f"there is no GGUF file {path}", file=path,
+                             fix="check the path; a GGUF model is a file ending in .gguf")
+    gguf = gguf_file_in(path)
+    if gguf is not None:
+        return load_gguf(gguf, progress)
     return _model_dir_in(path) if path.is_dir() else path
 
 

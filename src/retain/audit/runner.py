@@ -112,6 +112,7 @@ def run_audit(
     window = None
     if tokenizer is None:
         tokenizer, window = _tokenizer(config)
+        findings.append(_whose_tokenizer(config, measured=tokenizer is not None))
     if tokenizer is not None:
         findings += token_lengths(examples, tokenizer, config.data.max_length, window,
                                   chat_template=config.model.chat_template)
@@ -123,6 +124,27 @@ def run_audit(
     findings.append(_general_source_contamination(config, probes))
     report.findings = sorted((f for f in findings if f is not None), key=lambda f: SEVERITIES.index(f.severity))
     return report
+
+
+def _whose_tokenizer(config: RetainConfig, *, measured: bool) -> Finding:
+    """Says which model's tokenizer counted the tokens; a count made with the default model's
+    because no config named one is not the user's model's, and is a warning saying so."""
+    name = config.model.name_or_path
+    default = "name_or_path" not in config.model.model_fields_set  # no config, or one naming no model
+    if not measured:
+        return Finding(code="tokenizer", severity="warning", count=0,
+                       title=f"token lengths not checked: the tokenizer of '{name}' could not be loaded",
+                       fix="name a model whose tokenizer loads in model.name_or_path (-c CONFIG)")
+    if default:
+        return Finding(code="tokenizer", severity="warning", count=0,
+                       title=f"token lengths counted with the tokenizer of '{name}', retain's default model, "
+                       "not of the model you will train",
+                       fix="pass -c CONFIG naming your model in model.name_or_path; lengths in another "
+                       "tokenizer's tokens can differ two-fold",
+                       details={"model": name, "default": True})
+    return Finding(code="tokenizer", severity="info", count=0,
+                   title=f"token lengths counted with the tokenizer of '{name}'",
+                   fix="none needed", details={"model": name, "default": False})
 
 
 def _general_source_contamination(config: RetainConfig, probes: Sequence[ProbeSuite]) -> Finding | None:

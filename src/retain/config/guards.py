@@ -23,8 +23,9 @@ class ForgettingGuardConfig(Section):
     )
     action: Literal["warn", "stop", "restore_best"] = Field(
         "restore_best",
-        description="On crossing the threshold: `warn`, `stop`, or stop and `restore_best` "
-        "(load the best checkpoint within the threshold back and save it as the final model).",
+        description="On crossing the threshold: `warn`, or `stop` / `restore_best` (the same since "
+        "issue 25: any stop loads the best checkpoint within the threshold back, or the starting "
+        "weights, and saves it as the final model).",
     )
     method: Literal["generation", "loglik"] = Field(
         "generation",

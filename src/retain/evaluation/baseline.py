@@ -79,6 +79,10 @@ def _turns(example: Example) -> list[dict]:
     ]
 
 
+# One label in this share of the answers is a constant answer, whatever the data.
+CONSTANT_SHARE = 0.95
+
+
 @dataclass(frozen=True)
 class BaselineResult:
     """Few-shot accuracy of the base model on the task.
@@ -108,7 +112,29 @@ class BaselineResult:
         return self.best[1].accuracy >= self.target - self.margin
 
     def verdict(self) -> str:
-        """One sentence: does the user need to fine-tune?"""
+        """One sentence: does the user need to fine-tune? Prefixed with what makes the best
+        accuracy no skill at all, when it is so (:meth:`caveat`)."""
+        caveat = self.caveat()
+        return f"{caveat}; {self._verdict()}" if caveat else self._verdict()
+
+    def caveat(self) -> str | None:
+        """Says why the best accuracy measures no skill: one answer given to (nearly) every
+        row, or an accuracy at or below the share of the commonest label (what always
+        answering it would score). None when neither holds."""
+        k, score = self.best
+        shots = "zero-shot" if k == 0 else f"{k}-shot"
+        said = {label: share for label, share in score.predicted.items() if label != "(none)"}
+        if said and max(said.values()) >= CONSTANT_SHARE:
+            label = max(said, key=said.get)
+            return (f"no skill: {shots}, the model answered '{label}' to {said[label]:.0%} of the rows "
+                    f"(accuracy {score.accuracy:.1%} is that label's share)")
+        if score.majority is not None and score.accuracy <= score.majority[1]:
+            label, share = score.majority
+            return (f"no skill: the best accuracy ({shots}, {score.accuracy:.1%}) is at or below always "
+                    f"answering the commonest label '{label}' ({share:.1%})")
+        return None
+
+    def _verdict(self) -> str:
         k, score = self.best
         shots = "zero-shot" if k == 0 else f"{k}-shot"
         if self.target is None:
@@ -138,6 +164,7 @@ class BaselineResult:
             "prompting_may_suffice": self.prompting_may_suffice,
             "shortened": {str(shots): count for shots, count in self.shortened.items()},
             "verdict": self.verdict(),
+            "caveat": self.caveat(),
         }
 
 

@@ -33,6 +33,7 @@ from retain.evaluation.probes import ProbeSuite
 from retain.evaluation.suites import GENERAL_SUITE, load_suite
 from retain.models import LoadedModel, load_model, resolve_name
 from retain.paths import cache_dir
+from retain.progress import bars_when_asked
 from retain.sources import family_of
 
 logger = logging.getLogger("retain.evaluation")
@@ -93,6 +94,7 @@ def read_task(config: RetainConfig, path: str | None) -> list[Example] | None:
     return load_examples_for(config.data, path) if path else None
 
 
+@bars_when_asked
 def run_eval(
     config: RetainConfig,
     model_name: str,
@@ -226,6 +228,7 @@ def model_identity(name: str) -> str:
     return f"{path.resolve()}|{'|'.join(stamps)}"
 
 
+@bars_when_asked
 def run_baseline_command(config: RetainConfig, progress: bool = True) -> BaselineResult:
     """Runs ``retain baseline``: few-shot accuracy of ``model`` on ``data.eval``.
 

@@ -16,6 +16,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from retain.data.prompting import PromptFormat
 from retain.evaluation.probes import ProbeScore, ProbeSuite, check_answer, cut_at_stop
 from retain.hardware import batches_with_backoff
+from retain.progress import task
 
 
 @dataclass(frozen=True)
@@ -48,6 +49,7 @@ def generate_greedy(
     batch_size: int = 64,
     add_special_tokens: bool = True,
     score_first: Sequence[int] = (),
+    label: str = "generating",
 ) -> list[Generation]:
     """Generates greedily for each prompt, in batches with left padding.
 
@@ -66,6 +68,7 @@ def generate_greedy(
         score_first: Token ids whose log-probability at the first new position is kept
             in each :class:`Generation` (``first_logprobs``): the first step's forward
             pass already computed it, so a one-token answer's likelihood costs nothing.
+        label: What the progress bar says (shown when the command asked: :mod:`retain.progress`).
 
     Returns:
         One :class:`Generation` per prompt, in order.
@@ -118,10 +121,12 @@ def generate_greedy(
 
     try:
         # Out of memory halves the batch: the answers are the same, only slower.
-        for batch, rows in batches_with_backoff(order, batch_size, generate, owner=model, kind="generation"):
-            for index, (row, first) in zip(batch, rows):
-                results[index] = _to_generation(prompts[index], row, eos_id, tokenizer,
-                                                None if first is None or index in cut else tuple(first))
+        with task(label, len(order)) as advance:
+            for batch, rows in batches_with_backoff(order, batch_size, generate, owner=model, kind="generation"):
+                for index, (row, first) in zip(batch, rows):
+                    results[index] = _to_generation(prompts[index], row, eos_id, tokenizer,
+                                                    None if first is None or index in cut else tuple(first))
+                advance(len(batch))
     finally:
         model.train(was_training)
     return [result for result in results if result is not None]
@@ -160,7 +165,8 @@ def score_probes_by_generation(
 ) -> ProbeScore:
     """Returns the accuracy of greedy answers to every probe in ``suite``, by its checkers.
 
-    Each generation is cut at the suite's stop strings, then judged by the item's checker.
+    Each generation is cut at the suite's stop strings (raw prompts only: a chat answer
+    ends at its end-of-turn token), then judged by the item's checker.
     ``max_new_tokens`` is generous on purpose: a tight cap cuts multi-token answers
     (a 6-token cap understated the lab base model by 12 points) and reports forgetting
     where there is none.
@@ -173,7 +179,12 @@ def score_probes_by_generation(
         max_new_tokens,
         batch_size,
         add_special_tokens=prompt_format.add_special_tokens,
+        label=f"{suite.name} by generation",
     )
-    answers = [cut_at_stop(generation.text, suite.stop) for generation in generations]
+    # The stop strings cut a base model's continuation before the next question it invents;
+    # a chat model's answer ends at its end-of-turn token, and a line break inside it
+    # ("7 + 5 = 12\n\nSo ...", an explanation then the result) is part of the answer.
+    stop = () if prompt_format.is_chat else suite.stop
+    answers = [cut_at_stop(generation.text, stop) for generation in generations]
     correct = [check_answer(item, answer) for item, answer in zip(suite.items, answers)]
     return ProbeScore.from_flags(suite, suite.items, "generation", correct, answers, generations)

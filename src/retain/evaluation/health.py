@@ -299,5 +299,5 @@ def smoke_test(
     """
     if not prompts:
         raise ValueError("smoke_test needs at least one prompt")
-    generations = generate_greedy(model, tokenizer, prompts, max_new_tokens, batch_size)
+    generations = generate_greedy(model, tokenizer, prompts, max_new_tokens, batch_size, label="smoke test")
     return generation_health(generations)

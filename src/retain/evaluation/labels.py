@@ -13,8 +13,6 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from itertools import pairwise
 
-from retain.evaluation.probes import normalize_answer
-
 MAX_LABEL_WORDS = 3
 # Quotes and markdown that wrap an answer without being part of it.
 _WRAPPERS = "\"'`*_“”‘’"
@@ -29,6 +27,16 @@ _PREFIX = re.compile(
 _STATEMENT = re.compile(r"\banswer(?:\s+is|\s+would\s+be|\s*:)", re.IGNORECASE)
 # Words that join options without choosing one: "yes or no", "yes and no", "yes/no".
 _CONNECTORS = frozenset({"or", "and", "nor", "vs", "versus"})
+
+
+def normalize_answer(text: str) -> str:
+    """Returns ``text`` reduced for exact-match comparison.
+
+    Case, surrounding whitespace, inner runs of whitespace and trailing sentence
+    punctuation are not part of the answer; everything else is.
+    """
+    collapsed = " ".join(text.split()).casefold()
+    return collapsed.rstrip(".!?;,").strip()
 
 
 def normalize_label(text: str) -> str:

@@ -42,6 +42,7 @@ from retain.evaluation.packing import score_batch_packed
 from retain.evaluation.probes import ProbeScore, ProbeSuite
 from retain.evaluation.requests import Continuation, EncodedRequest, encode_requests
 from retain.hardware import batches_with_backoff
+from retain.progress import task
 
 
 @torch.inference_mode()
@@ -52,6 +53,7 @@ def score_continuations(
     batch_size: int = 32,
     add_special_tokens: bool = True,
     strategy: str = "auto",
+    label: str = "log-likelihood",
 ) -> list[list[Continuation]]:
     """Scores every continuation of every ``(context, continuations)`` request.
 
@@ -66,6 +68,7 @@ def score_continuations(
             writes BOS itself).
         strategy: ``packed``, ``cache``, or ``auto`` (packed where the attention
             implementation takes a custom 4-D mask, cache elsewhere).
+        label: What the progress bar says (shown when the command asked: :mod:`retain.progress`).
 
     Returns:
         For each request, one :class:`Continuation` per continuation, in input order.
@@ -87,10 +90,13 @@ def score_continuations(
     model.eval()
     try:
         # Out of memory halves the batch: the scores are the same up to float rounding.
-        for batch, scored in batches_with_backoff(encoded, batch_size, lambda batch: score_batch(model, tokenizer, batch),
-                                                  owner=model, kind="loglik"):
-            for request, scores in zip(batch, scored):
-                results[request.index] = scores
+        with task(label, len(encoded)) as advance:
+            for batch, scored in batches_with_backoff(encoded, batch_size,
+                                                      lambda batch: score_batch(model, tokenizer, batch),
+                                                      owner=model, kind="loglik"):
+                for request, scores in zip(batch, scored):
+                    results[request.index] = scores
+                advance(len(batch))
     finally:
         model.train(was_training)
     return results
@@ -233,6 +239,7 @@ def rank_options(
     options: Sequence[Sequence[str]],
     prompt_format: PromptFormat | None = None,
     batch_size: int = 32,
+    label: str = "log-likelihood",
 ) -> list[RankedItem]:
     """Ranks each prompt's options by log-likelihood; ties go to the earlier option.
 
@@ -247,7 +254,7 @@ def rank_options(
         for prompt, choices in zip(prompts, options)
     ]
     scored = score_continuations(
-        model, tokenizer, requests, batch_size, prompt_format.add_special_tokens
+        model, tokenizer, requests, batch_size, prompt_format.add_special_tokens, label=label
     )
     ranked = []
     for choices, scores in zip(options, scored):
@@ -285,6 +292,7 @@ def score_probes_by_loglik(
         [item.options for item in items],
         prompt_format,
         batch_size,
+        label=f"{suite.name} by log-likelihood",
     )
     scores = []
     for method, pick in (("loglik", "choice"), ("loglik_norm", "choice_norm")):

@@ -4,8 +4,11 @@ A probe item has a prompt and a correct ``answer``; optionally a list of ``optio
 (the answer among them) for log-likelihood ranking. Answers and options are written as
 plain text; the suite's ``delimiter`` (a space by default) joins prompt and option when a
 causal LM scores ``prompt + delimiter + option``. Generated answers are judged by the
-item's ``checker``: ``exact`` (after :func:`normalize_answer`), ``contains`` (whole words),
-``regex`` (``pattern`` searched, case-insensitive) or ``numeric`` (first number equal).
+item's ``checker``: ``exact`` (after :func:`normalize_answer`), ``label`` (the option the
+answer commits to, read as :func:`~retain.evaluation.labels.parse_label` reads a task's
+labels: "Yes, fish live in water." is ``yes``), ``contains`` (whole words), ``regex``
+(``pattern`` searched, case-insensitive) or ``numeric`` (the answer number equal:
+:func:`answer_number`).
 """
 
 from __future__ import annotations
@@ -16,8 +19,10 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
-Checker = Literal["exact", "contains", "regex", "numeric"]
-CHECKERS: tuple[str, ...] = ("exact", "contains", "regex", "numeric")
+from retain.evaluation.labels import normalize_answer, normalize_label, parse_label
+
+Checker = Literal["exact", "label", "contains", "regex", "numeric"]
+CHECKERS: tuple[str, ...] = ("exact", "label", "contains", "regex", "numeric")
 
 
 @dataclass(frozen=True)
@@ -31,8 +36,8 @@ class ProbeItem:
         answer: The correct answer, as plain text.
         options: Candidate answers for log-likelihood ranking, ``answer`` among them. Empty
             when the item is scored by generation only.
-        checker: How a generated answer is judged: ``exact``, ``contains``, ``regex`` or
-            ``numeric``.
+        checker: How a generated answer is judged: ``exact``, ``label``, ``contains``,
+            ``regex`` or ``numeric``.
         pattern: The regular expression of the ``regex`` checker.
         held_out: True when neither this item nor its fact appeared in training (lab only:
             e.g. a sum the base model never saw). Tells generalisation from recall.
@@ -98,33 +103,38 @@ class ProbeSuite:
         return [item for item in self.items if item.options]
 
 
-def normalize_answer(text: str) -> str:
-    """Returns ``text`` reduced for exact-match comparison.
-
-    Case, surrounding whitespace, inner runs of whitespace and trailing sentence
-    punctuation are not part of the answer; everything else is.
-    """
-    collapsed = " ".join(text.split()).casefold()
-    return collapsed.rstrip(".!?;,").strip()
-
-
 def exact_match(prediction: str, answer: str) -> bool:
     """Returns whether ``prediction`` equals ``answer`` after :func:`normalize_answer`."""
     return normalize_answer(prediction) == normalize_answer(answer)
 
 
 _NUMBER = re.compile(r"[-+]?\d[\d,]*(?:\.\d+)?|[-+]?\.\d+")
+# Where a sentence states its result: "= 12", "is 12", "equals 12", "answer: 12", "gives 12".
+_STATED = re.compile(
+    r"(?:=|\b(?:is|equals|makes|gives|answer(?:\s+is)?\s*:?))\s*\$?\s*"
+    r"(?P<number>[-+]?\d[\d,]*(?:\.\d+)?|[-+]?\.\d+)", re.IGNORECASE)
 
 
-def first_number(text: str) -> float | None:
-    """Returns the first number written in ``text`` (``1,200`` reads as 1200), or None."""
-    found = _NUMBER.search(text)
-    if found is None:
-        return None
+def _number(text: str) -> float | None:
     try:
-        return float(found.group().replace(",", ""))
+        return float(text.replace(",", ""))
     except ValueError:
         return None
+
+
+def answer_number(text: str) -> float | None:
+    """Returns the number ``text`` gives as its answer (``1,200`` reads as 1200), or None.
+
+    A chat model restates the question before answering ("7 + 5 = 12", "The sum of 7 and
+    5 is 12."), so the answer is the last number a result is stated with (after ``=``,
+    ``is``, ``equals``, ``makes``, ``gives`` or ``answer``), else the last number written.
+    A bare answer ("12") reads the same either way.
+    """
+    stated = [match.group("number") for match in _STATED.finditer(text)]
+    if stated:
+        return _number(stated[-1])
+    numbers = _NUMBER.findall(text)
+    return _number(numbers[-1]) if numbers else None
 
 
 def cut_at_stop(text: str, stop: Sequence[str]) -> str:
@@ -146,12 +156,14 @@ def check_answer(item: ProbeItem, text: str) -> bool:
     """Returns whether the generated ``text`` answers ``item`` correctly by its checker."""
     if item.checker == "exact":
         return exact_match(text, item.answer)
+    if item.checker == "label":  # the option it commits to, as the task scorer reads labels
+        return parse_label(text, item.options or (item.answer,)) == normalize_label(item.answer)
     if item.checker == "contains":
         answer = re.escape(normalize_answer(item.answer))
         return re.search(rf"(?<!\w){answer}(?!\w)", " ".join(text.split()).casefold()) is not None
     if item.checker == "regex":
         return re.search(item.pattern or "", text, flags=re.IGNORECASE) is not None
-    expected, got = first_number(item.answer), first_number(text)
+    expected, got = answer_number(item.answer), answer_number(text)
     return expected is not None and got is not None and math.isclose(got, expected, abs_tol=1e-9)
 
 

@@ -217,7 +217,7 @@ def _generate(
         prompts = [rendered[i].prompt for i in indices]
         outputs = generate_greedy(
             model, tokenizer, prompts, max_new_tokens, batch_size, add_special_tokens=special,
-            score_first=score_first,
+            score_first=score_first, label="task by generation",
         )
         for index, output in zip(indices, outputs):
             results[index] = output
@@ -285,7 +285,7 @@ def _rank_labels(
         if not indices:
             continue
         requests = [(rendered[i].prompt, list(choices)) for i in indices]
-        scored = score_continuations(model, tokenizer, requests, batch_size, special)
+        scored = score_continuations(model, tokenizer, requests, batch_size, special, label="task by log-likelihood")
         for index, scores in zip(indices, scored):
             values[index] = [score.logprob for score in scores]
     return [labels[max(range(len(row)), key=lambda k: (row[k], -k))] for row in values if row is not None]

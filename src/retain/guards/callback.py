@@ -5,8 +5,8 @@ At each scheduled check (every ``guards.every_steps`` optimizer steps, or
 measures the model (:class:`~retain.guards.measure.Probe`), asks each guard of :mod:`retain.guards.rules` for
 its decision, writes every decision with its numbers to ``metrics.jsonl`` and the log,
 and acts: a stop ends training after this step; a new best check makes the trainer save
-a checkpoint now and protects it from rotation (``state.best_global_step``), so that
-``restore_best`` can load it back. Every logged training loss passes the loss guard.
+a checkpoint now and protects it from rotation (``state.best_global_step``), so that a
+stop, by any guard, can load it back. Every logged training loss passes the loss guard.
 
 
 Every checkpoint is sealed with the guard state (:mod:`retain.checkpoints`), so
@@ -127,9 +127,9 @@ class GuardCallback(TrainerCallback):
         """Records the starting model as the check of step 0 (a fresh run only).
 
         It starts the timeline, and it is a candidate of the selection rule like any other
-        check: when no later check stays within the forgetting limit, ``restore_best``
-        rolls the run back to these weights. When a guard may restore, the trainable
-        weights are saved for that in ``checkpoints/start`` (a complete folder or none).
+        check: when no later check stays within the forgetting limit, a stop rolls the run
+        back to these weights, saved for that in ``checkpoints/start`` (a complete folder
+        or none).
         """
         if model is None or self.state.checks or state.global_step != 0:
             return
@@ -152,14 +152,8 @@ class GuardCallback(TrainerCallback):
             self.echo(describe(check) + " (the starting model)")
         if check.forgetting is not None or self.baseline.probe_accuracy is None:
             self.state.best_step = 0
-        if self.restores and self.run.writer:
+        if self.run.writer:  # every stop may come back here (see _stop)
             save_model(model, start_folder(self.run))
-
-    @property
-    def restores(self) -> bool:
-        """Whether any guard's action is ``restore_best``."""
-        return "restore_best" in (self.config.forgetting.action, self.config.drift.action,
-                                  self.config.overfitting.action)
 
     def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
                     model: PreTrainedModel | None = None, **kwargs: Any) -> None:
@@ -197,9 +191,7 @@ class GuardCallback(TrainerCallback):
         # is restored if any of them asks for it.
         stopping = [decision for decision in decisions if decision.stops]
         if stopping and self.state.stopped_by is None:
-            self.state.stopped_by = min(stopping, key=lambda decision: GUARD_ORDER.index(decision.guard))
-            self.state.restore = any(decision.action == "restore_best" for decision in stopping)
-            control.should_training_stop = True
+            self._stop(min(stopping, key=lambda decision: GUARD_ORDER.index(decision.guard)), control)
         # Only checks that measured forgetting (when there is a base to measure it against)
         # can be restored to: the rule is "best within the forgetting limit".
         measured = check.forgetting is not None or self.baseline.probe_accuracy is None
@@ -255,9 +247,17 @@ class GuardCallback(TrainerCallback):
         if self.echo is not None and decision.triggered:
             self.echo(line)
         if stop and decision.stops and self.state.stopped_by is None:
-            self.state.stopped_by = decision
-            self.state.restore = decision.action == "restore_best"
-            control.should_training_stop = True
+            self._stop(decision, control)
+
+    def _stop(self, decision: Decision, control: TrainerControl) -> None:
+        """Stops the run for ``decision``. Whatever the guard and its action (``stop`` or
+        ``restore_best``), the run ends on the best checkpoint within the forgetting limit,
+        or the starting weights (:func:`retain.training.finish.restore_if_asked`): the
+        weights that tripped a guard (a silent model, a NaN loss, forgetting past the
+        limit) are never the ones saved."""
+        self.state.stopped_by = decision
+        self.state.restore = True
+        control.should_training_stop = True
 
 
 def tracker_values(check: Check) -> dict[str, float]:

@@ -69,7 +69,7 @@ from retain.memory import check_training_memory
 from retain.methods import MethodContext, methods_for
 from retain.models import load_model, quiet_peft
 from retain.paths import cache_dir, process_count
-from retain.progress import quiet_trainer
+from retain.progress import quiet_trainer, shown
 from retain.rundir import RunDir, default_run_name, validate_run_name
 from retain.summary import RunSummary
 from retain.training.baseline import measure_base
@@ -216,7 +216,8 @@ def _train(config: RetainConfig, run: RunDir, *, resume: bool, force: bool, merg
     collate = build_collator(tokenizer, config.train.collator)
     probe = _probe(config, suites, tokenizer, prompt_format, plan, collate)
     task, ood = _read(config, config.data.eval), _read(config, config.data.ood)  # before and after
-    base_result, baseline = measure_base(config, run, loaded, probe, task, ood, resume=resume)
+    with shown(progress):  # the bars of the base measurement; the guards' checks stay silent
+        base_result, baseline = measure_base(config, run, loaded, probe, task, ood, resume=resume)
     echo(f"base model: probe accuracy {percent(baseline.probe_accuracy)} "
          f"({config.guards.forgetting.method}), smoke failures {baseline.smoke_fail_share:.0%}")
     # 6. The model the methods prepare, and the checkpoint a resume continues from.
@@ -264,9 +265,10 @@ def _train(config: RetainConfig, run: RunDir, *, resume: bool, force: bool, merg
     save_model(model, run.path / "model", tokenizer)
     if merge:
         save_merged(model, tokenizer, run.path / "merged", config)
-    final = evaluate(model, tokenizer, name=str(run.path / "model"), chat_template=config.model.chat_template,
-                     suites=suites, task=task, ood=ood,
-                     reference=probe.reference, base_logprobs=baseline.logprobs, settings=probe.settings)
+    with shown(progress):
+        final = evaluate(model, tokenizer, name=str(run.path / "model"), chat_template=config.model.chat_template,
+                         suites=suites, task=task, ood=ood,
+                         reference=probe.reference, base_logprobs=baseline.logprobs, settings=probe.settings)
     run.write_json("final_eval.json", final.to_dict())
     epochs_done = trainer.state.global_step / plan.steps_per_epoch
     summary = summary_of(config, guard.state, base_result, final, restored=restored,
