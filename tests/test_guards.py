@@ -45,6 +45,10 @@ def test_smoke_compares_with_the_base_and_names_the_cause() -> None:
     assert not judge_smoke(one, 0.0, lenient).triggered
     assert "masked" in smoke_cause({"never_stops": 2, "echo": 1})
     assert "repeats the prompt" in smoke_cause({"echo": 2})
+    # The doctor saw the labels right: the cause named is the training, never the collator.
+    checked = smoke_cause({"echo": 2}, pipeline_checked=True)
+    assert "learning rate" in checked and "collator" not in checked and "loss_on" not in checked
+    assert "masked" not in smoke_cause({"never_stops": 2}, pipeline_checked=True)
 
 
 def test_drift_records_without_limits_and_acts_with_them() -> None:
@@ -155,3 +159,19 @@ def test_forgetting_patience_waits_out_a_falling_dip_but_not_a_holding_drop() ->
     # The run's last check acts at once: no later check to recover at.
     assert judge([0.0, 0.05], 2, last=True).triggered
     assert not judge([0.0, 0.02], 2, last=True).triggered
+
+
+def test_the_smoke_guard_knows_whether_the_doctor_passed_the_run(tmp_path) -> None:
+    import json
+
+    from retain.rundir import RunDir
+    from retain.training.preflight import doctor_passed
+
+    run = RunDir(tmp_path)
+    assert not doctor_passed(run)  # no doctor.json: it cannot say
+    (tmp_path / "doctor.json").write_text(json.dumps({"findings": [{"severity": "warning"}]}))
+    assert doctor_passed(run)
+    (tmp_path / "doctor.json").write_text(json.dumps({"findings": [{"severity": "blocker"}]}))
+    assert not doctor_passed(run)
+    (tmp_path / "doctor.json").write_text("[broken")
+    assert not doctor_passed(run)

@@ -77,8 +77,10 @@ class GuardCallback(TrainerCallback):
         settle_steps: int = 0,
         state: GuardState | None = None,
         echo: Callable[[str], None] | None = None,
+        pipeline_checked: bool = False,
     ) -> None:
         self.config = config
+        self.pipeline_checked = pipeline_checked  # the doctor found the labels right (no blocker)
         self.probe = probe
         self.baseline = baseline
         self.run = run
@@ -229,7 +231,7 @@ class GuardCallback(TrainerCallback):
     def judge(self, check: Check, last: bool = False) -> list[Decision]:
         """Returns every guard's decision on ``check`` (``last``: the run's last check)."""
         decisions = [
-            judge_smoke(check, self.baseline.smoke_fail_share, self.config),
+            judge_smoke(check, self.baseline.smoke_fail_share, self.config, self.pipeline_checked),
             judge_forgetting(check, self.config, self.state.checks, last),
             judge_drift(check, self.config),
             judge_overfitting([c for c in self.state.checks if c.val_loss is not None], self.config)

@@ -146,8 +146,12 @@ def judge_forgetting(check: Check, config: GuardsConfig, earlier: Sequence[Check
     )
 
 
-def judge_smoke(check: Check, base_fail_share: float, config: GuardsConfig) -> Decision | None:
-    """Triggers when too many smoke answers are broken, and more than the base model's were."""
+def judge_smoke(check: Check, base_fail_share: float, config: GuardsConfig,
+                pipeline_checked: bool = False) -> Decision | None:
+    """Triggers when too many smoke answers are broken, and more than the base model's were.
+
+    ``pipeline_checked``: the doctor found the training labels right (no blocker), so the
+    cause named is in the training, not in labels or the collator (:func:`smoke_cause`)."""
     settings = config.smoke
     share = check.smoke_fail_share
     if share is None:
@@ -156,7 +160,7 @@ def judge_smoke(check: Check, base_fail_share: float, config: GuardsConfig) -> D
     message = (f"{share:.0%} of smoke answers broken (base {base_fail_share:.0%}, limit "
                f"{settings.fail_share:.0%})")
     if triggered:
-        message += f": {smoke_cause(check.smoke_failures)}"
+        message += f": {smoke_cause(check.smoke_failures, pipeline_checked)}"
         if check.smoke_examples:
             prompt, answer = check.smoke_examples[0]
             message += f"; e.g. {_cut(prompt, tail=True)!r} -> {_cut(answer)!r}"
@@ -167,11 +171,32 @@ def judge_smoke(check: Check, base_fail_share: float, config: GuardsConfig) -> D
     )
 
 
-def smoke_cause(failures: dict[str, int]) -> str:
-    """Returns the likely cause of broken smoke answers, from the commonest failure kind."""
+# What broken smoke answers mean when the doctor has seen the training batches and found
+# them right (only the answer trained, its EOS kept): the labels are not the cause.
+_TRAINING_CAUSES = {
+    "empty": "the model emits EOS at once (zero new tokens). The doctor found the labels right, so "
+    "the training made it so: a learning rate so high that every answer collapsed to the shortest "
+    "one, or many empty or one-word answers in the data; lower train.lr or add rehearsal (replay)",
+    "echo": "the model repeats the prompt, or answers with a few of its words. The doctor found "
+    "that only the answer is trained, so the training made it so: a learning rate too high for "
+    "this data, or answers so short and alike that the model unlearned answering in sentences; "
+    "lower train.lr or add rehearsal (replay)",
+    "loop": "the model loops. The doctor found the EOS trained, so the training made it so: a "
+    "learning rate too high; lower train.lr",
+    "never_stops": "the model no longer ends its answers where the base model did. The doctor found "
+    "the EOS trained, so the training made it so: a learning rate too high, or answers much longer "
+    "than the base model's; lower train.lr",
+}
+
+
+def smoke_cause(failures: dict[str, int], pipeline_checked: bool = False) -> str:
+    """Returns the likely cause of broken smoke answers, from the commonest failure kind;
+    with ``pipeline_checked`` (the doctor found the labels right) a cause in the training."""
     if not failures:
         return "answers broken"
     kind = max(failures, key=lambda name: failures[name])
+    if pipeline_checked and kind in _TRAINING_CAUSES:
+        return _TRAINING_CAUSES[kind]
     return {
         "empty": "the model emits EOS at once (zero new tokens). Likely causes: labels that "
         "teach an immediate EOS (a prompt ending with its own EOS, empty answers), or a "

@@ -16,6 +16,7 @@ from retain.evaluation.commands import (
     default_suites,
 )
 from retain.evaluation.suites import load_suite
+from retain.io import decode_json
 from retain.memory import check_training_memory, count_parameters
 from retain.models import load_model_parts
 from retain.rundir import RunDir
@@ -65,3 +66,13 @@ def preflight(config: RetainConfig, run: RunDir, suites: list, *, force: bool,
             )
         if blockers:
             logger.warning("training despite %d %s blocker(s) (--force)", len(blockers), name)
+
+
+def doctor_passed(run: RunDir) -> bool:
+    """Returns whether the run's doctor found no blocker (its ``doctor.json``): the labels,
+    EOS and masking of the training batches are right. False when it did, or cannot say."""
+    try:
+        report = decode_json(run.path.joinpath("doctor.json").read_text(encoding="utf-8"))
+        return not any(finding.get("severity") == "blocker" for finding in report["findings"])
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return False

@@ -82,7 +82,7 @@ from retain.training.finish import (
     summary_of,
 )
 from retain.training.plan import VALIDATION_LIMIT, Plan, TrainingRows, check_blended_rows, training_args
-from retain.training.preflight import check_inputs, preflight
+from retain.training.preflight import check_inputs, doctor_passed, preflight
 from retain.training.resume import check_same_config, check_same_data, data_hashes, same_threads_note
 from retain.training.sampling import SeededEpochOrder
 from retain.training.trainer import RetainTrainer
@@ -236,6 +236,7 @@ def _train(config: RetainConfig, run: RunDir, *, resume: bool, force: bool, merg
         config.guards, probe, baseline, run, interval=plan.interval,
         settle_steps=max(int(config.train.warmup_ratio * plan.total_steps), math.ceil(0.1 * plan.total_steps)),
         state=(read_guard_state(checkpoint) if checkpoint else None) or GuardState(), echo=echo,
+        pipeline_checked=doctor_passed(run),
     )
     seal = CheckpointSeal((lambda: guard.state.to_dict()) if config.guards.enabled else None)
     trainer = RetainTrainer(model=model, args=training_args(config, run, plan),
