@@ -65,6 +65,14 @@ def test_comparing_a_model_with_itself_shows_no_forgetting(micro_base, files, tm
     assert result.exit_code == 0, result.output
     overall = json.loads(second.read_text())["forgetting"]["lab-small"]["generation"]["categories"]["overall"]
     assert overall["absolute_drop"] == 0 and overall["newly_wrong"] == 0
+    # One meaning of forgetting: relative first, the points beside it, both labelled.
+    assert "forgetting, relative = the drop from the base's accuracy" in result.output
+    from retain.console import forgetting_cell
+    from retain.evaluation.forgetting import CategoryForgetting
+
+    figure = CategoryForgetting(**{**{name: 0 for name in CategoryForgetting.__dataclass_fields__},
+                                   "absolute_drop": 0.196, "relative_drop": 0.44, "absolute_drop_ci": (0.121, 0.27)})
+    assert forgetting_cell(figure) == "+44.0% (+19.6 pts [+12.1, +27.0])"
 
 
 def test_adapter_is_compared_with_its_own_base_without_a_second_copy(micro_base, files, tmp_path) -> None:

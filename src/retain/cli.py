@@ -248,8 +248,11 @@ def train(
         table.add_row(f"task ({split})", percent(summary.base_task_accuracy(split)), percent(summary.task_accuracy(split)))
     console.print(table)
     if summary.forgetting_relative is not None:
-        console.print(f"forgetting, relative: {summary.forgetting_relative:+.1%}{summary.rehearsal_note()}",
-                      markup=False)
+        points = (None if summary.base_probe_accuracy is None or summary.final_probe_accuracy is None
+                  else (summary.base_probe_accuracy - summary.final_probe_accuracy) * 100)
+        console.print(f"forgetting, relative: {summary.forgetting_relative:+.1%}"
+                      + (f" ({points:+.1f} points of probe accuracy)" if points is not None else "")
+                      + summary.rehearsal_note(), markup=False)
     verdict = summary.verdict
     console.print("verdict: safe to ship" if verdict.ship else "verdict: not safe to ship: " + "; ".join(verdict.reasons),
                   markup=False, highlight=False)

@@ -116,7 +116,8 @@ def print_eval(outcome) -> None:
             table.add_column(method, justify="right")
         reports = outcome.forgetting.get(suite, {})
         if reports:
-            table.add_column("forgetting (generation)" if "generation" in reports else "forgetting", justify="right")
+            table.add_column("forgetting, relative (points) (generation)" if "generation" in reports
+                             else "forgetting, relative (points)", justify="right")
         first = next(iter(methods.values()))
         rows = [*first.counts, "overall"]
         for category in rows:
@@ -125,15 +126,14 @@ def print_eval(outcome) -> None:
             if reports:
                 report = reports.get("generation") or next(iter(reports.values()))
                 figure = report.categories.get(category)
-                cells.append(
-                    "-" if figure is None else
-                    f"{figure.absolute_drop:+.1%} [{figure.absolute_drop_ci[0]:+.1%}, {figure.absolute_drop_ci[1]:+.1%}]"
-                )
+                cells.append("-" if figure is None else forgetting_cell(figure))
             table.add_row(category, str(count), *cells, style="bold" if category == "overall" else None)
         console.print(table)
     if outcome.base_source:
-        console.print(f"forgetting = accuracy of the base ({outcome.base_source}) minus this model's; "
-                      "positive means forgotten, 95% bootstrap interval in brackets")
+        console.print(f"forgetting, relative = the drop from the base's accuracy ({outcome.base_source}) as a "
+                      "share of it, as retain train and its guard measure it; points = the drop in accuracy "
+                      "points, its 95% bootstrap interval in brackets; positive means forgotten",
+                      markup=False, highlight=False, soft_wrap=True)
     if result.task:
         table = Table(title="task")
         for column in ("split", "n", "accuracy", "by log-likelihood", "exact match", "no answer", "predicted", "health failures"):
@@ -162,6 +162,14 @@ def print_eval(outcome) -> None:
                       f"(empty {smoke.empty:.0%}, whitespace {smoke.whitespace_only:.0%}, echo {smoke.echo:.0%}, "
                       f"loop {smoke.loop:.0%}), no EOS {smoke.no_eos:.0%}, mean {smoke.mean_new_tokens:.1f} new tokens")
     console.print(f"evaluated in {result.seconds:.1f} s")
+
+
+def forgetting_cell(figure) -> str:
+    """Returns one category's forgetting as retain says it everywhere: relative first, the
+    drop in points beside it with its interval (``+44.0% (+19.6 pts [+12.1, +27.0])``)."""
+    low, high = figure.absolute_drop_ci
+    relative = "n/a" if figure.relative_drop is None else f"{figure.relative_drop:+.1%}"
+    return f"{relative} ({figure.absolute_drop * 100:+.1f} pts [{low * 100:+.1f}, {high * 100:+.1f}])"
 
 
 # --- lab ------------------------------------------------------------------------------
