@@ -257,3 +257,15 @@ def test_an_eos_inside_the_trained_text_is_an_early_stop(model_dir, tmp_path) ->
     assert early.severity == "blocker" and early.count == 3
     masked = run_doctor(config(model_dir, path))  # loss on the answer only: the prompt's EOS is not trained
     assert "early_eos" not in codes(masked)
+
+
+def test_a_prompt_glued_to_its_answer_is_warned_about(model_dir, tmp_path) -> None:
+    glued = tmp_path / "glued.jsonl"
+    glued.write_text("".join(json.dumps({"prompt": f"Is {n} even? yes, no or maybe.", "response": "yes"}) + "\n"
+                             for n in range(8)))
+    report = run_doctor(config(model_dir, glued))
+    finding = next(f for f in report.findings if f.code == "no_separator")
+    assert finding.severity == "warning" and finding.count == 8 and "maybe.yes" in finding.title
+    spaced = tmp_path / "spaced.jsonl"
+    spaced.write_text(glued.read_text().replace('"yes"', '" yes"'))
+    assert "no_separator" not in codes(run_doctor(config(model_dir, spaced)))

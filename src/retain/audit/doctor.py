@@ -29,7 +29,7 @@ from retain.audit.batches import (
 )
 from retain.audit.findings import MAX_EXAMPLES, SEVERITIES, Finding, Verdict
 from retain.audit.lengths import context_window_exceeded, too_long
-from retain.audit.prompts import generation_checks, template_checks
+from retain.audit.prompts import generation_checks, prompt_separator, template_checks
 from retain.config import RetainConfig
 from retain.data.encoding import (
     encode_examples,
@@ -108,6 +108,7 @@ def run_doctor(config: RetainConfig, *, parts: ModelParts | None = None) -> Doct
         padding_trained(rows),
         early_eos(rows, tokenizer),
         template_checks(rows, encoded, examples, tokenizer, prompt_format, config.model.chat_template),
+        prompt_separator(examples),
         too_long(kept, [row.prompt_tokens for row in encoded],
                  [row.full_tokens for row in encoded], config.data.max_length),
         context_window_exceeded([row.full_tokens for row in encoded], config.data.max_length,

@@ -208,3 +208,24 @@ def generation_checks(
             count=longer, fix=f"set eval.max_new_tokens to at least {answers[-1]}",
         ))
     return findings
+
+
+def prompt_separator(examples: Sequence[Example]) -> Finding | None:
+    """Prompt/response rows train as the text ``prompt + response``: with nothing between
+    them ("...or maybe.yes") the model learns answers glued to their questions."""
+    glued = [ex for ex in examples if ex.messages is None and ex.prompt and ex.response
+             and not ex.prompt[-1].isspace() and not ex.response[0].isspace()]
+    if not glued:
+        return None
+    example = glued[0]
+    return Finding(
+        code="no_separator", severity="warning",
+        title=f"{len(glued):,} of {len(examples):,} prompt/response rows join prompt and answer with "
+        f"nothing between them ('...{example.prompt[-20:]}{example.response[:12]}...'): the model learns "
+        "to answer glued to the question, and a serving prompt ends otherwise",
+        count=len(glued),
+        fix="end prompts with a newline or 'Answer:' and start answers with a space, as the rows "
+        "are trained as plain text prompt + response",
+        examples=tuple({"line": ex.line, "text": excerpt(ex.prompt[-40:] + ex.response[:20])}
+                       for ex in glued[:MAX_EXAMPLES]),
+    )
