@@ -44,7 +44,8 @@ def trained_runs(request: pytest.FixtureRequest, tmp_path_factory) -> dict[str, 
     """Trains the micro lab model three ways (once per session; the second caller reuses them).
 
     ``lora``: LoRA on all 64 rows, guards every 4 steps; ``aggressive``: full fine-tuning at
-    a high rate on 32 rows, stopped by the forgetting guard; ``small``: LoRA on 32 rows.
+    a high rate on 32 rows, the guards only warning (a stop would restore the best
+    checkpoint, and the report must show a model that forgot); ``small``: LoRA on 32 rows.
     One torch thread: the micro model's matrices are too small for two, and on a shared,
     busy CPU two threads made these runs eight times slower.
     """
@@ -81,7 +82,8 @@ def _train_runs(base, root: Path, done: Path) -> dict[str, Path]:
         "lora": {"method": {"use": ["lora"]}, "train": {"lr": 1e-3, "max_steps": 8, "batch_size": 8}},
         "aggressive": {"method": {"use": ["full"]}, "data": {"size": 32},
                        "train": {"lr": 1e-2, "max_steps": 8, "batch_size": 8},
-                       "guards": {"every_steps": 4, "forgetting": {"threshold": 0.01, "action": "stop"}}},
+                       "guards": {"every_steps": 4, "forgetting": {"threshold": 0.01, "action": "warn"},
+                                  "smoke": {"action": "warn"}}},
         "small": {"method": {"use": ["lora"]}, "data": {"size": 32},
                   "train": {"lr": 1e-3, "max_steps": 8, "batch_size": 8}},
     }
@@ -194,7 +196,7 @@ def test_one_run_has_its_cards_plots_findings_and_answers(runs, tmp_path) -> Non
     assert by_title["General probes: forgetting"].tone == "bad"
     assert verdict(run) == (False, summary["verdict"]["reasons"])
     assert by_title["Verdict"].value == "not safe to ship"
-    assert by_title["Training"].value == summary["status"] == "stopped"
+    assert by_title["Training"].value == summary["status"] == "completed"
 
     files = build_report([runs["aggressive"]], tmp_path / "one.html")
     html = files.html.read_text()
@@ -204,11 +206,11 @@ def test_one_run_has_its_cards_plots_findings_and_answers(runs, tmp_path) -> Non
     for heading in ("Summary", "Guard actions", "General probes before and after, per category", "Task",
                     "Data audit", "Pipeline doctor", "Sample answers before and after"):
         assert f"<h3>{heading}</h3>" in html, heading
-    # The guard that stopped the run is in the table, with its message.
+    # The guard that warned is in the table, with its message.
     overall = summary["forgetting"]["lab"]["categories"]["overall"]
     assert (f'<tr class="overall"><td>lab ({summary["forgetting"]["lab"]["version"]})</td><td>overall</td>'
             f'<td class="num">{overall["items"]}</td>') in html
-    event = summary["stopped_by"]
+    event = next(event for event in summary["guard_events"] if event["guard"] == "forgetting")
     assert f"<td>{event['guard']}</td><td>{event['action']}</td>" in html
     # Probe answers before and after come from the evaluations, with the suite's prompts.
     final = json.loads((runs["aggressive"] / "final_eval.json").read_text())

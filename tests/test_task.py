@@ -43,7 +43,7 @@ def tiny_one_token(domain_examples):
 def plant(monkeypatch, texts: list[str]) -> None:
     """Makes the model 'say' ``texts``, one per prompt, whatever the prompts are."""
 
-    def fake(model, tokenizer, prompts, max_new_tokens, batch_size=64, add_special_tokens=True, score_first=()):
+    def fake(model, tokenizer, prompts, max_new_tokens, batch_size=64, add_special_tokens=True, score_first=(), label=""):
         return [
             Generation(prompt=p, text=t, new_tokens=len(t.split()), stopped=True)
             for p, t in zip(prompts, texts)
@@ -193,8 +193,8 @@ def test_choices_that_are_not_one_clean_token_are_ranked_by_their_own_pass(tiny_
     calls = []
     real = task_module.score_continuations
     monkeypatch.setattr(task_module, "score_continuations",
-                        lambda model, tokenizer, requests, *args: calls.append(len(requests)) or real(
-                            model, tokenizer, requests, *args))
+                        lambda model, tokenizer, requests, *args, **kwargs: calls.append(len(requests)) or real(
+                            model, tokenizer, requests, *args, **kwargs))
     score_task(model, tokenizer, [*rows, long], PromptFormat.raw(), labels=["yes", "no"], max_new_tokens=4)
     assert calls == [2]  # the trailing-space row and the cut one; the first came with its generation
 

@@ -338,7 +338,7 @@ def _run_trainer(trainer: RetainTrainer, checkpoint: Path | None, state: GuardSt
     A checkpoint saved when training had ended (at its last step, or when a guard stopped
     it) is loaded as it is, without training: the trainer would take one more step from
     the last step of a partial epoch, and would not stop again for a guard that already
-    had. Its metrics are then ``{}``.
+    had. Its metrics are then only the run's ``train_loss``, read from the saved log history.
     """
     if checkpoint is None:
         return _whole_run(trainer.train().metrics, trainer.state.log_history)
@@ -361,7 +361,7 @@ def _run_trainer(trainer: RetainTrainer, checkpoint: Path | None, state: GuardSt
                 f"stopped by the {state.stopped_by.guard} guard" if state.stopped_by else "the last step")
     load_weights(trainer.model, checkpoint)
     trainer.state = TrainerState.load_from_json(str(checkpoint / TRAINER_STATE_NAME))
-    return {}
+    return _whole_run({}, trainer.state.log_history)  # the run's loss, as an uninterrupted run reports it
 
 
 def _reference(config: RetainConfig, suites: list) -> str | None:
