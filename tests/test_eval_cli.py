@@ -177,3 +177,18 @@ def test_default_suite_is_lab_for_lab_models_and_their_adapters_else_general(mic
     other.save_pretrained(tmp_path / "other")
     assert default_suites(str(tmp_path / "other")) == ["general"]
     assert default_suites("some-org/some-model") == ["general"]
+
+
+def test_eval_of_a_run_directory_uses_the_runs_own_config(micro_base, files, tmp_path) -> None:
+    import shutil
+
+    base, _ = micro_base
+    run = tmp_path / "run"
+    shutil.copytree(base.path, run / "model")
+    (run / "config.yaml").write_text(f"probes:\n  suites: [{files['probes']}]\neval:\n  max_new_tokens: 4\n")
+    (run / "meta.json").write_text("{}")
+    out = tmp_path / "eval.json"
+    result = invoke("eval", str(run), "--no-drift", "--json", str(out), "--set", "eval.perturb_limit=6")
+    assert result.exit_code == 0, result.output
+    assert "using the run's own config" in result.output
+    assert set(json.loads(out.read_text())["probes"]) == {"lab-small"}  # the run's suite, not the default

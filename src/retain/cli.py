@@ -282,7 +282,10 @@ def eval_(
     """Measure a model: probe accuracy per category, task accuracy, drift, generation health."""
     from retain.config import load_config
     from retain.evaluation.commands import run_eval
+    from retain.rundir import own_config
 
+    if config is None and (config := own_config(model)) is not None:
+        errors.print(f"using the run's own config: {config}", markup=False, highlight=False, soft_wrap=True)
     resolved = load_config(config, set_ or [])
     outcome = run_eval(
         resolved, model, suites=suite, task=task, ood=ood, reference=reference, drift=not no_drift,

@@ -52,6 +52,14 @@ LOCK_FILE = ".retain.lock"  # held by the process writing the run directory
 # --- run names ------------------------------------------------------------------------
 
 
+def own_config(path: str | Path) -> Path | None:
+    """Returns the ``config.yaml`` of a run directory that ``retain train`` wrote (its
+    ``meta.json`` beside it), or None for anything else: what ``retain eval RUN`` judges a
+    run with when no config is given, so that it uses the run's own suites and settings."""
+    run = RunDir(path, writer=False)
+    return run.config_path if run.config_path.is_file() and run.meta_path.is_file() else None
+
+
 def default_run_name(command: str) -> str:
     """Returns ``"<command>-YYYYmmdd-HHMMSS"`` for the current UTC time."""
     return f"{command}-{datetime.now(timezone.utc):%Y%m%d-%H%M%S}"
