@@ -153,3 +153,17 @@ def test_suite_file_that_is_not_utf8_is_a_clear_error(tmp_path: Path) -> None:
     yaml_path.write_bytes(b"suite: s\nitems: []\n\xff")
     with pytest.raises(DataError, match="not UTF-8"):
         load_suite(yaml_path)
+
+
+def test_a_suite_cut_per_category_keeps_the_first_items_and_says_so_in_its_version() -> None:
+    from retain.config import load_config
+    from retain.evaluation.commands import config_suites
+
+    suite = load_suite("general")
+    cut = suite.first_per_category(3)
+    assert cut.version == f"{suite.version}+first3" and cut.name == suite.name
+    assert all(len(items) == 3 for items in cut.by_category().values())
+    assert [item.id for item in cut.by_category()["arithmetic"]] == [item.id for item in suite.items[:3]]
+    assert suite.first_per_category(None) is suite and suite.first_per_category(10_000) is suite
+    (quick,) = config_suites(load_config(None, ["probes.suites=[general]", "probes.per_category=2"]))
+    assert len(quick.items) == 2 * len(suite.categories())

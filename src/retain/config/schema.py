@@ -204,6 +204,13 @@ class ProbesConfig(Section):
     max_new_tokens: int = Field(
         24, gt=0, description="Token cap for generated probe answers; a tight cap cuts answers."
     )
+    per_category: int | None = Field(
+        None,
+        gt=0,
+        description="Score only the first N items of each category of every suite (quick checks "
+        "and faster guards; fewer items give wider intervals); null scores them all. The cut "
+        "suite's version says so, so its results are compared only with the same cut.",
+    )
 
 
 class AuditConfig(Section):

@@ -76,6 +76,13 @@ def default_suites(model_name: str) -> list[str]:
     return list(family.suites) if family is not None and family.suites else [GENERAL_SUITE]
 
 
+def config_suites(config: RetainConfig, names: list[str] | None = None) -> list[ProbeSuite]:
+    """Returns the probe suites a command measures: ``names``, else the config's, else the
+    model's default ones, each cut to ``probes.per_category`` items per category."""
+    names = names or config.probes.suites or default_suites(config.model.name_or_path)
+    return [load_suite(name).first_per_category(config.probes.per_category) for name in names]
+
+
 def settings_from(config: RetainConfig, smoke: bool = True) -> EvalSettings:
     """Returns the evaluation settings of a config."""
     return EvalSettings(
@@ -113,8 +120,7 @@ def run_eval(
     Raises:
         RetainError: For anything the user named that cannot be read or loaded.
     """
-    names = suites or config.probes.suites or default_suites(base or model_name)
-    probe_suites = [load_suite(name) for name in names]
+    probe_suites = config_suites(config, suites or config.probes.suites or default_suites(base or model_name))
     examples = read_task(config, task or config.data.eval)
     ood_examples = read_task(config, ood or config.data.ood)
     settings = settings_from(config)

@@ -98,6 +98,16 @@ class ProbeSuite:
             groups[item.category].append(item)
         return groups
 
+    def first_per_category(self, limit: int | None) -> ProbeSuite:
+        """Returns the suite cut to the first ``limit`` items of each category (all of it for
+        None), for quick checks. The version says so (``2+first10``): a cut suite's results
+        are compared, and cached, only with the same cut."""
+        if limit is None or all(len(items) <= limit for items in self.by_category().values()):
+            return self
+        kept = [item for items in self.by_category().values() for item in items[:limit]]
+        return ProbeSuite(self.name, f"{self.version}+first{limit}", tuple(kept), self.delimiter, self.stop,
+                          self.description)
+
     def with_options(self) -> list[ProbeItem]:
         """Returns the items that log-likelihood ranking can score."""
         return [item for item in self.items if item.options]

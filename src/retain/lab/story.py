@@ -300,10 +300,9 @@ def _recipe() -> tuple[str, ...]:
 
 
 def _suites(config: RetainConfig) -> list:
-    from retain.evaluation.commands import default_suites
-    from retain.evaluation.suites import load_suite
+    from retain.evaluation.commands import config_suites
 
-    return [load_suite(name) for name in config.probes.suites or default_suites(config.model.name_or_path)]
+    return config_suites(config)
 
 
 def _run_figures(summary: RunSummary) -> dict[str, Any]:

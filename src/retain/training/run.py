@@ -53,14 +53,13 @@ from retain.data.prompting import PromptFormat, render_example
 from retain.data.rows import load_examples_for, read_text
 from retain.errors import ConfigError, RetainError
 from retain.evaluation.commands import (
-    default_suites,
+    config_suites,
     settings_from,
 )
 from retain.evaluation.engine import (
     default_reference_text,
     evaluate,
 )
-from retain.evaluation.suites import load_suite
 from retain.guards.callback import GuardCallback
 from retain.guards.measure import Probe
 from retain.guards.state import GuardState, read_guard_state
@@ -191,7 +190,7 @@ def _train(config: RetainConfig, run: RunDir, *, resume: bool, force: bool, merg
     methods = methods_for(config)
     for method in methods:
         method.check()
-    suites = [load_suite(name) for name in config.probes.suites or default_suites(config.model.name_or_path)]
+    suites = config_suites(config)
     # 2. Before the model: the memory it needs (a run that cannot fit stops at once), then
     #    the audit and the doctor (a new run only).
     if resume and not force:  # a new run checked it before its directory existed
