@@ -17,7 +17,7 @@ NAME = "smollm2-135m-instruct"
 pytestmark = pytest.mark.slow
 
 # Questions the model can answer and a task it does not know: a made-up label rule.
-_TASK = [("Is {n} an even number?", "yes" if n % 2 == 0 else "no") for n in range(40)]
+_TASK = [("Is {n} an even number?\nAnswer:", " yes" if n % 2 == 0 else " no") for n in range(40)]
 
 
 @pytest.fixture(scope="module")
@@ -68,9 +68,11 @@ def test_the_fetched_model_is_a_directory_named_by_its_name(real) -> None:
 
 def test_audit_and_doctor_accept_it(real) -> None:
     config = str(real["folder"] / "config.yaml")
-    audit = _retain(real, "audit", str(real["folder"] / "train.jsonl"), "-c", config)
+    report = real["folder"] / "audit.json"
+    audit = _retain(real, "audit", str(real["folder"] / "train.jsonl"), "-c", config, "--json", str(report))
     assert audit.returncode in (0, 1) and "Traceback" not in audit.stderr, audit.stderr[-2000:]
-    assert f"tokenizer of '{NAME}'" in " ".join(audit.stdout.split())
+    findings = {finding["code"]: finding for finding in json.loads(report.read_text())["findings"]}
+    assert findings["tokenizer"]["details"]["model"] == NAME  # its own tokenizer counted the tokens
     doctor = _retain(real, "doctor", config)
     assert doctor.returncode in (0, 1) and "Traceback" not in doctor.stderr, doctor.stdout[-3000:]
 
