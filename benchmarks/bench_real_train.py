@@ -64,7 +64,10 @@ def _retain(data: Path, out: Path, name: str, extra: list[str]) -> dict:
     checks = _check_seconds(outcome.run_dir / "metrics.jsonl")
     return {"seconds": round(summary.train_seconds, 1), "steps": summary.steps,
             "tokens_per_second": round(summary.train_tokens_per_second, 1), "checks": summary.checks,
-            "check_seconds": checks, "wall_seconds": round(wall, 1)}
+            "check_seconds": checks, "wall_seconds": round(wall, 1),
+            "stopped_by": (f"{summary.stopped_by['guard']} guard at step {summary.stopped_by['step']}: "
+                           f"{summary.stopped_by['message']}") if summary.stopped_by else None,
+            "restored_step": summary.restored_step}
 
 
 def _check_seconds(metrics: Path) -> list[float]:
@@ -145,6 +148,10 @@ def markdown(result: dict) -> str:
         checks = ", ".join(f"{second:.1f}" for second in entry.get("check_seconds", [])) or "-"
         lines.append(f"| {name} | {entry['steps']} | {entry['checks']} | {entry['seconds']:.1f} | "
                      f"{entry['tokens_per_second']:,.1f} | {checks} |")
+    stops = [(name, entry["stopped_by"]) for name, entry in result["runs"].items() if entry.get("stopped_by")]
+    for name, stop in stops:
+        lines.append(f"\n`{name}` was stopped by the {stop} It ended restored to step "
+                     f"{result['runs'][name].get('restored_step')}; its training seconds include the checks.")
     ratio = result["retain_vs_plain_tokens_per_second"]
     off = result["runs"]["retain, guards off"]["tokens_per_second"]
     lines.append(f"\nretain (guards off) / plain loop: {ratio:.2f}x the tokens/s "
