@@ -31,11 +31,12 @@ from retain.config import load_config
 from retain.data.encoding import IGNORE_INDEX, encode_examples, prepare_tokenizer
 from retain.data.prompting import PromptFormat
 from retain.data.rows import load_examples_for
-from retain.io import read_jsonl
 from retain.lab.export import export_lab_data
 from retain.models import load_model, quiet_peft
 from retain.packaged import fetch
 from retain.training.run import run_train
+
+from bench_train import _check_seconds  # one reading of a check's wall time for both benchmarks
 
 NAME = "smollm2-135m-instruct"
 STEPS = 8
@@ -68,17 +69,6 @@ def _retain(data: Path, out: Path, name: str, extra: list[str]) -> dict:
             "stopped_by": (f"{summary.stopped_by['guard']} guard at step {summary.stopped_by['step']}: "
                            f"{summary.stopped_by['message']}") if summary.stopped_by else None,
             "restored_step": summary.restored_step}
-
-
-def _check_seconds(metrics: Path) -> list[float]:
-    """Returns each check's wall time: from the step's logged loss to the check's record."""
-    last_log, seconds = None, []
-    for record in read_jsonl(metrics):
-        if record.get("event") == "log":
-            last_log = record["time"]
-        elif record.get("event") == "check" and last_log is not None and record.get("step", 0) > 0:
-            seconds.append(round(record["time"] - last_log, 2))
-    return seconds
 
 
 def _plain(data: Path, out: Path) -> dict:
