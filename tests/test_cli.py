@@ -41,6 +41,18 @@ def test_config_show_applies_overrides(tmp_path) -> None:
     assert "lr: 0.0002" in result.stdout and "epochs: 3.0" in result.stdout
 
 
+@pytest.mark.parametrize("args", [["--help"], ["train", "--help"], ["config", "show"]])
+def test_help_and_config_show_answer_without_loading_torch_or_transformers(args) -> None:
+    # Issue 25: `config show` and `--help` answer in well under 2 s because they never import
+    # the heavy libraries (about 1 s for transformers alone, more with torch).
+    probe = ("import sys, runpy; sys.argv = ['retain', *sys.argv[1:]]\n"
+             "try:\n    runpy.run_module('retain.cli', run_name='__main__')\n"
+             "except SystemExit:\n    pass\n"
+             "sys.stderr.write(' '.join(m for m in ('torch', 'transformers') if m in sys.modules))")
+    result = subprocess.run([sys.executable, "-c", probe, *args], capture_output=True, text=True, timeout=120)
+    assert result.stderr.strip() == "", result.stderr
+
+
 def test_bad_config_is_one_line_and_exit_2(tmp_path) -> None:
     config = tmp_path / "c.yaml"
     config.write_text("train:\n  lrr: 1\n")

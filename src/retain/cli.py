@@ -7,6 +7,7 @@ code 2; ``--debug`` shows the traceback instead.
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
@@ -54,15 +55,18 @@ _Abort = getattr(_click_errors, "Abort", None) or sys.modules["typer.exceptions"
 
 def _setup_logging() -> None:
     """Warnings go to stderr; the run directory's log.txt gets everything from INFO up."""
-    from transformers.utils import logging as hf_logging
-
     handler = logging.StreamHandler(sys.stderr)
     handler.setLevel(logging.WARNING)
     handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
     root = logging.getLogger()
     if not root.handlers:
         root.addHandler(handler)
-    hf_logging.disable_progress_bar()  # retain shows its own bars
+    # retain shows its own bars. transformers and huggingface_hub read this when first imported;
+    # importing transformers here instead would cost `config show` and `--help` about a second.
+    os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
+    hf_logging = sys.modules.get("transformers.utils.logging")
+    if hf_logging is not None:
+        hf_logging.disable_progress_bar()
 
 
 def _version(value: bool) -> None:
