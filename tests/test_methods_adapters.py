@@ -142,3 +142,74 @@ def test_trainer_loss_passes_through_methods_once_per_step(tokenizer, tmp_path) 
     loss = trainer.compute_loss(trainer.model, dict(batch), num_items_in_batch=tokens)
     assert trainer.context.batch_share == pytest.approx(0.25)
     assert loss.item() == pytest.approx(expected.item() + 0.25, rel=1e-5)
+
+
+def _prompt_masked_batch(tokenizer) -> dict[str, torch.Tensor]:
+    """Two rows of different lengths, right-padded, with only the answers trained."""
+    rows = [tokenizer("Q: What is 2 + 3?\nA: 5")["input_ids"], tokenizer("Q: Is water wet?\nA: yes it is")["input_ids"]]
+    width = max(len(row) for row in rows)
+    ids = torch.full((2, width), tokenizer.pad_token_id or 0)
+    mask = torch.zeros((2, width), dtype=torch.long)
+    labels = torch.full((2, width), -100)
+    for index, row in enumerate(rows):
+        ids[index, :len(row)] = torch.tensor(row)
+        mask[index, :len(row)] = 1
+        labels[index, len(row) - 2 - index:len(row)] = torch.tensor(row[len(row) - 2 - index:])
+    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+
+def _loss_and_grads(trainer, batch, head_rows: list[int]) -> tuple[float, dict[str, torch.Tensor]]:
+    trainer.model.train()
+    trainer.current_gradient_accumulation_steps = 1
+    handle = trainer._base_model().lm_head.register_forward_hook(
+        lambda module, args, output: head_rows.append(args[0].shape[-2]))
+    try:
+        loss = trainer.compute_loss(trainer.model, dict(batch), num_items_in_batch=int((batch["labels"] != -100).sum()))
+    finally:
+        handle.remove()
+    loss.backward()
+    grads = {name: parameter.grad.clone() for name, parameter in trainer.model.named_parameters()
+             if parameter.grad is not None}
+    trainer.model.zero_grad(set_to_none=True)
+    return loss.item(), grads
+
+
+@pytest.mark.parametrize("lora", [False, True])
+def test_training_computes_logits_only_where_a_token_is_trained(tokenizer, tmp_path, lora) -> None:
+    # Issue 25: the vocabulary projection on the prompt was about a fifth of a LoRA step on
+    # SmolLM2. Same loss and gradients with it skipped, and the head really sees fewer rows.
+    batch = _prompt_masked_batch(tokenizer)
+    fast, every = _trainer(tokenizer, tmp_path, []), _trainer(tokenizer, tmp_path, [_Halve(load_config(None))])
+    every.model.load_state_dict(fast.model.state_dict())
+    every.methods = []  # the same trainer as `fast`, but built knowing a method reads every logit
+    if lora:
+        from peft import LoraConfig, get_peft_model
+
+        for trainer in (fast, every):
+            torch.manual_seed(0)
+            trainer.model = get_peft_model(trainer.model, LoraConfig(r=4, target_modules="all-linear",
+                                                                     lora_dropout=0.0, init_lora_weights=False))
+    assert fast.trained_logits_only and not every.trained_logits_only
+    fast_rows, every_rows = [], []
+    fast_loss, fast_grads = _loss_and_grads(fast, batch, fast_rows)
+    every_loss, every_grads = _loss_and_grads(every, batch, every_rows)
+    assert fast_loss == pytest.approx(every_loss, rel=1e-6)
+    assert fast_grads.keys() == every_grads.keys() and fast_grads
+    for name, grad in fast_grads.items():
+        torch.testing.assert_close(grad, every_grads[name], rtol=1e-5, atol=1e-7, msg=name)
+    width = batch["input_ids"].shape[1]
+    trained = {position - 1 for row in batch["labels"].tolist() for position, label in enumerate(row) if label != -100}
+    assert every_rows == [width] and fast_rows == [len(trained)] and len(trained) < width - 4
+    # Evaluation (not training) and a method reading every logit keep them all.
+    fast.model.eval()
+    fast.compute_loss(fast.model, dict(batch))
+    assert "logits_to_keep" not in batch
+
+
+def test_a_method_with_a_loss_of_its_own_reads_every_logit_unless_it_says_not() -> None:
+    from retain.methods.regularizers import Ewc
+    from retain.methods.token_forget import TokenForget
+
+    config = load_config(None)
+    assert _Halve(config).needs_every_logit() and TokenForget(config).needs_every_logit()
+    assert not Ewc(config).needs_every_logit() and not Lora(config).needs_every_logit()

@@ -458,3 +458,26 @@ def test_a_probe_planted_in_the_replay_file_is_reported_by_audit_and_train(lab, 
     groups = summary["forgetting_by_rehearsal"]["lab"]
     assert groups["rehearsed"]["categories"]["overall"]["items"] == 1
     assert groups["not_rehearsed"]["categories"]["overall"]["items"] == len(suite.items) - 1
+
+
+def test_calibrated_probes_measure_forgetting_on_what_the_base_knew(lab, tmp_path) -> None:
+    cfg = config(lab, tmp_path, probes={"calibrate": True, "calibrate_min_items": 2})
+    lines: list[str] = []
+    outcome = run_train(cfg, progress=False, echo=lines.append)
+    run_dir = outcome.run_dir
+    (calibration,) = json.loads((run_dir / "calibration.json").read_text())
+    assert calibration["kept_ids"] and sum(calibration["known"].values()) < sum(calibration["total"].values())
+    assert any(line.startswith(f"probes calibrated to the base ({calibration['suite']})") for line in lines)
+    base = json.loads((run_dir / "base_eval.json").read_text())["probes"][calibration["suite"]]["generation"]
+    final = json.loads((run_dir / "final_eval.json").read_text())["probes"][calibration["suite"]]["generation"]
+    assert base["version"] == final["version"] == calibration["version"]
+    assert [item["id"] for item in base["items"]] == [item["id"] for item in final["items"]] == calibration["kept_ids"]
+    assert base["accuracy"]["overall"] == 1.0  # every kept item was known
+    assert set(base["counts"]).isdisjoint(calibration["not_measurable"])
+    assert checks(run_dir)[0]["probe_accuracy"] == pytest.approx(1.0)
+    # `retain eval RUN` measures on the run's own calibration.
+    result = CliRunner().invoke(app, ["-q", "eval", str(run_dir), "--no-drift", "--json", str(tmp_path / "e.json")],
+                                catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    measured = json.loads((tmp_path / "e.json").read_text())
+    assert measured["probes"][calibration["suite"]]["generation"]["version"] == calibration["version"]

@@ -279,6 +279,8 @@ def eval_(
     compare_to: Annotated[Optional[Path], typer.Option("--compare-to", help="A previous `retain eval --json` result to compare against.")] = None,
     reference: Annotated[Optional[str], typer.Option("--reference", help="Reference text file for drift (default eval.reference).")] = None,
     no_drift: Annotated[bool, typer.Option("--no-drift", help="Skip KL and perplexity.")] = False,
+    calibrate: Annotated[bool, typer.Option("--calibrate", help="Measure on the items the base (else this model) answers right by generation, also paraphrased; categories it cannot do are reported as not measurable (probes.calibrate).")] = False,
+    save_suites: Annotated[Optional[Path], typer.Option("--save-suites", help="With --calibrate: write each calibrated suite into this folder, for probes.suites.")] = None,
     json_out: Annotated[Optional[Path], typer.Option("--json", callback=output_file, help="Write the full result, per item, as JSON.")] = None,
     config: ConfigOption = None,
     set_: SetOption = None,
@@ -288,16 +290,34 @@ def eval_(
     from retain.evaluation.commands import run_eval
     from retain.rundir import own_config
 
+    if save_suites is not None and not calibrate:
+        raise ConfigError("--save-suites writes calibrated suites", file="--save-suites", fix="add --calibrate")
+    if save_suites is not None and save_suites.exists() and not save_suites.is_dir():
+        raise ConfigError(f"{save_suites} is a file, not a folder", file="--save-suites",
+                          fix="give a folder (it is created if absent)")
     if config is None and (config := own_config(model)) is not None:
         errors.print(f"using the run's own config: {config}", markup=False, highlight=False, soft_wrap=True)
     resolved = load_config(config, set_ or [])
     outcome = run_eval(
         resolved, model, suites=suite, task=task, ood=ood, reference=reference, drift=not no_drift,
-        base=base, compare_to=compare_to, progress=not STATE["quiet"],
+        base=base, compare_to=compare_to, calibrate=calibrate, progress=not STATE["quiet"],
     )
     print_eval(outcome)
+    if save_suites is not None:
+        _save_calibrated_suites(outcome.calibrations, save_suites)
     if json_out is not None:
         write_output(json_out, to_json(outcome.to_dict(), indent=2) + "\n")
+
+
+def _save_calibrated_suites(calibrations: list, folder: Path) -> None:
+    from retain.evaluation.suites import write_suite
+
+    for calibration in calibrations:
+        if calibration.suite.items:
+            path = folder / f"{calibration.suite.name}.calibrated.jsonl"
+            folder.mkdir(parents=True, exist_ok=True)
+            write_suite(calibration.suite, path)
+            console.print(f"calibrated suite: {path}", markup=False, highlight=False, soft_wrap=True)
 
 
 @app.command("baseline")

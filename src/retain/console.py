@@ -108,6 +108,8 @@ def percent(value: float | None) -> str:
 
 def print_eval(outcome) -> None:
     result = outcome.result
+    for calibration in outcome.calibrations:
+        console.print(calibration.summary(), markup=False, highlight=False, soft_wrap=True)
     for suite, methods in result.probes.items():
         table = Table(title=f"probes: {suite} (version {next(iter(methods.values())).version})")
         table.add_column("category")

@@ -209,8 +209,27 @@ class ProbesConfig(Section):
         gt=0,
         description="Score only the first N items of each category of every suite (quick checks "
         "and faster guards; fewer items give wider intervals); null scores them all. The cut "
-        "suite's version says so, so its results are compared only with the same cut.",
+        "suite's version says so, so its results are compared only with the same cut. With "
+        "probes.calibrate, the first N known items of each category.",
     )
+    calibrate: bool = Field(
+        False,
+        description="Measure forgetting on what the base model knew: keep, per category, the items "
+        "the base answers right by generation, also when the prompt is paraphrased; categories "
+        "with fewer than probes.calibrate_min_items such items are reported as not measurable "
+        "and left out of the checks (see docs/EVALUATION.md).",
+    )
+    calibrate_min_items: int = Field(
+        5, gt=0, description="Known items a category needs to be measured under probes.calibrate."
+    )
+
+    @model_validator(mode="after")
+    def _calibrated_by_generation(self) -> ProbesConfig:
+        if self.calibrate and "generation" not in self.methods:
+            raise invalid("probes.calibrate keeps the items the base answers right by generation, which "
+                          "probes.methods leaves out", "add generation to probes.methods, or set probes.calibrate: "
+                          "false", field="calibrate")
+        return self
 
 
 class AuditConfig(Section):

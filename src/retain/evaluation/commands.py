@@ -18,9 +18,16 @@ from pathlib import Path
 from retain.config import RetainConfig
 from retain.data.prompting import PromptFormat
 from retain.data.rows import Example, load_examples_for, read_text
-from retain.errors import DataError, RetainError
+from retain.errors import ConfigError, DataError, RetainError
 from retain.evaluation.base_logprobs import BaseLogprobs, compute_base_logprobs
 from retain.evaluation.baseline import BaselineResult, run_baseline
+from retain.evaluation.calibration import (
+    CALIBRATION_FILE,
+    Calibration,
+    calibrate_suites,
+    calibrated_result,
+    restored,
+)
 from retain.evaluation.engine import (
     EvalResult,
     EvalSettings,
@@ -48,12 +55,15 @@ class EvalOutcome:
         base: The base model's evaluation, when a base was known.
         forgetting: ``{suite: {method: ForgettingReport}}`` of base versus model.
         base_source: What the base was (``adapters disabled``, a path, a JSON file).
+        calibrations: The probes calibrated to the base (or, with no base, to the model):
+            the known items measured, the categories not measurable.
     """
 
     result: EvalResult
     base: EvalResult | dict | None = None
     forgetting: dict[str, dict[str, ForgettingReport]] = field(default_factory=dict)
     base_source: str | None = None
+    calibrations: list[Calibration] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         """Returns JSON-ready data: the model's result, the base's and the forgetting."""
@@ -65,6 +75,7 @@ class EvalOutcome:
                 suite: {method: report.to_dict() for method, report in methods.items()}
                 for suite, methods in self.forgetting.items()
             },
+            "calibration": [calibration.to_dict() for calibration in self.calibrations] or None,
         }
 
 
@@ -76,11 +87,13 @@ def default_suites(model_name: str) -> list[str]:
     return list(family.suites) if family is not None and family.suites else [GENERAL_SUITE]
 
 
-def config_suites(config: RetainConfig, names: list[str] | None = None) -> list[ProbeSuite]:
+def config_suites(config: RetainConfig, names: list[str] | None = None, whole: bool = False) -> list[ProbeSuite]:
     """Returns the probe suites a command measures: ``names``, else the config's, else the
-    model's default ones, each cut to ``probes.per_category`` items per category."""
+    model's default ones, each cut to ``probes.per_category`` items per category (whole
+    under ``probes.calibrate``: the cut then keeps known items, see ``calibration``)."""
     names = names or config.probes.suites or default_suites(config.model.name_or_path)
-    return [load_suite(name).first_per_category(config.probes.per_category) for name in names]
+    limit = None if whole or config.probes.calibrate else config.probes.per_category
+    return [load_suite(name).first_per_category(limit) for name in names]
 
 
 def settings_from(config: RetainConfig, smoke: bool = True) -> EvalSettings:
@@ -113,25 +126,48 @@ def run_eval(
     drift: bool = True,
     base: str | None = None,
     compare_to: Path | None = None,
+    calibrate: bool = False,
     progress: bool = True,
 ) -> EvalOutcome:
     """Evaluates ``model_name`` and, when a base is known, what it forgot.
 
+    With ``calibrate`` (or ``probes.calibrate``) the probes are first calibrated to the
+    base (``retain.evaluation.calibration``), or to the model itself when no base is known,
+    and a run directory's own calibration (``calibration.json``) is used as it is.
+
     Raises:
         RetainError: For anything the user named that cannot be read or loaded.
     """
-    probe_suites = config_suites(config, suites or config.probes.suites or default_suites(base or model_name))
+    calibrating = calibrate or config.probes.calibrate
+    probe_suites = config_suites(config, suites or config.probes.suites or default_suites(base or model_name),
+                                 whole=calibrating)
     examples = read_task(config, task or config.data.eval)
     ood_examples = read_task(config, ood or config.data.ood)
     settings = settings_from(config)
     reference_text = _reference(reference or config.eval.reference, probe_suites) if drift else None
+    calibrations = _run_calibration(model_name, probe_suites) if calibrating else []
+    if calibrating and not calibrations and compare_to is not None:
+        raise ConfigError("calibrating needs the base model itself, not its earlier result", file="--compare-to",
+                          fix="give the base with --base instead, or leave out --calibrate")
+    if calibrations:
+        probe_suites = _measurable(calibrations)
     previous = _read_previous(compare_to) if compare_to else None
-    base_result: EvalResult | dict | None = previous
+    base_result: EvalResult | dict | None = calibrated_result(previous, calibrations) if previous and calibrations \
+        else previous
     base_source = str(compare_to) if compare_to else None
     base_logprobs = None
+
+    def measure_base(loaded_base: LoadedModel) -> None:
+        nonlocal base_result, probe_suites, calibrations
+        base_result = _evaluate(loaded_base, config, probe_suites, None, None, None, settings, "base")
+        if calibrating and not calibrations:
+            calibrations = _calibrate(loaded_base, config, probe_suites, base_result.to_dict(), settings)
+            probe_suites = _measurable(calibrations)
+            base_result = calibrated_result(base_result.to_dict(), calibrations)
+
     if base is not None:
         loaded_base = _load(config, base, progress)
-        base_result = _evaluate(loaded_base, config, probe_suites, None, None, None, settings, "base")
+        measure_base(loaded_base)
         if reference_text:
             base_logprobs = cached_base_logprobs(loaded_base, base, reference_text)
         base_source = base
@@ -140,7 +176,7 @@ def run_eval(
     loaded = _load(config, model_name, progress)
     if loaded.is_adapter and base is None and previous is None:
         with loaded.model.disable_adapter():
-            base_result = _evaluate(loaded, config, probe_suites, None, None, None, settings, "base")
+            measure_base(loaded)
             if reference_text:
                 base_logprobs = cached_base_logprobs(loaded, loaded.base, reference_text)
         base_source = f"{loaded.base} (adapters disabled)"
@@ -149,10 +185,50 @@ def run_eval(
         suites=probe_suites, task=examples, ood=ood_examples, reference=reference_text,
         base_logprobs=base_logprobs, settings=settings,
     )
-    outcome = EvalOutcome(result=result, base=base_result, base_source=base_source)
+    if calibrating and not calibrations:  # no base: what this model itself knows
+        calibrations = _calibrate(loaded, config, probe_suites, result.to_dict(), settings)
+    outcome = EvalOutcome(result=result, base=base_result, base_source=base_source, calibrations=calibrations)
     if base_result is not None:
         outcome.forgetting = _forgetting(base_result, result)
     return outcome
+
+
+def _calibrate(loaded: LoadedModel, config: RetainConfig, suites: list[ProbeSuite], result: dict,
+               settings: EvalSettings) -> list[Calibration]:
+    return calibrate_suites(loaded.model, loaded.tokenizer, suites, result, chat_template=config.model.chat_template,
+                            settings=settings, min_items=config.probes.calibrate_min_items,
+                            limit=config.probes.per_category)
+
+
+def _measurable(calibrations: list[Calibration]) -> list[ProbeSuite]:
+    """The calibrated suites that kept any item.
+
+    Raises:
+        ConfigError: If none did.
+    """
+    suites = [calibration.suite for calibration in calibrations if calibration.suite.items]
+    if not suites:
+        raise ConfigError(
+            f"the base model knows fewer than {calibrations[0].min_items} items of every category of the probe "
+            "suites: there is nothing to measure forgetting on", field="probes.calibrate",
+            fix="lower probes.calibrate_min_items, or name suites the model can answer (--suite)")
+    return suites
+
+
+def _run_calibration(model_name: str, suites: list[ProbeSuite]) -> list[Calibration]:
+    """The calibration a run directory (``model_name``, or the run holding it) was trained
+    with, for the same suites; empty for anything else."""
+    path = Path(model_name)
+    for folder in (path, path.parent):
+        calibration = folder / CALIBRATION_FILE
+        if calibration.is_file() and (folder / "meta.json").is_file():
+            try:
+                entries = {entry["suite"]: entry for entry in json.loads(calibration.read_text())}
+                return [restored(entries[suite.name], suite) for suite in suites if suite.name in entries]
+            except (ValueError, KeyError, TypeError) as error:
+                raise DataError(f"{calibration.name} is damaged or of other suites: {error}", file=calibration,
+                                fix="evaluate without --calibrate, or retrain the run") from None
+    return []
 
 
 def _load(config: RetainConfig, name: str, progress: bool) -> LoadedModel:

@@ -103,6 +103,11 @@ class Method:
             read for a method :mod:`retain.config.methods` does not list.
         chooses_weights: True for a method that decides which weights train, as full,
             lora and qlora do (a run names at most one).
+        reads_logits: Whether the method's ``loss`` reads ``outputs.logits``. Training
+            computes the vocabulary's logits only where a token is trained (see
+            :class:`retain.training.trainer.RetainTrainer`) unless a method whose ``loss``
+            is its own says it reads them, which is the safe default for a method added
+            in a file of its own.
     """
 
     name: ClassVar[str]
@@ -110,6 +115,7 @@ class Method:
     settings_class: ClassVar[type[Section] | None] = None
     after: ClassVar[str | None] = None
     chooses_weights: ClassVar[bool] = False
+    reads_logits: ClassVar[bool] = True
 
     def __init__(self, config: RetainConfig) -> None:
         self.config = config
@@ -144,8 +150,14 @@ class Method:
     def loss(self, loss: torch.Tensor, model: PreTrainedModel, inputs: dict[str, torch.Tensor],
              outputs: Any, context: MethodContext) -> torch.Tensor:
         """Returns the loss of one batch, given the loss so far (the trainer's, or the
-        previous method's)."""
+        previous method's). ``outputs.logits`` holds every position only for a method
+        with ``reads_logits`` (see the class attributes)."""
         return loss
+
+    def needs_every_logit(self) -> bool:
+        """Whether training must compute the logits at every position for this method: it
+        has a ``loss`` of its own and ``reads_logits``."""
+        return self.reads_logits and type(self).loss is not Method.loss
 
     def finish(self, model: PreTrainedModel, context: MethodContext) -> PreTrainedModel:
         """Returns the trained model after post-processing (called once, after training

@@ -121,6 +121,7 @@ class _Penalty(Method):
     batch's loss, ``strength`` from its settings; subclasses set ``weights`` (and
     ``importance``) in ``prepare_model``."""
 
+    reads_logits = False  # the penalty reads the weights only
     weights: list[TrainedWeight]
     importance: list[torch.Tensor] | None = None
     _logged: tuple[torch.Tensor, int] | None = None  # penalties summed since the last log, and their count

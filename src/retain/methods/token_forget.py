@@ -62,6 +62,7 @@ class TokenForget(Method):
     """
 
     name = "token_forget"
+    reads_logits = True  # its loss reads every position's logits
     paper = ("Taheri Ghahrizjani et al., 2025, Forgetting: A New Mechanism Towards Better Large Language Model "
              "Fine-tuning, https://arxiv.org/abs/2508.04329")
 

@@ -9,6 +9,7 @@ import hashlib
 import json
 import logging
 from dataclasses import asdict
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,8 @@ from retain.evaluation.commands import (
     cached_base_logprobs,
     model_identity,
 )
+from retain.errors import ConfigError
+from retain.evaluation.calibration import CALIBRATION_FILE, calibrate_suites, calibrated_result, restored
 from retain.evaluation.engine import (
     evaluate,
 )
@@ -39,8 +42,13 @@ logger = logging.getLogger("retain.train")
 
 
 def measure_base(config: RetainConfig, run: RunDir, loaded: LoadedModel, probe: Probe,
-              task: list[Example] | None, ood: list[Example] | None, *, resume: bool) -> tuple[dict[str, Any], Baseline]:
-    """Measures (or, resuming, reads) the base model; returns its result and baseline numbers."""
+              task: list[Example] | None, ood: list[Example] | None, *, resume: bool,
+              echo: Callable[[str], None] = lambda line: None) -> tuple[dict[str, Any], Baseline]:
+    """Measures (or, resuming, reads) the base model; returns its result and baseline numbers.
+
+    Under ``probes.calibrate`` the probe suites become the base's known items
+    (``probe.suites`` is replaced), the result is cut to them, and ``calibration.json``
+    records the calibration, which a resumed run reads back."""
     path = run.path / "base_eval.json"
     cached = _base_eval_cache(config, probe, task, ood)
     if resume and path.is_file():
@@ -60,6 +68,8 @@ def measure_base(config: RetainConfig, run: RunDir, loaded: LoadedModel, probe: 
         if cached is not None:
             cached.parent.mkdir(parents=True, exist_ok=True)
             atomic_write_json(cached, result)
+    if config.probes.calibrate:
+        result = _calibrated(config, run, loaded, probe, result, echo)
     reference = probe.reference
     logprobs = None
     if reference:
@@ -76,6 +86,40 @@ def measure_base(config: RetainConfig, run: RunDir, loaded: LoadedModel, probe: 
         smoke_stopped=stopped,
         start_validation=start,
     )
+
+
+def _calibrated(config: RetainConfig, run: RunDir, loaded: LoadedModel, probe: Probe, result: dict[str, Any],
+                echo: Callable[[str], None]) -> dict[str, Any]:
+    """Calibrates the probes to the base (or reads the run's calibration back); returns the
+    base result cut to the known items."""
+    path = run.path / CALIBRATION_FILE
+    calibrations = None
+    if path.is_file():
+        try:
+            data = json.loads(path.read_text())
+            calibrations = [restored(entry, suite) for entry, suite in zip(data, probe.suites, strict=True)]
+        except (ValueError, KeyError, TypeError) as error:
+            logger.warning("%s is not this run's calibration (%s): calibrating again", path, error)
+    if calibrations is None:
+        calibrations = calibrate_suites(loaded.model, loaded.tokenizer, list(probe.suites), result,
+                                        chat_template=config.model.chat_template, settings=probe.settings,
+                                        min_items=config.probes.calibrate_min_items,
+                                        limit=config.probes.per_category)
+        run.write_json(CALIBRATION_FILE, [calibration.to_dict() for calibration in calibrations])
+    for calibration in calibrations:
+        echo(calibration.summary())
+    measurable = [calibration for calibration in calibrations if calibration.suite.items]
+    if not measurable:
+        raise ConfigError(
+            f"the base model knows fewer than {config.probes.calibrate_min_items} items of every category "
+            "of the probe suites: there is nothing to measure forgetting on", field="probes.calibrate",
+            fix="lower probes.calibrate_min_items, name suites the model can answer (probes.suites), or set "
+            "probes.calibrate: false")
+    probe.suites = [calibration.suite for calibration in measurable]
+    result = calibrated_result(result, measurable)
+    result["probes"] = {suite.name: result["probes"][suite.name] for suite in probe.suites}
+    run.write_json("base_eval.json", result)
+    return result
 
 
 def _base_eval_cache(config: RetainConfig, probe: Probe, task: list[Example] | None,

@@ -216,7 +216,7 @@ def _train(config: RetainConfig, run: RunDir, *, resume: bool, force: bool, merg
     probe = _probe(config, suites, tokenizer, prompt_format, plan, collate)
     task, ood = _read(config, config.data.eval), _read(config, config.data.ood)  # before and after
     with shown(progress):  # the bars of the base measurement; the guards' checks stay silent
-        base_result, baseline = measure_base(config, run, loaded, probe, task, ood, resume=resume)
+        base_result, baseline = measure_base(config, run, loaded, probe, task, ood, resume=resume, echo=echo)
     echo(f"base model: probe accuracy {percent(baseline.probe_accuracy)} "
          f"({config.guards.forgetting.method}), smoke failures {baseline.smoke_fail_share:.0%}")
     # 6. The model the methods prepare, and the checkpoint a resume continues from.
@@ -267,7 +267,7 @@ def _train(config: RetainConfig, run: RunDir, *, resume: bool, force: bool, merg
         save_merged(model, tokenizer, run.path / "merged", config)
     with shown(progress):
         final = evaluate(model, tokenizer, name=str(run.path / "model"), chat_template=config.model.chat_template,
-                         suites=suites, task=task, ood=ood,
+                         suites=probe.suites, task=task, ood=ood,
                          reference=probe.reference, base_logprobs=baseline.logprobs, settings=probe.settings)
     run.write_json("final_eval.json", final.to_dict())
     epochs_done = trainer.state.global_step / plan.steps_per_epoch

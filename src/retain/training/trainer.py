@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 import torch
 from transformers import Trainer
 
+from retain.data.encoding import IGNORE_INDEX
 from retain.methods import Method, MethodContext, ParamGroup
 from retain.training.sampling import MixedSourceSampler
 
@@ -16,6 +18,14 @@ EXTRA_INPUTS = ("negative_labels",)
 
 class RetainTrainer(Trainer):
     """``Trainer`` whose parameter groups and loss pass through the run's methods.
+
+    In training, the model's vocabulary projection and cross-entropy run only at the
+    positions whose next token is trained (``logits_to_keep`` with the shifted labels as
+    ``shift_labels``, both transformers' own arguments), when the model takes them, no
+    method reads every logit (:meth:`Method.needs_every_logit`) and the trainer computes
+    the loss from the labels itself: the same loss and gradients, without the logits of
+    the prompt, which on a short answer are most of them (SmolLM2's 49,152-word
+    vocabulary: about a fifth of a LoRA step's time).
 
     Args:
         methods: The run's methods, in hook order.
@@ -27,6 +37,30 @@ class RetainTrainer(Trainer):
         super().__init__(*args, **kwargs)
         self.methods = methods
         self.context = context
+        self.trained_logits_only = (
+            not any(method.needs_every_logit() for method in methods)
+            and "logits_to_keep" in inspect.signature(type(self._base_model()).forward).parameters)
+
+    def _base_model(self) -> torch.nn.Module:
+        """The transformers model under peft's wrappers, if any."""
+        model = self.model
+        while hasattr(model, "get_base_model"):
+            model = model.get_base_model()
+        return model
+
+    def _keep_trained_logits(self, model: torch.nn.Module, inputs: dict[str, Any]) -> None:
+        """Adds ``logits_to_keep`` (the positions at which any row's next token is trained)
+        and ``shift_labels`` (their targets) to a training batch, where that saves work."""
+        labels = inputs.get("labels")
+        if (not self.trained_logits_only or not model.training or labels is None or labels.ndim != 2
+                or "shift_labels" in inputs or self.label_smoother is not None
+                or self.compute_loss_func is not None):
+            return
+        shifted = torch.nn.functional.pad(labels, (0, 1), value=IGNORE_INDEX)[:, 1:]
+        keep = (shifted != IGNORE_INDEX).any(dim=0).nonzero().squeeze(1)
+        if 0 < keep.numel() < labels.shape[1]:
+            inputs["logits_to_keep"] = keep
+            inputs["shift_labels"] = shifted[:, keep].contiguous()
 
     def _get_train_sampler(self, train_dataset: Any = None) -> torch.utils.data.Sampler | None:
         """Mixes every batch when methods blended rows of other sources in (a dataset with
@@ -76,6 +110,7 @@ class RetainTrainer(Trainer):
                      num_items_in_batch: torch.Tensor | int | None = None) -> Any:
         """The trainer's loss, then each method's ``loss`` hook in turn."""
         extra = {key: inputs.pop(key) for key in EXTRA_INPUTS if key in inputs}
+        self._keep_trained_logits(model, inputs)
         # The trainer divides a micro-batch's loss by the accumulation steps unless it was
         # already normalised over the whole accumulated batch; terms the methods add per
         # micro-batch are scaled to match (``batch_share``), so each counts once per step.
@@ -87,6 +122,8 @@ class RetainTrainer(Trainer):
         self.context.max_steps = max(1, self.state.max_steps)
         loss, outputs = super().compute_loss(model, inputs, return_outputs=True,
                                              num_items_in_batch=num_items_in_batch)
+        inputs.pop("logits_to_keep", None)
+        inputs.pop("shift_labels", None)
         inputs.update(extra)
         for method in self.methods:
             loss = method.loss(loss, model, inputs, outputs, self.context)
