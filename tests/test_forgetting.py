@@ -137,3 +137,27 @@ def test_interval_matches_explicit_index_resampling() -> None:
     drops = before[indices].mean(axis=1) - after[indices].mean(axis=1)
     expected = np.quantile(drops, [0.025, 0.975])
     assert report.overall.absolute_drop_ci == pytest.approx(tuple(expected), abs=0.01)
+
+
+def _scored(flags_by_method: dict[str, list[bool]]) -> dict:
+    from retain.evaluation.probes import ProbeItem, ProbeScore, ProbeSuite
+
+    items = tuple(ProbeItem(f"i{index}", "facts", f"q{index}", "a", ("a", "b")) for index in range(10))
+    suite = ProbeSuite("s", "1", items)
+    return {"probes": {"s": {method: ProbeScore.from_flags(suite, items, method, flags, [""] * 10).to_dict(True)
+                             for method, flags in flags_by_method.items()}}}
+
+
+def test_a_drop_by_generation_with_log_likelihood_held_is_named_a_format_collapse() -> None:
+    # Issue 25: SmolLM2 after 15 LoRA steps answered in one word: 44% forgotten by
+    # generation while log-likelihood ranking did not drop. The verdict names it.
+    from retain.evaluation.engine import forgetting
+    from retain.training.finish import format_collapse
+
+    base = _scored({"generation": [True] * 8 + [False] * 2, "loglik": [True] * 6 + [False] * 4})
+    terse = _scored({"generation": [True] * 3 + [False] * 7, "loglik": [True] * 6 + [False] * 4})
+    reason = format_collapse(forgetting(base, terse), "generation", 0.03)
+    assert "format collapse" in reason and "s: 62.5% by generation, +0.0% by log-likelihood" in reason
+    lost = _scored({"generation": [True] * 3 + [False] * 7, "loglik": [True] * 2 + [False] * 8})
+    assert format_collapse(forgetting(base, lost), "generation", 0.03) == ""  # both dropped: forgetting
+    assert format_collapse(forgetting(base, terse), "loglik", 0.03) == ""

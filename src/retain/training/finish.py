@@ -69,6 +69,28 @@ def restore_if_asked(model: PreTrainedModel, state: GuardState, run: RunDir, con
     return best.step
 
 
+def format_collapse(reports: dict[str, dict[str, Any]], method: str, threshold: float) -> str:
+    """Names a format collapse: answers by generation dropped past ``threshold`` on a suite
+    whose log-likelihood ranking held within it (the model still ranks the right answer
+    first, but no longer says it as asked: one-word, off-format or empty answers). Returns
+    the clause to add to the forgetting reason, or ``""``."""
+    if method != "generation":
+        return ""
+    held = []
+    for suite, methods in reports.items():
+        generation, loglik = methods.get("generation"), methods.get("loglik")
+        if generation is None or loglik is None:
+            continue
+        by_generation, by_loglik = generation.overall.relative_drop, loglik.overall.relative_drop
+        if by_generation is not None and by_loglik is not None and by_generation > threshold >= by_loglik:
+            held.append(f"{suite}: {by_generation:.1%} by generation, {by_loglik:+.1%} by log-likelihood")
+    if not held:
+        return ""
+    return ("; a format collapse: log-likelihood ranking held while the answers the model gives dropped ("
+            + "; ".join(held) + "): it still ranks the right answers first but no longer says them as asked "
+            "(read the answers in the report; rehearse general data, or lower train.lr)")
+
+
 def load_weights(model: PreTrainedModel, folder: Path) -> None:
     """Loads the trained weights saved in a checkpoint ``folder`` into ``model``."""
     from safetensors.torch import load_file
@@ -120,7 +142,8 @@ def summary_of(config: RetainConfig, state: GuardState, base: dict[str, Any], fi
     reasons = []
     if drop is not None and drop > config.guards.forgetting.threshold:
         reasons.append(f"general probe accuracy fell {drop:.1%} relative (limit "
-                       f"{config.guards.forgetting.threshold:.0%})")
+                       f"{config.guards.forgetting.threshold:.0%})"
+                       + format_collapse(reports, method, config.guards.forgetting.threshold))
     if final.smoke is not None and final.smoke.failures >= config.guards.smoke.fail_share:
         reasons.append(f"{final.smoke.failures:.0%} of smoke answers are broken")
     if state.stopped_by is not None and state.stopped_by.guard in ("loss", "smoke"):
