@@ -65,19 +65,19 @@ def _random_general_model():
     return LlamaForCausalLM(config).eval(), tokenizer
 
 
-def _measure(model, tokenizer, suite: ProbeSuite, generation_tokens: int) -> dict:
+def _measure(model, tokenizer, suite: ProbeSuite, generation_tokens: int, repeats: int = REPEATS) -> dict:
     items = suite.with_options()
     prompts, options = [item.prompt for item in items], [list(item.options) for item in items]
     rank_options(model, tokenizer, prompts[:BATCH], options[:BATCH], batch_size=BATCH)  # warm-up
     retain_seconds = float("inf")
-    for _ in range(REPEATS):
+    for _ in range(repeats):
         started = time.perf_counter()
         ranked = rank_options(model, tokenizer, prompts, options, batch_size=BATCH)
         retain_seconds = min(retain_seconds, time.perf_counter() - started)
     single = rank_options(model, tokenizer, prompts, options, batch_size=1)
-    lm_eval_choices, lm_eval_seconds, lm_eval_total = _lm_eval(model, tokenizer, items)
+    lm_eval_choices, lm_eval_seconds, lm_eval_total = _lm_eval(model, tokenizer, items, repeats)
     generation_seconds = float("inf")
-    for _ in range(REPEATS):
+    for _ in range(repeats):
         started = time.perf_counter()
         generated = score_probes_by_generation(model, tokenizer, suite, max_new_tokens=generation_tokens)
         generation_seconds = min(generation_seconds, time.perf_counter() - started)
@@ -103,9 +103,9 @@ def _measure(model, tokenizer, suite: ProbeSuite, generation_tokens: int) -> dic
     }
 
 
-def _lm_eval(model, tokenizer, items) -> tuple[list[int], float, float]:
+def _lm_eval(model, tokenizer, items, repeats: int = REPEATS) -> tuple[list[int], float, float]:
     """Scores the items with lm-evaluation-harness; returns its choices, the best
-    ``loglikelihood`` time of ``REPEATS`` runs, and the whole first run's time."""
+    ``loglikelihood`` time of ``repeats`` runs, and the whole first run's time."""
     from lm_eval.models.huggingface import HFLM
 
     lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=BATCH, max_length=model.config.max_position_embeddings)
@@ -121,7 +121,7 @@ def _lm_eval(model, tokenizer, items) -> tuple[list[int], float, float]:
 
     lm.loglikelihood = timed_loglikelihood
     best, total = float("inf"), 0.0
-    for _ in range(REPEATS):
+    for _ in range(repeats):
         timed["seconds"] = 0.0
         choices, seconds = _lm_eval_once(lm, items)
         best = min(best, timed["seconds"])

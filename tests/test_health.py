@@ -76,6 +76,12 @@ def test_short_prompt_prefix_is_not_echo() -> None:
     assert not is_echo("Hi", "Hi there")
 
 
+def test_a_terse_reply_made_of_the_prompts_words_is_not_an_echo() -> None:
+    chat = "<|im_start|>user\nHello, how are you?<|im_end|>\n<|im_start|>assistant\n"
+    assert not is_echo(chat, "How are you?")  # SmolLM2's reply after a LoRA run (issue 25)
+    assert is_echo(chat, "Hello, how are you?")  # the whole message again is
+
+
 @pytest.mark.parametrize(
     "text",
     [

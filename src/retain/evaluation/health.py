@@ -22,9 +22,11 @@ from retain.evaluation.generation import Generation, generate_greedy
 ECHO_MIN_CHARS = 8
 """An echoed span (prompt, prompt line or substring) must be this long, normalised."""
 
-ECHO_MIN_WORDS = 3
+ECHO_MIN_WORDS = 4
 """An output found inside the prompt is an echo only with this many words: a one-word
-answer picked from a multiple-choice prompt is an answer, not an echo."""
+answer picked from a multiple-choice prompt is an answer, not an echo, and so is a terse
+reply of three words ("How are you?" to "Hello, how are you?": SmolLM2 after LoRA on
+one-word answers; with 3 here it read as an echo and stopped the run, issue 25)."""
 
 LOOP_MIN_REPEATS = 3
 """Consecutive repeats of a word n-gram that make a loop."""
