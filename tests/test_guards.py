@@ -175,3 +175,26 @@ def test_the_smoke_guard_knows_whether_the_doctor_passed_the_run(tmp_path) -> No
     assert not doctor_passed(run)
     (tmp_path / "doctor.json").write_text("[broken")
     assert not doctor_passed(run)
+
+
+def test_an_answer_the_base_ended_near_the_cap_may_run_past_it_without_breaking(monkeypatch) -> None:
+    # Issue 25: SmolLM2's base answered "Hello, how are you?" in about 30 of 32 tokens; two
+    # LoRA steps later the answer ran past the cap and the smoke guard called it broken.
+    from retain.evaluation.engine import EvalSettings
+    from retain.evaluation.generation import Generation
+    from retain.guards import measure
+    from retain.guards.measure import Probe
+
+    lengths = {"near the cap": 30, "short": 5}
+    answers = {"base": lambda prompt: Generation(prompt, "an answer", lengths[prompt], True),
+               "tuned": lambda prompt: Generation(prompt, "an answer that goes on", 32, False)}
+    model = {"which": "base"}
+    monkeypatch.setattr(measure, "generate_greedy",
+                        lambda m, tokenizer, prompts, cap: [answers[model["which"]](prompt) for prompt in prompts])
+    probe = Probe(tokenizer=None, suites=(), method="generation", settings=EvalSettings(), chat_template="none",
+                  smoke_prompts=["near the cap", "short"], smoke_max_new_tokens=32)
+    _, _, _, stopped = probe.smoke(None)
+    assert stopped == [False, True]  # ended, but not within half the cap
+    model["which"] = "tuned"
+    share, counts, examples, _ = probe.smoke(None, stopped)
+    assert counts == {"never_stops": 1} and share == 0.5 and examples[0][0] == "short"

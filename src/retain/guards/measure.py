@@ -38,7 +38,8 @@ class Baseline:
     Attributes:
         probe_accuracy: Overall probe accuracy by the watched method.
         smoke_fail_share: Share of smoke prompts the base answered brokenly.
-        smoke_stopped: Whether the base's answer to each smoke prompt ended with EOS.
+        smoke_stopped: Whether the base's answer to each smoke prompt ended with EOS within
+            half the token cap.
         perplexity: Reference-text perplexity.
         logprobs: Base log-probabilities on the reference, for KL.
         start_validation: The base's validation loss and task accuracy, which are the
@@ -114,15 +115,17 @@ class Probe:
         """Answers the smoke prompts and judges the answers.
 
         An answer is broken when it is empty, blank, an echo or a loop, or when it runs to
-        the token cap where the base model's answer to the same prompt stopped
-        (``never_stops``: the model no longer ends its answers). General and task prompts
+        the token cap where the base model's answer to the same prompt stopped within half
+        of it (``never_stops``: the model no longer ends its answers; an answer the base
+        ended near the cap runs past it after the smallest change, issue 25). General and task prompts
         are two groups, and the share reported is the worse group's: a pipeline that
         teaches an immediate EOS after the task's prompts silences the task and may leave
         "Hello, how are you?" untouched.
 
         Returns:
             The broken share of the worse group, counts per failure kind, up to three
-            ``(prompt, answer)`` examples of broken answers, and whether each answer stopped.
+            ``(prompt, answer)`` examples of broken answers, and whether each answer
+            stopped within half the token cap (the base's, for ``base_stopped``).
         """
         generations = generate_greedy(model, self.tokenizer, list(self.smoke_prompts),
                                       self.smoke_max_new_tokens)
@@ -143,7 +146,8 @@ class Probe:
                     examples.append((generation.prompt, generation.text))
         sizes = (first_task, self.smoke_task)
         share = max(count / size for count, size in zip(broken, sizes, strict=True) if size)
-        return share, counts, examples, [g.stopped for g in generations]
+        return share, counts, examples, [g.stopped and 2 * g.new_tokens <= self.smoke_max_new_tokens
+                                         for g in generations]
 
     def validation_loss(self, model: PreTrainedModel) -> float | None:
         """Returns the mean loss per supervised token on the validation rows."""
