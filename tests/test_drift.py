@@ -181,3 +181,19 @@ def test_lora_adapter_against_its_disabled_base(tiny, init: bool, moved: bool) -
     assert torch.allclose(base.topk_logprobs, plain.topk_logprobs, atol=1e-5)
     kl = kl_to_base(peft_model, tokenizer, base)
     assert (kl > 1e-6) if moved else (kl < 1e-6)
+
+
+def test_a_checks_drift_scores_the_first_whole_windows_only(tiny, base) -> None:
+    # guards.drift.check_tokens (issue 25): a check reads the first windows of the text.
+    model, tokenizer = tiny
+    tuned = _perturbed(model)
+    windows = _windows(tokenizer)
+    assert len(windows) > 2
+    cut = drift_report(tuned, tokenizer, TEXT, base, batch_size=4, max_tokens=2 * WINDOW + WINDOW // 2)
+    assert cut.tokens == 2 * (WINDOW - 1) < base.tokens
+    with torch.no_grad():
+        losses = [float(tuned(input_ids=piece[None], labels=piece[None]).loss) for piece in windows[:2]]
+    assert cut.perplexity == pytest.approx(math.exp(sum(losses) / 2), rel=1e-4)
+    whole = drift_report(tuned, tokenizer, TEXT, base, batch_size=4)
+    assert cut.kl != pytest.approx(whole.kl)  # fewer positions: another reading, not the same one
+    assert drift_report(model, tokenizer, TEXT, base, batch_size=4, max_tokens=1).tokens == WINDOW - 1

@@ -100,6 +100,13 @@ class DriftGuardConfig(Section):
     every_steps: int | None = Field(
         None, gt=0, description="Check every N steps; null follows guards.every_steps."
     )
+    check_tokens: int | None = Field(
+        512,
+        gt=0,
+        description="Reference-text tokens a check scores (the first N, in whole windows of 128); "
+        "null scores all of it. The base and final evaluations score all of it; on a real model "
+        "the whole text (about 2,500 tokens) was a third of a check.",
+    )
 
 
 class OverfittingGuardConfig(Section):

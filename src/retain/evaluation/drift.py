@@ -118,11 +118,14 @@ def drift_report(
     base: BaseLogprobs | None,
     window: int = DEFAULT_WINDOW,
     batch_size: int = DEFAULT_BATCH_SIZE,
+    max_tokens: int | None = None,
 ) -> DriftReport:
     """Returns the KL to ``base`` and the perplexity of ``model`` on ``text``.
 
     With a base, both come from one pass over the base's windows (``window`` is then
     the base's and the argument is not used); without one, only perplexity is reported.
+    ``max_tokens`` scores only the text's first windows, that many tokens rounded down to
+    whole windows (one at least): a guard check's cheaper reading.
 
     Raises:
         ValueError: If ``base`` was computed for another text or tokenizer, or as
@@ -133,6 +136,8 @@ def drift_report(
         token_ids, window = base.token_ids.tolist(), base.window
     else:
         token_ids = tokenize(tokenizer, text)
+    if max_tokens is not None:
+        token_ids = token_ids[: max(1, max_tokens // window) * window]
     scored = _score(model, token_ids, window, batch_size, base)
     return DriftReport(
         kl=scored.kl if base is not None else None,

@@ -40,6 +40,8 @@ class Baseline:
         smoke_fail_share: Share of smoke prompts the base answered brokenly.
         smoke_stopped: Whether the base's answer to each smoke prompt ended with EOS within
             half the token cap.
+        check_perplexity: The base's perplexity on the part of the reference text a check
+            scores (``Probe.drift_tokens``), when that is not all of it.
         perplexity: Reference-text perplexity.
         logprobs: Base log-probabilities on the reference, for KL.
         start_validation: The base's validation loss and task accuracy, which are the
@@ -53,6 +55,7 @@ class Baseline:
     logprobs: BaseLogprobs | None = None
     smoke_stopped: list[bool] | None = None
     start_validation: tuple[float | None, float | None] | None = None
+    check_perplexity: float | None = None
 
 
 @dataclass
@@ -75,6 +78,8 @@ class Probe:
         validation_encoded: Validation rows encoded for the loss.
         collate: The training collator, for validation batches.
         batch_size: Rows per validation-loss batch.
+        drift_tokens: Reference-text tokens a check scores (``guards.drift.check_tokens``);
+            None for all of it.
     """
 
     tokenizer: PreTrainedTokenizerBase
@@ -90,6 +95,7 @@ class Probe:
     validation_encoded: Sequence[Encoded] = ()
     collate: Collator | None = None
     batch_size: int = 8
+    drift_tokens: int | None = None
 
     def probes(self, model: PreTrainedModel) -> tuple[float | None, dict[str, float]]:
         """Returns overall accuracy (items pooled over suites) and accuracy per category."""
@@ -191,6 +197,14 @@ class Probe:
         """Returns KL to the base and the perplexity ratio on the reference text."""
         if not self.reference:
             return None, None
-        report = drift_report(model, self.tokenizer, self.reference, base.logprobs)
-        ratio = report.perplexity / base.perplexity if base.perplexity else None
+        report = drift_report(model, self.tokenizer, self.reference, base.logprobs, max_tokens=self.drift_tokens)
+        base_perplexity = base.check_perplexity if self.drift_tokens is not None else base.perplexity
+        ratio = report.perplexity / base_perplexity if base_perplexity else None
         return report.kl, ratio
+
+    def check_perplexity(self, model: PreTrainedModel, logprobs: BaseLogprobs | None) -> float | None:
+        """Returns ``model``'s perplexity on the part of the reference text a check scores
+        (None when checks score all of it, or there is no reference)."""
+        if not self.reference or self.drift_tokens is None:
+            return None
+        return drift_report(model, self.tokenizer, self.reference, logprobs, max_tokens=self.drift_tokens).perplexity

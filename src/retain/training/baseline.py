@@ -85,6 +85,7 @@ def measure_base(config: RetainConfig, run: RunDir, loaded: LoadedModel, probe: 
         logprobs=logprobs,
         smoke_stopped=stopped,
         start_validation=start,
+        check_perplexity=probe.check_perplexity(loaded.model, logprobs),
     )
 
 

@@ -296,7 +296,7 @@ def _probe(config: RetainConfig, suites: list, tokenizer, prompt_format: PromptF
         smoke_prompts=[prompt_format.render(prompt) for prompt in config.guards.smoke.prompts]
         + [render_example(example, prompt_format).prompt for example in plan.task_prompts],
         smoke_max_new_tokens=config.guards.smoke.max_new_tokens, smoke_task=len(plan.task_prompts),
-        reference=_reference(config, suites),
+        reference=_reference(config, suites), drift_tokens=config.guards.drift.check_tokens,
         validation=plan.validation[:VALIDATION_LIMIT], validation_encoded=plan.validation_rows,
         collate=collate, batch_size=config.train.batch_size,
     )
