@@ -86,6 +86,19 @@ def test_eval_prints_each_category_by_generation_and_loglik(real) -> None:
     assert "real-sample by generation" in done.stderr  # the progress bar
 
 
+def test_eval_calibrates_the_probes_to_what_the_model_knows(real) -> None:
+    out = real["folder"] / "calibrated.json"
+    done = _retain(real, "eval", NAME, "--suite", str(real["suite"]), "--no-drift", "--calibrate",
+                   "--set", "probes.calibrate_min_items=1", "--json", str(out))
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "probes calibrated to the base (real-sample)" in done.stdout
+    result = json.loads(out.read_text())
+    (calibration,) = result["calibration"]
+    right = {item["id"] for item in result["probes"]["real-sample"]["generation"]["items"] if item["correct"]}
+    assert set(calibration["kept_ids"]) <= right  # known: right by generation, also paraphrased
+    assert sum(calibration["known"].values()) == len(calibration["kept_ids"])
+
+
 def test_a_10_step_guarded_lora_training_ends_with_a_verdict(real) -> None:
     done = _retain(real, "train", str(real["folder"] / "config.yaml"), "--name", "lora10")
     assert "Traceback" not in done.stderr, done.stderr[-3000:]
