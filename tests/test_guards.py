@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 
+import pytest
+
 from retain.config.guards import GuardsConfig
 from retain.guards.rules import (
     Check,
@@ -177,24 +179,31 @@ def test_the_smoke_guard_knows_whether_the_doctor_passed_the_run(tmp_path) -> No
     assert not doctor_passed(run)
 
 
-def test_an_answer_the_base_ended_near_the_cap_may_run_past_it_without_breaking(monkeypatch) -> None:
+def test_an_answer_that_runs_a_little_past_the_cap_is_not_one_that_never_stops(monkeypatch) -> None:
     # Issue 25: SmolLM2's base answered "Hello, how are you?" in about 30 of 32 tokens; two
-    # LoRA steps later the answer ran past the cap and the smoke guard called it broken.
+    # LoRA steps later the answer ran a little past the cap and the smoke guard called the
+    # model broken. Answers over the cap are asked again with twice the cap.
     from retain.evaluation.engine import EvalSettings
     from retain.evaluation.generation import Generation
     from retain.guards import measure
     from retain.guards.measure import Probe
 
-    lengths = {"near the cap": 30, "short": 5}
-    answers = {"base": lambda prompt: Generation(prompt, "an answer", lengths[prompt], True),
-               "tuned": lambda prompt: Generation(prompt, "an answer that goes on", 32, False)}
+    lengths = {"base": {"a little longer": 30, "never ends": 5, "short": 5},
+               "tuned": {"a little longer": 35, "never ends": 10_000, "short": 5}}
     model = {"which": "base"}
-    monkeypatch.setattr(measure, "generate_greedy",
-                        lambda m, tokenizer, prompts, cap: [answers[model["which"]](prompt) for prompt in prompts])
+    calls = []
+
+    def generate(m, tokenizer, prompts, cap):
+        calls.append((list(prompts), cap))
+        return [Generation(prompt, "an answer", min(lengths[model["which"]][prompt], cap),
+                           lengths[model["which"]][prompt] < cap) for prompt in prompts]
+
+    monkeypatch.setattr(measure, "generate_greedy", generate)
     probe = Probe(tokenizer=None, suites=(), method="generation", settings=EvalSettings(), chat_template="none",
-                  smoke_prompts=["near the cap", "short"], smoke_max_new_tokens=32)
+                  smoke_prompts=["a little longer", "never ends", "short"], smoke_max_new_tokens=32)
     _, _, _, stopped = probe.smoke(None)
-    assert stopped == [False, True]  # ended, but not within half the cap
+    assert stopped == [True, True, True] and len(calls) == 1
     model["which"] = "tuned"
     share, counts, examples, _ = probe.smoke(None, stopped)
-    assert counts == {"never_stops": 1} and share == 0.5 and examples[0][0] == "short"
+    assert calls[-1] == (["a little longer", "never ends"], 64)  # only the overruns, asked again
+    assert counts == {"never_stops": 1} and share == pytest.approx(1 / 3) and examples[0][0] == "never ends"

@@ -38,8 +38,7 @@ class Baseline:
     Attributes:
         probe_accuracy: Overall probe accuracy by the watched method.
         smoke_fail_share: Share of smoke prompts the base answered brokenly.
-        smoke_stopped: Whether the base's answer to each smoke prompt ended with EOS within
-            half the token cap.
+        smoke_stopped: Whether the base's answer to each smoke prompt ended with EOS.
         check_perplexity: The base's perplexity on the part of the reference text a check
             scores (``Probe.drift_tokens``), when that is not all of it.
         perplexity: Reference-text perplexity.
@@ -121,9 +120,10 @@ class Probe:
         """Answers the smoke prompts and judges the answers.
 
         An answer is broken when it is empty, blank, an echo or a loop, or when it runs to
-        the token cap where the base model's answer to the same prompt stopped within half
-        of it (``never_stops``: the model no longer ends its answers; an answer the base
-        ended near the cap runs past it after the smallest change, issue 25). General and task prompts
+        the token cap where the base model's answer to the same prompt stopped, and runs on
+        to twice the cap when asked again (``never_stops``: the model no longer ends its
+        answers; an answer the base ended near the cap runs a little past it after the
+        smallest change, issue 25, and only those answers are generated again). General and task prompts
         are two groups, and the share reported is the worse group's: a pipeline that
         teaches an immediate EOS after the task's prompts silences the task and may leave
         "Hello, how are you?" untouched.
@@ -131,10 +131,15 @@ class Probe:
         Returns:
             The broken share of the worse group, counts per failure kind, up to three
             ``(prompt, answer)`` examples of broken answers, and whether each answer
-            stopped within half the token cap (the base's, for ``base_stopped``).
+            stopped (the base's, for ``base_stopped``).
         """
         generations = generate_greedy(model, self.tokenizer, list(self.smoke_prompts),
                                       self.smoke_max_new_tokens)
+        overrun = [index for index, generation in enumerate(generations)
+                   if not generation.stopped and base_stopped is not None and base_stopped[index]]
+        longer = generate_greedy(model, self.tokenizer, [self.smoke_prompts[index] for index in overrun],
+                                 2 * self.smoke_max_new_tokens) if overrun else []
+        never_stops = {index for index, generation in zip(overrun, longer, strict=True) if not generation.stopped}
         counts: dict[str, int] = {}
         examples: list[tuple[str, str]] = []
         first_task = len(generations) - self.smoke_task
@@ -142,7 +147,7 @@ class Probe:
         for index, generation in enumerate(generations):
             flags = check_generation(generation)
             kinds = [kind for kind in HEALTH_KINDS if getattr(flags, kind)]
-            if not generation.stopped and base_stopped is not None and base_stopped[index]:
+            if index in never_stops:
                 kinds.append("never_stops")
             for kind in kinds:
                 counts[kind] = counts.get(kind, 0) + 1
@@ -152,8 +157,7 @@ class Probe:
                     examples.append((generation.prompt, generation.text))
         sizes = (first_task, self.smoke_task)
         share = max(count / size for count, size in zip(broken, sizes, strict=True) if size)
-        return share, counts, examples, [g.stopped and 2 * g.new_tokens <= self.smoke_max_new_tokens
-                                         for g in generations]
+        return share, counts, examples, [g.stopped for g in generations]
 
     def validation_loss(self, model: PreTrainedModel) -> float | None:
         """Returns the mean loss per supervised token on the validation rows."""
