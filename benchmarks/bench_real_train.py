@@ -47,7 +47,7 @@ STEPS = 16
 BATCH = 4
 ROWS = STEPS * BATCH
 GUARDED_ROWS = 1000
-REPEATS = 2
+REPEATS = 3
 
 
 def _settings(data: Path, out: Path, name: str, extra: list[str]) -> list[str]:
