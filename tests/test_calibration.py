@@ -62,6 +62,7 @@ def test_the_base_result_is_cut_to_the_calibrated_items_and_read_back_unchanged(
     assert [entry["id"] for entry in generation["items"]] == ["a0", "a1", "a2", "c0"]
     assert generation["counts"] == {"arithmetic": 3, "capitals": 1} and generation["accuracy"]["overall"] == 1.0
     assert calibrated_result(cut, [known]) == cut  # a resumed run cuts it again: nothing changes
+    assert "mini" not in calibrated_result(_result(suite, right), [calibrate(suite, right, min_items=9)])["probes"]
     back = restored(json.loads(json.dumps(known.to_dict())), suite)
     assert back == known
     with pytest.raises(ValueError):

@@ -146,15 +146,18 @@ def restored(data: dict[str, Any], suite: ProbeSuite) -> Calibration:
 
 def calibrated_result(result: dict[str, Any], calibrations: list[Calibration]) -> dict[str, Any]:
     """Returns a result (``EvalResult.to_dict()``) with its probe scores cut to the
-    calibrated suites' items, accuracies and counts recomputed, versions renamed; the rest
-    (task, drift, smoke) as it was."""
-    probes = {}
+    calibrated suites' items, accuracies and counts recomputed, versions renamed, and a
+    suite that kept no item left out; the rest (task, drift, smoke) as it was."""
+    probes = dict(result.get("probes") or {})
     for calibration in calibrations:
+        name = calibration.suite.name
+        if not calibration.suite.items:
+            probes.pop(name, None)
+            continue
         kept = {item.id for item in calibration.suite.items}
-        probes[calibration.suite.name] = {
-            method: _cut(score, kept, calibration.suite.version)
-            for method, score in result["probes"][calibration.suite.name].items()}
-    return {**result, "probes": {**result.get("probes", {}), **probes}}
+        probes[name] = {method: _cut(score, kept, calibration.suite.version)
+                        for method, score in probes[name].items()}
+    return {**result, "probes": probes}
 
 
 def _cut(score: dict[str, Any], kept: set[str], version: str) -> dict[str, Any]:

@@ -117,8 +117,7 @@ def _calibrated(config: RetainConfig, run: RunDir, loaded: LoadedModel, probe: P
             fix="lower probes.calibrate_min_items, name suites the model can answer (probes.suites), or set "
             "probes.calibrate: false")
     probe.suites = [calibration.suite for calibration in measurable]
-    result = calibrated_result(result, measurable)
-    result["probes"] = {suite.name: result["probes"][suite.name] for suite in probe.suites}
+    result = calibrated_result(result, calibrations)
     run.write_json("base_eval.json", result)
     return result
 

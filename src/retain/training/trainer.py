@@ -44,7 +44,7 @@ class RetainTrainer(Trainer):
     def _base_model(self) -> torch.nn.Module:
         """The transformers model under peft's wrappers, if any."""
         model = self.model
-        while hasattr(model, "get_base_model"):
+        while hasattr(model, "get_base_model") and model.get_base_model() is not model:
             model = model.get_base_model()
         return model
 
