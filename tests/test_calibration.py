@@ -122,3 +122,15 @@ def test_save_suites_without_calibrate_is_one_line(tmp_path) -> None:
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert result.stderr.strip().endswith("Fix: add --calibrate") and len(result.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("where", ["a_file", "under_a_file"])
+def test_save_suites_into_a_file_is_refused_before_any_work(tmp_path, where) -> None:
+    blocker = tmp_path / "blocker"
+    blocker.write_text("keep me")
+    target = blocker if where == "a_file" else blocker / "suites"
+    result = subprocess.run([sys.executable, "-m", "retain.cli", "eval", "no-such-model", "--calibrate",
+                             "--save-suites", str(target)], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "--save-suites" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert blocker.read_text() == "keep me"

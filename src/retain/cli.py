@@ -292,9 +292,8 @@ def eval_(
 
     if save_suites is not None and not calibrate:
         raise ConfigError("--save-suites writes calibrated suites", file="--save-suites", fix="add --calibrate")
-    if save_suites is not None and save_suites.exists() and not save_suites.is_dir():
-        raise ConfigError(f"{save_suites} is a file, not a folder", file="--save-suites",
-                          fix="give a folder (it is created if absent)")
+    if save_suites is not None:
+        _check_writable_folder(save_suites, "--save-suites")
     if config is None and (config := own_config(model)) is not None:
         errors.print(f"using the run's own config: {config}", markup=False, highlight=False, soft_wrap=True)
     resolved = load_config(config, set_ or [])
@@ -309,14 +308,29 @@ def eval_(
         write_output(json_out, to_json(outcome.to_dict(), indent=2) + "\n")
 
 
+def _check_writable_folder(folder: Path, option: str) -> None:
+    """Refuses, before any work, a folder that is a file or could not be created or written."""
+    fix = "give a folder you can write to (it is created if absent)"
+    if folder.exists() and not folder.is_dir():
+        raise ConfigError(f"{folder} is a file, not a folder", file=option, fix=fix)
+    existing = next((path for path in (folder, *folder.absolute().parents) if path.exists()), None)
+    if existing is None or not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(f"{folder} cannot be written here ({existing} is not a writable folder)", file=option,
+                          fix=fix)
+
+
 def _save_calibrated_suites(calibrations: list, folder: Path) -> None:
     from retain.evaluation.suites import write_suite
 
     for calibration in calibrations:
         if calibration.suite.items:
             path = folder / f"{calibration.suite.name}.calibrated.jsonl"
-            folder.mkdir(parents=True, exist_ok=True)
-            write_suite(calibration.suite, path)
+            try:
+                folder.mkdir(parents=True, exist_ok=True)
+                write_suite(calibration.suite, path)
+            except OSError as error:
+                raise ConfigError(f"cannot write {path}: {error.strerror or error}", file="--save-suites",
+                                  fix="give a folder you can write to") from None
             console.print(f"calibrated suite: {path}", markup=False, highlight=False, soft_wrap=True)
 
 
