@@ -56,9 +56,10 @@ def markdown(result: dict) -> str:
     return "\n".join([
         "## Evaluating a real model: SmolLM2-135M-Instruct on the general suite\n",
         f"Measured {result.get('date', '?')}. Command: `python benchmarks/run.py real_eval`. 2 CPU cores, "
-        "fp32. What `retain eval smollm2-135m-instruct --suite general --no-drift` measures: all "
-        f"{result['items']} items by generation (chat template, at most {result['probe_max_new_tokens']} new "
-        f"tokens, batch {result['batch_size']}) and the items with options by log-likelihood.\n",
+        "fp32. The probes of `retain eval smollm2-135m-instruct --suite general --no-drift` (its three "
+        f"smoke prompts left out): all {result['items']} items by generation (chat template, at most "
+        f"{result['probe_max_new_tokens']} new tokens, batch {result['batch_size']}) and the items with "
+        "options by log-likelihood.\n",
         "| measurement | seconds | target | accuracy |",
         "| --- | --- | --- | --- |",
         f"| general suite, generation + log-likelihood | {seconds:.1f} | <= 60 s "

@@ -134,3 +134,13 @@ def test_save_suites_into_a_file_is_refused_before_any_work(tmp_path, where) -> 
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "--save-suites" in result.stderr and len(result.stderr.strip().splitlines()) == 1
     assert blocker.read_text() == "keep me"
+
+
+@pytest.mark.parametrize("text", ["not json", "{\"a\": 1}", "[1, 2]", "[{\"suite\": \"mini\"}]"])
+def test_a_damaged_calibration_file_is_a_value_error_naming_it(tmp_path, text) -> None:
+    from retain.evaluation.calibration import read_calibrations
+
+    path = tmp_path / "calibration.json"
+    path.write_text(text)
+    with pytest.raises(ValueError, match="calibration"):
+        read_calibrations(path, [_suite()])

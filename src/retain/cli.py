@@ -23,6 +23,7 @@ from retain.console import (
     console,
     errors,
     output_file,
+    output_folder,
     percent,
     print_eval,
     print_findings,
@@ -280,7 +281,7 @@ def eval_(
     reference: Annotated[Optional[str], typer.Option("--reference", help="Reference text file for drift (default eval.reference).")] = None,
     no_drift: Annotated[bool, typer.Option("--no-drift", help="Skip KL and perplexity.")] = False,
     calibrate: Annotated[bool, typer.Option("--calibrate", help="Measure on the items the base (else this model) answers right by generation, also paraphrased; categories it cannot do are reported as not measurable (probes.calibrate).")] = False,
-    save_suites: Annotated[Optional[Path], typer.Option("--save-suites", help="With --calibrate: write each calibrated suite into this folder, for probes.suites.")] = None,
+    save_suites: Annotated[Optional[Path], typer.Option("--save-suites", callback=output_folder, help="With --calibrate: write each calibrated suite into this folder, for probes.suites.")] = None,
     json_out: Annotated[Optional[Path], typer.Option("--json", callback=output_file, help="Write the full result, per item, as JSON.")] = None,
     config: ConfigOption = None,
     set_: SetOption = None,
@@ -292,8 +293,6 @@ def eval_(
 
     if save_suites is not None and not calibrate:
         raise ConfigError("--save-suites writes calibrated suites", file="--save-suites", fix="add --calibrate")
-    if save_suites is not None:
-        _check_writable_folder(save_suites, "--save-suites")
     if config is None and (config := own_config(model)) is not None:
         errors.print(f"using the run's own config: {config}", markup=False, highlight=False, soft_wrap=True)
     resolved = load_config(config, set_ or [])
@@ -306,17 +305,6 @@ def eval_(
         _save_calibrated_suites(outcome.calibrations, save_suites)
     if json_out is not None:
         write_output(json_out, to_json(outcome.to_dict(), indent=2) + "\n")
-
-
-def _check_writable_folder(folder: Path, option: str) -> None:
-    """Refuses, before any work, a folder that is a file or could not be created or written."""
-    fix = "give a folder you can write to (it is created if absent)"
-    if folder.exists() and not folder.is_dir():
-        raise ConfigError(f"{folder} is a file, not a folder", file=option, fix=fix)
-    existing = next((path for path in (folder, *folder.absolute().parents) if path.exists()), None)
-    if existing is None or not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
-        raise ConfigError(f"{folder} cannot be written here ({existing} is not a writable folder)", file=option,
-                          fix=fix)
 
 
 def _save_calibrated_suites(calibrations: list, folder: Path) -> None:

@@ -14,7 +14,7 @@ from rich.table import Table
 from rich.text import Text
 
 from retain.errors import ConfigError
-from retain.io import atomic_write_text, output_problem
+from retain.io import atomic_write_text, folder_problem, output_problem
 
 INTERRUPTED = 130  # the exit code of Ctrl-C (typer turns KeyboardInterrupt into it)
 
@@ -59,6 +59,16 @@ def output_file(param: typer.CallbackParam, value: Optional[Path]) -> Optional[P
     if problem is not None:
         raise ConfigError(problem, file=option,
                           fix="give the path of a regular file in a writable folder, or - for standard output")
+    return value
+
+
+def output_folder(param: typer.CallbackParam, value: Optional[Path]) -> Optional[Path]:
+    """Refuses an output folder that cannot be created or written, before the command does
+    any work."""
+    problem = None if value is None else folder_problem(value)
+    if problem is not None:
+        raise ConfigError(problem, file=param.opts[0] if param.opts else param.name,
+                          fix="give a folder you can write to (it is created if absent)")
     return value
 
 

@@ -124,6 +124,17 @@ def output_problem(path: Path) -> str | None:
     return None
 
 
+def folder_problem(path: Path) -> str | None:
+    """Returns why ``path`` cannot be used as an output folder (created if absent), checked
+    before any work: a file in its place, or no writable folder to create it in."""
+    if path.exists() and not path.is_dir():
+        return f"{path} is a file, not a folder"
+    existing = next((parent for parent in (path, *path.absolute().parents) if parent.exists()), None)
+    if existing is None or not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        return f"{path} cannot be created or written ({existing} is not a writable folder)"
+    return None
+
+
 def atomic_write_json(path: str | Path, obj: Any) -> None:
     """Atomically writes ``obj`` as indented JSON with a trailing newline.
 

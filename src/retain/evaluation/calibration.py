@@ -16,13 +16,16 @@ ids>``, so its results are compared, and cached, only with the same calibration.
 from __future__ import annotations
 
 import hashlib
+import json
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from retain.data.perturb import perturb
 from retain.data.prompting import PromptFormat
+from retain.errors import ConfigError
 from retain.evaluation.engine import EvalSettings
 from retain.evaluation.generation import score_probes_by_generation
 from retain.evaluation.probes import ProbeSuite
@@ -142,6 +145,36 @@ def restored(data: dict[str, Any], suite: ProbeSuite) -> Calibration:
     return Calibration(suite=replace(suite, version=data["version"], items=items), total=dict(data["total"]),
                        known=dict(data["known"]), not_measurable=tuple(data["not_measurable"]),
                        min_items=int(data["min_items"]))
+
+
+def read_calibrations(path: Path, suites: list[ProbeSuite]) -> list[Calibration]:
+    """Returns the calibrations a run recorded (``CALIBRATION_FILE``) of those of
+    ``suites`` it names, in their order.
+
+    Raises:
+        ValueError: If the file is damaged or of other suites or items.
+    """
+    try:
+        entries = {entry["suite"]: entry for entry in json.loads(path.read_text())}
+        return [restored(entries[suite.name], suite) for suite in suites if suite.name in entries]
+    except (KeyError, TypeError, ValueError) as error:
+        raise ValueError(f"{path.name} is damaged or of other suites: {error}") from None
+
+
+def measurable(calibrations: list[Calibration]) -> list[ProbeSuite]:
+    """Returns the calibrated suites that kept any item.
+
+    Raises:
+        ConfigError: If none did: there is nothing to measure forgetting on.
+    """
+    suites = [calibration.suite for calibration in calibrations if calibration.suite.items]
+    if not suites:
+        raise ConfigError(
+            f"the base model knows fewer than {calibrations[0].min_items} items of every category of the probe "
+            "suites: there is nothing to measure forgetting on", field="probes.calibrate",
+            fix="lower probes.calibrate_min_items, name suites the model can answer (probes.suites, --suite), "
+            "or leave calibration out")
+    return suites
 
 
 def calibrated_result(result: dict[str, Any], calibrations: list[Calibration]) -> dict[str, Any]:

@@ -26,7 +26,8 @@ from retain.evaluation.calibration import (
     Calibration,
     calibrate_suites,
     calibrated_result,
-    restored,
+    measurable,
+    read_calibrations,
 )
 from retain.evaluation.engine import (
     EvalResult,
@@ -150,7 +151,7 @@ def run_eval(
         raise ConfigError("calibrating needs the base model itself, not its earlier result", file="--compare-to",
                           fix="give the base with --base instead, or leave out --calibrate")
     if calibrations:
-        probe_suites = _measurable(calibrations)
+        probe_suites = measurable(calibrations)
     previous = _read_previous(compare_to) if compare_to else None
     base_result: EvalResult | dict | None = calibrated_result(previous, calibrations) if previous and calibrations \
         else previous
@@ -162,7 +163,7 @@ def run_eval(
         base_result = _evaluate(loaded_base, config, probe_suites, None, None, None, settings, "base")
         if calibrating and not calibrations:
             calibrations = _calibrate(loaded_base, config, probe_suites, base_result.to_dict(), settings)
-            probe_suites = _measurable(calibrations)
+            probe_suites = measurable(calibrations)
             base_result = calibrated_result(base_result.to_dict(), calibrations)
 
     if base is not None:
@@ -200,21 +201,6 @@ def _calibrate(loaded: LoadedModel, config: RetainConfig, suites: list[ProbeSuit
                             limit=config.probes.per_category)
 
 
-def _measurable(calibrations: list[Calibration]) -> list[ProbeSuite]:
-    """The calibrated suites that kept any item.
-
-    Raises:
-        ConfigError: If none did.
-    """
-    suites = [calibration.suite for calibration in calibrations if calibration.suite.items]
-    if not suites:
-        raise ConfigError(
-            f"the base model knows fewer than {calibrations[0].min_items} items of every category of the probe "
-            "suites: there is nothing to measure forgetting on", field="probes.calibrate",
-            fix="lower probes.calibrate_min_items, or name suites the model can answer (--suite)")
-    return suites
-
-
 def _run_calibration(model_name: str, suites: list[ProbeSuite]) -> list[Calibration]:
     """The calibration a run directory (``model_name``, or the run holding it) was trained
     with, for the same suites; empty for anything else."""
@@ -223,10 +209,9 @@ def _run_calibration(model_name: str, suites: list[ProbeSuite]) -> list[Calibrat
         calibration = folder / CALIBRATION_FILE
         if calibration.is_file() and (folder / "meta.json").is_file():
             try:
-                entries = {entry["suite"]: entry for entry in json.loads(calibration.read_text())}
-                return [restored(entries[suite.name], suite) for suite in suites if suite.name in entries]
-            except (ValueError, KeyError, TypeError) as error:
-                raise DataError(f"{calibration.name} is damaged or of other suites: {error}", file=calibration,
+                return read_calibrations(calibration, suites)
+            except ValueError as error:
+                raise DataError(f"{error}", file=calibration,
                                 fix="evaluate without --calibrate, or retrain the run") from None
     return []
 

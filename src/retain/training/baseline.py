@@ -23,8 +23,13 @@ from retain.evaluation.commands import (
     cached_base_logprobs,
     model_identity,
 )
-from retain.errors import ConfigError
-from retain.evaluation.calibration import CALIBRATION_FILE, calibrate_suites, calibrated_result, restored
+from retain.evaluation.calibration import (
+    CALIBRATION_FILE,
+    calibrate_suites,
+    calibrated_result,
+    measurable,
+    read_calibrations,
+)
 from retain.evaluation.engine import (
     evaluate,
 )
@@ -97,10 +102,11 @@ def _calibrated(config: RetainConfig, run: RunDir, loaded: LoadedModel, probe: P
     calibrations = None
     if path.is_file():
         try:
-            data = json.loads(path.read_text())
-            calibrations = [restored(entry, suite) for entry, suite in zip(data, probe.suites, strict=True)]
-        except (ValueError, KeyError, TypeError) as error:
+            calibrations = read_calibrations(path, list(probe.suites))
+        except ValueError as error:
             logger.warning("%s is not this run's calibration (%s): calibrating again", path, error)
+        if calibrations is not None and len(calibrations) != len(probe.suites):
+            calibrations = None
     if calibrations is None:
         calibrations = calibrate_suites(loaded.model, loaded.tokenizer, list(probe.suites), result,
                                         chat_template=config.model.chat_template, settings=probe.settings,
@@ -109,14 +115,7 @@ def _calibrated(config: RetainConfig, run: RunDir, loaded: LoadedModel, probe: P
         run.write_json(CALIBRATION_FILE, [calibration.to_dict() for calibration in calibrations])
     for calibration in calibrations:
         echo(calibration.summary())
-    measurable = [calibration for calibration in calibrations if calibration.suite.items]
-    if not measurable:
-        raise ConfigError(
-            f"the base model knows fewer than {config.probes.calibrate_min_items} items of every category "
-            "of the probe suites: there is nothing to measure forgetting on", field="probes.calibrate",
-            fix="lower probes.calibrate_min_items, name suites the model can answer (probes.suites), or set "
-            "probes.calibrate: false")
-    probe.suites = [calibration.suite for calibration in measurable]
+    probe.suites = measurable(calibrations)
     result = calibrated_result(result, calibrations)
     run.write_json("base_eval.json", result)
     return result
