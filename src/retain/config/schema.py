@@ -313,6 +313,13 @@ class EvalConfig(Section):
     )
     max_new_tokens: int = Field(32, gt=0, description="Token cap for generated task answers.")
     batch_size: int = Field(32, gt=0, description="Prompts per forward pass when evaluating.")
+    generation_batch_size: int = Field(
+        128,
+        gt=0,
+        description="Probe prompts per batch when generating answers: each decoding step reads "
+        "every weight for one token per row, so wide batches pay (SmolLM2, general suite, 2 CPU "
+        "cores: 32 -> 80 s, 128 -> 63 s).",
+    )
     shots: list[int] = Field(
         default_factory=lambda: [0, 5],
         min_length=1,

@@ -98,7 +98,7 @@ def stable_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, suite
             continue
         score = score_probes_by_generation(model, tokenizer, replace(suite, items=tuple(changed)), prompt_format,
                                            max_new_tokens=settings.probe_max_new_tokens,
-                                           batch_size=settings.batch_size)
+                                           batch_size=settings.generation_batch_size)
         stable -= {item_id for item_id, correct in zip(score.ids, score.correct) if not correct}
     return stable
 

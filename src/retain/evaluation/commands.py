@@ -107,6 +107,7 @@ def settings_from(config: RetainConfig, smoke: bool = True) -> EvalSettings:
         probe_max_new_tokens=config.probes.max_new_tokens,
         task_max_new_tokens=config.eval.max_new_tokens,
         batch_size=config.eval.batch_size,
+        generation_batch_size=config.eval.generation_batch_size,
     )
 
 

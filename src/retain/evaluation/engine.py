@@ -63,6 +63,7 @@ class EvalSettings:
         probe_max_new_tokens: Token cap for probe answers.
         task_max_new_tokens: Token cap for task answers.
         batch_size: Prompts per forward pass.
+        generation_batch_size: Probe prompts per batch when generating answers.
     """
 
     methods: tuple[str, ...] = METHODS
@@ -72,6 +73,7 @@ class EvalSettings:
     probe_max_new_tokens: int = 24
     task_max_new_tokens: int = 32
     batch_size: int = 32
+    generation_batch_size: int = 128
 
 
 @dataclass
@@ -183,7 +185,7 @@ def score_suite(
     if "generation" in settings.methods:
         scores["generation"] = score_probes_by_generation(
             model, tokenizer, suite, prompt_format,
-            max_new_tokens=settings.probe_max_new_tokens, batch_size=settings.batch_size,
+            max_new_tokens=settings.probe_max_new_tokens, batch_size=settings.generation_batch_size,
         )
     if "loglik" in settings.methods:
         ranked = score_probes_by_loglik(model, tokenizer, suite, prompt_format, settings.batch_size)

@@ -14,6 +14,7 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from retain.data.prompting import PromptFormat
+from retain.evaluation.prefix import StartCache, cache_keyword, shared_start
 from retain.evaluation.probes import ProbeScore, ProbeSuite, check_answer, cut_at_stop
 from retain.hardware import batches_with_backoff
 from retain.progress import task
@@ -54,7 +55,8 @@ def generate_greedy(
     """Generates greedily for each prompt, in batches with left padding.
 
     Prompts are batched longest first, and a prompt too long for the model's context
-    loses its oldest tokens so that ``max_new_tokens`` still fit.
+    loses its oldest tokens so that ``max_new_tokens`` still fit. The start all prompts
+    share (a chat template's header) is computed once: :mod:`retain.evaluation.prefix`.
 
     Args:
         model: A causal LM; evaluated in eval mode, its previous mode restored after.
@@ -92,24 +94,35 @@ def generate_greedy(
     else:
         cut = set()
     asked = torch.tensor(list(score_first), dtype=torch.long)
+    start = shared_start(encoded)
     # Longest first: prompts of similar length share a batch, so little padding is run.
     order = sorted(range(len(encoded)), key=lambda index: -len(encoded[index]))
     results: list[Generation | None] = [None] * len(prompts)
     was_training = model.training
-    model.eval()
     device = next(model.parameters()).device
+    start_cache: StartCache | None = None  # built in eval mode, below
+
+    plain = _plain_greedy(model)
 
     def generate(batch: Sequence[int]) -> list[tuple[list[int], list[float] | None]]:
-        ids, mask = left_pad([encoded[index] for index in batch], pad_id)
+        ids, mask = left_pad([encoded[index][len(start):] for index in batch], pad_id)
+        cached = {}
+        if start_cache is not None:
+            ids, mask = start_cache.prepend(ids, mask)
+            cached = start_cache.for_rows(len(batch))
+        ids, mask = ids.to(device), mask.to(device)
+        if plain:
+            return _decode_dropping_finished(model, ids, mask, cached, max_new_tokens, eos_id, asked.to(device))
         output = model.generate(
-            input_ids=ids.to(device),
-            attention_mask=mask.to(device),
+            input_ids=ids,
+            attention_mask=mask,
             max_new_tokens=max_new_tokens,
             do_sample=False,
             eos_token_id=eos_id,
             pad_token_id=pad_id,
             return_dict_in_generate=True,
             output_logits=bool(len(asked)),
+            **cached,
         )
         new_ids = output.sequences[:, ids.shape[1] :].tolist()  # (batch, generated)
         if not len(asked):
@@ -120,6 +133,8 @@ def generate_greedy(
         return list(zip(new_ids, first))
 
     try:
+        model.eval()
+        start_cache = StartCache(model, start) if start else None
         # Out of memory halves the batch: the answers are the same, only slower.
         with task(label, len(order)) as advance:
             for batch, rows in batches_with_backoff(order, batch_size, generate, owner=model, kind="generation"):
@@ -130,6 +145,76 @@ def generate_greedy(
     finally:
         model.train(was_training)
     return [result for result in results if result is not None]
+
+
+# Settings of a model's generation config that change which token greedy decoding picks,
+# with their neutral values; a model that sets one is decoded by transformers' generate.
+_GREEDY_CHANGERS = {
+    "repetition_penalty": 1.0, "encoder_repetition_penalty": 1.0, "no_repeat_ngram_size": 0,
+    "encoder_no_repeat_ngram_size": 0, "bad_words_ids": None, "suppress_tokens": None,
+    "begin_suppress_tokens": None, "min_length": 0, "min_new_tokens": 0, "sequence_bias": None,
+    "forced_bos_token_id": None, "forced_eos_token_id": None, "exponential_decay_length_penalty": None,
+}
+
+
+def _plain_greedy(model: PreTrainedModel) -> bool:
+    """True when greedy decoding of ``model`` is the argmax of its raw logits: its
+    generation config sets nothing of ``_GREEDY_CHANGERS``."""
+    config = getattr(model, "generation_config", None)
+    if config is None:
+        return True
+    return all(getattr(config, name, None) in (None, neutral) for name, neutral in _GREEDY_CHANGERS.items())
+
+
+@torch.inference_mode()
+def _decode_dropping_finished(
+    model: PreTrainedModel, ids: torch.Tensor, mask: torch.Tensor, cached: dict, max_new_tokens: int,
+    eos_id: int, asked: torch.Tensor,
+) -> list[tuple[list[int], list[float] | None]]:
+    """Greedy decoding of a left-padded batch that drops each row from the batch once it
+    has said EOS, so the rows still talking run alone.
+
+    ``cached`` holds a cache of the first columns of ``ids`` (a shared start), or nothing.
+    Returns each row's new tokens (EOS included when said) and, when ``asked`` is not
+    empty, the log-probabilities of those ids at the first new position.
+
+    (Written by hand: transformers' ``generate`` runs every row until the last one stops,
+    and its continuous batching, which drops them, ran 2x slower on 2 CPU cores. On
+    SmolLM2's general suite, batch 128, this loop took 53-61 s where ``generate`` took
+    69-72 s, with the same answers.)
+    """
+    keyword = cache_keyword(model)
+    done = next(iter(cached.values())).get_seq_length() if cached else 0
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    output = model(input_ids=ids[:, done:], attention_mask=mask, position_ids=positions[:, done:],
+                   use_cache=True, logits_to_keep=1, **cached)
+    logits = output.logits[:, -1]
+    first = torch.log_softmax(logits.float(), dim=-1)[:, asked].tolist() if len(asked) else None
+    produced: list[list[int]] = [[] for _ in range(ids.shape[0])]
+    live = list(range(ids.shape[0]))  # the batch's rows still talking, in cache order
+    position = positions[:, -1:] + 1
+    for step in range(max_new_tokens):
+        chosen = logits.argmax(-1)
+        talking = []
+        for place, (row, token) in enumerate(zip(live, chosen.tolist())):
+            produced[row].append(token)
+            if token != eos_id:
+                talking.append(place)
+        if not talking or step == max_new_tokens - 1:
+            break
+        # ``cache`` since transformers 5.2x; reading the old name there warns, so it is the fallback.
+        cache = output["cache"] if "cache" in output else output.past_key_values  # noqa: SIM401
+        if len(talking) < len(live):
+            kept = torch.tensor(talking, device=ids.device)
+            cache.batch_select_indices(kept)
+            live = [live[place] for place in talking]
+            mask, chosen, position = mask[kept], chosen[kept], position[kept]
+        mask = torch.cat([mask, mask.new_ones((len(live), 1))], dim=1)
+        output = model(input_ids=chosen[:, None], attention_mask=mask, position_ids=position,
+                       use_cache=True, **{keyword: cache})
+        logits = output.logits[:, -1]
+        position = position + 1
+    return [(row, None if first is None else first[index]) for index, row in enumerate(produced)]
 
 
 def left_pad(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:

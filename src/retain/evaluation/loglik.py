@@ -28,8 +28,6 @@ beyond the prompt's length.
 
 from __future__ import annotations
 
-import functools
-import inspect
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -39,6 +37,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from retain.data.prompting import PromptFormat
 from retain.evaluation.generation import left_pad
 from retain.evaluation.packing import score_batch_packed
+from retain.evaluation.prefix import StartCache, cache_keyword, shared_start
 from retain.evaluation.probes import ProbeScore, ProbeSuite
 from retain.evaluation.requests import Continuation, EncodedRequest, encode_requests
 from retain.hardware import batches_with_backoff
@@ -85,14 +84,23 @@ def score_continuations(
     # Cache: longest first, so prompts of similar length share a batch and pad little.
     encoded.sort(key=(lambda request: request.context) if packed else (lambda request: -len(request.context)))
     results: list[list[Continuation]] = [[] for _ in requests]
-    score_batch = score_batch_packed if packed else _score_batch
+    # Packed: the start every prompt shares (a chat header) runs once (retain.evaluation.prefix).
+    shared = shared_start([request.context for request in encoded]) if packed else []
+    encoded = [EncodedRequest(request.index, request.context[len(shared):], request.continuations)
+               for request in encoded]
     was_training = model.training
-    model.eval()
     try:
+        model.eval()
+        start = StartCache(model, shared) if shared else None
+
+        def score_batch(batch: list[EncodedRequest]) -> list[list[Continuation]]:
+            if packed:
+                return score_batch_packed(model, tokenizer, batch, start)
+            return _score_batch(model, tokenizer, batch)
+
         # Out of memory halves the batch: the scores are the same up to float rounding.
         with task(label, len(encoded)) as advance:
-            for batch, scored in batches_with_backoff(encoded, batch_size,
-                                                      lambda batch: score_batch(model, tokenizer, batch),
+            for batch, scored in batches_with_backoff(encoded, batch_size, score_batch,
                                                       owner=model, kind="loglik"):
                 for request, scores in zip(batch, scored):
                     results[request.index] = scores
@@ -164,18 +172,6 @@ def _score_batch(
     return scores
 
 
-def _cache_keyword(model: PreTrainedModel) -> str:
-    """The name ``forward`` takes the key/value cache by: ``cache`` since transformers
-    5.2x renamed it, ``past_key_values`` before (the old name warns, and goes in 5.40)."""
-    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return _cache_keyword_of(type(inner))
-
-
-@functools.cache
-def _cache_keyword_of(model_class: type) -> str:
-    return "cache" if "cache" in inspect.signature(model_class.forward).parameters else "past_key_values"
-
-
 def _score_tails(
     model: PreTrainedModel,
     cache,
@@ -203,7 +199,7 @@ def _score_tails(
         attention_mask=full_mask,
         position_ids=positions,
         use_cache=False,
-        **{_cache_keyword(model): cache},
+        **{cache_keyword(model): cache},
     ).logits
     logprobs = torch.log_softmax(logits.float(), dim=-1)  # (rows, length, vocab)
     result: dict[tuple[int, int], tuple[float, bool]] = {}

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from retain.evaluation.prefix import StartCache
 from retain.evaluation.requests import Continuation, EncodedRequest
 
 # Tokens per packed row (more when one request needs more). Narrow rows waste padding,
@@ -102,20 +103,28 @@ def pack(batch: list[EncodedRequest]) -> tuple[list[_TokenTree], list[_Placed]]:
 
 
 def score_batch_packed(
-    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, batch: list[EncodedRequest]
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, batch: list[EncodedRequest],
+    start: StartCache | None = None,
 ) -> list[list[Continuation]]:
-    """Scores a batch packed as prefix trees: every token sees its own ancestors only."""
+    """Scores a batch packed as prefix trees: every token sees its own ancestors only.
+
+    With ``start``, every request's context continues that shared start (already cut
+    from it): its cache is given to the pass, every token sees it, positions follow it.
+    """
     device = next(model.parameters()).device
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     rows, placed = pack(batch)
     length = max(len(tree.tokens) for tree in rows)
+    shared = len(start) if start is not None else 0
     ids = np.full((len(rows), length), pad_id, dtype=np.int64)
     positions = np.zeros((len(rows), length), dtype=np.int64)
-    allowed = np.broadcast_to(np.eye(length, dtype=bool), (len(rows), length, length)).copy()
+    allowed = np.zeros((len(rows), length, shared + length), dtype=bool)
+    allowed[:, :, :shared] = True
+    allowed[:, :, shared:] = np.eye(length, dtype=bool)
     for row, tree in enumerate(rows):
         ids[row, : len(tree.tokens)] = tree.tokens
-        positions[row, : len(tree.tokens)] = tree.depth
-        _see_ancestors(allowed[row], tree)
+        positions[row, : len(tree.tokens)] = np.asarray(tree.depth) + shared
+        _see_ancestors(allowed[row, :, shared:], tree)
     # Logits only where a prediction is read: the vocabulary projection is costly.
     kept = sorted({column for item in placed for columns in item.columns for column in columns})
     index_of = {column: index for index, column in enumerate(kept)}
@@ -125,6 +134,7 @@ def score_batch_packed(
         position_ids=torch.from_numpy(positions).to(device),
         use_cache=False,
         logits_to_keep=torch.tensor(kept, device=device),
+        **(start.for_rows(len(rows)) if start is not None else {}),
     ).logits
     logprobs = torch.log_softmax(logits.float(), dim=-1)  # (rows, kept, vocab)
     # Every scored token at once: its row, its logits column and its id.

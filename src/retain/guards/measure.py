@@ -99,7 +99,8 @@ class Probe:
     def probes(self, model: PreTrainedModel) -> tuple[float | None, dict[str, float]]:
         """Returns overall accuracy (items pooled over suites) and accuracy per category."""
         settings = EvalSettings(methods=(self.method,), probe_max_new_tokens=self.settings.probe_max_new_tokens,
-                                batch_size=self.settings.batch_size)
+                                batch_size=self.settings.batch_size,
+                                generation_batch_size=self.settings.generation_batch_size)
         correct = total = 0
         categories: dict[str, float] = {}
         for suite in self.suites:
