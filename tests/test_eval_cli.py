@@ -192,3 +192,41 @@ def test_eval_of_a_run_directory_uses_the_runs_own_config(micro_base, files, tmp
     assert result.exit_code == 0, result.output
     assert "using the run's own config" in result.output
     assert set(json.loads(out.read_text())["probes"]) == {"lab-small"}  # the run's suite, not the default
+
+
+def test_a_base_named_by_flag_is_measured_once_and_a_damaged_cache_measured_again(
+        micro_base, files, tmp_path, monkeypatch) -> None:
+    import retain.evaluation.commands as commands
+
+    base, _ = micro_base
+    monkeypatch.setenv("RETAIN_CACHE_DIR", str(tmp_path / "cache"))
+    loads = []
+    original = commands._load
+    monkeypatch.setattr(commands, "_load", lambda config, name, progress: loads.append(name) or
+                        original(config, name, progress))
+    args = ["eval", str(base.path), "--base", str(base.path), "--suite", str(files["probes"]),
+            "--set", "eval.perturbations=[]", *FAST]
+
+    def run(name: str) -> dict:
+        loads.clear()
+        result = invoke(*args, "--json", str(tmp_path / name))
+        assert result.exit_code == 0, result.output
+        return json.loads((tmp_path / name).read_text())
+
+    first = run("first.json")
+    assert len(loads) == 2  # the base, then the model
+    second = run("second.json")
+    assert len(loads) == 1  # the base's evaluation and log-probabilities came from the cache
+    assert second["base"]["result"]["probes"] == first["base"]["result"]["probes"]
+    assert second["drift"]["kl"] == pytest.approx(first["drift"]["kl"]) and second["drift"]["kl"] is not None
+    assert second["forgetting"] == first["forgetting"]
+    (cached,) = (tmp_path / "cache" / "base-eval").glob("*-eval.json")
+    cached.write_text('{"probes": {"lab-small"')  # a crash mid-write of an older retain
+    third = run("third.json")
+    assert len(loads) == 2 and third["forgetting"] == first["forgetting"]
+    assert json.loads(cached.read_text())["probes"] == first["base"]["result"]["probes"]  # rewritten whole
+    loads.clear()
+    result = invoke(*args, "--calibrate", "--set", "probes.calibrate_min_items=1",
+                    "--json", str(tmp_path / "calibrated.json"))
+    assert result.exit_code == 0, result.output
+    assert len(loads) == 2  # calibrating asks the base model itself (paraphrased prompts)

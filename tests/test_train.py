@@ -410,11 +410,22 @@ def test_the_saved_tokenizer_carries_the_template_training_used(lab, tmp_path) -
     assert saved.chat_template == template.read_text()
 
 
-def test_the_base_evaluation_is_measured_once_per_base_data_and_settings(lab, tmp_path) -> None:
+def test_the_base_evaluation_is_measured_once_per_base_data_and_settings(lab, tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("RETAIN_CACHE_DIR", str(tmp_path / "cache"))
     first = quiet_train(config(lab, tmp_path / "a", train={"max_steps": 2, "batch_size": 8, "seed": 1}))
     second = quiet_train(config(lab, tmp_path / "b", train={"max_steps": 2, "batch_size": 8, "seed": 2}))
     assert "base model evaluation reused" in (second.run_dir / "log.txt").read_text()
     assert (first.run_dir / "base_eval.json").read_text() == (second.run_dir / "base_eval.json").read_text()
+    # A cache file damaged (a crash of an older retain, a full disk): measured again, no traceback.
+    (cached,) = (path for path in (tmp_path / "cache" / "base-eval").glob("*.json") if "-" not in path.stem)
+    cached.write_text('{"probes": ')
+    again = quiet_train(config(lab, tmp_path / "d", train={"max_steps": 2, "batch_size": 8, "seed": 2}))
+    assert "base model evaluation reused" not in (again.run_dir / "log.txt").read_text()
+    def measured(path: Path) -> dict:
+        return {key: value for key, value in json.loads(path.read_text()).items() if key != "seconds"}
+
+    assert measured(again.run_dir / "base_eval.json") == measured(first.run_dir / "base_eval.json")
+    assert measured(cached) == measured(first.run_dir / "base_eval.json")  # rewritten whole
     # Other evaluation data: measured afresh.
     shorter = tmp_path / "test.jsonl"
     shorter.write_text("".join((lab["root"] / "test.jsonl").read_text().splitlines(keepends=True)[:5]))

@@ -12,9 +12,13 @@ import gc
 import hashlib
 import json
 import logging
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
+import torch
+
+import retain
 from retain.config import RetainConfig
 from retain.data.prompting import PromptFormat
 from retain.data.rows import Example, load_examples_for, read_text
@@ -39,10 +43,11 @@ from retain.evaluation.engine import (
 from retain.evaluation.forgetting import ForgettingReport
 from retain.evaluation.probes import ProbeSuite
 from retain.evaluation.suites import GENERAL_SUITE, load_suite
+from retain.io import atomic_write_json
 from retain.models import LoadedModel, load_model, resolve_name
 from retain.paths import cache_dir
 from retain.progress import bars_when_asked
-from retain.sources import family_of
+from retain.sources import family_of, model_family
 
 logger = logging.getLogger("retain.evaluation")
 
@@ -159,23 +164,47 @@ def run_eval(
     base_source = str(compare_to) if compare_to else None
     base_logprobs = None
 
-    def measure_base(loaded_base: LoadedModel) -> None:
+    def measure_base(loaded_base: LoadedModel | None, measured: dict | None = None) -> dict:
+        """Measures the base (or takes its ``measured`` result) and calibrates to it."""
         nonlocal base_result, probe_suites, calibrations
-        base_result = _evaluate(loaded_base, config, probe_suites, None, None, None, settings, "base")
+        measured = measured or _evaluate(loaded_base, config, probe_suites, None, None, None, settings,
+                                         "base").to_dict()
+        base_result = measured
         if calibrating and not calibrations:
-            calibrations = _calibrate(loaded_base, config, probe_suites, base_result.to_dict(), settings)
+            calibrations = _calibrate(loaded_base, config, probe_suites, measured, settings)
             probe_suites = measurable(calibrations)
-            base_result = calibrated_result(base_result.to_dict(), calibrations)
+            base_result = calibrated_result(measured, calibrations)
+        return measured
 
+    # A base named by --base is measured once per (weights, suites, settings): comparing
+    # several checkpoints to one base measures it once, and loads it only when something
+    # is missing (its calibration needs it; so do log-probabilities not yet cached).
+    stored = None
     if base is not None:
-        loaded_base = _load(config, base, progress)
-        measure_base(loaded_base)
-        if reference_text:
-            base_logprobs = cached_base_logprobs(loaded_base, base, reference_text)
         base_source = base
-        del loaded_base
-        gc.collect()
+        cache = base_cache_file(config, base, "-eval", {"suites": [asdict(suite) for suite in probe_suites],
+                                                        "settings": asdict(settings)})
+        stored = read_cached(cache)
+        if stored is not None:
+            logger.info("base model evaluation reused from %s", cache)
+        if stored is None or (calibrating and not calibrations) or \
+                (reference_text and not _logprobs_file(base, reference_text).is_file()):
+            loaded_base = _load(config, base, progress)
+            write_cached(cache, measure_base(loaded_base, stored))
+            if reference_text:
+                base_logprobs = cached_base_logprobs(loaded_base, base, reference_text)
+            del loaded_base
+            gc.collect()
+            stored = None
+        else:
+            measure_base(None, stored)  # nothing to load: no calibration asked, logprobs cached
     loaded = _load(config, model_name, progress)
+    if stored is not None and reference_text:
+        # Checked against this model's tokenizer: KL compares the two on the same tokens.
+        base_logprobs = _read_logprobs(_logprobs_file(base, reference_text), reference_text, loaded.tokenizer)
+        if base_logprobs is None:
+            raise RetainError("the base's cached log-probabilities do not fit this model's tokenizer",
+                              field="--base", fix="compare models that share a tokenizer, or pass --no-drift")
     if loaded.is_adapter and base is None and previous is None:
         with loaded.model.disable_adapter():
             measure_base(loaded)
@@ -272,17 +301,30 @@ def _read_previous(path: Path) -> dict:
 
 def cached_base_logprobs(loaded: LoadedModel, base_name: str, text: str) -> BaseLogprobs:
     """Returns the base's log-probabilities on ``text``, computed once per base and text."""
-    key = hashlib.sha256(f"{model_identity(base_name)}\n{text}".encode()).hexdigest()[:16]
-    path = cache_dir() / "drift" / f"base-{key}.safetensors"
-    if path.is_file():
-        try:
-            return BaseLogprobs.load(path, text, loaded.tokenizer)
-        except (ValueError, OSError) as error:
-            logger.warning("ignoring unusable cached base log-probabilities %s: %s", path, error)
+    path = _logprobs_file(base_name, text)
+    stored = _read_logprobs(path, text, loaded.tokenizer)
+    if stored is not None:
+        return stored
     base = compute_base_logprobs(loaded.model, loaded.tokenizer, text)
     path.parent.mkdir(parents=True, exist_ok=True)
     base.save(path)
     return base
+
+
+def _logprobs_file(base_name: str, text: str) -> Path:
+    key = hashlib.sha256(f"{model_identity(base_name)}\n{text}".encode()).hexdigest()[:16]
+    return cache_dir() / "drift" / f"base-{key}.safetensors"
+
+
+def _read_logprobs(path: Path, text: str, tokenizer) -> BaseLogprobs | None:
+    """Cached base log-probabilities, checked against ``text`` as ``tokenizer`` splits it."""
+    if not path.is_file():
+        return None
+    try:
+        return BaseLogprobs.load(path, text, tokenizer)
+    except (ValueError, OSError) as error:
+        logger.warning("ignoring unusable cached base log-probabilities %s: %s", path, error)
+        return None
 
 
 def model_identity(name: str) -> str:
@@ -294,6 +336,46 @@ def model_identity(name: str) -> str:
     weights = sorted(path.glob("*.safetensors")) + sorted(path.glob("*.bin"))
     stamps = [f"{w.name}:{w.stat().st_size}:{w.stat().st_mtime_ns}" for w in weights]
     return f"{path.resolve()}|{'|'.join(stamps)}"
+
+
+def base_cache_file(config: RetainConfig, name: str, kind: str, key: dict[str, Any]) -> Path | None:
+    """Returns the cache file of one measurement of the base model ``name``, keyed by
+    ``key`` with the model's identity (weights' path, sizes and modification times), the
+    config's model settings (template, device, dtype) and the versions of retain and
+    torch; None when the model is neither a registered name nor a local directory (a hub
+    id's weights can change under its name)."""
+    if model_family(name) is None and not Path(name).is_dir():
+        return None
+    key = key | {
+        "model": model_identity(name),
+        "model_settings": config.model.model_dump(mode="json", exclude={"name_or_path"}),
+        "versions": [retain.__version__, torch.__version__],
+    }
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:24]
+    return cache_dir() / "base-eval" / f"{digest}{kind}.json"
+
+
+def read_cached(path: Path | None) -> dict | None:
+    """Returns a cached JSON result, or None when absent or unusable (a damaged cache
+    file is reported and measured again, never trusted)."""
+    if path is None or not path.is_file():
+        return None
+    try:
+        stored = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:
+        logger.warning("ignoring unusable cached result %s: %s", path, error)
+        return None
+    if not isinstance(stored, dict):
+        logger.warning("ignoring unusable cached result %s: not a JSON object", path)
+        return None
+    return stored
+
+
+def write_cached(path: Path | None, result: dict) -> None:
+    """Stores a result for :func:`read_cached` (atomically: a crash leaves the old file)."""
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(path, result)
 
 
 @bars_when_asked

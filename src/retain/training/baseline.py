@@ -5,7 +5,6 @@ and settings so that several runs on one base measure it once."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 from dataclasses import asdict
@@ -13,15 +12,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import torch
 
-import retain
 from retain.config import RetainConfig
 from retain.data.rows import Example
 from retain.evaluation.base_logprobs import compute_base_logprobs
 from retain.evaluation.commands import (
+    base_cache_file,
     cached_base_logprobs,
-    model_identity,
+    read_cached,
+    write_cached,
 )
 from retain.evaluation.calibration import (
     CALIBRATION_FILE,
@@ -34,11 +33,8 @@ from retain.evaluation.engine import (
     evaluate,
 )
 from retain.guards.measure import Baseline, Probe
-from retain.io import atomic_write_json
 from retain.models import LoadedModel
-from retain.paths import cache_dir
 from retain.rundir import RunDir
-from retain.sources import model_family
 from retain.training.finish import (
     overall_accuracy,
 )
@@ -56,10 +52,11 @@ def measure_base(config: RetainConfig, run: RunDir, loaded: LoadedModel, probe: 
     records the calibration, which a resumed run reads back."""
     path = run.path / "base_eval.json"
     cached = _base_eval_cache(config, probe, task, ood)
+    stored = read_cached(cached)
     if resume and path.is_file():
         result = json.loads(path.read_text())
-    elif cached is not None and cached.is_file():
-        result = json.loads(cached.read_text())
+    elif stored is not None:
+        result = stored
         logger.info("base model evaluation reused from %s", cached)
         run.write_json(path.name, result)
     else:
@@ -70,9 +67,7 @@ def measure_base(config: RetainConfig, run: RunDir, loaded: LoadedModel, probe: 
                           task=task, ood=ood,
                           reference=probe.reference, settings=probe.settings).to_dict()
         run.write_json(path.name, result)
-        if cached is not None:
-            cached.parent.mkdir(parents=True, exist_ok=True)
-            atomic_write_json(cached, result)
+        write_cached(cached, result)
     if config.probes.calibrate:
         result = _calibrated(config, run, loaded, probe, result, echo)
     reference = probe.reference
@@ -133,7 +128,7 @@ def _base_eval_cache(config: RetainConfig, probe: Probe, task: list[Example] | N
     retain and torch. Several runs on one base (a comparison, a sweep) then measure it
     once.
     """
-    return _base_cache(config, "", {
+    return base_cache_file(config, config.model.name_or_path, "", {
         "suites": [asdict(suite) for suite in probe.suites],
         "task": [vars(example) for example in task or []],
         "ood": [vars(example) for example in ood or []],
@@ -142,43 +137,24 @@ def _base_eval_cache(config: RetainConfig, probe: Probe, task: list[Example] | N
     })
 
 
-def _base_cache(config: RetainConfig, kind: str, key: dict[str, Any]) -> Path | None:
-    """Returns the cache file of one measurement of the base model, keyed by ``key`` with the
-    model's identity and settings and the versions of retain and torch; None when the model
-    is neither a registered name nor a local directory."""
-    name = config.model.name_or_path
-    if model_family(name) is None and not Path(name).is_dir():
-        return None
-
-    key = key | {
-        "model": model_identity(config.model.name_or_path),
-        "model_settings": config.model.model_dump(mode="json"),
-        "versions": [retain.__version__, torch.__version__],
-    }
-    digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:24]
-    return cache_dir() / "base-eval" / f"{digest}{kind}.json"
-
-
 def _start_validation(config: RetainConfig, loaded: LoadedModel, probe: Probe) -> tuple[float | None, float | None]:
     """Returns the base model's validation loss and task accuracy, cached per base model and
     validation rows: the figures of the check of step 0, since the starting model computes
     as the base (see :meth:`GuardCallback.on_train_begin`)."""
     if not probe.validation and not probe.validation_encoded:
         return None, None
-    cached = _base_cache(config, "-validation", {
+    cached = base_cache_file(config, config.model.name_or_path, "-validation", {
         "validation": [vars(example) for example in probe.validation],
         "encoded": [row.feature() for row in probe.validation_encoded],
         "collator": config.train.collator,
         "settings": asdict(probe.settings),
     })
-    if cached is not None and cached.is_file():
+    stored = read_cached(cached)
+    if stored is not None:
         try:
-            stored = json.loads(cached.read_text())
             return stored["val_loss"], stored["task_accuracy"]
-        except (ValueError, KeyError, TypeError) as error:
+        except KeyError as error:
             logger.warning("ignoring unusable cached validation figures %s: %s", cached, error)
     figures = probe.validation_loss(loaded.model), probe.task_accuracy(loaded.model)
-    if cached is not None:
-        cached.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(cached, {"val_loss": figures[0], "task_accuracy": figures[1]})
+    write_cached(cached, {"val_loss": figures[0], "task_accuracy": figures[1]})
     return figures
