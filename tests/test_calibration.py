@@ -84,6 +84,35 @@ def test_an_item_the_base_gets_wrong_when_paraphrased_is_not_known(monkeypatch) 
     assert stable == {"a0", "c2"}
 
 
+def test_the_paraphrase_pass_is_cached_and_a_damaged_cache_is_run_again(monkeypatch, tmp_path) -> None:
+    suite = _suite()
+    passes = []
+
+    def fake_stable(model, tokenizer, scored, known, prompt_format, settings):
+        passes.append(scored.name)
+        return known - {"a5"}
+
+    monkeypatch.setattr(calibration, "stable_ids", fake_stable)
+    monkeypatch.setattr(calibration.PromptFormat, "for_tokenizer", lambda *args: None)
+    cache = tmp_path / "base-eval" / "key-calibration.json"
+    result = _result(suite, {"a0", "a1", "a2", "a5", "c0"})
+
+    def calibrated(min_items: int, limit: int | None = None):
+        return calibration.calibrate_suites(None, None, [suite], result, chat_template="auto",
+                                            settings=EvalSettings(), min_items=min_items, limit=limit, cache=cache)
+
+    first = calibrated(3)
+    assert passes == ["mini"] and [item.id for item in first[0].suite.items] == ["a0", "a1", "a2"]
+    assert calibrated(3) == first and passes == ["mini"]  # from the cache
+    assert [item.id for item in calibrated(1, limit=1)[0].suite.items] == ["a0", "c0"]  # cut afresh
+    assert passes == ["mini"]
+    for damaged in ("{", '{"mini": ["zz"]}', '{"other": []}', "[]"):
+        cache.write_text(damaged)
+        passes.clear()
+        assert calibrated(3) == first and passes == ["mini"]
+    assert json.loads(cache.read_text()) == {"mini": ["a0", "a1", "a2", "c0"]}
+
+
 def test_calibrating_needs_generation_among_the_methods() -> None:
     with pytest.raises(ConfigError, match="probes.calibrate"):
         load_config(None, ["probes.calibrate=true", "probes.methods=[loglik]"])

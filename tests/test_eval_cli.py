@@ -229,4 +229,12 @@ def test_a_base_named_by_flag_is_measured_once_and_a_damaged_cache_measured_agai
     result = invoke(*args, "--calibrate", "--set", "probes.calibrate_min_items=1",
                     "--json", str(tmp_path / "calibrated.json"))
     assert result.exit_code == 0, result.output
-    assert len(loads) == 2  # calibrating asks the base model itself (paraphrased prompts)
+    assert len(loads) == 2  # calibrating asks the base model itself (paraphrased prompts) ...
+    calibrated = json.loads((tmp_path / "calibrated.json").read_text())
+    loads.clear()
+    result = invoke(*args, "--calibrate", "--set", "probes.calibrate_min_items=1",
+                    "--json", str(tmp_path / "again.json"))
+    assert result.exit_code == 0, result.output
+    assert len(loads) == 1  # ... once: what it knew is cached with its evaluation
+    again = json.loads((tmp_path / "again.json").read_text())
+    assert again["calibration"] == calibrated["calibration"] and again["forgetting"] == calibrated["forgetting"]

@@ -471,7 +471,7 @@ def test_a_probe_planted_in_the_replay_file_is_reported_by_audit_and_train(lab, 
     assert groups["not_rehearsed"]["categories"]["overall"]["items"] == len(suite.items) - 1
 
 
-def test_calibrated_probes_measure_forgetting_on_what_the_base_knew(lab, tmp_path) -> None:
+def test_calibrated_probes_measure_forgetting_on_what_the_base_knew(lab, tmp_path, monkeypatch) -> None:
     cfg = config(lab, tmp_path, probes={"calibrate": True, "calibrate_min_items": 2})
     lines: list[str] = []
     outcome = run_train(cfg, progress=False, echo=lines.append)
@@ -492,3 +492,14 @@ def test_calibrated_probes_measure_forgetting_on_what_the_base_knew(lab, tmp_pat
     assert result.exit_code == 0, result.output
     measured = json.loads((tmp_path / "e.json").read_text())
     assert measured["probes"][calibration["suite"]]["generation"]["version"] == calibration["version"]
+    # Another run on the same base and probes: what the base knew is cached, not measured again.
+    from retain.evaluation import calibration as calibrating
+
+    passes = []
+    original = calibrating.stable_ids
+    monkeypatch.setattr(calibrating, "stable_ids",
+                        lambda *args, **kwargs: passes.append(1) or original(*args, **kwargs))
+    again = run_train(config(lab, tmp_path / "again", probes={"calibrate": True, "calibrate_min_items": 2},
+                             train={"seed": 2}), progress=False)
+    assert not passes
+    assert json.loads((again.run_dir / "calibration.json").read_text()) == [calibration]

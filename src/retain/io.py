@@ -146,6 +146,29 @@ def atomic_write_json(path: str | Path, obj: Any) -> None:
     atomic_write_text(path, to_json(obj, indent=2) + "\n")
 
 
+def read_cached_json(path: Path | None) -> dict | None:
+    """Returns a JSON object retain cached, or None when absent or unusable (a damaged
+    cache file is reported and measured again, never trusted)."""
+    if path is None or not path.is_file():
+        return None
+    try:
+        stored = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:
+        logger.warning("ignoring unusable cached result %s: %s", path, error)
+        return None
+    if not isinstance(stored, dict):
+        logger.warning("ignoring unusable cached result %s: not a JSON object", path)
+        return None
+    return stored
+
+
+def write_cached_json(path: Path | None, obj: dict) -> None:
+    """Stores an object for :func:`read_cached_json` (atomically: a crash leaves the old file)."""
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(path, obj)
+
+
 def fsync_tree(folder: str | Path) -> None:
     """Flushes every file under ``folder``, then the folders themselves, to disk.
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,9 @@ from retain.errors import ConfigError
 from retain.evaluation.engine import EvalSettings
 from retain.evaluation.generation import score_probes_by_generation
 from retain.evaluation.probes import ProbeSuite
+from retain.io import read_cached_json, write_cached_json
+
+logger = logging.getLogger("retain.evaluation")
 
 CALIBRATION_FILE = "calibration.json"
 """Where a run records the calibration it was trained with."""
@@ -120,15 +124,40 @@ def calibrate(suite: ProbeSuite, known: set[str], min_items: int, limit: int | N
 
 def calibrate_suites(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, suites: list[ProbeSuite],
                      result: dict[str, Any], *, chat_template: str, settings: EvalSettings, min_items: int,
-                     limit: int | None = None) -> list[Calibration]:
+                     limit: int | None = None, cache: Path | None = None) -> list[Calibration]:
     """Calibrates each suite to ``model``, whose evaluation ``result`` (by generation, every
-    item) is given; the paraphrases are scored here."""
-    calibrations = []
+    item) is given; the paraphrases are scored here.
+
+    ``cache``: a file keeping the stable ids per suite (the caller keys it by the model's
+    weights, the suites and the settings), so the paraphrase pass runs once per base; the
+    cut (``min_items``, ``limit``) is made afresh each time.
+    """
+    calibrations = cached_calibrations(cache, suites, min_items, limit)
+    if calibrations is not None:
+        return calibrations
+    stable = {}
     for suite in suites:
         prompt_format = PromptFormat.for_tokenizer(tokenizer, chat_template, suite.delimiter)
-        known = stable_ids(model, tokenizer, suite, known_ids(result, suite), prompt_format, settings)
-        calibrations.append(calibrate(suite, known, min_items, limit))
-    return calibrations
+        stable[suite.name] = stable_ids(model, tokenizer, suite, known_ids(result, suite), prompt_format, settings)
+    write_cached_json(cache, {name: sorted(ids) for name, ids in stable.items()})
+    return [calibrate(suite, stable[suite.name], min_items, limit) for suite in suites]
+
+
+def cached_calibrations(cache: Path | None, suites: list[ProbeSuite], min_items: int,
+                        limit: int | None = None) -> list[Calibration] | None:
+    """Returns the calibrations of ``suites`` from the stable ids :func:`calibrate_suites`
+    cached, or None when there are none, or they are damaged or of other items."""
+    stored = read_cached_json(cache)
+    if stored is None:
+        return None
+    try:
+        stable = {suite.name: set(stored[suite.name]) for suite in suites}
+    except (KeyError, TypeError):
+        stable = None
+    if stable is None or any(not stable[suite.name] <= {item.id for item in suite.items} for suite in suites):
+        logger.warning("ignoring unusable cached calibration %s: not of these suites' items", cache)
+        return None
+    return [calibrate(suite, stable[suite.name], min_items, limit) for suite in suites]
 
 
 def restored(data: dict[str, Any], suite: ProbeSuite) -> Calibration:

@@ -27,7 +27,9 @@ from retain.evaluation.base_logprobs import BaseLogprobs, compute_base_logprobs
 from retain.evaluation.baseline import BaselineResult, run_baseline
 from retain.evaluation.calibration import (
     CALIBRATION_FILE,
+    PARAPHRASES,
     Calibration,
+    cached_calibrations,
     calibrate_suites,
     calibrated_result,
     measurable,
@@ -43,7 +45,7 @@ from retain.evaluation.engine import (
 from retain.evaluation.forgetting import ForgettingReport
 from retain.evaluation.probes import ProbeSuite
 from retain.evaluation.suites import GENERAL_SUITE, load_suite
-from retain.io import atomic_write_json
+from retain.io import read_cached_json, write_cached_json
 from retain.models import LoadedModel, load_model, resolve_name
 from retain.paths import cache_dir
 from retain.progress import bars_when_asked
@@ -164,14 +166,15 @@ def run_eval(
     base_source = str(compare_to) if compare_to else None
     base_logprobs = None
 
-    def measure_base(loaded_base: LoadedModel | None, measured: dict | None = None) -> dict:
-        """Measures the base (or takes its ``measured`` result) and calibrates to it."""
+    def measure_base(loaded_base: LoadedModel | None, name: str, measured: dict | None = None) -> dict:
+        """Measures the base (or takes its ``measured`` result) and calibrates to it (or
+        takes the calibration already known)."""
         nonlocal base_result, probe_suites, calibrations
         measured = measured or _evaluate(loaded_base, config, probe_suites, None, None, None, settings,
                                          "base").to_dict()
         base_result = measured
-        if calibrating and not calibrations:
-            calibrations = _calibrate(loaded_base, config, probe_suites, measured, settings)
+        if calibrating:
+            calibrations = calibrations or _calibrate(loaded_base, config, name, probe_suites, measured, settings)
             probe_suites = measurable(calibrations)
             base_result = calibrated_result(measured, calibrations)
         return measured
@@ -184,20 +187,22 @@ def run_eval(
         base_source = base
         cache = base_cache_file(config, base, "-eval", {"suites": [asdict(suite) for suite in probe_suites],
                                                         "settings": asdict(settings)})
-        stored = read_cached(cache)
+        stored = read_cached_json(cache)
         if stored is not None:
             logger.info("base model evaluation reused from %s", cache)
+        if calibrating and not calibrations:
+            calibrations = _cached_calibrations(config, base, probe_suites, settings) or []
         if stored is None or (calibrating and not calibrations) or \
                 (reference_text and not _logprobs_file(base, reference_text).is_file()):
             loaded_base = _load(config, base, progress)
-            write_cached(cache, measure_base(loaded_base, stored))
+            write_cached_json(cache, measure_base(loaded_base, base, stored))
             if reference_text:
                 base_logprobs = cached_base_logprobs(loaded_base, base, reference_text)
             del loaded_base
             gc.collect()
             stored = None
         else:
-            measure_base(None, stored)  # nothing to load: no calibration asked, logprobs cached
+            measure_base(None, base, stored)  # nothing to load: calibration and logprobs cached too
     loaded = _load(config, model_name, progress)
     if stored is not None and reference_text:
         # Checked against this model's tokenizer: KL compares the two on the same tokens.
@@ -207,7 +212,7 @@ def run_eval(
                               field="--base", fix="compare models that share a tokenizer, or pass --no-drift")
     if loaded.is_adapter and base is None and previous is None:
         with loaded.model.disable_adapter():
-            measure_base(loaded)
+            measure_base(loaded, loaded.base)
             if reference_text:
                 base_logprobs = cached_base_logprobs(loaded, loaded.base, reference_text)
         base_source = f"{loaded.base} (adapters disabled)"
@@ -217,18 +222,35 @@ def run_eval(
         base_logprobs=base_logprobs, settings=settings,
     )
     if calibrating and not calibrations:  # no base: what this model itself knows
-        calibrations = _calibrate(loaded, config, probe_suites, result.to_dict(), settings)
+        calibrations = _calibrate(loaded, config, model_name, probe_suites, result.to_dict(), settings)
     outcome = EvalOutcome(result=result, base=base_result, base_source=base_source, calibrations=calibrations)
     if base_result is not None:
         outcome.forgetting = _forgetting(base_result, result)
     return outcome
 
 
-def _calibrate(loaded: LoadedModel, config: RetainConfig, suites: list[ProbeSuite], result: dict,
+def _calibrate(loaded: LoadedModel, config: RetainConfig, name: str, suites: list[ProbeSuite], result: dict,
                settings: EvalSettings) -> list[Calibration]:
+    """Calibrates ``suites`` to the model ``name`` (loaded), its paraphrase pass cached."""
     return calibrate_suites(loaded.model, loaded.tokenizer, suites, result, chat_template=config.model.chat_template,
                             settings=settings, min_items=config.probes.calibrate_min_items,
-                            limit=config.probes.per_category)
+                            limit=config.probes.per_category,
+                            cache=calibration_cache(config, name, suites, settings))
+
+
+def _cached_calibrations(config: RetainConfig, name: str, suites: list[ProbeSuite],
+                         settings: EvalSettings) -> list[Calibration] | None:
+    return cached_calibrations(calibration_cache(config, name, suites, settings), suites,
+                               config.probes.calibrate_min_items, config.probes.per_category)
+
+
+def calibration_cache(config: RetainConfig, name: str, suites: list[ProbeSuite], settings: EvalSettings) -> Path | None:
+    """Where the items model ``name`` answers right, also paraphrased, are cached per
+    suites and settings (:func:`retain.evaluation.calibration.calibrate_suites`); None
+    for a model with no stable identity (a hub id)."""
+    return base_cache_file(config, name, "-calibration", {
+        "suites": [asdict(suite) for suite in suites], "settings": asdict(settings), "paraphrases": PARAPHRASES,
+    })
 
 
 def _run_calibration(model_name: str, suites: list[ProbeSuite]) -> list[Calibration]:
@@ -353,29 +375,6 @@ def base_cache_file(config: RetainConfig, name: str, kind: str, key: dict[str, A
     }
     digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:24]
     return cache_dir() / "base-eval" / f"{digest}{kind}.json"
-
-
-def read_cached(path: Path | None) -> dict | None:
-    """Returns a cached JSON result, or None when absent or unusable (a damaged cache
-    file is reported and measured again, never trusted)."""
-    if path is None or not path.is_file():
-        return None
-    try:
-        stored = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as error:
-        logger.warning("ignoring unusable cached result %s: %s", path, error)
-        return None
-    if not isinstance(stored, dict):
-        logger.warning("ignoring unusable cached result %s: not a JSON object", path)
-        return None
-    return stored
-
-
-def write_cached(path: Path | None, result: dict) -> None:
-    """Stores a result for :func:`read_cached` (atomically: a crash leaves the old file)."""
-    if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(path, result)
 
 
 @bars_when_asked

@@ -7,21 +7,14 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import asdict
 from collections.abc import Callable
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
-
 
 from retain.config import RetainConfig
 from retain.data.rows import Example
 from retain.evaluation.base_logprobs import compute_base_logprobs
-from retain.evaluation.commands import (
-    base_cache_file,
-    cached_base_logprobs,
-    read_cached,
-    write_cached,
-)
 from retain.evaluation.calibration import (
     CALIBRATION_FILE,
     calibrate_suites,
@@ -29,10 +22,16 @@ from retain.evaluation.calibration import (
     measurable,
     read_calibrations,
 )
+from retain.evaluation.commands import (
+    base_cache_file,
+    cached_base_logprobs,
+    calibration_cache,
+)
 from retain.evaluation.engine import (
     evaluate,
 )
 from retain.guards.measure import Baseline, Probe
+from retain.io import read_cached_json, write_cached_json
 from retain.models import LoadedModel
 from retain.rundir import RunDir
 from retain.training.finish import (
@@ -52,7 +51,7 @@ def measure_base(config: RetainConfig, run: RunDir, loaded: LoadedModel, probe: 
     records the calibration, which a resumed run reads back."""
     path = run.path / "base_eval.json"
     cached = _base_eval_cache(config, probe, task, ood)
-    stored = read_cached(cached)
+    stored = read_cached_json(cached)
     if resume and path.is_file():
         result = json.loads(path.read_text())
     elif stored is not None:
@@ -67,7 +66,7 @@ def measure_base(config: RetainConfig, run: RunDir, loaded: LoadedModel, probe: 
                           task=task, ood=ood,
                           reference=probe.reference, settings=probe.settings).to_dict()
         run.write_json(path.name, result)
-        write_cached(cached, result)
+        write_cached_json(cached, result)
     if config.probes.calibrate:
         result = _calibrated(config, run, loaded, probe, result, echo)
     reference = probe.reference
@@ -106,7 +105,9 @@ def _calibrated(config: RetainConfig, run: RunDir, loaded: LoadedModel, probe: P
         calibrations = calibrate_suites(loaded.model, loaded.tokenizer, list(probe.suites), result,
                                         chat_template=config.model.chat_template, settings=probe.settings,
                                         min_items=config.probes.calibrate_min_items,
-                                        limit=config.probes.per_category)
+                                        limit=config.probes.per_category,
+                                        cache=calibration_cache(config, config.model.name_or_path,
+                                                                list(probe.suites), probe.settings))
         run.write_json(CALIBRATION_FILE, [calibration.to_dict() for calibration in calibrations])
     for calibration in calibrations:
         echo(calibration.summary())
@@ -149,12 +150,12 @@ def _start_validation(config: RetainConfig, loaded: LoadedModel, probe: Probe) -
         "collator": config.train.collator,
         "settings": asdict(probe.settings),
     })
-    stored = read_cached(cached)
+    stored = read_cached_json(cached)
     if stored is not None:
         try:
             return stored["val_loss"], stored["task_accuracy"]
         except KeyError as error:
             logger.warning("ignoring unusable cached validation figures %s: %s", cached, error)
     figures = probe.validation_loss(loaded.model), probe.task_accuracy(loaded.model)
-    write_cached(cached, {"val_loss": figures[0], "task_accuracy": figures[1]})
+    write_cached_json(cached, {"val_loss": figures[0], "task_accuracy": figures[1]})
     return figures
