@@ -197,3 +197,14 @@ def test_a_checks_drift_scores_the_first_whole_windows_only(tiny, base) -> None:
     whole = drift_report(tuned, tokenizer, TEXT, base, batch_size=4)
     assert cut.kl != pytest.approx(whole.kl)  # fewer positions: another reading, not the same one
     assert drift_report(model, tokenizer, TEXT, base, batch_size=4, max_tokens=1).tokens == WINDOW - 1
+
+
+@pytest.mark.parametrize("damage", ["truncated", "foreign"])
+def test_a_damaged_logprobs_file_is_a_value_error(tiny, base, tmp_path, damage) -> None:
+    _, tokenizer = tiny
+    path = tmp_path / "base.safetensors"
+    base.save(path)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2] if damage == "truncated" else b"\x00" * 64)
+    with pytest.raises(ValueError, match="base.safetensors"):
+        BaseLogprobs.load(path, TEXT, tokenizer)

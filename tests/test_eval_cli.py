@@ -220,6 +220,11 @@ def test_a_base_named_by_flag_is_measured_once_and_a_damaged_cache_measured_agai
     assert second["base"]["result"]["probes"] == first["base"]["result"]["probes"]
     assert second["drift"]["kl"] == pytest.approx(first["drift"]["kl"]) and second["drift"]["kl"] is not None
     assert second["forgetting"] == first["forgetting"]
+    (logprobs,) = (tmp_path / "cache" / "drift").glob("base-*.safetensors")
+    logprobs.write_bytes(b"not a safetensors file")
+    redone = run("redone.json")
+    assert len(loads) == 2  # damaged log-probabilities: the base computes them again
+    assert redone["drift"]["kl"] == pytest.approx(first["drift"]["kl"])
     (cached,) = (tmp_path / "cache" / "base-eval").glob("*-eval.json")
     cached.write_text('{"probes": {"lab-small"')  # a crash mid-write of an older retain
     third = run("third.json")
@@ -238,3 +243,16 @@ def test_a_base_named_by_flag_is_measured_once_and_a_damaged_cache_measured_agai
     assert len(loads) == 1  # ... once: what it knew is cached with its evaluation
     again = json.loads((tmp_path / "again.json").read_text())
     assert again["calibration"] == calibrated["calibration"] and again["forgetting"] == calibrated["forgetting"]
+
+
+def test_a_run_directory_is_known_by_its_models_weights(tmp_path) -> None:
+    from retain.evaluation.commands import model_identity
+
+    model = tmp_path / "run" / "model"
+    model.mkdir(parents=True)
+    (model / "config.json").write_text("{}")
+    (model / "model.safetensors").write_bytes(b"1" * 10)
+    before = model_identity(str(tmp_path / "run"))
+    assert "model.safetensors:10:" in before
+    (model / "model.safetensors").write_bytes(b"2" * 20)  # the run trained again
+    assert model_identity(str(tmp_path / "run")) != before

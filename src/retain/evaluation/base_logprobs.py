@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from transformers import PreTrainedTokenizerBase
 
@@ -128,16 +128,19 @@ class BaseLogprobs:
                 window (see :meth:`check`).
             OSError: If ``path`` cannot be read.
         """
-        with safe_open(str(path), framework="pt") as file:
-            metadata = file.metadata() or {}
-            stored = set(file.keys())
-            missing = [name for name in _TENSOR_NAMES if name not in stored]
-            if missing or "fingerprint" not in metadata:
-                raise ValueError(
-                    f"{path} is not a base log-probabilities file (no fingerprint or "
-                    f"tensors {missing}); write it with BaseLogprobs.save"
-                )
-            tensors = {name: file.get_tensor(name) for name in _TENSOR_NAMES}
+        try:
+            with safe_open(str(path), framework="pt") as file:
+                metadata = file.metadata() or {}
+                stored = set(file.keys())
+                missing = [name for name in _TENSOR_NAMES if name not in stored]
+                if missing or "fingerprint" not in metadata:
+                    raise ValueError(
+                        f"{path} is not a base log-probabilities file (no fingerprint or "
+                        f"tensors {missing}); write it with BaseLogprobs.save"
+                    )
+                tensors = {name: file.get_tensor(name) for name in _TENSOR_NAMES}
+        except SafetensorError as error:  # a truncated or foreign file
+            raise ValueError(f"{path} is not a readable safetensors file: {error}") from None
         base = cls(
             fingerprint=metadata["fingerprint"],
             k=int(metadata["k"]),

@@ -46,7 +46,7 @@ from retain.evaluation.forgetting import ForgettingReport
 from retain.evaluation.probes import ProbeSuite
 from retain.evaluation.suites import GENERAL_SUITE, load_suite
 from retain.io import read_cached_json, write_cached_json
-from retain.models import LoadedModel, load_model, resolve_name
+from retain.models import LoadedModel, load_model, resolve_model_path
 from retain.paths import cache_dir
 from retain.progress import bars_when_asked
 from retain.sources import family_of, model_family
@@ -207,9 +207,11 @@ def run_eval(
     if stored is not None and reference_text:
         # Checked against this model's tokenizer: KL compares the two on the same tokens.
         base_logprobs = _read_logprobs(_logprobs_file(base, reference_text), reference_text, loaded.tokenizer)
-        if base_logprobs is None:
-            raise RetainError("the base's cached log-probabilities do not fit this model's tokenizer",
-                              field="--base", fix="compare models that share a tokenizer, or pass --no-drift")
+        if base_logprobs is None:  # damaged, or of another tokenizer: the base computes them, as before
+            loaded_base = _load(config, base, progress)
+            base_logprobs = cached_base_logprobs(loaded_base, base, reference_text)
+            del loaded_base
+            gc.collect()
     if loaded.is_adapter and base is None and previous is None:
         with loaded.model.disable_adapter():
             measure_base(loaded, loaded.base)
@@ -351,8 +353,9 @@ def _read_logprobs(path: Path, text: str, tokenizer) -> BaseLogprobs | None:
 
 def model_identity(name: str) -> str:
     """Returns a string that changes when the named model's weights change (a registered
-    name: its model's directory, which changes with the provider's version)."""
-    path = Path(resolve_name(name, progress=False))
+    name: its model's directory, which changes with the provider's version; a run
+    directory: its model's)."""
+    path = resolve_model_path(name, progress=False)
     if not path.is_dir():
         return name
     weights = sorted(path.glob("*.safetensors")) + sorted(path.glob("*.bin"))
