@@ -317,8 +317,8 @@ class EvalConfig(Section):
         128,
         gt=0,
         description="Probe prompts per batch when generating answers: each decoding step reads "
-        "every weight for one token per row, so wide batches pay (SmolLM2, general suite, 2 CPU "
-        "cores: 32 -> 80 s, 128 -> 63 s).",
+        "every weight for one token per row, so wide batches pay (docs/BENCHMARKS.md times the "
+        "general suite on SmolLM2 at this default).",
     )
     shots: list[int] = Field(
         default_factory=lambda: [0, 5],

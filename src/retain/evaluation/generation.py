@@ -14,7 +14,7 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from retain.data.prompting import PromptFormat
-from retain.evaluation.prefix import StartCache, cache_keyword, shared_start
+from retain.evaluation.prefix import StartCache, cache_keyword, returned_cache, shared_start
 from retain.evaluation.probes import ProbeScore, ProbeSuite, check_answer, cut_at_stop
 from retain.hardware import batches_with_backoff
 from retain.progress import task
@@ -179,9 +179,8 @@ def _decode_dropping_finished(
     empty, the log-probabilities of those ids at the first new position.
 
     (Written by hand: transformers' ``generate`` runs every row until the last one stops,
-    and its continuous batching, which drops them, ran 2x slower on 2 CPU cores. On
-    SmolLM2's general suite, batch 128, this loop took 53-61 s where ``generate`` took
-    69-72 s, with the same answers.)
+    and its continuous batching, which drops them, ran 2x slower on 2 CPU cores;
+    ``python benchmarks/run.py real_eval`` times the general suite with this loop.)
     """
     keyword = cache_keyword(model)
     done = next(iter(cached.values())).get_seq_length() if cached else 0
@@ -202,8 +201,7 @@ def _decode_dropping_finished(
                 talking.append(place)
         if not talking or step == max_new_tokens - 1:
             break
-        # ``cache`` since transformers 5.2x; reading the old name there warns, so it is the fallback.
-        cache = output["cache"] if "cache" in output else output.past_key_values  # noqa: SIM401
+        cache = returned_cache(output)
         if len(talking) < len(live):
             kept = torch.tensor(talking, device=ids.device)
             cache.batch_select_indices(kept)

@@ -37,7 +37,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from retain.data.prompting import PromptFormat
 from retain.evaluation.generation import left_pad
 from retain.evaluation.packing import score_batch_packed
-from retain.evaluation.prefix import StartCache, cache_keyword, shared_start
+from retain.evaluation.prefix import StartCache, cache_keyword, returned_cache, shared_start
 from retain.evaluation.probes import ProbeScore, ProbeSuite
 from retain.evaluation.requests import Continuation, EncodedRequest, encode_requests
 from retain.hardware import batches_with_backoff
@@ -155,8 +155,7 @@ def _score_batch(
         for option, continuation in enumerate(request.continuations)
         if len(continuation) > 1
     ]
-    # ``cache`` since transformers 5.2x; reading the old name there warns, so it is the fallback.
-    cache = output["cache"] if "cache" in output else output.past_key_values  # noqa: SIM401
+    cache = returned_cache(output)
     rest = _score_tails(model, cache, mask, batch, rows, pad_id) if rows else {}
     scores: list[list[Continuation]] = []
     for row, request in enumerate(batch):

@@ -45,8 +45,7 @@ class StartCache:
         device = next(model.parameters()).device
         with torch.inference_mode():
             output = model(input_ids=torch.tensor([self.tokens], device=device), use_cache=True, logits_to_keep=1)
-        # ``cache`` since transformers 5.2x; reading the old name there warns, so it is the fallback.
-        self._cache = output["cache"] if "cache" in output else output.past_key_values  # noqa: SIM401
+        self._cache = returned_cache(output)
 
     def __len__(self) -> int:
         return len(self.tokens)
@@ -65,6 +64,12 @@ class StartCache:
         rows = ids.shape[0]
         start = torch.tensor(self.tokens, dtype=ids.dtype).expand(rows, -1)
         return torch.cat([start, ids], dim=1), torch.cat([torch.ones_like(start, dtype=mask.dtype), mask], dim=1)
+
+
+def returned_cache(output):
+    """The key/value cache a forward pass returned: ``cache`` since transformers 5.2x
+    (reading the old name there warns, so it is the fallback)."""
+    return output["cache"] if "cache" in output else output.past_key_values  # noqa: SIM401
 
 
 def cache_keyword(model: PreTrainedModel) -> str:
