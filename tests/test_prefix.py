@@ -130,3 +130,38 @@ def test_a_model_whose_config_changes_greedy_choices_is_decoded_by_generate(tiny
     assert not generation._plain_greedy(penalised)
     penalised.generation_config.repetition_penalty = 1.0
     assert generation._plain_greedy(penalised)
+
+
+def test_a_roomy_layer_holds_what_a_growing_one_holds() -> None:
+    from transformers.cache_utils import DynamicLayer
+
+    torch.manual_seed(0)
+    grown = DynamicLayer()
+    start = torch.randn(3, 2, 5, 4), torch.randn(3, 2, 5, 4)
+    grown.update(*start)
+    roomy = generation._RoomyLayer(copy.deepcopy(grown), room=2)
+    for length in (1, 1, 3, 1):  # the 3 overruns the room: the buffers grow
+        new = torch.randn(3, 2, length, 4), torch.randn(3, 2, length, 4)
+        expected, got = grown.update(*new), roomy.update(*new)
+        assert all(torch.equal(left, right) for left, right in zip(expected, got))
+    kept = torch.tensor([2, 0])
+    grown.batch_select_indices(kept)
+    roomy.batch_select_indices(kept)
+    new = torch.randn(2, 2, 1, 4), torch.randn(2, 2, 1, 4)
+    expected, got = grown.update(*new), roomy.update(*new)
+    assert all(torch.equal(left, right) for left, right in zip(expected, got))
+    assert roomy.get_seq_length() == grown.get_seq_length() == 12
+
+
+def test_decoding_writes_into_roomy_layers(tiny, monkeypatch) -> None:
+    model, tokenizer = tiny
+    swapped = []
+    original = generation._make_room
+
+    def spying(cache, room):
+        original(cache, room)
+        swapped.extend(type(layer).__name__ for layer in cache.layers)
+
+    monkeypatch.setattr(generation, "_make_room", spying)
+    generate_greedy(model, tokenizer, QUESTIONS, max_new_tokens=4, batch_size=4)
+    assert swapped and set(swapped) == {"_RoomyLayer"}

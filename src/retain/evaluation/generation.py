@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from transformers.cache_utils import DynamicLayer
 
 from retain.data.prompting import PromptFormat
 from retain.evaluation.prefix import StartCache, cache_keyword, returned_cache, shared_start
@@ -192,6 +193,8 @@ def _decode_dropping_finished(
     produced: list[list[int]] = [[] for _ in range(ids.shape[0])]
     live = list(range(ids.shape[0]))  # the batch's rows still talking, in cache order
     position = positions[:, -1:] + 1
+    cache = returned_cache(output)
+    _make_room(cache, max_new_tokens)
     for step in range(max_new_tokens):
         chosen = logits.argmax(-1)
         talking = []
@@ -201,7 +204,6 @@ def _decode_dropping_finished(
                 talking.append(place)
         if not talking or step == max_new_tokens - 1:
             break
-        cache = returned_cache(output)
         if len(talking) < len(live):
             kept = torch.tensor(talking, device=ids.device)
             cache.batch_select_indices(kept)
@@ -213,6 +215,63 @@ def _decode_dropping_finished(
         logits = output.logits[:, -1]
         position = position + 1
     return [(row, None if first is None else first[index]) for index, row in enumerate(produced)]
+
+
+class _RoomyLayer(DynamicLayer):
+    """A full-attention layer's keys and values held in buffers with room to grow: a
+    decoding step writes its position in place, where :class:`DynamicLayer` copies the
+    whole cache (``torch.cat``: a fifth of a step at 128 rows on 2 CPU cores). Lives only
+    inside :func:`_decode_dropping_finished`, which uses ``update`` (through the model) and
+    ``batch_select_indices``. (Written by hand: transformers' ``StaticLayer`` preallocates
+    but attends over its whole length every step and cannot drop rows.)
+    """
+
+    def __init__(self, layer: DynamicLayer, room: int) -> None:
+        super().__init__()
+        self.device = layer.keys.device
+        self.length = layer.keys.shape[-2]
+        self._keys = _with_room(layer.keys, room)
+        self._values = _with_room(layer.values, room)
+        self.is_initialized = True
+        self._show()
+
+    def _show(self) -> None:
+        self.keys = self._keys[..., : self.length, :]
+        self.values = self._values[..., : self.length, :]
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
+        end = self.length + key_states.shape[-2]
+        if end > self._keys.shape[-2]:  # out of room: at least double
+            grown = max(end - self.length, self.length)
+            self._keys, self._values = _with_room(self.keys, grown), _with_room(self.values, grown)
+        self._keys[..., self.length : end, :] = key_states
+        self._values[..., self.length : end, :] = value_states
+        self.length = end
+        self._show()
+        return self.keys, self.values
+
+    def batch_select_indices(self, indices: torch.Tensor) -> None:
+        self._keys, self._values = self._keys[indices], self._values[indices]
+        self._show()
+
+
+def _with_room(states: torch.Tensor, room: int) -> torch.Tensor:
+    """Returns a buffer holding ``states`` with ``room`` free positions after them."""
+    batch, heads, length, dim = states.shape
+    buffer = states.new_empty((batch, heads, length + room, dim))
+    buffer[..., :length, :] = states
+    return buffer
+
+
+def _make_room(cache, room: int) -> None:
+    """Swaps the cache's full-attention layers for :class:`_RoomyLayer` with ``room``
+    positions to grow into; other layers (sliding windows, linear attention) stay."""
+    layers = getattr(cache, "layers", None)
+    if layers is None:
+        return
+    for index, layer in enumerate(layers):
+        if type(layer) is DynamicLayer and layer.is_initialized and layer.keys is not None and layer.keys.dim() == 4:
+            layers[index] = _RoomyLayer(layer, room)
 
 
 def left_pad(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
