@@ -22,7 +22,7 @@ from retain.config import RetainConfig
 from retain.data.rows import Problem, read_examples_for
 from retain.errors import RetainError
 from retain.evaluation.probes import ProbeSuite
-from retain.methods.general import load_general_texts
+from retain.methods.general import general_source, load_general_texts
 from retain.models import load_model_parts
 from retain.sources import model_family
 
@@ -159,7 +159,7 @@ def _general_source_contamination(config: RetainConfig, probes: Sequence[ProbeSu
     users = [name for name in REHEARSAL_METHODS if name in config.method.use]
     if not users or not probes:
         return None
-    source = config.method.general.source or "the model's own"
+    source = general_source(config) or "none"
     return blended_contamination(
         load_general_texts(config), probes,
         f"the general texts {' and '.join(users)} draw from (method.general.source: {source})",

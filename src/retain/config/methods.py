@@ -133,10 +133,12 @@ class GeneralDataConfig(Section):
     source: PathText | None = Field(
         None,
         description="`lab` (the lab world's pretraining corpus less every document that "
-        "states a probed fact), a file (.txt one text per "
+        "states a probed fact), `instructions` (329 general requests retain ships, no probe item "
+        "among them: prompts for self_augment, which the base model answers), a file (.txt one text per "
         "line; .jsonl/.csv/.parquet with a text or prompt/response columns), or "
         "`hf:NAME[:SPLIT]` for a `datasets` dataset; null uses the lab corpus for the lab "
-        "model and is an error otherwise.",
+        "model, the instructions when self_augment is the only method reading general data, and "
+        "is an error otherwise.",
     )
     text_field: str = Field("text", description="Column holding the text, for tables and datasets.")
     limit: int = Field(

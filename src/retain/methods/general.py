@@ -5,7 +5,13 @@ Sources:
 
 - none set: the general texts of the model's family, for a model of a registered family
   that has them (:mod:`retain.sources`; the lab's rehearsal corpus, which states no probed
-  fact); an error for any other model;
+  fact); for any other model, the shipped instructions when ``self_augment`` is the only
+  method that reads general data, else an error;
+- ``instructions``: the general instructions retain ships (``methods/instructions.txt``,
+  329 requests written for this purpose: explain, list, rewrite, describe, advise, word
+  problems, short messages). They are prompts with no answers: ``self_augment`` has the
+  base model answer them (self-synthesized rehearsal); ``replay`` refuses them. None states
+  a probe item of the general suite (the audit's probe check, and a test, prove it);
 - a registered family's name: that family's general texts, for a model of that family;
 - a file: ``.txt`` with one text per line (``\\n`` inside a text written as a literal
   backslash-n, as ``retain lab data`` writes ``general.txt``), or a table (``.jsonl``,
@@ -15,6 +21,7 @@ Sources:
 
 from __future__ import annotations
 
+from importlib import resources
 from pathlib import Path
 
 from retain.config import RetainConfig
@@ -24,6 +31,8 @@ from retain.errors import ConfigError, DataError
 from retain.sources import base_of, family_of, model_family
 
 HF_PREFIX = "hf:"
+INSTRUCTIONS = "instructions"
+READERS = ("replay", "self_augment", "ewc")  # the methods that read method.general
 
 
 def load_general_texts(config: RetainConfig) -> list[str]:
@@ -37,14 +46,22 @@ def load_general_texts(config: RetainConfig) -> list[str]:
     settings = config.method.general
     name = config.model.name_or_path
     family = family_of(name)
-    source = settings.source or (family.name if family is not None and family.general_texts else None)
+    source = general_source(config)
     if source is None:
         raise ConfigError(
             "this method needs general data and method.general.source is not set",
             field="method.general.source",
-            fix="name a text/JSONL file of general text, or hf:NAME[:SPLIT] for a datasets dataset",
+            fix="name a text/JSONL file of general text, or hf:NAME[:SPLIT] for a datasets dataset (or use "
+            "self_augment, which defaults to the shipped instructions)",
         )
-    if model_family(source) is not None:
+    if source == INSTRUCTIONS:
+        if "replay" in config.method.use:
+            raise ConfigError("method.general.source is instructions, which are prompts with no answers to replay",
+                              field="method.general.source",
+                              fix="use method self_augment (the base model answers them), or give replay a "
+                              "general-text file")
+        texts = instructions()
+    elif model_family(source) is not None:
         if family is None or family.name != source or family.general_texts is None:
             raise ConfigError(f"method.general.source is {source} but {name} is not a {source} model",
                               field="method.general.source", fix="name a general-text file instead")
@@ -58,6 +75,25 @@ def load_general_texts(config: RetainConfig) -> list[str]:
         raise DataError("no general text found", file=source,
                         fix="give a source with at least one non-empty text")
     return texts
+
+
+def general_source(config: RetainConfig) -> str | None:
+    """Returns the general source ``config`` reads: ``method.general.source``, else the
+    model family's texts, else the shipped instructions when ``self_augment`` is the only
+    method of the run that reads general data; None when there is none."""
+    if config.method.general.source:
+        return config.method.general.source
+    family = family_of(config.model.name_or_path)
+    if family is not None and family.general_texts:
+        return family.name
+    readers = [name for name in READERS if name in config.method.use]
+    return INSTRUCTIONS if readers == ["self_augment"] else None
+
+
+def instructions() -> list[str]:
+    """Returns the shipped general instructions, one request per line."""
+    text = resources.files("retain.methods").joinpath("instructions.txt").read_text(encoding="utf-8")
+    return [line for line in text.splitlines() if line.strip()]
 
 
 def _file_texts(path: Path, text_field: str, config: RetainConfig) -> list[str]:

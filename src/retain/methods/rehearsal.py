@@ -23,6 +23,7 @@ from retain.data.rows import Example, chat_prompt_text
 from retain.evaluation.generation import Generation, generate_greedy
 from retain.evaluation.health import check_generation
 from retain.methods.base import Method, MethodContext
+from retain.methods.general import INSTRUCTIONS, general_source
 from retain.methods.registry import register
 
 logger = logging.getLogger("retain.methods")
@@ -159,7 +160,10 @@ class SelfAugment(Method):
                        context: MethodContext) -> list[Encoded]:
         tasks = task_row_count(rows, context)
         needed = general_count(tasks, self.settings.ratio)
-        prompts = list(dict.fromkeys(filter(None, map(rehearsal_prompt, context.general_texts()))))
+        texts = context.general_texts()
+        # The shipped instructions are prompts already; other texts give the prompt cut from them.
+        cut = general_source(self.config) != INSTRUCTIONS
+        prompts = list(dict.fromkeys(filter(None, map(rehearsal_prompt, texts) if cut else texts)))
         random.Random(self.config.train.seed).shuffle(prompts)
         answers, generated = (self._healthy_answers(model, context, prompts, needed)
                               if needed else ([], 0))
