@@ -35,6 +35,11 @@ LabNameOption = Annotated[Optional[str], typer.Option("--name", help="Lab run na
 
 OutputDirOption = Annotated[Path, typer.Option("--output-dir", help="Folder of run directories.")]
 
+ModelOption = Annotated[Optional[str], typer.Option(
+    "--model", help="Tell the story on this model instead of the lab's (a packaged name such as "
+    "smollm2-135m-instruct, a directory or a GGUF file): the domain task in its chat template, the "
+    "general suite calibrated to it, trainings sized for a CPU.")]
+
 LabWorkersOption = Annotated[Optional[int], typer.Option("--workers", min=1, help="Trainings run at once, each in its own process (default: 2 on a CPU with 2+ cores, 1 with a GPU).")]
 
 
@@ -49,8 +54,9 @@ def lab(
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing run.")] = False,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the interrupted lab run --name: finished steps and trainings are kept.")] = False,
     workers: LabWorkersOption = None,
+    model: ModelOption = None,
 ) -> None:
-    """The whole story on the lab model: base, audit, baseline, trap, aggressive, recipe, report."""
+    """The whole story on the lab model (or --model): base, audit, baseline, trap, aggressive, recipe, report."""
     if ctx.invoked_subcommand is not None:
         return
     from retain.lab.story import STEPS
@@ -61,7 +67,7 @@ def lab(
                           fix="pass --name NAME (the folder under --output-dir)")
     _run_lab_steps(lambda: RunDir.create(output_dir, name or default_run_name("lab"), overwrite=overwrite,
                                          resume=resume),
-                   STEPS, size, seed, cache_dir, workers, resume=resume)
+                   STEPS, size, seed, cache_dir, workers, resume=resume, model=model)
 
 
 @lab_app.command("step")
@@ -73,6 +79,7 @@ def lab_step(
     seed: SeedOption = 0,
     cache_dir: CacheOption = None,
     workers: LabWorkersOption = None,
+    model: ModelOption = None,
 ) -> None:
     """Run one step of the lab's story in the lab run NAME (earlier steps are not rerun)."""
     from retain.lab.story import step_named
@@ -80,31 +87,39 @@ def lab_step(
 
     chosen = step_named(step)
     _run_lab_steps(lambda: RunDir.create(output_dir, name, resume=(output_dir / name).is_dir()),
-                   (chosen,), size, seed, cache_dir, workers)
+                   (chosen,), size, seed, cache_dir, workers, model=model)
 
 
 def _run_lab_steps(open_run, steps, size: str, seed: int, cache_dir: Optional[Path], workers: Optional[int],
-                   resume: bool = False) -> None:
-    """Checks the lab size, then opens the lab's run directory with ``open_run`` (so a
-    mistake leaves none behind), runs ``steps`` in it and prints each finding, then the
-    table if it was made. Ctrl-C ends with the command that continues the run."""
+                   resume: bool = False, model: Optional[str] = None) -> None:
+    """Checks the lab size and model, then opens the lab's run directory with ``open_run``
+    (so a mistake leaves none behind), runs ``steps`` in it and prints each finding, then
+    the table if it was made. Ctrl-C ends with the command that continues the run."""
     import yaml
 
-    from retain.lab.runs import SCALES, STEPS, Lab, default_workers
+    from retain.lab.runs import SCALES, STEPS, Lab, default_workers, real_scale
     from retain.lab.story import markdown_table, run_story
 
     if size not in SCALES:
         raise ConfigError(f"unknown lab size {size!r}", field="--size", fix=f"use one of: {', '.join(SCALES)}")
+    if model is not None and size != "default":
+        raise ConfigError("--size picks the lab model's preset, and --model replaces that model", field="--size",
+                          fix="leave out --size with --model")
+    scale = real_scale(model) if model is not None else SCALES[size]
+    if model is not None:
+        Lab(scale, seed, Path(".")).base_path()  # a model that is not there stops here, with its fix
     run = open_run()
-    lab = Lab(SCALES[size], seed, run.path, cache_dir, progress=not STATE["quiet"],
+    # A real model keeps both cores busy in one process: its trainings run one at a time.
+    lab = Lab(scale, seed, run.path, cache_dir, progress=not STATE["quiet"],
               echo=lambda line: console.print(line, markup=False, highlight=False, soft_wrap=True),
-              workers=workers or default_workers(), resume=resume)
+              workers=workers or (1 if model is not None else default_workers()), resume=resume)
+    settings = {"size": size, "seed": seed, **({"model": model} if model is not None else {})}
     with run:
         if not run.config_path.is_file():
-            run.write_config(yaml.safe_dump({"lab": {"size": size, "seed": seed}}, sort_keys=False))
-            run.write_meta({"command": "lab", "size": size, "seed": seed, "workers": lab.workers})
+            run.write_config(yaml.safe_dump({"lab": settings}, sort_keys=False))
+            run.write_meta({"command": "lab", **settings, "workers": lab.workers})
         elif resume:
-            _check_lab_settings(run, size, seed)
+            _check_lab_settings(run, settings)
         try:
             results = run_story(lab, steps)
         except KeyboardInterrupt:
@@ -126,8 +141,8 @@ def _run_lab_steps(open_run, steps, size: str, seed: int, cache_dir: Optional[Pa
     console.print(f"lab run directory: {run.path}", markup=False, highlight=False, soft_wrap=True)
 
 
-def _check_lab_settings(run, size: str, seed: int) -> None:
-    """Resuming, the lab run's size and seed must be the ones it started with."""
+def _check_lab_settings(run, settings: dict) -> None:
+    """Resuming, the lab run's size, seed and model must be the ones it started with."""
     from retain import yamlfile
 
     try:
@@ -137,11 +152,12 @@ def _check_lab_settings(run, size: str, seed: int) -> None:
                           fix="start a new run with another --name (this one's config.yaml is damaged)") from None
     saved = (document.get("lab") if isinstance(document, dict) else None) or {}
     saved = saved if isinstance(saved, dict) else {}
-    if (saved.get("size"), saved.get("seed")) != (size, seed):
-        raise ConfigError(f"the lab run {run.path} started with --size {saved.get('size')} --seed {saved.get('seed')}",
-                          file=run.config_path, field="--size/--seed",
-                          fix=f"resume with --size {saved.get('size')} --seed {saved.get('seed')}, or start a new "
-                          "run with another --name")
+    if {key: saved.get(key) for key in ("size", "seed", "model")} != {"model": None, **settings}:
+        started = f"--size {saved.get('size')} --seed {saved.get('seed')}" + (
+            f" --model {saved['model']}" if saved.get("model") else "")
+        raise ConfigError(f"the lab run {run.path} started with {started}",
+                          file=run.config_path, field="--size/--seed/--model",
+                          fix=f"resume with {started}, or start a new run with another --name")
 
 
 @lab_app.command("build-base")

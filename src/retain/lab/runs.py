@@ -20,12 +20,22 @@ from retain.summary import RunSummary
 STEPS = ("base", "audit", "baseline", "trap", "aggressive", "recipe", "report")
 
 
+AGGRESSIVE = ("method=[full]", "train.lr=5e-4")
+
+# The trap's and the aggressive runs' final evaluations skip the brittleness perturbations: the
+# story shows none of their figures, and they are about half of an evaluation (a looping
+# model generates to the cap on every perturbed prompt). The recipe, the model a user would
+# ship, keeps them for the report.
+NO_BRITTLENESS = "eval.perturbations=[]"
+
+
 @dataclass(frozen=True)
 class Scale:
-    """How big the lab's story is.
+    """How big the lab's story is, and which model it is told on.
 
     Attributes:
-        size: The lab preset of the base model and its world.
+        size: The lab preset of the base model and its world (for a real model, of the
+            world the domain data is written from).
         n_train: Rows of the clean domain training set.
         small_rows: Rows of the set the size rule blocks (the articles' 200).
         n_eval: Rows of each evaluation split (validation, test, OOD); the lab data's
@@ -35,6 +45,13 @@ class Scale:
             catch, and the run is capped at two checks.
         guarded_every: Steps between guard checks of the guarded aggressive run.
         shots: Few-shot settings of the baseline (3 shots fit the lab model's 512 tokens).
+        model: The model the story is told on (a name or path ``retain train`` takes);
+            None for the lab model retain builds for ``size``.
+        aggressive: Overrides of the naive full fine-tuning.
+        recipe: Overrides of the recipe; None for the lab's (``retain.lab.comparison.RECIPE``).
+        probes: Overrides of what the base step and every training are judged by; the lab
+            data's own probe suite when empty.
+        names: How the story names the aggressive runs and the recipe.
     """
 
     size: str
@@ -45,6 +62,11 @@ class Scale:
     trap_every: int = 25
     guarded_every: int = 10
     shots: tuple[int, ...] = (0, 3)
+    model: str | None = None
+    aggressive: tuple[str, ...] = AGGRESSIVE
+    recipe: tuple[str, ...] | None = None
+    probes: tuple[str, ...] = ()
+    names: tuple[str, str] = ("full fine-tuning, lr 5e-4", "lab recipe: LoRA + replay")
 
 
 SCALES: dict[str, Scale] = {
@@ -55,13 +77,26 @@ SCALES: dict[str, Scale] = {
                    train=("train.max_steps=8", "eval.perturbations=[]")),
 }
 
-AGGRESSIVE = ("method=[full]", "train.lr=5e-4")
+# The story on a real pretrained model (`retain lab --model NAME`, `make real`): the lab's
+# domain task rendered with the model's chat template, judged on the general suite
+# calibrated to the base. Sized for SmolLM2-135M on 2 CPU cores (docs/BENCHMARKS.md,
+# "make real"): 100 rows per evaluation split, trainings capped at 60 steps of 8 rows.
+# The recipe rehearses the base model's own answers to the shipped instructions
+# (self_augment), so it needs nothing from outside. These settings were fixed before the
+# first run; docs/RESULTS.md lists what was changed after looking at results.
+REAL = Scale(
+    "default", n_train=TRAIN_ROWS, n_eval=100, trap_every=10, guarded_every=10, shots=(0, 3),
+    train=("train.max_steps=60",),
+    aggressive=("method=[full]", "train.lr=1e-4"),
+    recipe=("method=[lora,self_augment]", "train.lr=2e-4", "method.self_augment.ratio=0.5"),
+    probes=("probes.suites=[general]", "probes.calibrate=true"),
+    names=("full fine-tuning, lr 1e-4", "recipe: LoRA + self-rehearsal"),
+)
 
-# The trap's and the aggressive runs' final evaluations skip the brittleness perturbations: the
-# story shows none of their figures, and they are about half of an evaluation (a looping
-# model generates to the cap on every perturbed prompt). The recipe, the model a user would
-# ship, keeps them for the report.
-NO_BRITTLENESS = "eval.perturbations=[]"
+
+def real_scale(model: str) -> Scale:
+    """Returns the real-model scale with ``model`` (a name or path) as its base."""
+    return replace(REAL, model=model)
 
 
 @dataclass
@@ -128,6 +163,12 @@ class Lab:
         return json.loads(path.read_text()) if path.is_file() else None
 
     def base_path(self) -> Path:
+        """The base model's directory: the real model's (fetched, or a path), or the lab
+        model built for the scale's size (built on first use)."""
+        if self.scale.model is not None:
+            from retain.models import resolve_model_path
+
+            return resolve_model_path(self.scale.model, progress=self.progress)
         from retain.lab.base import build_base, lab_size
 
         return build_base(lab_size(self.scale.size, self.seed), self.cache_dir, progress=self.progress).path
@@ -144,8 +185,8 @@ class Lab:
     def config(self, name: str, overrides: Sequence[str] = ()) -> RetainConfig:
         """Returns the lab config for the training ``name`` with ``overrides``."""
         path = self.ensure_data()
-        common = [f"model.name_or_path={self.base_path()}", f"probes.suites=[{self.data / 'probes.jsonl'}]",
-                  f"train.seed={self.seed}", *self.scale.train]
+        probes = self.scale.probes or (f"probes.suites=[{self.data / 'probes.jsonl'}]",)
+        common = [f"model.name_or_path={self.base_path()}", *probes, f"train.seed={self.seed}", *self.scale.train]
         return load_config(path, [*common, *overrides, f"output.dir={self.root / 'runs'}", f"output.name={name}"])
 
     def train(self, training: Training) -> RunSummary:

@@ -26,7 +26,7 @@ from typing import Any
 from retain.config import RetainConfig
 from retain.errors import RetainError
 from retain.io import atomic_write_json
-from retain.lab.runs import AGGRESSIVE, BASELINE_JOB, NO_BRITTLENESS, STEPS, Lab, StepResult, Training, worker_pool
+from retain.lab.runs import BASELINE_JOB, NO_BRITTLENESS, STEPS, Lab, StepResult, Training, worker_pool
 from retain.summary import RunSummary
 
 
@@ -62,7 +62,7 @@ def _run_step(lab: Lab, name: str, *, kept: bool = False) -> StepResult:
     from before an interruption is not run: its saved finding is echoed."""
     import time
 
-    lab.echo(f"[{STEPS.index(name) + 1}/{len(STEPS)}] {name}: {DESCRIPTIONS[name]}")
+    lab.echo(f"[{STEPS.index(name) + 1}/{len(STEPS)}] {name}: {describe(lab, name)}")
     saved = lab.result(name) if kept else None
     if saved is not None:
         lab.echo(f"    {saved['line']} (kept from before the interruption)")
@@ -90,6 +90,8 @@ def step_named(value: str) -> str:
 
 
 def base_step(lab: Lab) -> StepResult:
+    if lab.scale.model is not None:
+        return _real_base_step(lab)
     from retain.evaluation.generation import score_probes_by_generation
     from retain.lab.base import build_base, lab_size
     from retain.lab.world import build_world
@@ -109,6 +111,31 @@ def base_step(lab: Lab) -> StepResult:
         "path": str(base.path), "reused": base.reused, "parameters": base.metadata["parameters"],
         "build_seconds": base.metadata.get("build_seconds"), "accuracy": score.accuracy,
         "counts": score.counts,
+    })
+
+
+def _real_base_step(lab: Lab) -> StepResult:
+    """The real model's general ability per category by generation and log-likelihood,
+    and the probes calibrated to it: the items it answers right, also paraphrased (cached
+    for the trainings, which calibrate to the same base)."""
+    from retain.evaluation.commands import run_eval
+
+    config = lab.config("base", ["data.eval=null", "data.ood=null"])
+    outcome = run_eval(config, config.model.name_or_path, drift=False, calibrate=True, progress=lab.progress)
+    scores = {suite: {method: score.accuracy for method, score in methods.items()}
+              for suite, methods in outcome.result.probes.items()}
+    counts = {suite: next(iter(methods.values())).counts for suite, methods in outcome.result.probes.items()}
+    suite = next(iter(scores))
+    by_generation = scores[suite].get("generation", {})
+    known = [calibration.to_dict() for calibration in outcome.calibrations]
+    weakest = sorted((value, name) for name, value in by_generation.items() if name != "overall")[:2]
+    line = (f"{lab.scale.model} answers {by_generation.get('overall', 0.0):.1%} of the {suite} suite by generation"
+            + (f" ({scores[suite]['loglik']['overall']:.1%} by log-likelihood)" if "loglik" in scores[suite] else "")
+            + "; weakest: " + ", ".join(f"{name} {value:.0%}" for value, name in weakest)
+            + "".join(f"; {calibration.summary()}" for calibration in outcome.calibrations))
+    return StepResult("base", line, {
+        "path": config.model.name_or_path, "model": lab.scale.model, "accuracy": by_generation,
+        "counts": counts[suite], "scores": scores, "calibration": known,
     })
 
 
@@ -162,7 +189,7 @@ def trap_trainings(lab: Lab) -> list[Training]:
     # The lab recipe's pipeline with the bug in it: pad = EOS and a collator that masks
     # every pad label, so no EOS is ever trained. Capped at two checks: the first is the catch.
     every = lab.scale.trap_every
-    trap = (*_recipe(), "model.pad_token=eos", "train.collator=language_modeling",
+    trap = (*_recipe(lab), "model.pad_token=eos", "train.collator=language_modeling",
             f"guards.every_steps={every}", f"train.max_steps={2 * every}", NO_BRITTLENESS)
     return [Training("trap-refused", trap), Training("trap-forced", trap, force=True)]
 
@@ -185,8 +212,9 @@ def trap_step(lab: Lab) -> StepResult:
 
 
 def aggressive_trainings(lab: Lab) -> list[Training]:
-    return [Training("aggressive-naive", (*AGGRESSIVE, "guards.enabled=false", NO_BRITTLENESS)),
-            Training("aggressive-guarded", (*AGGRESSIVE, f"guards.every_steps={lab.scale.guarded_every}",
+    aggressive = lab.scale.aggressive
+    return [Training("aggressive-naive", (*aggressive, "guards.enabled=false", NO_BRITTLENESS)),
+            Training("aggressive-guarded", (*aggressive, f"guards.every_steps={lab.scale.guarded_every}",
                                             NO_BRITTLENESS))]
 
 
@@ -203,7 +231,7 @@ def aggressive_step(lab: Lab) -> StepResult:
 
 
 def recipe_trainings(lab: Lab) -> list[Training]:
-    return [Training("recipe", _recipe())]
+    return [Training("recipe", _recipe(lab))]
 
 
 def recipe_step(lab: Lab) -> StepResult:
@@ -239,7 +267,7 @@ def table_rows(lab: Lab) -> list[dict[str, Any]]:
     base = lab.result("base")
     baseline = lab.result("baseline")
     if base:
-        general = base["figures"]["accuracy"]["overall"]
+        general = base["figures"]["accuracy"].get("overall")
         few = baseline["figures"] if baseline else {}
         rows.append({"model": f"base model, {few.get('best_shots', '?')}-shot prompt" if few else "base model",
                      "task": few.get("best_accuracy"), "ood": None, "general": general,
@@ -247,11 +275,12 @@ def table_rows(lab: Lab) -> list[dict[str, Any]]:
     trainings = []
     if (trap := lab.result("trap")):
         trainings.append(("pad = EOS trap, forced (guarded)", trap["figures"]["forced"]))
+    aggressive_name, recipe_name = lab.scale.names
     if (aggressive := lab.result("aggressive")):
-        trainings += [("full fine-tuning, lr 5e-4, guards off", aggressive["figures"]["naive"]),
-                      ("full fine-tuning, lr 5e-4, guarded", aggressive["figures"]["guarded"])]
+        trainings += [(f"{aggressive_name}, guards off", aggressive["figures"]["naive"]),
+                      (f"{aggressive_name}, guarded", aggressive["figures"]["guarded"])]
     if (recipe := lab.result("recipe")):
-        trainings.append(("lab recipe: LoRA + replay, guarded", recipe["figures"]["run"]))
+        trainings.append((f"{recipe_name}, guarded", recipe["figures"]["run"]))
     for name, run in trainings:
         rows.append({"model": name, "task": run["task"], "ood": run["ood"], "general": run["general"],
                      "forgetting": run["forgetting"], "seconds": run["train_seconds"],
@@ -280,6 +309,22 @@ DESCRIPTIONS = {
     "recipe": "the lab's recipe under the default guards",
     "report": "the table and the HTML report",
 }
+REAL_DESCRIPTIONS = {
+    "base": "the model's general ability per category, and the probes calibrated to it",
+    "aggressive": "naive full fine-tuning, unguarded and guarded",
+    "recipe": "the recipe under the default guards",
+}
+
+
+def describe(lab: Lab, name: str) -> str:
+    """What step ``name`` does, as the story prints it for the lab or a real model."""
+    if lab.scale.model is None:
+        return DESCRIPTIONS[name]
+    if name == "aggressive":
+        return f"naive {lab.scale.names[0]}, unguarded and guarded"
+    if name == "recipe":
+        return f"the {lab.scale.names[1]} under the default guards"
+    return REAL_DESCRIPTIONS.get(name, DESCRIPTIONS[name])
 TRAININGS: dict[str, Callable[[Lab], list[Training]]] = {
     "trap": trap_trainings, "aggressive": aggressive_trainings, "recipe": recipe_trainings,
 }
@@ -292,8 +337,10 @@ RUNNERS: dict[str, Callable[[Lab], StepResult]] = {
 # --- helpers --------------------------------------------------------------------------
 
 
-def _recipe() -> tuple[str, ...]:
-    """The lab's recipe: the setting of ``retain lab compare`` named ``RECIPE``."""
+def _recipe(lab: Lab) -> tuple[str, ...]:
+    """The scale's recipe; for the lab, the setting of ``retain lab compare`` named ``RECIPE``."""
+    if lab.scale.recipe is not None:
+        return lab.scale.recipe
     from retain.lab.comparison import DEFAULT_RECIPES, RECIPE
 
     return next(item for item in DEFAULT_RECIPES if item.name == RECIPE).overrides
