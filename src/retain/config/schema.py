@@ -316,9 +316,10 @@ class EvalConfig(Section):
     generation_batch_size: int = Field(
         128,
         gt=0,
-        description="Probe prompts per batch when generating answers: each decoding step reads "
-        "every weight for one token per row, so wide batches pay (docs/BENCHMARKS.md times the "
-        "general suite on SmolLM2 at this default).",
+        description="Prompts per batch when generating probe and task answers (held-out and "
+        "validation rows, self_augment's answers): each decoding step reads every weight for one "
+        "token per row, so wide batches pay (docs/BENCHMARKS.md times the general suite on SmolLM2 "
+        "at this default).",
     )
     shots: list[int] = Field(
         default_factory=lambda: [0, 5],

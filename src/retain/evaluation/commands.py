@@ -12,6 +12,7 @@ import gc
 import hashlib
 import json
 import logging
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -223,6 +224,8 @@ def run_eval(
         suites=probe_suites, task=examples, ood=ood_examples, reference=reference_text,
         base_logprobs=base_logprobs, settings=settings,
     )
+    if not loaded.is_adapter:  # a training on this model as its base reads them back
+        write_cached_json(probe_cache(config, model_name, probe_suites, settings), result.to_dict()["probes"])
     if calibrating and not calibrations:  # no base: what this model itself knows
         calibrations = _calibrate(loaded, config, model_name, probe_suites, result.to_dict(), settings)
     outcome = EvalOutcome(result=result, base=base_result, base_source=base_source, calibrations=calibrations)
@@ -250,9 +253,24 @@ def calibration_cache(config: RetainConfig, name: str, suites: list[ProbeSuite],
     """Where the items model ``name`` answers right, also paraphrased, are cached per
     suites and settings (:func:`retain.evaluation.calibration.calibrate_suites`); None
     for a model with no stable identity (a hub id)."""
+    # Only the settings the probe answers depend on: a training (whose smoke prompts hold its
+    # task's rows) and `retain eval` then share one calibration of the same base.
+    answers = {"probe_max_new_tokens": settings.probe_max_new_tokens,
+               "generation_batch_size": settings.generation_batch_size}
     return base_cache_file(config, name, "-calibration", {
-        "suites": [asdict(suite) for suite in suites], "settings": asdict(settings), "paraphrases": PARAPHRASES,
+        "suites": [asdict(suite) for suite in suites], "settings": answers, "paraphrases": PARAPHRASES,
     })
+
+
+def probe_cache(config: RetainConfig, name: str, suites: Sequence[ProbeSuite], settings: EvalSettings) -> Path | None:
+    """Where model ``name``'s probe scores are cached per suites and the settings they
+    depend on: ``retain eval`` writes them, and a training on that model as its base reads
+    them instead of scoring the probes again (``retain lab --model``'s base step spares
+    the first training its probe pass). None for a model with no stable identity."""
+    depends = {"methods": list(settings.methods), "probe_max_new_tokens": settings.probe_max_new_tokens,
+               "generation_batch_size": settings.generation_batch_size, "batch_size": settings.batch_size}
+    return base_cache_file(config, name, "-probes", {"suites": [asdict(suite) for suite in suites],
+                                                      "settings": depends})
 
 
 def _run_calibration(model_name: str, suites: list[ProbeSuite]) -> list[Calibration]:
@@ -373,7 +391,9 @@ def base_cache_file(config: RetainConfig, name: str, kind: str, key: dict[str, A
         return None
     key = key | {
         "model": model_identity(name),
-        "model_settings": config.model.model_dump(mode="json", exclude={"name_or_path"}),
+        # Not the pad token: padding is masked, so which token pads changes no score (the
+        # trap of `retain lab`, pad = EOS, then shares its base's measurements).
+        "model_settings": config.model.model_dump(mode="json", exclude={"name_or_path", "pad_token"}),
         "versions": [retain.__version__, torch.__version__],
     }
     digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:24]

@@ -63,7 +63,7 @@ class EvalSettings:
         probe_max_new_tokens: Token cap for probe answers.
         task_max_new_tokens: Token cap for task answers.
         batch_size: Prompts per forward pass.
-        generation_batch_size: Probe prompts per batch when generating answers.
+        generation_batch_size: Prompts per batch when generating probe and task answers.
     """
 
     methods: tuple[str, ...] = METHODS
@@ -150,6 +150,7 @@ def evaluate(
             result.task[split] = score_task(
                 model, tokenizer, examples, prompt_format, name=split,
                 max_new_tokens=settings.task_max_new_tokens, batch_size=settings.batch_size,
+                generation_batch_size=settings.generation_batch_size,
             )
     if task and settings.perturbations:
         subset = list(task[: settings.perturb_limit])

@@ -116,6 +116,7 @@ def score_task(
     max_new_tokens: int = 32,
     batch_size: int = 32,
     rank: bool = True,
+    generation_batch_size: int | None = None,
 ) -> TaskScore:
     """Scores ``examples`` by generation, and by label log-likelihood when classification.
 
@@ -131,6 +132,9 @@ def score_task(
         rank: Also rank the labels by log-likelihood (``loglik_accuracy``); False leaves
             it None and skips the forward passes ranking may need, for a guard check that
             reads the accuracy by generation alone.
+        generation_batch_size: Prompts per batch when generating answers (``batch_size``
+            when None): decoding reads every weight once per step for the whole batch, so
+            a larger batch than ranking's pays there.
 
     Raises:
         ValueError: If ``examples`` is empty.
@@ -142,7 +146,7 @@ def score_task(
     choices = _label_choices(examples, labels) if labels and rank else []
     one_token = _one_token_choices(tokenizer, rendered, choices)
     asked = sorted({token for ids in one_token if ids is not None for token in ids})
-    generations = _generate(model, tokenizer, rendered, max_new_tokens, batch_size, asked)
+    generations = _generate(model, tokenizer, rendered, max_new_tokens, generation_batch_size or batch_size, asked)
     exact = [exact_match(g.text, r.response) for g, r in zip(generations, rendered)]
     health = generation_health(generations)
     if not labels:

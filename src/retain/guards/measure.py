@@ -195,7 +195,8 @@ class Probe:
         prompt_format = PromptFormat.for_tokenizer(self.tokenizer, self.chat_template)
         score = score_task(model, self.tokenizer, self.validation, prompt_format, name="validation",
                            max_new_tokens=self.settings.task_max_new_tokens,
-                           batch_size=self.settings.batch_size, rank=False)
+                           batch_size=self.settings.batch_size, rank=False,
+                           generation_batch_size=self.settings.generation_batch_size)
         return score.accuracy
 
     def drift(self, model: PreTrainedModel, base: Baseline) -> tuple[float | None, float | None]:

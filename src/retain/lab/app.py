@@ -107,7 +107,13 @@ def _run_lab_steps(open_run, steps, size: str, seed: int, cache_dir: Optional[Pa
                           fix="leave out --size with --model")
     scale = real_scale(model) if model is not None else SCALES[size]
     if model is not None:
-        Lab(scale, seed, Path(".")).base_path()  # a model that is not there stops here, with its fix
+        # A model that is not there stops here, before a run directory is made: a packaged
+        # name not fetched yet says which command fetches it; a missing local path says so.
+        found = Lab(scale, seed, Path(".")).base_path()
+        if not found.exists() and (found.is_absolute() or model.startswith(".")):
+            raise ConfigError(f"there is no model at {model}", field="--model",
+                              fix="give a model directory, a GGUF file, a packaged name (retain model list) "
+                              "or a hub id")
     run = open_run()
     # A real model keeps both cores busy in one process: its trainings run one at a time.
     lab = Lab(scale, seed, run.path, cache_dir, progress=not STATE["quiet"],

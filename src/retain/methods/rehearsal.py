@@ -191,7 +191,7 @@ class SelfAugment(Method):
             rendered = [render_example(rehearsal_example(prompt, "", 0, prompt_format), prompt_format).prompt
                         for prompt in batch]
             generations = generate_greedy(model, context.tokenizer, rendered, self.settings.max_new_tokens,
-                                          self.config.eval.batch_size,
+                                          self.config.eval.generation_batch_size,
                                           add_special_tokens=prompt_format.add_special_tokens)
             kept += [(prompt, generation) for prompt, generation in zip(batch, generations, strict=True)
                      if not check_generation(generation).failed]

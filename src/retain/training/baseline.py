@@ -26,6 +26,7 @@ from retain.evaluation.commands import (
     base_cache_file,
     cached_base_logprobs,
     calibration_cache,
+    probe_cache,
 )
 from retain.evaluation.engine import (
     evaluate,
@@ -59,12 +60,18 @@ def measure_base(config: RetainConfig, run: RunDir, loaded: LoadedModel, probe: 
         logger.info("base model evaluation reused from %s", cached)
         run.write_json(path.name, result)
     else:
+        # The probes as `retain eval` scored them on this base, when it did.
+        probes = read_cached_json(probe_cache(config, config.model.name_or_path, probe.suites, probe.settings))
+        if probes is not None:
+            logger.info("base model probe scores reused from retain eval's cache")
         # The task too, held-out and OOD: the "before" of task accuracy, and what the
         # verdict checks that training improved on.
         result = evaluate(loaded.model, loaded.tokenizer, name=config.model.name_or_path,
-                          chat_template=config.model.chat_template, suites=probe.suites,
+                          chat_template=config.model.chat_template, suites=() if probes else probe.suites,
                           task=task, ood=ood,
                           reference=probe.reference, settings=probe.settings).to_dict()
+        if probes is not None:
+            result["probes"] = probes
         run.write_json(path.name, result)
         write_cached_json(cached, result)
     if config.probes.calibrate:
