@@ -25,7 +25,8 @@ import retain.lab.runs as runs
 from retain.cli import app
 from retain.lab.base import METADATA_FILE
 from retain.lab.story import STEPS
-from retain.methods.general import instructions
+from retain.config import load_config
+from retain.methods.general import INSTRUCTIONS, general_source
 
 pytestmark = pytest.mark.slow
 runner = CliRunner()
@@ -79,10 +80,12 @@ def test_the_story_runs_on_a_model_retain_did_not_build(real_run, outside_model)
     assert recipe["overrides"][0] == "method=[lora,self_augment]"
     config = (Path(recipe["run"]["run_dir"]) / "config.yaml").read_text()
     assert "self_augment" in config
-    # The shipped instructions, every one answered by the micro model (few answers are healthy).
-    log = (Path(recipe["run"]["run_dir"]) / "log.txt").read_text()
-    assert f"of {len(instructions())} generations were healthy" in log
+    # self_augment ran on the shipped instructions (the micro model answers few of them well).
+    assert general_source(load_config(Path(recipe["run"]["run_dir"]) / "config.yaml")) == INSTRUCTIONS
+    assert "self_augment: only" in (Path(recipe["run"]["run_dir"]) / "log.txt").read_text()
     rows = _step(run, "report")["figures"]["rows"]
+    # The base row is measured on the calibrated probes, as every training row is.
+    assert rows[0]["general"] == _step(run, "trap")["figures"]["forced"]["base_general"] != base["accuracy"]["overall"]
     assert [row["model"] for row in rows][2:] == [
         "full fine-tuning, lr 1e-4, guards off", "full fine-tuning, lr 1e-4, guarded",
         "recipe: LoRA + self-rehearsal, guarded"]

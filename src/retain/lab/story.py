@@ -266,12 +266,28 @@ def table_rows(lab: Lab) -> list[dict[str, Any]]:
     rows = []
     base = lab.result("base")
     baseline = lab.result("baseline")
+    trainings = _trainings(lab)
     if base:
         general = base["figures"]["accuracy"].get("overall")
+        if lab.scale.model is not None:
+            # The trainings are judged on the probes calibrated to the base: its row gives
+            # the base's accuracy on those items too (as its trainings measured it), not on
+            # the whole suite the base step reports.
+            general = next((run["base_general"] for _, run in trainings if run.get("base_general") is not None),
+                           None)
         few = baseline["figures"] if baseline else {}
         rows.append({"model": f"base model, {few.get('best_shots', '?')}-shot prompt" if few else "base model",
                      "task": few.get("best_accuracy"), "ood": None, "general": general,
                      "forgetting": 0.0, "seconds": None})
+    for name, run in trainings:
+        rows.append({"model": name, "task": run["task"], "ood": run["ood"], "general": run["general"],
+                     "forgetting": run["forgetting"], "seconds": run["train_seconds"],
+                     "ship": run["ship"], "run_dir": run["run_dir"]})
+    return rows
+
+
+def _trainings(lab: Lab) -> list[tuple[str, dict[str, Any]]]:
+    """The trainings the steps ran, named as the table names them, with their figures."""
     trainings = []
     if (trap := lab.result("trap")):
         trainings.append(("pad = EOS trap, forced (guarded)", trap["figures"]["forced"]))
@@ -281,11 +297,7 @@ def table_rows(lab: Lab) -> list[dict[str, Any]]:
                       (f"{aggressive_name}, guarded", aggressive["figures"]["guarded"])]
     if (recipe := lab.result("recipe")):
         trainings.append((f"{recipe_name}, guarded", recipe["figures"]["run"]))
-    for name, run in trainings:
-        rows.append({"model": name, "task": run["task"], "ood": run["ood"], "general": run["general"],
-                     "forgetting": run["forgetting"], "seconds": run["train_seconds"],
-                     "ship": run["ship"], "run_dir": run["run_dir"]})
-    return rows
+    return trainings
 
 
 def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
@@ -309,22 +321,18 @@ DESCRIPTIONS = {
     "recipe": "the lab's recipe under the default guards",
     "report": "the table and the HTML report",
 }
-REAL_DESCRIPTIONS = {
-    "base": "the model's general ability per category, and the probes calibrated to it",
-    "aggressive": "naive full fine-tuning, unguarded and guarded",
-    "recipe": "the recipe under the default guards",
-}
 
 
 def describe(lab: Lab, name: str) -> str:
     """What step ``name`` does, as the story prints it for the lab or a real model."""
     if lab.scale.model is None:
         return DESCRIPTIONS[name]
-    if name == "aggressive":
-        return f"naive {lab.scale.names[0]}, unguarded and guarded"
-    if name == "recipe":
-        return f"the {lab.scale.names[1]} under the default guards"
-    return REAL_DESCRIPTIONS.get(name, DESCRIPTIONS[name])
+    aggressive, recipe = lab.scale.names
+    return {"base": "the model's general ability per category, and the probes calibrated to it",
+            "aggressive": f"naive {aggressive}, unguarded and guarded",
+            "recipe": f"the {recipe} under the default guards"}.get(name, DESCRIPTIONS[name])
+
+
 TRAININGS: dict[str, Callable[[Lab], list[Training]]] = {
     "trap": trap_trainings, "aggressive": aggressive_trainings, "recipe": recipe_trainings,
 }
