@@ -23,9 +23,9 @@ from typer.testing import CliRunner
 
 import retain.lab.runs as runs
 from retain.cli import app
+from retain.config import load_config
 from retain.lab.base import METADATA_FILE
 from retain.lab.story import STEPS
-from retain.config import load_config
 from retain.methods.general import INSTRUCTIONS, general_source
 
 pytestmark = pytest.mark.slow
