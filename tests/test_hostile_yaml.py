@@ -101,3 +101,10 @@ def test_a_run_config_that_is_a_bomb_is_one_error_for_the_report(tmp_path: Path)
     with pytest.raises(RetainError) as caught:
         read_config(path)
     assert caught.value.file == str(path) and "values" in caught.value.message
+
+
+def test_a_document_cut_short_is_reported_at_its_last_line() -> None:
+    # PyYAML marks an unclosed '[' at the end past the last line (hypothesis found it).
+    with pytest.raises(YamlProblem) as caught:
+        yamlfile.load("x: 0\n[")
+    assert caught.value.line == 2

@@ -74,8 +74,7 @@ def compose(text: str) -> yaml.Node | None:
         problem = getattr(error, "problem", None) or str(error).splitlines()[0]
         if "nesting depth" in problem:  # libyaml's own limit, where the Python parser recurses
             raise _too_deep() from None
-        raise YamlProblem(f"invalid YAML: {problem}",
-                          mark.line + 1 if mark is not None else None,
+        raise YamlProblem(f"invalid YAML: {problem}", _line(mark, text),
                           "check the indentation and the ':' after each key; quote values that contain "
                           "': ' or start with '{', '[', '*' or '&'") from None
     except RecursionError:
@@ -86,6 +85,14 @@ def compose(text: str) -> yaml.Node | None:
         except RecursionError:
             raise _too_deep() from None
     return root
+
+
+def _line(mark: Any, text: str) -> int | None:
+    """The 1-based line of a parser's mark, at most the text's last line: a document cut
+    short (an unclosed ``[`` at the end) is reported past its end by PyYAML."""
+    if mark is None:
+        return None
+    return min(mark.line + 1, text.count("\n") + 1)
 
 
 def load(text: str) -> Any:
@@ -102,8 +109,7 @@ def load(text: str) -> Any:
         return loader.construct_document(root)
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
-        raise YamlProblem(f"invalid YAML: {getattr(error, 'problem', None) or error}",
-                          mark.line + 1 if mark is not None else None,
+        raise YamlProblem(f"invalid YAML: {getattr(error, 'problem', None) or error}", _line(mark, text),
                           "check the value on this line") from None
     except RecursionError:
         raise _too_deep() from None
