@@ -109,7 +109,9 @@ def _run_lab_steps(open_run, steps, size: str, seed: int, cache_dir: Optional[Pa
     if model is not None:
         # A model that is not there stops here, before a run directory is made: a packaged
         # name not fetched yet says which command fetches it; a missing local path says so.
-        found = Lab(scale, seed, Path(".")).base_path()
+        from retain.models import resolve_model_path
+
+        found = resolve_model_path(model, progress=not STATE["quiet"])
         if not found.exists() and (found.is_absolute() or model.startswith(".")):
             raise ConfigError(f"there is no model at {model}", field="--model",
                               fix="give a model directory, a GGUF file, a packaged name (retain model list) "
