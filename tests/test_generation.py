@@ -58,6 +58,18 @@ def test_batched_generation_equals_one_by_one(tiny) -> None:
     assert all(g.new_tokens <= 6 for g in batched)
 
 
+def test_a_settled_row_stops_with_the_tokens_it_had(tiny) -> None:
+    model, tokenizer = tiny
+    prompts = ["Q: What is 2+2?\nA:", "Hi", "Q: What is the capital of a country far away?\nA:"]
+    whole = generate_greedy(model, tokenizer, prompts, max_new_tokens=8, batch_size=3)
+    # Every row settles after 3 tokens: it stops there with the tokens it had (a prefix).
+    cut = generate_greedy(model, tokenizer, prompts, max_new_tokens=8, batch_size=3,
+                          settled=lambda ids: len(ids) >= 3)
+    for full, short in zip(whole, cut):
+        assert full.text.startswith(short.text) and short.new_tokens <= 3
+        assert short.stopped is (full.stopped and full.new_tokens < 3)
+
+
 def test_generation_restores_training_mode(tiny) -> None:
     model, tokenizer = tiny
     model.train()

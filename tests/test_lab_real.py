@@ -24,6 +24,7 @@ from typer.testing import CliRunner
 import retain.lab.runs as runs
 from retain.cli import app
 from retain.config import load_config
+from retain.errors import ConfigError
 from retain.lab.base import METADATA_FILE
 from retain.lab.story import STEPS
 from retain.methods.general import INSTRUCTIONS, general_source
@@ -103,3 +104,38 @@ def test_resuming_with_another_model_or_a_missing_one_is_one_line(real_run, outs
                                 capture_output=True, text=True, timeout=120, check=False)
         assert result.returncode == 2 and message in result.stderr.replace("\n", " "), result.stderr
         assert "Traceback" not in result.stderr
+
+
+def test_compare_trains_the_methods_on_a_model_retain_did_not_build(outside_model, tmp_path) -> None:
+    out = tmp_path / "cmp"
+    # As the story above: the micro model is judged, calibrated, on its own world's probes.
+    small = replace(runs.REAL, size="micro", n_eval=16, train=("train.max_steps=2", "train.batch_size=4"),
+                    probes=("probes.suites=[" + str(out / "data" / "probes.jsonl") + "]", "probes.calibrate=true",
+                            "probes.per_category=3", "probes.calibrate_min_items=1"))
+    patch = pytest.MonkeyPatch()
+    patch.setattr(runs, "REAL", small)
+    try:
+        result = runner.invoke(app, ["-q", "lab", "compare", str(out), "--model", str(outside_model), "--seeds", "1",
+                                     "--n-train", "64", "--method", "full (aggressive)", "--method", "lora, lr 2e-4"])
+    finally:
+        patch.undo()
+    assert result.exit_code == 0, result.output
+    saved = json.loads((out / "compare.json").read_text())
+    assert saved["model"] == str(outside_model) and saved["n_eval"] == 16
+    assert [row["recipe"] for row in saved["rows"]] == ["full (aggressive)", "lora, lr 2e-4"]
+    for row in saved["rows"]:
+        [run] = row["runs"]
+        config = load_config(Path(run["run_dir"]) / "config.yaml")
+        assert config.model.name_or_path == str(outside_model) and config.probes.calibrate
+        assert config.train.max_steps == 2 and not config.guards.enabled
+        assert row["forgetting"][0] is not None and row["task_accuracy"][0] is not None
+    # The real model's settings, not the lab's: full fine-tuning at lr 1e-4 is the aggressive run.
+    assert load_config(Path(saved["rows"][0]["runs"][0]["run_dir"]) / "config.yaml").train.lr == pytest.approx(1e-4)
+    assert sum(1 for _ in (out / "data" / "validation.jsonl").open()) == 16
+
+
+@pytest.mark.parametrize("args", [["--quick"], ["--size", "micro"]])
+def test_compare_on_a_model_refuses_the_lab_presets(args, tmp_path) -> None:
+    result = runner.invoke(app, ["lab", "compare", str(tmp_path / "cmp"), "--model", "smollm2-135m-instruct", *args])
+    assert isinstance(result.exception, ConfigError) and "leave out --quick and --size" in result.exception.fix
+    assert not (tmp_path / "cmp").exists()

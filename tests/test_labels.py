@@ -1,8 +1,10 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from retain.evaluation.labels import infer_label_set, normalize_label, parse_label
+from retain.evaluation.labels import infer_label_set, label_settled, normalize_label, parse_label
 from retain.lab.domain import LABELS, DomainSpec, build_domain
 
 FEVER = ("supports", "refutes", "not enough info")
@@ -99,3 +101,34 @@ def test_infer_label_set(responses: list[str], expected: tuple[str, ...] | None)
 def test_infer_label_set_max_labels() -> None:
     responses = [str(i % 12) for i in range(48)]
     assert infer_label_set(responses, max_labels=12) == tuple(sorted({str(i) for i in range(12)}))
+
+
+YNM = ("yes", "no", "maybe")
+
+
+@pytest.mark.parametrize(("text", "settled"), [
+    ("No, the results showed", True),
+    ("Yes. Pelpapril", True),
+    ("**Maybe**\n", True),
+    ("No", False),                      # the clause may go on: "No one knows"
+    ("No.", False),                     # "No.5" is still possible
+    ("Yes or no, it depends", False),   # a hedge is no answer
+    ("The answer is no, because", False),  # an answer prefix: a later word decides
+    ("I think yes, but", False),
+    ("Answer: yes, since", False),
+    ("", False),
+])
+def test_label_settled(text: str, settled: bool) -> None:
+    assert label_settled(text, YNM) is settled
+
+
+WORDS = st.sampled_from(["yes", "no", "maybe", "or", "and", "answer", "is", "the", "Yes", "No", "one", "5", "**",
+                         ".", ",", ":", " ", "\n", "-", "nobody"])
+
+
+@settings(max_examples=400, deadline=None)
+@given(start=st.lists(WORDS, max_size=8).map("".join), rest=st.lists(WORDS, max_size=8).map("".join))
+def test_a_settled_label_survives_every_continuation(start: str, rest: str) -> None:
+    if label_settled(start, YNM):
+        assert parse_label(start, YNM) is not None
+        assert parse_label(start + rest, YNM) == parse_label(start, YNM)

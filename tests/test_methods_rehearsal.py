@@ -313,3 +313,30 @@ def test_self_augment_on_a_random_model_is_deterministic_and_filters_junk(tmp_pa
         answer = tokenizer.decode(row.input_ids[row.prompt_tokens:], skip_special_tokens=True)
         generation = Generation(prompt, answer, len(row.input_ids) - row.prompt_tokens, True)
         assert not check_generation(generation).failed
+
+
+def test_self_augment_answers_are_generated_once_per_base_model(tmp_path, tokenizer, model, monkeypatch) -> None:
+    fake = FakeGenerator({"grass": (" green", 1, True), "2+3": (" 5", 1, True),
+                          "letter": (" q", 1, True), "dark": (" light", 1, True)})
+    monkeypatch.setattr(rehearsal, "generate_greedy", fake)
+
+    def blend(seed: int, on=model) -> tuple[list[Encoded], list[str]]:
+        context, echoed = context_for(tmp_path, tokenizer, QA, "method.self_augment.ratio=0.5", f"train.seed={seed}")
+        task = task_rows(tokenizer, 4)
+        return split(SelfAugment(context.config).transform_rows(task, on, context), task)[1], echoed
+
+    first, _ = blend(0)
+    [cache] = (tmp_path / "cache" / "self_augment").glob("answers-*.json")
+    again, echoed = blend(1)  # another seed shuffles the prompts: the same answers, read back
+    assert len(fake.calls) == 1 and "self_augment: 4 answers of this base model read from the cache" in echoed
+    assert sorted(row.input_ids for row in first) == sorted(row.input_ids for row in again)
+    # Other weights are another base model: its answers are its own.
+    other = tiny_llama(tokenizer)
+    with torch.no_grad():
+        next(other.parameters()).add_(1.0)
+    blend(0, other)
+    assert len(fake.calls) == 2
+    # A damaged cache file is generated again, never trusted.
+    cache.write_text("{not json")
+    blend(0)
+    assert len(fake.calls) == 3 and len(list(cache.parent.glob("answers-*.json"))) == 2

@@ -43,7 +43,8 @@ def tiny_one_token(domain_examples):
 def plant(monkeypatch, texts: list[str]) -> None:
     """Makes the model 'say' ``texts``, one per prompt, whatever the prompts are."""
 
-    def fake(model, tokenizer, prompts, max_new_tokens, batch_size=64, add_special_tokens=True, score_first=(), label=""):
+    def fake(model, tokenizer, prompts, max_new_tokens, batch_size=64, add_special_tokens=True, score_first=(), label="",
+             settled=None):
         return [
             Generation(prompt=p, text=t, new_tokens=len(t.split()), stopped=True)
             for p, t in zip(prompts, texts)
@@ -217,6 +218,32 @@ def test_perturbations_report_drop_and_flips(tiny, domain_examples, monkeypatch)
     assert by_name["lowercase"].n == 6
     assert by_name["lowercase"].accuracy_original == 1.0 and by_name["lowercase"].accuracy_perturbed == 0.0
     assert by_name["lowercase"].flipped == 1.0
+
+
+def test_perturbations_are_generated_in_one_pass_and_scored_each_on_its_own(tiny, domain_examples,
+                                                                             monkeypatch) -> None:
+    model, tokenizer = tiny
+    examples = domain_examples[:4]
+    gold = [e.response.strip() for e in examples]
+    plant(monkeypatch, gold)
+    original = score_task(model, tokenizer, examples, PromptFormat.raw())
+    # lowercase's answers all right, uppercase's all wrong, from a single generation call.
+    wrong = {"yes": "no", "no": "yes", "maybe": "no"}
+    said = gold + [wrong[g] for g in gold]
+    calls = []
+
+    def fake(model, tokenizer, prompts, max_new_tokens, batch_size=64, add_special_tokens=True, score_first=(),
+             label="", settled=None):
+        calls.append((len(prompts), batch_size, settled is not None))
+        return [Generation(prompt=p, text=t, new_tokens=1, stopped=True) for p, t in zip(prompts, said)]
+
+    monkeypatch.setattr(task_module, "generate_greedy", fake)
+    results = score_perturbations(model, tokenizer, examples, original, PromptFormat.raw(),
+                                  names=["lowercase", "uppercase"], generation_batch_size=128)
+    assert calls == [(8, 128, True)]  # one pass; answers stop once their label is settled
+    by_name = {r.name: r for r in results}
+    assert by_name["lowercase"].accuracy_perturbed == 1.0 and by_name["lowercase"].flipped == 0.0
+    assert by_name["uppercase"].accuracy_perturbed == 0.0 and by_name["uppercase"].flipped == 1.0
 
 
 def test_chat_rows_use_the_chat_template_and_prompt_rows_stay_raw(tiny) -> None:

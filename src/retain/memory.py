@@ -16,8 +16,8 @@ from transformers import (
 
 from retain.config import RetainConfig
 from retain.errors import ModelLoadError, RetainError
-from retain.modelfiles import json_object, safetensors_shapes, weight_files
 from retain.hardware import available_memory
+from retain.modelfiles import json_object, safetensors_shapes, weight_files
 from retain.models import resolve_device, resolve_dtype, resolve_model_path
 
 logger = logging.getLogger("retain.models")

@@ -23,8 +23,8 @@ from __future__ import annotations
 import logging
 import os
 import re
-import socket
 import shutil
+import socket
 import time
 import uuid
 from datetime import datetime, timezone

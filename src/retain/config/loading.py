@@ -14,12 +14,12 @@ import yaml
 from pydantic import ValidationError
 from pydantic.fields import FieldInfo
 
+from retain import yamlfile
 from retain.config.messages import OVERRIDE_SOURCE, config_error, yaml_kind
 from retain.config.methods import expand_method_shorthand
 from retain.config.registry import discover_methods
 from retain.config.schema import RetainConfig
 from retain.config.walk import dotted_fields, field_at, plain_type, valid_paths
-from retain import yamlfile
 from retain.errors import ConfigError
 from retain.yamlfile import YamlProblem
 

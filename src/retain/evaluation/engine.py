@@ -160,10 +160,12 @@ def evaluate(
                 model, tokenizer, subset, prompt_format, name="eval",
                 labels=original.labels or None,
                 max_new_tokens=settings.task_max_new_tokens, batch_size=settings.batch_size,
+                generation_batch_size=settings.generation_batch_size,
             )
         result.brittleness = score_perturbations(
             model, tokenizer, subset, original, prompt_format, names=settings.perturbations,
             max_new_tokens=settings.task_max_new_tokens, batch_size=settings.batch_size,
+            generation_batch_size=settings.generation_batch_size,
         )
     if reference:
         result.drift = drift_report(model, tokenizer, reference, base_logprobs)

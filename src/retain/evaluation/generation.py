@@ -7,7 +7,7 @@ ranking is kept as a separate, cheaper view, never as a replacement.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -52,6 +52,7 @@ def generate_greedy(
     add_special_tokens: bool = True,
     score_first: Sequence[int] = (),
     label: str = "generating",
+    settled: Callable[[list[int]], bool] | None = None,
 ) -> list[Generation]:
     """Generates greedily for each prompt, in batches with left padding.
 
@@ -72,6 +73,10 @@ def generate_greedy(
             in each :class:`Generation` (``first_logprobs``): the first step's forward
             pass already computed it, so a one-token answer's likelihood costs nothing.
         label: What the progress bar says (shown when the command asked: :mod:`retain.progress`).
+        settled: Given a row's new tokens so far, True when the caller needs no more of
+            them (a label answer whose label can no longer change): the row stops there,
+            as at EOS but with ``stopped`` False. Honoured by retain's own decoding loop;
+            a model decoded by ``generate`` (see :func:`_plain_greedy`) runs to the end.
 
     Returns:
         One :class:`Generation` per prompt, in order.
@@ -113,7 +118,8 @@ def generate_greedy(
             cached = start_cache.for_rows(len(batch))
         ids, mask = ids.to(device), mask.to(device)
         if plain:
-            return _decode_dropping_finished(model, ids, mask, cached, max_new_tokens, eos_id, asked.to(device))
+            return _decode_dropping_finished(model, ids, mask, cached, max_new_tokens, eos_id, asked.to(device),
+                                             settled)
         output = model.generate(
             input_ids=ids,
             attention_mask=mask,
@@ -170,10 +176,11 @@ def _plain_greedy(model: PreTrainedModel) -> bool:
 @torch.inference_mode()
 def _decode_dropping_finished(
     model: PreTrainedModel, ids: torch.Tensor, mask: torch.Tensor, cached: dict, max_new_tokens: int,
-    eos_id: int, asked: torch.Tensor,
+    eos_id: int, asked: torch.Tensor, settled: Callable[[list[int]], bool] | None = None,
 ) -> list[tuple[list[int], list[float] | None]]:
     """Greedy decoding of a left-padded batch that drops each row from the batch once it
-    has said EOS, so the rows still talking run alone.
+    has said EOS (or, given ``settled``, once its tokens settle it), so the rows still
+    talking run alone.
 
     ``cached`` holds a cache of the first columns of ``ids`` (a shared start), or nothing.
     Returns each row's new tokens (EOS included when said) and, when ``asked`` is not
@@ -200,7 +207,7 @@ def _decode_dropping_finished(
         talking = []
         for place, (row, token) in enumerate(zip(live, chosen.tolist())):
             produced[row].append(token)
-            if token != eos_id:
+            if token != eos_id and not (settled is not None and settled(produced[row])):
                 talking.append(place)
         if not talking or step == max_new_tokens - 1:
             break

@@ -119,6 +119,31 @@ def parse_label(text: str, labels: Sequence[str]) -> str | None:
     return None
 
 
+def label_settled(text: str, labels: Sequence[str]) -> bool:
+    """True when :func:`parse_label` gives ``text`` and every continuation of it the same
+    label, so that generating further cannot change the answer: the text opens with a
+    label (no answer prefix, which more words could still extend) whose first clause has
+    already ended (punctuation followed by a space, or a line break: ``No, the results``).
+
+    A generation scored by its label alone may stop there (task accuracy at a guard
+    check, brittleness). A label reached any other way (``the answer is no`` later in
+    the text) is not settled: a later clause could still hedge or the text go on.
+    """
+    opening = text.lstrip(_LEADING_NOISE)
+    end = _CLAUSE_END.search(opening)
+    # A clause end at the very end of the text ("No.") may still become "No.5".
+    if end is None or (end.group() != "\n" and end.end() == len(opening)):
+        return False
+    first = _WORD.match(opening.casefold())
+    if first is None or first.group() in _PREFIX_STARTS:
+        return False
+    return _label_at_start(opening, _label_words(labels)) is not None
+
+
+# The words an answer prefix can open with (``the answer is``, ``my answer would be``, ...).
+_PREFIX_STARTS = frozenset({"the", "my", "final", "answer"})
+
+
 def _label_words(labels: Sequence[str]) -> dict[tuple[str, ...], str]:
     """Returns each normalised label by its words, longest first (the longest match wins)."""
     normalized = [normalize_label(label) for label in labels]

@@ -189,14 +189,15 @@ class Probe:
 
     def task_accuracy(self, model: PreTrainedModel) -> float | None:
         """Returns accuracy by generation on the validation rows (the labels are not
-        ranked: a check reads only what the model says)."""
+        ranked: a check reads only what the model says, and each answer stops once its
+        label is settled)."""
         if not self.validation:
             return None
         prompt_format = PromptFormat.for_tokenizer(self.tokenizer, self.chat_template)
         score = score_task(model, self.tokenizer, self.validation, prompt_format, name="validation",
                            max_new_tokens=self.settings.task_max_new_tokens,
                            batch_size=self.settings.batch_size, rank=False,
-                           generation_batch_size=self.settings.generation_batch_size)
+                           generation_batch_size=self.settings.generation_batch_size, settle=True)
         return score.accuracy
 
     def drift(self, model: PreTrainedModel, base: Baseline) -> tuple[float | None, float | None]:

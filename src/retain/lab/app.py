@@ -107,15 +107,7 @@ def _run_lab_steps(open_run, steps, size: str, seed: int, cache_dir: Optional[Pa
                           fix="leave out --size with --model")
     scale = real_scale(model) if model is not None else SCALES[size]
     if model is not None:
-        # A model that is not there stops here, before a run directory is made: a packaged
-        # name not fetched yet says which command fetches it; a missing local path says so.
-        from retain.models import resolve_model_path
-
-        found = resolve_model_path(model, progress=not STATE["quiet"])
-        if not found.exists() and (found.is_absolute() or model.startswith(".")):
-            raise ConfigError(f"there is no model at {model}", field="--model",
-                              fix="give a model directory, a GGUF file, a packaged name (retain model list) "
-                              "or a hub id")
+        _real_model(model)
     run = open_run()
     # A real model keeps both cores busy in one process: its trainings run one at a time.
     lab = Lab(scale, seed, run.path, cache_dir, progress=not STATE["quiet"],
@@ -147,6 +139,19 @@ def _run_lab_steps(open_run, steps, size: str, seed: int, cache_dir: Optional[Pa
         if result.step == "report":
             console.print(markdown_table(result.figures["rows"]), markup=False)
     console.print(f"lab run directory: {run.path}", markup=False, highlight=False, soft_wrap=True)
+
+
+def _real_model(model: str) -> Path:
+    """Returns where ``model`` is; one that is not there stops here, before a run directory
+    is made: a packaged name not fetched yet says which command fetches it, a missing local
+    path says so."""
+    from retain.models import resolve_model_path
+
+    found = resolve_model_path(model, progress=not STATE["quiet"])
+    if not found.exists() and (found.is_absolute() or model.startswith(".")):
+        raise ConfigError(f"there is no model at {model}", field="--model",
+                          fix="give a model directory, a GGUF file, a packaged name (retain model list) or a hub id")
+    return found
 
 
 def _check_lab_settings(run, settings: dict) -> None:
@@ -231,11 +236,19 @@ def lab_compare(
     quick: Annotated[bool, typer.Option("--quick", help="CI-sized: micro lab, 3 recipes, 1 seed, 20 steps.")] = False,
     workers: Annotated[int, typer.Option("--workers", min=1, help="Runs trained at once, each in its own process (2 suits a 2-core CPU; 1 on a GPU).")] = 1,
     size: SizeOption = "default",
+    model: Annotated[Optional[str], typer.Option(
+        "--model", help="Compare on this model instead of the lab's (a packaged name such as smollm2-135m-instruct, "
+        "a directory or a GGUF file): the lab task at `retain lab --model`'s scale, judged on the general suite "
+        "calibrated to the model, and the methods at settings for a real model.")] = None,
 ) -> None:
     """Train each method on the lab task from one base, over seeds, and print the table."""
-    from retain.lab.comparison import DEFAULT_RECIPES, QUICK_RECIPES, markdown_table, run_compare
+    from retain.lab.comparison import DEFAULT_RECIPES, QUICK_RECIPES, REAL_RECIPES, markdown_table, run_compare
+    from retain.lab.runs import REAL
 
-    recipes = QUICK_RECIPES if quick else DEFAULT_RECIPES
+    if model is not None and (quick or size != "default"):
+        raise ConfigError("--quick and --size pick the lab model's preset, and --model replaces that model",
+                          field="--model", fix="leave out --quick and --size with --model")
+    recipes = QUICK_RECIPES if quick else REAL_RECIPES if model is not None else DEFAULT_RECIPES
     if method:
         known = {recipe.name: recipe for recipe in recipes}
         unknown = [name for name in method if name not in known]
@@ -243,12 +256,14 @@ def lab_compare(
             raise ConfigError(f"no recipe named {unknown[0]!r}", field="--method",
                               fix=f"use one of: {', '.join(known)}")
         recipes = tuple(known[name] for name in method)
+    # A real model: its trainings at the real story's scale, judged on its calibrated probes.
+    real = {"model": str(_real_model(model)), "n_eval": REAL.n_eval} if model is not None else {}
+    extra = ("train.max_steps=20",) if quick else (*REAL.probes, *REAL.train) if model is not None else ()
     try:
         rows = run_compare(
             out_dir, recipes, seeds=1 if quick else seeds, first_seed=first_seed, size="micro" if quick else size,
-            n_train=200 if quick else n_train, data_size=data_size,
-            extra=("train.max_steps=20",) if quick else (), workers=workers,
-            progress=not STATE["quiet"] and workers == 1, echo=console.print,
+            n_train=200 if quick else n_train, data_size=data_size, extra=extra, workers=workers,
+            progress=not STATE["quiet"] and workers == 1, echo=console.print, **real,
         )
     except KeyboardInterrupt:
         finished = len(list((out_dir / "runs").glob("*/summary.json")))

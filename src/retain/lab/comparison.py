@@ -15,9 +15,8 @@ relative to full fine-tuning, each as a mean with a 95% confidence interval over
 from __future__ import annotations
 
 import contextlib
-import os
-
 import math
+import os
 import re
 import statistics
 from collections.abc import Callable, Iterator, Sequence
@@ -84,6 +83,28 @@ QUICK_RECIPES: tuple[Recipe, ...] = (
     Recipe("full + replay", ("method=[full,replay]", *AGGRESSIVE)),
 )
 REFERENCE = "full (aggressive)"  # the recipe training time is quoted against
+# On a real pretrained model (`retain lab compare --model NAME`): the real story's settings
+# (retain.lab.runs.REAL: its aggressive run, full fine-tuning at lr 1e-4, and its recipe, LoRA
+# at lr 2e-4 with self-rehearsal), each mitigation added to the aggressive run as on the lab.
+# General data needs nothing from outside: self_augment and EWC read the shipped
+# instructions (retain.methods.general). Fixed before any comparison on a real model ran.
+REAL_AGGRESSIVE = ("method=[full]", "train.lr=1e-4")
+REAL_RECIPE_OVERRIDES = ("method=[lora,self_augment]", "train.lr=2e-4")
+REAL_RECIPE = "lora + self-rehearsal (retain's recipe)"
+REAL_RECIPES: tuple[Recipe, ...] = (
+    Recipe(REFERENCE, REAL_AGGRESSIVE, "the crisis: forgets"),
+    Recipe("lora, lr 2e-4", ("method=[lora]", "train.lr=2e-4"), "fewer trained weights, less forgetting"),
+    Recipe(REAL_RECIPE, REAL_RECIPE_OVERRIDES,
+           "retain's recipe on a real model: LoRA rehearsing the base model's own answers"),
+    Recipe("full + self-rehearsal", ("method=[full,self_augment]", "train.lr=1e-4"),
+           "self-generated rehearsal: less forgetting"),
+    Recipe("full + freeze (layers)", ("method=[full,freeze]", "train.lr=1e-4"), "bottom layers kept: less forgetting"),
+    Recipe("full + llrd", ("method=[full,llrd]", "train.lr=1e-4"), "lower layers move less: less forgetting"),
+    Recipe("full + ewc", ("method=[full,ewc]", "train.lr=1e-4", "method.general.source=instructions"),
+           "important weights held: less forgetting"),
+    Recipe("full + l2sp", ("method=[full,l2sp]", "train.lr=1e-4"), "weights held near the start: less forgetting"),
+    Recipe("full + fapm", ("method=[full,fapm]", "train.lr=1e-4"), "task vector pruned: less forgetting, task kept"),
+)
 
 
 @dataclass
@@ -134,6 +155,8 @@ def run_compare(
     workers: int = 1,
     progress: bool = False,
     echo: Callable[[str], None] = print,
+    model: str | None = None,
+    n_eval: int | None = None,
 ) -> list[Row]:
     """Trains every recipe ``seeds`` times and returns the table (also in ``compare.json``).
 
@@ -154,15 +177,22 @@ def run_compare(
             one: docs/BENCHMARKS.md); on a GPU keep 1.
         progress: Show each run's progress bars (one worker only).
         echo: Prints one line per run.
+        model: The path of a real model to compare on instead of the lab's; ``extra``
+            then names what it is judged on (``retain lab compare --model`` passes the
+            real story's probes and step cap, :data:`retain.lab.runs.REAL`).
+        n_eval: Rows of each evaluation split of the lab data (its defaults when None).
     """
     data = out_dir / "data"
     if not (data / "config.yaml").is_file():
-        export_lab_data(data, size=size, n_train=n_train)
-    # The lab data's config names the default lab model and suite; another preset's model
-    # and its own world's probes are set here.
-    common = [f"probes.suites=[{data / 'probes.jsonl'}]", *extra]
-    if size != "default":
-        common.append(f"model.name_or_path={build_base(lab_size(size), progress=progress).path}")
+        export_lab_data(data, size=size, n_train=n_train, n_eval=n_eval)
+    # The lab data's config names the default lab model and suite; a real model, or another
+    # preset's model and its own world's probes, are set here.
+    if model is not None:
+        common = [f"model.name_or_path={model}", *extra]
+    else:
+        common = [f"probes.suites=[{data / 'probes.jsonl'}]", *extra]
+        if size != "default":
+            common.append(f"model.name_or_path={build_base(lab_size(size), progress=progress).path}")
     jobs = [(recipe, seed, data, out_dir / "runs", data_size, tuple(common)) for recipe in recipes
             for seed in range(first_seed, first_seed + seeds)]
     runs: list[RunResult] = []
@@ -177,7 +207,7 @@ def run_compare(
     rows = summarise(runs, recipes)
     atomic_write_json(out_dir / "compare.json", {
         "size": size, "n_train": n_train, "data_size": data_size, "seeds": seeds, "first_seed": first_seed,
-        "extra": list(extra),
+        "extra": list(extra), "model": model, "n_eval": n_eval,
         "rows": [asdict(row) for row in rows],
     })
     return rows

@@ -17,7 +17,6 @@ from retain.lab.base import lab_size
 from retain.lab.domain import DOMAIN_VERSION, TRAIN_ROWS, DomainSpec, build_domain, write_jsonl
 from retain.lab.world import WORLD_VERSION, build_world
 
-
 # Every file export_lab_data writes into its folder.
 LAB_FILES = ("train.jsonl", "validation.jsonl", "test.jsonl", "ood.jsonl", "probes.jsonl", "general.txt",
              "pretraining.txt", "reference.txt", "config.yaml", "manifest.json")

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from retain.config import RetainConfig, load_config
+from retain.lab.comparison import REAL_AGGRESSIVE, REAL_RECIPE_OVERRIDES
 from retain.lab.domain import TRAIN_ROWS
 from retain.summary import RunSummary
 
@@ -89,8 +90,8 @@ SCALES: dict[str, Scale] = {
 REAL = Scale(
     "default", n_train=TRAIN_ROWS, n_eval=100, trap_every=10, guarded_every=10, shots=(0, 3),
     train=("train.max_steps=60",),
-    aggressive=("method=[full]", "train.lr=1e-4"),
-    recipe=("method=[lora,self_augment]", "train.lr=2e-4"),
+    aggressive=REAL_AGGRESSIVE,
+    recipe=REAL_RECIPE_OVERRIDES,
     probes=("probes.suites=[general]", "probes.calibrate=true"),
     names=("full fine-tuning, lr 1e-4", "recipe: LoRA + self-rehearsal"),
 )

@@ -44,6 +44,18 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("retain.methods")
 
+def weights_digest(model: torch.nn.Module, digest: Any, skip: set[int] = frozenset()) -> None:
+    """Feeds ``digest`` (a ``hashlib`` hash) the identity of ``model``'s weights: each
+    tensor's name, shape, dtype, sum and norm, cheap on any model and moved by any real
+    change; parameters whose ``id`` is in ``skip`` are left out (adapters' random start)."""
+    for name, parameter in model.named_parameters():
+        if id(parameter) in skip:
+            continue
+        statistics = (parameter.detach().sum(dtype=torch.float32).item(),
+                      torch.linalg.vector_norm(parameter.detach(), dtype=torch.float32).item())
+        digest.update(f"{name}:{tuple(parameter.shape)}:{parameter.dtype}:{statistics!r}\0".encode())
+
+
 ParamGroup = dict[str, Any]
 """An optimizer parameter group: ``params`` and ``names`` (parallel lists), ``weight_decay``,
 and optionally ``lr``; :class:`retain.training.trainer.RetainTrainer` drops ``names``."""

@@ -32,7 +32,7 @@ from transformers import PreTrainedModel
 
 from retain.data.encoding import Encoded, encode_texts
 from retain.errors import ConfigError, DataError
-from retain.methods.base import Method, MethodContext, trainable
+from retain.methods.base import Method, MethodContext, trainable, weights_digest
 from retain.methods.registry import register
 
 logger = logging.getLogger("retain.methods")
@@ -286,14 +286,7 @@ def fisher_key(model: torch.nn.Module, weights: list[TrainedWeight], rows: list[
     """Returns the hex SHA-256 that names a Fisher in the cache (see :func:`cached_fisher`)."""
     digest = hashlib.sha256()
     digest.update(f"v{FISHER_VERSION}\0{context.config.model.name_or_path}\0".encode())
-    adapter_ids = _adapter_parameter_ids(model)
-    for name, parameter in model.named_parameters():
-        if id(parameter) in adapter_ids:
-            continue  # the adapters' random start is not the base model's identity
-        # A sum and a norm per tensor: cheap on any model, and any real change moves them.
-        statistics = (parameter.detach().sum(dtype=torch.float32).item(),
-                      torch.linalg.vector_norm(parameter.detach(), dtype=torch.float32).item())
-        digest.update(f"{name}:{tuple(parameter.shape)}:{parameter.dtype}:{statistics!r}\0".encode())
+    weights_digest(model, digest, skip=_adapter_parameter_ids(model))  # adapters' random start: not the base's
     digest.update(json.dumps([(weight.name, list(weight.weight.shape)) for weight in weights]).encode())
     digest.update(json.dumps([(row.input_ids, row.labels) for row in rows]).encode())
     return digest.hexdigest()

@@ -9,11 +9,13 @@ the even number). With both methods in one run, each counts against the task row
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import random
 from collections.abc import Sequence
 from dataclasses import replace
+from pathlib import Path
 
 from transformers import PreTrainedModel
 
@@ -22,7 +24,8 @@ from retain.data.prompting import PromptFormat, render_example
 from retain.data.rows import Example, chat_prompt_text
 from retain.evaluation.generation import Generation, generate_greedy
 from retain.evaluation.health import check_generation
-from retain.methods.base import Method, MethodContext
+from retain.io import read_cached_json, write_cached_json
+from retain.methods.base import Method, MethodContext, weights_digest
 from retain.methods.general import INSTRUCTIONS, general_source
 from retain.methods.registry import register
 
@@ -132,6 +135,60 @@ def rehearsal_example(prompt: str, answer: str, line: int, prompt_format: Prompt
     return Example(prompt=chat_prompt_text(turns[:1]), response=answer, messages=turns, line=line)
 
 
+class AnswerCache:
+    """The base model's greedy answers to rehearsal prompts, kept per prompt in
+    ``context.cache_dir``: runs on one base (the trap and the recipe of ``retain lab``, a
+    comparison's seeds, a sweep's trials) generate each answer once.
+
+    The file is named by the SHA-256 of the model's name and weights (:func:`weights_digest`),
+    the tokenizer's vocabulary size, the EOS token, ``max_new_tokens`` and the generation
+    batch size; its keys are the rendered prompts, so the template is part of them. An
+    unreadable file is ignored and written again.
+    """
+
+    VERSION = 1
+
+    def __init__(self, path: Path, answers: dict[str, dict]) -> None:
+        self.path, self.answers, self.reused = path, answers, 0
+
+    @classmethod
+    def for_model(cls, model: PreTrainedModel, context: MethodContext, max_new_tokens: int) -> AnswerCache:
+        digest = hashlib.sha256()
+        tokenizer = context.tokenizer
+        digest.update(f"v{cls.VERSION}\0{context.config.model.name_or_path}\0{len(tokenizer)}\0"
+                      f"{tokenizer.eos_token_id}\0{max_new_tokens}\0"
+                      f"{context.config.eval.generation_batch_size}\0".encode())
+        weights_digest(model, digest)
+        path = context.cache_dir / "self_augment" / f"answers-{digest.hexdigest()[:24]}.json"
+        stored = read_cached_json(path) or {}
+        answers = stored.get("answers")
+        return cls(path, answers if isinstance(answers, dict) else {})
+
+    def get(self, prompt: str) -> Generation | None:
+        found = self.answers.get(prompt)
+        try:
+            return Generation(prompt=prompt, text=str(found["text"]), new_tokens=int(found["new_tokens"]),
+                              stopped=bool(found["stopped"]))
+        except (TypeError, KeyError, ValueError):  # absent, or a damaged entry: generated again
+            return None
+
+    def missing(self, prompts: Sequence[str]) -> list[str]:
+        """Returns the prompts with no answer yet (each once), counting the others as reused."""
+        unique = list(dict.fromkeys(prompts))
+        absent = [prompt for prompt in unique if self.get(prompt) is None]
+        self.reused += len(unique) - len(absent)
+        return absent
+
+    def add(self, generations: Sequence[Generation]) -> None:
+        """Stores ``generations``, with what another process stored meanwhile."""
+        fresh = {generation.prompt: {"text": generation.text, "new_tokens": generation.new_tokens,
+                                     "stopped": generation.stopped} for generation in generations}
+        stored = read_cached_json(self.path) or {}
+        answers = stored.get("answers") if isinstance(stored.get("answers"), dict) else {}
+        self.answers = {**answers, **self.answers, **fresh}
+        write_cached_json(self.path, {"answers": self.answers})
+
+
 @register
 class SelfAugment(Method):
     """Self-augmentation: before training, the base model answers prompts cut from the
@@ -179,6 +236,7 @@ class SelfAugment(Method):
         healthy; returns them (at most ``needed``) with their prompts, and the number of
         prompts generated for."""
         prompt_format = context.prompt_format
+        cache = AnswerCache.for_model(model, context, self.settings.max_new_tokens)
         kept: list[tuple[str, Generation]] = []
         tried = 0
         for _ in range(MAX_ROUNDS):
@@ -190,11 +248,16 @@ class SelfAugment(Method):
             tried += len(batch)
             rendered = [render_example(rehearsal_example(prompt, "", 0, prompt_format), prompt_format).prompt
                         for prompt in batch]
-            generations = generate_greedy(model, context.tokenizer, rendered, self.settings.max_new_tokens,
+            new = cache.missing(rendered)
+            if new:
+                cache.add(generate_greedy(model, context.tokenizer, new, self.settings.max_new_tokens,
                                           self.config.eval.generation_batch_size,
-                                          add_special_tokens=prompt_format.add_special_tokens)
+                                          add_special_tokens=prompt_format.add_special_tokens))
+            generations = [cache.get(prompt) for prompt in rendered]
             kept += [(prompt, generation) for prompt, generation in zip(batch, generations, strict=True)
                      if not check_generation(generation).failed]
+        if cache.reused:
+            context.echo(f"self_augment: {cache.reused} answers of this base model read from the cache")
         if len(kept) < needed:
             logger.warning("self_augment: only %d of %d generations were healthy (%d asked for); training "
                            "with those: use a larger method.general source or a lower method.self_augment.ratio",

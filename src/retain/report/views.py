@@ -12,7 +12,6 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-
 from retain import yamlfile
 from retain.errors import RetainError
 from retain.io import decode_json
