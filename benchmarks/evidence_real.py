@@ -46,5 +46,8 @@ for the commonest label) and the trap's forgetting guard at step 20 (an 8% relat
 calibrated probes). After it, self_augment's ratio went from 0.5 to its default 0.2 (the 329
 instructions give about 310 healthy answers, short of the 1,000 that 0.5 asks for), and evaluation
 was made faster (shared base measurements, wider generation batches); nothing was changed to move
-a figure.
+a figure. After the first full run (51 min), a profile of its recipe and trap steps made the
+brittleness of the recipe measured on the first 50 test rows instead of 100, guard checks stop each
+task answer once its label is settled (the same labels, fewer tokens), and self_augment's answers
+cached per base model; these change how long the story takes, and the brittleness figures' sample.
 """

@@ -86,10 +86,12 @@ SCALES: dict[str, Scale] = {
 # (self_augment at its default ratio, 0.2: 250 rows for 1,000 task rows; the 329
 # instructions give about 310 healthy answers, too few for the 0.5 first tried), so it
 # needs nothing from outside. These settings were fixed before any figure of a training
-# was seen; docs/RESULTS.md lists what was changed after.
+# was seen; docs/RESULTS.md lists what was changed after. The recipe's brittleness is
+# measured on the first 50 test rows (generating every perturbed prompt of 100 rows took
+# about a third of the recipe's time, before and after training).
 REAL = Scale(
     "default", n_train=TRAIN_ROWS, n_eval=100, trap_every=10, guarded_every=10, shots=(0, 3),
-    train=("train.max_steps=60",),
+    train=("train.max_steps=60", "eval.perturb_limit=50"),
     aggressive=REAL_AGGRESSIVE,
     recipe=REAL_RECIPE_OVERRIDES,
     probes=("probes.suites=[general]", "probes.calibrate=true"),
