@@ -1,7 +1,8 @@
 """The methods on a real model: `retain lab compare --model smollm2-135m-instruct` over seeds.
 
-Usage: ``python benchmarks/evidence_real_methods.py [--seeds 3] [--parts methods sizes]``
-(``--render`` only rebuilds docs/RESULTS.md from the saved results).
+Usage: ``python benchmarks/evidence_real_methods.py [--seeds 3] [--parts methods sizes pubmedqa]
+[--pubmedqa ../shared/data/pubmedqa]`` (``--render`` only rebuilds docs/RESULTS.md from the
+saved results).
 
 Issue 26's evidence on SmolLM2-135M-Instruct, at the scale of ``make real`` (the lab task in
 the model's chat template, 100 rows per evaluation split, 60 steps of 8 rows, guards off),
@@ -13,7 +14,14 @@ instructions, which state no probe item):
    (seed 0 is the one ``make real`` tells its story at), one run at a time;
 2. ``sizes``: the aggressive run and the recipe on the first 200 and 1,000 rows of the
    training set, beside all of it (the methods part's runs). With the 60-step cap, every
-   size sees the same number of rows: 200 rows are 2.4 passes, 1,000 rows half of one.
+   size sees the same number of rows: 200 rows are 2.4 passes, 1,000 rows half of one;
+3. ``pubmedqa``: the real PubMedQA expert set (``--pubmedqa``, the folder of
+   ``ori_pqal.json``; the part is skipped, saying why, without it), converted by
+   ``pubmedqa.py`` (400 training rows, 100 validation, the official 500 test rows): SmolLM2
+   before and after the recipe under the default guards, one seed, task accuracy against
+   the commonest label and forgetting per category. 400 rows are below the audit's size
+   rule for medical QA, which would refuse the run: ``audit.allow_small_data`` is set and
+   the table says so.
 
 The raw numbers go to ``benchmarks/results/evidence_real_methods.json``; the run
 directories to ``benchmarks/results/real-method-runs/`` (not committed; a finished run is
@@ -26,6 +34,7 @@ import argparse
 import json
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -42,14 +51,14 @@ from retain.io import atomic_write_json, atomic_write_text
 from retain.lab.comparison import REAL_RECIPE, REAL_RECIPES, REFERENCE, run_compare
 
 NAME = "smollm2-135m-instruct"
-PARTS = ("methods", "sizes")
+PARTS = ("methods", "sizes", "pubmedqa")
 FIRST_SEED = 1  # seed 0 tells make real's story
 SIZES = (200, 1000)  # beside all rows, which are the methods part's runs
 SIZE_RECIPES = (REFERENCE, REAL_RECIPE)
 LIMIT = 0.03  # issue 26: forgetting on calibrated probes not rehearsed at most 3% relative
 
 
-def run(seeds: int, parts: tuple[str, ...], previous: dict | None) -> dict:
+def run(seeds: int, parts: tuple[str, ...], previous: dict | None, pubmedqa: Path | None = None) -> dict:
     from retain.lab.runs import REAL
     from retain.packaged import fetch
 
@@ -69,8 +78,56 @@ def run(seeds: int, parts: tuple[str, ...], previous: dict | None) -> dict:
             rows = run_compare(RUNS / "methods", recipes, seeds=seeds, first_seed=FIRST_SEED, data_size=size,
                                **common)
             result["sizes"]["by_size"][str(size or "all")] = [_row(row) for row in rows]
-    result["majority"] = commonest_answer(RUNS / "methods" / "data")[1]
+    if "pubmedqa" in parts:
+        measured = _pubmedqa(model, pubmedqa)
+        kept = (previous or {}).get("pubmedqa")
+        # Without the dataset this time, a measurement saved before is kept, not replaced.
+        result["pubmedqa"] = kept if "skipped" in measured and kept and "skipped" not in kept else measured
+    if (RUNS / "methods" / "data" / "test.jsonl").is_file():
+        result["majority"] = commonest_answer(RUNS / "methods" / "data")[1]
     return result
+
+
+PUBMEDQA_SEED = 1
+
+
+def _pubmedqa(model: str, source: Path | None) -> dict:
+    """The recipe on PubMedQA under the default guards: the run's summary figures, or why
+    the part was skipped."""
+    from pubmedqa import convert
+
+    from retain.config import load_config
+    from retain.lab.comparison import REAL_RECIPE_OVERRIDES
+    from retain.lab.runs import REAL
+    from retain.training.resume import finished_summary
+    from retain.training.run import run_train
+
+    if source is None or not (source / "ori_pqal.json").is_file():
+        return {"skipped": f"no PubMedQA folder given (--pubmedqa){f': {source} has no ori_pqal.json' if source else ''}"}
+    data = RUNS / "pubmedqa" / "data"
+    sizes = convert(source, data)
+    config = load_config(None, [
+        f"model.name_or_path={model}", f"data.train={data / 'train.jsonl'}",
+        f"data.validation={data / 'validation.jsonl'}", f"data.eval={data / 'test.jsonl'}",
+        "audit.task=classification", "audit.domain=medical", "audit.allow_small_data=true",
+        *REAL.probes, *REAL.train, "eval.perturbations=[]", *REAL_RECIPE_OVERRIDES, f"train.seed={PUBMEDQA_SEED}",
+        f"output.dir={RUNS / 'pubmedqa' / 'runs'}", "output.name=recipe",
+    ])
+    started = time.perf_counter()
+    summary = finished_summary(config) or run_train(config, overwrite=True, progress=False, echo=_echo).summary
+    labels = [json.loads(line)["response"] for line in (data / "test.jsonl").read_text().splitlines()]
+    majority = max(labels.count(label) for label in set(labels)) / len(labels)
+    categories = (summary.forgetting.get("general") or {}).get("categories", {})
+    return {"sizes": sizes, "seed": PUBMEDQA_SEED, "majority": majority,
+            "task_base": summary.base_task_accuracy(), "task": summary.task_accuracy(),
+            "task_n": (summary.task.get("eval") or {}).get("n"),
+            "forgetting": summary.forgetting_relative, "restored_step": summary.restored_step,
+            "stopped_by": summary.stopped_by, "steps": summary.steps,
+            "verdict": asdict(summary.verdict) if summary.verdict else None,
+            "categories": {name: {key: figures.get(key) for key in ("items", "accuracy_before", "accuracy_after",
+                                                                    "relative_drop")}
+                           for name, figures in categories.items()},
+            "seconds": round(time.perf_counter() - started, 1)}
 
 
 def _echo(line: str) -> None:
@@ -117,7 +174,50 @@ def markdown(result: dict) -> str:
             for row in rows:
                 lines.append(f"| {size} | {row['recipe']} | {_ci(row['task_accuracy'])} | "
                              f"{_ci(row['ood_accuracy'])} | {_ci(_kept(row))} |")
+    pubmed = result.get("pubmedqa")
+    if pubmed:
+        lines.append("\n### SmolLM2 on PubMedQA, before and after the recipe\n")
+        if "skipped" in pubmed:
+            lines.append(f"Not measured: {pubmed['skipped']}.")
+        else:
+            lines += _pubmedqa_lines(pubmed)
     return "\n".join(lines) + "\n"
+
+
+def _pubmedqa_lines(pubmed: dict) -> list[str]:
+    sizes = pubmed["sizes"]
+    verdict = pubmed.get("verdict") or {}
+    stop = pubmed.get("stopped_by") or {}
+    lines = [
+        (f"Command: `python benchmarks/evidence_real_methods.py --parts pubmedqa --pubmedqa "
+         f"../shared/data/pubmedqa` (the expert-labelled PQA-L set, outside the repository; converted by "
+         f"`benchmarks/pubmedqa.py`: {sizes['train']} training rows, {sizes['validation']} validation, the "
+         f"official {sizes['test']} test rows). The recipe (`{REAL_RECIPE}`) under the default guards, seed "
+         f"{pubmed['seed']}, 60 steps of 8 rows; {sizes['train']} rows are below the audit's size rule for "
+         "medical QA, which refuses the run unless `audit.allow_small_data` is set, as it is here. Forgetting "
+         "on the general suite calibrated to SmolLM2, per category.\n"),
+        "| | task accuracy (test) | always the commonest label |",
+        "| --- | --- | --- |",
+        f"| SmolLM2 before | {_pct(pubmed['task_base'])} | {_pct(pubmed['majority'])} |",
+        f"| after the recipe | {_pct(pubmed['task'])} | |",
+        "",
+        "| category | items | before | after | relative drop |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for name, figures in pubmed["categories"].items():
+        lines.append(f"| {name} | {figures['items']} | {_pct(figures['accuracy_before'])} | "
+                     f"{_pct(figures['accuracy_after'])} | {_pct(figures['relative_drop'])} |")
+    guard = (f"the {stop['guard']} guard acted at step {stop['step']} ({stop.get('action')})"
+             + (f", restoring step {pubmed['restored_step']}" if pubmed.get("restored_step") is not None else "")
+             if stop else f"no guard acted in {pubmed['steps']} steps")
+    lines.append(f"\nOverall forgetting {_pct(pubmed['forgetting'])}; {guard}; verdict: "
+                 f"{'ship' if verdict.get('ship') else 'do not ship'}"
+                 + (f" ({'; '.join(verdict.get('reasons') or [])})" if verdict.get("reasons") else "") + ".")
+    return lines
+
+
+def _pct(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.1%}"
 
 
 def _reading(rows: list[dict], majority: float | None) -> str:
@@ -151,6 +251,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--parts", nargs="+", choices=PARTS, default=list(PARTS),
                         help="run only these parts; the others keep their last results")
+    parser.add_argument("--pubmedqa", type=Path, help="PubMedQA's PQA-L folder (ori_pqal.json), for that part")
     parser.add_argument("--render", action="store_true", help="only rebuild docs/RESULTS.md")
     args = parser.parse_args()
     from evidence_guards import render
@@ -160,7 +261,7 @@ def main() -> None:
 
         hf_logging.disable_progress_bar()
         previous = json.loads(SAVED.read_text()) if SAVED.is_file() else None
-        result = run(args.seeds, tuple(args.parts), previous)
+        result = run(args.seeds, tuple(args.parts), previous, args.pubmedqa)
         result["date"] = time.strftime("%Y-%m-%d", time.gmtime())
         atomic_write_json(SAVED, result)
     atomic_write_text(DOC, render())
