@@ -124,8 +124,9 @@ def _run_sweeps(runs: Path, sweeps: dict[str, Sweep]) -> None:
         raise SystemExit(f"a sweep failed: see the logs in {runs}")
 
 
-def _sweep(runs: Path, name: str, sweep: Sweep) -> int:
-    """Runs (or resumes) the sweep ``name`` in its own process; returns its exit code."""
+def _sweep(runs: Path, name: str, sweep: Sweep, threads: int = 1) -> int:
+    """Runs (or resumes) the sweep ``name`` in its own process with ``threads`` threads;
+    returns its exit code."""
     overrides, space = sweep
     sweep_file = runs / f"{name}.yaml"
     sweep_file.write_text(yaml.safe_dump({
@@ -133,7 +134,7 @@ def _sweep(runs: Path, name: str, sweep: Sweep) -> int:
         "set": [*overrides, f"output.dir={runs / 'runs'}"], "space": space}, sort_keys=False))
     with (runs / f"{name}.log").open("w") as log:
         return subprocess.run([sys.executable, "-m", "retain.cli", "sweep", str(sweep_file)], stdout=log,
-                              stderr=subprocess.STDOUT, env=os.environ | {"OMP_NUM_THREADS": "1"},
+                              stderr=subprocess.STDOUT, env=os.environ | {"OMP_NUM_THREADS": str(threads)},
                               check=False).returncode
 
 

