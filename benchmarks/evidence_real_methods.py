@@ -1,7 +1,7 @@
 """The methods on a real model: `retain lab compare --model smollm2-135m-instruct` over seeds.
 
-Usage: ``python benchmarks/evidence_real_methods.py [--seeds 3] [--parts methods sizes pubmedqa]
-[--pubmedqa ../shared/data/pubmedqa]`` (``--render`` only rebuilds docs/RESULTS.md from the
+Usage: ``python benchmarks/evidence_real_methods.py [--seeds 3] [--parts methods sizes guards
+pubmedqa] [--pubmedqa ../shared/data/pubmedqa]`` (``--render`` only rebuilds docs/RESULTS.md from the
 saved results).
 
 Issue 26's evidence on SmolLM2-135M-Instruct, at the scale of ``make real`` (the lab task in
@@ -15,7 +15,12 @@ instructions, which state no probe item):
 2. ``sizes``: the aggressive run and the recipe on the first 200 and 1,000 rows of the
    training set, beside all of it (the methods part's runs). With the 60-step cap, every
    size sees the same number of rows: 200 rows are 2.4 passes, 1,000 rows half of one;
-3. ``pubmedqa``: the real PubMedQA expert set (``--pubmedqa``, the folder of
+3. ``guards``: the story's guarded trainings, ``retain lab --model`` at seeds 1-3 (each
+   story in ``real-method-runs/story/seed-N``, continued with ``--resume`` when cut
+   short): the pad = EOS trap forced, the aggressive run with guards off and on, the recipe
+   under the default guards; per training, the deepest forgetting any check saw, the final
+   model's (after any roll-back), the guard that acted and the task accuracy;
+4. ``pubmedqa``: the real PubMedQA expert set (``--pubmedqa``, the folder of
    ``ori_pqal.json``; the part is skipped, saying why, without it), converted by
    ``pubmedqa.py`` (400 training rows, 100 validation, the official 500 test rows): SmolLM2
    before and after the recipe under the default guards, one seed, task accuracy against
@@ -51,7 +56,7 @@ from retain.io import atomic_write_json, atomic_write_text
 from retain.lab.comparison import REAL_RECIPE, REAL_RECIPES, REFERENCE, run_compare
 
 NAME = "smollm2-135m-instruct"
-PARTS = ("methods", "sizes", "pubmedqa")
+PARTS = ("methods", "sizes", "guards", "pubmedqa")
 FIRST_SEED = 1  # seed 0 tells make real's story
 SIZES = (200, 1000)  # beside all rows, which are the methods part's runs
 SIZE_RECIPES = (REFERENCE, REAL_RECIPE)
@@ -78,6 +83,11 @@ def run(seeds: int, parts: tuple[str, ...], previous: dict | None, pubmedqa: Pat
             rows = run_compare(RUNS / "methods", recipes, seeds=seeds, first_seed=FIRST_SEED, data_size=size,
                                **common)
             result["sizes"]["by_size"][str(size or "all")] = [_row(row) for row in rows]
+    if "guards" in parts:
+        started = time.perf_counter()
+        result["guards"] = {"seeds": seeds, "first_seed": FIRST_SEED,
+                            "stories": {str(seed): _story(seed) for seed in range(FIRST_SEED, FIRST_SEED + seeds)},
+                            "wall_seconds": round(time.perf_counter() - started, 1)}
     if "pubmedqa" in parts:
         measured = _pubmedqa(model, pubmedqa)
         kept = (previous or {}).get("pubmedqa")
@@ -86,6 +96,37 @@ def run(seeds: int, parts: tuple[str, ...], previous: dict | None, pubmedqa: Pat
     if (RUNS / "methods" / "data" / "test.jsonl").is_file():
         result["majority"] = commonest_answer(RUNS / "methods" / "data")[1]
     return result
+
+
+# The story's guarded trainings: (step, key in its figures, name in the table).
+STORY_TRAININGS = (("trap", "forced", "pad = EOS trap, forced"), ("aggressive", "naive", "full, lr 1e-4, guards off"),
+                   ("aggressive", "guarded", "full, lr 1e-4, guarded"), ("recipe", "run", "recipe, guarded"))
+
+
+def _story(seed: int) -> dict:
+    """Tells ``make real``'s story at ``seed`` (or continues it); returns each guarded
+    training's figures, with the forgetting every check saw."""
+    import subprocess
+
+    from evidence_guards import guard_checks
+
+    root = RUNS / "story"
+    name = f"seed-{seed}"
+    again = ["--resume"] if (root / name / "config.yaml").is_file() else []
+    subprocess.run([sys.executable, "-m", "retain.cli", "-q", "lab", "--model", NAME, "--seed", str(seed),
+                    "--output-dir", str(root), "--name", name, *again], check=True, stdout=subprocess.DEVNULL)
+    trainings = {}
+    for step, key, label in STORY_TRAININGS:
+        figures = json.loads(next((root / name / "steps").glob(f"*-{step}.json")).read_text())["figures"][key]
+        checks = guard_checks(Path(figures["run_dir"]))
+        trainings[label] = {
+            "task": figures["task"], "task_base": figures["task_base"], "forgetting": figures["forgetting"],
+            "peak_forgetting": max((check["forgetting"] for check in checks if check.get("forgetting") is not None),
+                                   default=None),
+            "checks": len(checks), "stopped_by": (figures.get("stopped_by") or {}).get("guard"),
+            "action": (figures.get("stopped_by") or {}).get("action"), "step": (figures.get("stopped_by") or {}).get("step"),
+            "restored_step": figures.get("restored_step"), "steps": figures["steps"], "ship": figures["ship"]}
+    return trainings
 
 
 PUBMEDQA_SEED = 1
@@ -174,6 +215,9 @@ def markdown(result: dict) -> str:
             for row in rows:
                 lines.append(f"| {size} | {row['recipe']} | {_ci(row['task_accuracy'])} | "
                              f"{_ci(row['ood_accuracy'])} | {_ci(_kept(row))} |")
+    guards = result.get("guards")
+    if guards:
+        lines += _guards_lines(guards)
     pubmed = result.get("pubmedqa")
     if pubmed:
         lines.append("\n### SmolLM2 on PubMedQA, before and after the recipe\n")
@@ -182,6 +226,45 @@ def markdown(result: dict) -> str:
         else:
             lines += _pubmedqa_lines(pubmed)
     return "\n".join(lines) + "\n"
+
+
+def _guards_lines(guards: dict) -> list[str]:
+    lines = [
+        "\n### The guards on SmolLM2: the story's trainings over seeds\n",
+        (f"Command: `python benchmarks/evidence_real_methods.py --parts guards` (`retain lab --model {NAME}` at "
+         f"seeds {_seed_range(guards)}, each a whole `make real` story; wall time {guards['wall_seconds'] / 60:.0f} "
+         "min). Forgetting is relative, by generation, on the general suite calibrated to the base (no "
+         "training row states a probe item): \"deepest\" is the largest any guard check saw, \"final\" the "
+         "saved model's, after any roll-back. One row per seed.\n"),
+        "| training | seed | guard that acted | deepest forgetting at a check | final forgetting | task (base) | verdict |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for _, _, label in STORY_TRAININGS:
+        for seed, story in guards["stories"].items():
+            run = story[label]
+            acted = (f"{run['stopped_by']} -> {run['action']} at step {run['step']}"
+                     + (f", restored step {run['restored_step']}" if run.get("restored_step") is not None else "")
+                     if run["stopped_by"] else f"none ({run['steps']} steps)")
+            lines.append(f"| {label} | {seed} | {acted} | {_pct(run['peak_forgetting'])} | {_pct(run['forgetting'])} "
+                         f"| {_pct(run['task'])} ({_pct(run['task_base'])}) | {'ship' if run['ship'] else 'do not ship'} |")
+    lines.append("\n" + _guards_reading(guards))
+    return lines
+
+
+def _guards_reading(guards: dict) -> str:
+    """Whether each guard did its job on every seed, computed from the table."""
+    stories = list(guards["stories"].values())
+    count = len(stories)
+    trap = sum(story["pad = EOS trap, forced"]["stopped_by"] == "smoke" for story in stories)
+    naive = [story["full, lr 1e-4, guards off"]["forgetting"] for story in stories]
+    caught = sum(story["full, lr 1e-4, guarded"]["stopped_by"] is not None for story in stories)
+    within = sum((story["full, lr 1e-4, guarded"]["forgetting"] or 0.0) <= 0.03 for story in stories)
+    recipe = [story["recipe, guarded"] for story in stories]
+    shipped = sum(run["ship"] for run in recipe)
+    return (f"The smoke guard stopped the forced trap on {trap} of {count} seeds. Naive full fine-tuning forgot "
+            f"{min(naive):.1%}-{max(naive):.1%} with the guards off; guarded, a guard stopped it on {caught} of "
+            f"{count} seeds and the saved model was within the 3% limit on {within}. The recipe shipped on "
+            f"{shipped} of {count} seeds.")
 
 
 def _pubmedqa_lines(pubmed: dict) -> list[str]:
