@@ -100,10 +100,14 @@ def markdown(result: dict) -> str:
             lines.append(f"| {name} | {figures.get('steps', '-')} | {_s(figures.get('seconds'))} | "
                          f"{_s(figures.get('before_seconds'))} | {_s(figures.get('train_seconds'))} | "
                          f"{_s(figures.get('after_seconds'))} |")
-        lines += ["", "Before training: loading, the audit and the doctor, the methods' rows (self_augment answers "
-                  "329 instructions for the trap and the recipe alike), the base measurement (the first training "
-                  "only: later ones read it from the cache) and the check of step 0. After: restoring, saving and "
-                  "the final evaluation (the recipe's with six perturbations of the task, the others' without)."]
+        lines += ["", "Before training: loading, the audit and the doctor, the methods' rows (self_augment's answers "
+                  "to the 329 instructions, generated for the trap and read from the cache by the recipe), the "
+                  "base measurement (the trap's is read back by the aggressive runs; the recipe's adds the "
+                  "task's perturbations, so it measures its own) and the check of step 0. Training: the steps "
+                  "and the guard checks (calibrated probes, smoke prompts, drift, validation loss and task "
+                  "accuracy). After: restoring, saving and the final evaluation (probes, the task's held-out "
+                  "and OOD answers in full, drift; the recipe's also five perturbations of the first 50 test "
+                  "rows)."]
     met = "met" if result["seconds"] <= TARGET else "NOT met"
     lines.append(f"\nTarget (issue 26): {result['seconds'] / 60:.1f} min against {TARGET / 60:.0f} min ({met}).\n")
     return "\n".join(lines)
