@@ -114,6 +114,20 @@ def test_baseline_reports_zero_and_few_shot_with_a_verdict(micro_base, files, tm
     assert "fine-tuning looks needed" in result.output
 
 
+def test_baseline_generates_at_the_generation_batch_size(micro_base, files, tmp_path, monkeypatch) -> None:
+    from retain.evaluation import task as task_module
+
+    base, _ = micro_base
+    config = tmp_path / "c.yaml"
+    config.write_text(f"model:\n  name_or_path: {base.path}\ndata:\n  eval: {files['test']}\n"
+                      "eval:\n  shots: [0]\n  max_new_tokens: 2\n  batch_size: 4\n  generation_batch_size: 64\n")
+    real, sizes = task_module.generate_greedy, []
+    monkeypatch.setattr(task_module, "generate_greedy",
+                        lambda *args, **kwargs: sizes.append(args[4]) or real(*args, **kwargs))
+    assert invoke("baseline", str(config)).exit_code == 0
+    assert sizes == [64]  # answers in batches of 64; the labels are still ranked 4 at a time
+
+
 @pytest.mark.parametrize(
     ("args", "words"),
     [

@@ -181,8 +181,12 @@ def run_baseline(
     seed: int = 0,
     max_new_tokens: int = 32,
     batch_size: int = 32,
+    generation_batch_size: int | None = None,
 ) -> BaselineResult:
     """Scores ``examples`` with each number of ``shots`` taken from ``train``.
+
+    ``batch_size`` is the prompts per forward pass when ranking labels, and
+    ``generation_batch_size`` (``batch_size`` when None) when generating answers.
 
     The same shots precede every question (a fixed prompt, as a user would deploy it).
     A prompt too long for the model's context drops shots, last first, until it fits;
@@ -208,6 +212,7 @@ def run_baseline(
         scores[k] = score_task(
             model, tokenizer, examples, prompt_format, name=name, labels=labels,
             rendered=rendered, max_new_tokens=max_new_tokens, batch_size=batch_size,
+            generation_batch_size=generation_batch_size,
         )
         shortened[k] = cut
     return BaselineResult(scores=scores, target=target, margin=margin, shortened=shortened)

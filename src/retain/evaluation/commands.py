@@ -421,5 +421,5 @@ def run_baseline_command(config: RetainConfig, progress: bool = True) -> Baselin
         loaded.model, loaded.tokenizer, train, examples, prompt_format,
         shots=config.eval.shots, target=config.eval.target, margin=config.eval.margin,
         seed=config.train.seed, max_new_tokens=config.eval.max_new_tokens,
-        batch_size=config.eval.batch_size,
+        batch_size=config.eval.batch_size, generation_batch_size=config.eval.generation_batch_size,
     )
