@@ -94,6 +94,7 @@ def test_a_healthy_lora_run_leaves_a_complete_run_directory_and_no_alarm(lab, tm
     history = json.loads((run_dir / "checkpoints" / "checkpoint-8" / "trainer_state.json").read_text())
     assert any("retain/probe_accuracy" in entry and "retain/probes/lab/greetings" in entry
                for entry in history["log_history"])
+    assert "reused" not in json.loads((run_dir / "final_eval.json").read_text())  # a trained model is measured
     loaded = load_model(str(run_dir), device="cpu")  # the run directory is a model `retain eval` takes
     assert loaded.is_adapter
     merged = load_model(str(run_dir / "merged"), device="cpu")
@@ -133,9 +134,16 @@ def test_when_every_check_forgets_too_much_the_run_rolls_back_to_its_start(lab, 
     assert any(event["guard"] == "forgetting" and event["action"] == "restore_best"
                for event in summary["guard_events"])
     assert summary["restored_step"] == summary["best_step"] == 0
-    # The starting weights are back: the final model answers the probes as the base did.
+    # The starting weights are back in the saved model, bit for bit ...
+    saved = load_model(str(outcome.run_dir / "model"), device="cpu").model.state_dict()
+    base = load_model(str(lab["model"]), device="cpu").model.state_dict()
+    assert saved.keys() == base.keys() and all(torch.equal(saved[name], base[name]) for name in base)
+    # ... so they are not measured again: the base's evaluation stands, with no drift.
+    final = json.loads((outcome.run_dir / "final_eval.json").read_text())
+    assert final["reused"].startswith("base_eval.json") and final["model"] == str(outcome.run_dir / "model")
+    assert final["drift"]["kl"] == 0.0 and final["task"] == json.loads((outcome.run_dir / "base_eval.json").read_text())["task"]
     assert summary["final_probe_accuracy"] == pytest.approx(summary["base_probe_accuracy"])
-    assert not summary["verdict"]["ship"]
+    assert summary["forgetting_relative"] == 0.0 and not summary["verdict"]["ship"]
     assert any("rolled back to the starting weights" in reason for reason in summary["verdict"]["reasons"])
 
 

@@ -7,6 +7,7 @@ saved (a complete folder or none), and ``summary.json``'s verdict with its reaso
 
 from __future__ import annotations
 
+import copy
 import logging
 from collections.abc import Callable
 from pathlib import Path
@@ -19,7 +20,7 @@ from retain.config import RetainConfig
 from retain.config.guards import GuardsConfig
 from retain.config.methods import method_names
 from retain.errors import RetainError
-from retain.evaluation.engine import EvalResult, forgetting, forgetting_by_rehearsal
+from retain.evaluation.engine import forgetting, forgetting_by_rehearsal
 from retain.evaluation.task import no_better_than_majority
 from retain.guards.rules import unsound
 from retain.guards.state import GuardState
@@ -122,7 +123,20 @@ def save_merged(model: PreTrainedModel, tokenizer, target: Path, config: RetainC
     save_model(merged, target, tokenizer)
 
 
-def summary_of(config: RetainConfig, state: GuardState, base: dict[str, Any], final: EvalResult, *,
+def starting_evaluation(base: dict[str, Any], name: str) -> dict[str, Any]:
+    """Returns the final evaluation of a run rolled back to its starting weights: the base
+    model's, which those weights compute (the check of step 0 reads the base's figures for
+    the same reason: :meth:`retain.guards.callback.GuardCallback.on_train_begin`). Measuring
+    the same weights again would cost as long as the base measurement and give the same
+    answers; the drift to the base is zero. ``reused`` names where the figures come from."""
+    final = copy.deepcopy(base)
+    final.update(model=name, seconds=0.0, reused="base_eval.json: rolled back to the starting weights")
+    if final.get("drift"):
+        final["drift"]["kl"] = 0.0
+    return final
+
+
+def summary_of(config: RetainConfig, state: GuardState, base: dict[str, Any], final: dict[str, Any], *,
              restored: int | None, steps: int, train_seconds: float, tokens: float, seconds: float,
              train_output: dict[str, Any], rehearsal: dict[str, Any] | None = None) -> RunSummary:
     """Returns the run's summary (``summary.json``): the verdict with its reasons, and the
@@ -144,12 +158,12 @@ def summary_of(config: RetainConfig, state: GuardState, base: dict[str, Any], fi
         reasons.append(f"general probe accuracy fell {drop:.1%} relative (limit "
                        f"{config.guards.forgetting.threshold:.0%})"
                        + format_collapse(reports, method, config.guards.forgetting.threshold))
-    if final.smoke is not None and final.smoke.failures >= config.guards.smoke.fail_share:
-        reasons.append(f"{final.smoke.failures:.0%} of smoke answers are broken")
+    smoke = final.get("smoke")
+    if smoke is not None and smoke["failures"] >= config.guards.smoke.fail_share:
+        reasons.append(f"{smoke['failures']:.0%} of smoke answers are broken")
     if state.stopped_by is not None and state.stopped_by.guard in ("loss", "smoke"):
         reasons.append(f"stopped by the {state.stopped_by.guard} guard: {state.stopped_by.message}")
-    reasons += task_reasons(base.get("task") or {}, {name: score.to_dict() for name, score in final.task.items()},
-                            config.guards.smoke.fail_share)
+    reasons += task_reasons(base.get("task") or {}, final.get("task") or {}, config.guards.smoke.fail_share)
     if restored == 0:
         reasons.append("rolled back to the starting weights: the model learned nothing that could be "
                        "kept within the forgetting limit")
@@ -164,7 +178,7 @@ def summary_of(config: RetainConfig, state: GuardState, base: dict[str, Any], fi
         train_seconds=round(train_seconds, 1),
         train_tokens_per_second=round(tokens / train_seconds, 1) if train_seconds else None,
         base_probe_accuracy=overall_accuracy(base, method),
-        final_probe_accuracy=overall_accuracy(final.to_dict(), method),
+        final_probe_accuracy=overall_accuracy(final, method),
         forgetting={suite: report.to_dict() for suite, report in watched.items()},
         forgetting_relative=drop,
         rehearsal=rehearsal,
@@ -172,10 +186,10 @@ def summary_of(config: RetainConfig, state: GuardState, base: dict[str, Any], fi
             suite: {group: report.to_dict() for group, report in groups.items()}
             for suite, groups in forgetting_by_rehearsal(base, final, method, rehearsal["items"]).items()
         },
-        task={name: score.to_dict() for name, score in final.task.items()},
+        task=dict(final.get("task") or {}),
         task_base={name: score.get("accuracy") for name, score in (base.get("task") or {}).items()},
-        drift=final.drift.to_dict() if final.drift else None,
-        smoke=final.smoke.to_dict() if final.smoke else None,
+        drift=final.get("drift"),
+        smoke=smoke,
         guard_events=tuple(decision.to_dict() for decision in state.decisions if decision.triggered),
         checks=len(state.checks),
         trainer=train_output,

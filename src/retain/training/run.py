@@ -13,7 +13,8 @@ In order, into one run directory (:class:`retain.rundir.RunDir`):
 5. the best checkpoint restored when a guard with ``restore_best`` stopped the run, then
    the methods' post-processing (FAPM's pruning);
 6. the final model in ``model/`` (adapters, or the full model; ``--merge`` adds ``merged/``);
-7. ``final_eval.json``: probes per category, task accuracy (held-out, OOD), drift, health;
+7. ``final_eval.json``: probes per category, task accuracy (held-out, OOD), drift, health
+   (for a run rolled back to its starting weights, the base model's evaluation);
 8. ``summary.json``: the verdict and the numbers behind it.
 
 :func:`_train` runs these as numbered steps; each step's work lives in a module of its
@@ -78,6 +79,7 @@ from retain.training.finish import (
     percent,
     restore_if_asked,
     save_merged,
+    starting_evaluation,
     summary_of,
 )
 from retain.training.plan import VALIDATION_LIMIT, Plan, TrainingRows, check_blended_rows, training_args
@@ -265,11 +267,16 @@ def _train(config: RetainConfig, run: RunDir, *, resume: bool, force: bool, merg
     save_model(model, run.path / "model", tokenizer)
     if merge:
         save_merged(model, tokenizer, run.path / "merged", config)
-    with shown(progress):
-        final = evaluate(model, tokenizer, name=str(run.path / "model"), chat_template=config.model.chat_template,
-                         suites=probe.suites, task=task, ood=ood,
-                         reference=probe.reference, base_logprobs=baseline.logprobs, settings=probe.settings)
-    run.write_json("final_eval.json", final.to_dict())
+    if restored == 0:
+        final = starting_evaluation(base_result, str(run.path / "model"))
+        echo("final evaluation: the run was rolled back to its starting weights, which compute as the base "
+             "model: the base model's evaluation stands")
+    else:
+        with shown(progress):
+            final = evaluate(model, tokenizer, name=str(run.path / "model"), chat_template=config.model.chat_template,
+                             suites=probe.suites, task=task, ood=ood, reference=probe.reference,
+                             base_logprobs=baseline.logprobs, settings=probe.settings).to_dict()
+    run.write_json("final_eval.json", final)
     epochs_done = trainer.state.global_step / plan.steps_per_epoch
     summary = summary_of(config, guard.state, base_result, final, restored=restored,
                          steps=trainer.state.global_step, train_seconds=train_seconds,
