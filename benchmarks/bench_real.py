@@ -106,8 +106,8 @@ def markdown(result: dict) -> str:
                   "task's perturbations, so it measures its own) and the check of step 0. Training: the steps "
                   "and the guard checks (calibrated probes, smoke prompts, drift, validation loss and task "
                   "accuracy). After: restoring, saving and the final evaluation (probes, the task's held-out "
-                  "and OOD answers in full, drift; the recipe's also five perturbations of the first 50 test "
-                  "rows)."]
+                  "and OOD answers in full, drift; the recipe's also the task's perturbations of the first 50 "
+                  "test rows)."]
     met = "met" if result["seconds"] <= TARGET else "NOT met"
     lines.append(f"\nTarget (issue 26): {result['seconds'] / 60:.1f} min against {TARGET / 60:.0f} min ({met}).\n")
     return "\n".join(lines)

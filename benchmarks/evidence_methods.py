@@ -243,13 +243,8 @@ def markdown(result: dict) -> str:
             (f"The first N rows of one {max(SIZES):,}-row lab training set, seeds {_seed_range(sizes)}, "
              "same epochs (so more rows are more steps), as the articles compare 200, 1,000 and 5,000 "
              "rows. Forgetting on all 337 probes, none rehearsed.\n"),
-            "| rows | method | task accuracy | OOD accuracy | forgetting |",
-            "| --- | --- | --- | --- | --- |",
+            *size_table(sizes["by_size"]),
         ]
-        for size, rows in sizes["by_size"].items():
-            for row in rows:
-                lines.append(f"| {int(size):,} | {row['recipe']} | {_ci(row['task_accuracy'])} | "
-                             f"{_ci(row['ood_accuracy'])} | {_ci(_kept(row))} |")
         lines.append("\n" + _size_reading(sizes["by_size"]))
     plus = result.get("loraplus")
     if plus:
@@ -274,6 +269,16 @@ def markdown(result: dict) -> str:
                              f"{_ci(row['probe_accuracy'])} | {_ci(row['forgetting'])} | {ratio} |")
         lines.append("\n" + _plus_reading(plus, by_name))
     return "\n".join(lines) + "\n"
+
+
+def size_table(by_size: dict[str, list[dict]]) -> list[str]:
+    """The data-size table: one line per size (a row count, or a word such as "all") and method."""
+    lines = ["| rows | method | task accuracy | OOD accuracy | forgetting |", "| --- | --- | --- | --- | --- |"]
+    for size, rows in by_size.items():
+        shown = f"{int(size):,}" if size.isdigit() else size
+        lines += [f"| {shown} | {row['recipe']} | {_ci(row['task_accuracy'])} | {_ci(row['ood_accuracy'])} | "
+                  f"{_ci(_kept(row))} |" for row in rows]
+    return lines
 
 
 def _seed_range(part: dict) -> str:

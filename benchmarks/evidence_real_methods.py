@@ -50,7 +50,8 @@ DOC = HERE.parent / "docs" / "RESULTS.md"
 sys.path.insert(0, str(HERE))
 
 from evidence_guards import commonest_answer
-from evidence_methods import _ci, _direction, _kept, _row, _seed_range
+from evidence_methods import _ci, _direction, _kept, _row, _seed_range, size_table
+from evidence_recipe import _pct
 
 from retain.io import atomic_write_json, atomic_write_text
 from retain.lab.comparison import REAL_RECIPE, REAL_RECIPES, REFERENCE, run_compare
@@ -156,10 +157,8 @@ def _pubmedqa(model: str, source: Path | None) -> dict:
     ])
     started = time.perf_counter()
     summary = finished_summary(config) or run_train(config, overwrite=True, progress=False, echo=_echo).summary
-    labels = [json.loads(line)["response"] for line in (data / "test.jsonl").read_text().splitlines()]
-    majority = max(labels.count(label) for label in set(labels)) / len(labels)
     categories = (summary.forgetting.get("general") or {}).get("categories", {})
-    return {"sizes": sizes, "seed": PUBMEDQA_SEED, "majority": majority,
+    return {"sizes": sizes, "seed": PUBMEDQA_SEED, "majority": commonest_answer(data)[1],
             "task_base": summary.base_task_accuracy(), "task": summary.task_accuracy(),
             "task_n": (summary.task.get("eval") or {}).get("n"),
             "forgetting": summary.forgetting_relative, "restored_step": summary.restored_step,
@@ -208,13 +207,8 @@ def markdown(result: dict) -> str:
             (f"Seeds {_seed_range(sizes)}, guards off, as above; the first N rows of the lab training set. Every "
              "run takes 60 steps of 8 rows, so the sizes differ in how many distinct rows those 480 are "
              "drawn from, not in compute (unlike the lab's size table, where more rows are more steps).\n"),
-            "| rows | method | task accuracy | OOD accuracy | forgetting |",
-            "| --- | --- | --- | --- | --- |",
+            *size_table(sizes["by_size"]),
         ]
-        for size, rows in sizes["by_size"].items():
-            for row in rows:
-                lines.append(f"| {size} | {row['recipe']} | {_ci(row['task_accuracy'])} | "
-                             f"{_ci(row['ood_accuracy'])} | {_ci(_kept(row))} |")
     guards = result.get("guards")
     if guards:
         lines += _guards_lines(guards)
@@ -297,10 +291,6 @@ def _pubmedqa_lines(pubmed: dict) -> list[str]:
                  f"{'ship' if verdict.get('ship') else 'do not ship'}"
                  + (f" ({'; '.join(verdict.get('reasons') or [])})" if verdict.get("reasons") else "") + ".")
     return lines
-
-
-def _pct(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.1%}"
 
 
 def _reading(rows: list[dict], majority: float | None) -> str:

@@ -41,11 +41,12 @@ DOC = HERE.parent / "docs" / "RESULTS.md"
 sys.path.insert(0, str(HERE))
 
 from evidence_guards import commonest_answer
+from evidence_methods import _ci
+from evidence_real_methods import NAME
 from evidence_recipe import Sweep, _pct, _sweep, _trials, _value, _verdict, choose
 
 from retain.io import atomic_write_json, atomic_write_text
 
-NAME = "smollm2-135m-instruct"
 SEARCH: dict[str, Sweep] = {
     "real-sa": (["method=[lora,self_augment]", "method.self_augment.ratio=0.5", "data.eval={validation}"],
                 {"train.lr": [2.0e-4, 5.0e-4, 1.0e-3], "data.size": [250, 1000]}),
@@ -135,9 +136,8 @@ def _reading(result: dict) -> str:
     task = mean_ci([trial["task_accuracy"] for trial in trials])
     _, share, _ = result["chance"]["test"]
     met = forgetting[0] is not None and forgetting[0] <= 0.03 and task[0] - (task[1] or 0.0) > share
-    ci = (lambda value: _pct(value[0]) + (f" ± {_pct(value[1])}" if value[1] is not None else ""))
-    return (f"Held-out seeds {', '.join(str(t['params'].get('train.seed')) for t in trials)}: forgetting {ci(forgetting)}, "
-            f"task {ci(task)} against {share:.1%} for the commonest label. Issue 26's target (forgetting at most 3% "
+    return (f"Held-out seeds {', '.join(str(t['params'].get('train.seed')) for t in trials)}: forgetting "
+            f"{_ci(forgetting)}, task {_ci(task)} against {share:.1%} for the commonest label. Issue 26's target (forgetting at most 3% "
             f"while task accuracy beats the commonest label by a margin its interval clears): "
             f"{'met' if met else 'NOT met'}.\n")
 

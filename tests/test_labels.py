@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from retain.evaluation.labels import infer_label_set, label_settled, normalize_label, parse_label
@@ -128,6 +128,8 @@ WORDS = st.sampled_from(["yes", "no", "maybe", "or", "and", "answer", "is", "the
 
 @settings(max_examples=400, deadline=None)
 @given(start=st.lists(WORDS, max_size=8).map("".join), rest=st.lists(WORDS, max_size=8).map("".join))
+@example(start="no, ", rest="or yes")  # settled: a continuation that hedges cannot undo it
+@example(start="**Maybe**\n", rest="no")
 def test_a_settled_label_survives_every_continuation(start: str, rest: str) -> None:
     if label_settled(start, YNM):
         assert parse_label(start, YNM) is not None

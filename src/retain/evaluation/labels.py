@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 from collections import Counter
 from collections.abc import Iterable, Sequence
+from functools import lru_cache
 from itertools import pairwise
 
 MAX_LABEL_WORDS = 3
@@ -137,11 +138,18 @@ def label_settled(text: str, labels: Sequence[str]) -> bool:
     first = _WORD.match(opening.casefold())
     if first is None or first.group() in _PREFIX_STARTS:
         return False
-    return _label_at_start(opening, _label_words(labels)) is not None
+    return _label_at_start(opening, _words_of(tuple(labels))) is not None
 
 
 # The words an answer prefix can open with (``the answer is``, ``my answer would be``, ...).
 _PREFIX_STARTS = frozenset({"the", "my", "final", "answer"})
+
+
+@lru_cache(maxsize=64)
+def _words_of(labels: tuple[str, ...]) -> dict[tuple[str, ...], str]:
+    """:func:`_label_words` of one label set, once: :func:`label_settled` runs at every
+    decoding step of every row."""
+    return _label_words(labels)
 
 
 def _label_words(labels: Sequence[str]) -> dict[tuple[str, ...], str]:

@@ -88,7 +88,8 @@ REFERENCE = "full (aggressive)"  # the recipe training time is quoted against
 # at lr 2e-4 with self-rehearsal), each mitigation added to the aggressive run as on the lab.
 # General data needs nothing from outside: self_augment and EWC read the shipped
 # instructions (retain.methods.general). Fixed before any comparison on a real model ran.
-REAL_AGGRESSIVE = ("method=[full]", "train.lr=1e-4")
+REAL_LR = ("train.lr=1e-4",)  # full fine-tuning's rate on a real model, mitigations included
+REAL_AGGRESSIVE = ("method=[full]", *REAL_LR)
 REAL_RECIPE_OVERRIDES = ("method=[lora,self_augment]", "train.lr=2e-4")
 REAL_RECIPE = "lora + self-rehearsal (retain's recipe)"
 REAL_RECIPES: tuple[Recipe, ...] = (
@@ -96,14 +97,13 @@ REAL_RECIPES: tuple[Recipe, ...] = (
     Recipe("lora, lr 2e-4", ("method=[lora]", "train.lr=2e-4"), "fewer trained weights, less forgetting"),
     Recipe(REAL_RECIPE, REAL_RECIPE_OVERRIDES,
            "retain's recipe on a real model: LoRA rehearsing the base model's own answers"),
-    Recipe("full + self-rehearsal", ("method=[full,self_augment]", "train.lr=1e-4"),
-           "self-generated rehearsal: less forgetting"),
-    Recipe("full + freeze (layers)", ("method=[full,freeze]", "train.lr=1e-4"), "bottom layers kept: less forgetting"),
-    Recipe("full + llrd", ("method=[full,llrd]", "train.lr=1e-4"), "lower layers move less: less forgetting"),
-    Recipe("full + ewc", ("method=[full,ewc]", "train.lr=1e-4", "method.general.source=instructions"),
+    Recipe("full + self-rehearsal", ("method=[full,self_augment]", *REAL_LR), "self-generated rehearsal: less forgetting"),
+    Recipe("full + freeze (layers)", ("method=[full,freeze]", *REAL_LR), "bottom layers kept: less forgetting"),
+    Recipe("full + llrd", ("method=[full,llrd]", *REAL_LR), "lower layers move less: less forgetting"),
+    Recipe("full + ewc", ("method=[full,ewc]", *REAL_LR, "method.general.source=instructions"),
            "important weights held: less forgetting"),
-    Recipe("full + l2sp", ("method=[full,l2sp]", "train.lr=1e-4"), "weights held near the start: less forgetting"),
-    Recipe("full + fapm", ("method=[full,fapm]", "train.lr=1e-4"), "task vector pruned: less forgetting, task kept"),
+    Recipe("full + l2sp", ("method=[full,l2sp]", *REAL_LR), "weights held near the start: less forgetting"),
+    Recipe("full + fapm", ("method=[full,fapm]", *REAL_LR), "task vector pruned: less forgetting, task kept"),
 )
 
 

@@ -24,7 +24,7 @@ first), whatever order the config lists them in.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -44,7 +44,8 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("retain.methods")
 
-def weights_digest(model: torch.nn.Module, digest: Any, skip: set[int] = frozenset()) -> None:
+
+def weights_digest(model: torch.nn.Module, digest: Any, skip: Collection[int] = frozenset()) -> None:
     """Feeds ``digest`` (a ``hashlib`` hash) the identity of ``model``'s weights: each
     tensor's name, shape, dtype, sum and norm, cheap on any model and moved by any real
     change; parameters whose ``id`` is in ``skip`` are left out (adapters' random start)."""
