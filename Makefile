@@ -40,12 +40,18 @@ test-fast: setup
 bench: setup
 	$(BIN)/python benchmarks/run.py
 
-# The evidence in docs/RESULTS.md: real lab trainings (the guards about 20 minutes on
-# 2 cores; the methods comparison, data sizes and recipe search: see docs/RESULTS.md).
+# The evidence in docs/RESULTS.md: real trainings, first on the lab model (the guards about
+# 20 minutes on 2 cores), then on SmolLM2-135M-Instruct (many hours: each script resumes where
+# it stopped; wall times in docs/RESULTS.md). PUBMEDQA is the folder of PubMedQA's
+# ori_pqal.json (e.g. ../shared/data/pubmedqa); without it that part is skipped, saying why.
+PUBMEDQA ?=
 results: setup
 	$(BIN)/python benchmarks/evidence_guards.py
 	$(BIN)/python benchmarks/evidence_methods.py
 	$(BIN)/python benchmarks/evidence_recipe.py
+	$(BIN)/retain model fetch smollm2-135m-instruct
+	$(BIN)/python benchmarks/evidence_real_recipe.py
+	$(BIN)/python benchmarks/evidence_real_methods.py $(if $(PUBMEDQA),--pubmedqa $(PUBMEDQA))
 
 # The long fuzz run of docs/RELIABILITY.md: 5,000 generated inputs for each of eight
 # targets (the JSONL and CSV loaders, the probe-suite loader, the audit, the config and

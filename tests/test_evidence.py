@@ -1,0 +1,51 @@
+"""The evidence scripts' decisions: which recipe the search chooses, and when a setting
+counts as having learned the task. A wrong rule here would publish a wrong reading, so
+the rules are tested on made-up trials rather than trusted."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+
+from evidence_recipe import choose, learned_at_last_check
+
+CHANCE = ("no", 0.44, 100)  # the lab task's validation split on SmolLM2: 44% answer "no"
+
+
+def trial(number: int, checks: list[tuple[int, float, float]], *, ship: bool = False,
+          task: float | None = None) -> dict:
+    """A search trial whose checks are (step, forgetting, task accuracy)."""
+    return {"number": number, "params": {"train.lr": number * 1e-4}, "ship": ship, "task_accuracy": task,
+            "checks": [{"step": step, "forgetting": forgetting, "task_accuracy": accuracy}
+                       for step, forgetting, accuracy in checks]}
+
+
+def test_a_model_that_answers_like_the_base_has_not_learned_even_above_the_label():
+    # The base already beats "no" (55% against 44%): staying there is not learning.
+    assert not learned_at_last_check(trial(1, [(0, 0.0, 0.55), (30, 0.02, 0.56)]), CHANCE)
+    assert learned_at_last_check(trial(1, [(0, 0.0, 0.55), (30, 0.02, 0.70)]), CHANCE)
+
+
+def test_without_a_check_at_step_zero_the_label_is_the_floor():
+    assert learned_at_last_check(trial(1, [(10, 0.0, 0.60), (20, 0.01, 0.60)]), CHANCE)
+    assert not learned_at_last_check(trial(1, [(10, 0.0, 0.50)]), CHANCE)
+
+
+def test_the_step_zero_check_alone_is_not_learning():
+    assert not learned_at_last_check(trial(1, [(0, 0.0, 0.90)]), CHANCE)
+    assert not learned_at_last_check(trial(1, []), CHANCE)
+
+
+def test_choose_prefers_a_shipped_setting_then_the_least_forgetting_that_learned():
+    shipped = trial(1, [(0, 0.0, 0.55), (60, 0.01, 0.60)], ship=True, task=0.62)
+    learned_more_forgetting = trial(2, [(0, 0.0, 0.55), (60, 0.09, 0.80)])
+    learned_less_forgetting = trial(3, [(0, 0.0, 0.55), (60, 0.05, 0.72)])
+    unlearned_no_forgetting = trial(4, [(0, 0.0, 0.55), (60, 0.0, 0.55)])
+    grid, setting, why = choose({"a": [shipped, learned_more_forgetting]}, CHANCE)
+    assert (grid, setting) == ("a", shipped["params"]) and "shipped" in why
+    grid, setting, why = choose({"a": [learned_more_forgetting, unlearned_no_forgetting],
+                                 "b": [learned_less_forgetting]}, CHANCE)
+    assert (grid, setting) == ("b", learned_less_forgetting["params"]) and "least forgetting" in why
+    assert choose({"a": [unlearned_no_forgetting]}, CHANCE) is None
