@@ -127,7 +127,7 @@ def markdown(result: dict) -> str:
         chance = tuple(result["chance"][split])
         shown = [item for item in sweep["overrides"] if item.startswith("method")]
         lines += [f"### `{name}`: {', '.join(f'`{item}`' for item in shown)}\n",
-                  (f"| trial | settings | guards that acted | forgetting at each check | task at each check | "
+                  (f"| trial | settings | guards that acted | forgetting at each check | task at each check (validation) | "
                   f"final forgetting | task ({split}) | verdict |"), "| --- | --- | --- | --- | --- | --- | --- | --- |"]
         for trial in sweep["trials"]:
             settings = ", ".join(f"{k}={_value(v)}" for k, v in trial["params"].items())
@@ -156,7 +156,7 @@ def _reading(result: dict) -> str:
     forgetting = mean_ci([trial["forgetting"] for trial in trials])
     task = mean_ci([trial["task_accuracy"] for trial in trials])
     _, share, _ = result["chance"]["test"]
-    base = [trial["checks"][0]["task_accuracy"] for trial in trials if trial["checks"] and trial["checks"][0]["step"] == 0]
+    base = [trial["task_base"] for trial in trials if trial.get("task_base") is not None]
     floor = max(share, *base)
     met = forgetting[0] is not None and forgetting[0] <= 0.03 and task[0] - (task[1] or 0.0) > floor
     return (f"Held-out seeds {', '.join(str(t['params'].get('train.seed')) for t in trials)}: forgetting "
