@@ -162,7 +162,7 @@ def _trials(folder: Path) -> dict:
             trial |= {
                 "ship": summary["verdict"]["ship"], "stopped_by": summary["stopped_by"],
                 "restored_step": summary["restored_step"], "steps": summary["steps"],
-                "task_base": ((summary.get("task_base") or {}).get("eval") or {}).get("accuracy"),
+                "task_base": (summary.get("task_base") or {}).get("eval"),
                 "guard_events": [f"{e['step']}: {e['guard']} -> {e['action']}" for e in summary["guard_events"]],
                 "checks": [{"step": c["step"], "forgetting": c["forgetting"], "task_accuracy": c.get("task_accuracy")}
                            for c in guard_checks(run_dir)],
