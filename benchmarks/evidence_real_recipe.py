@@ -59,7 +59,16 @@ sys.path.insert(0, str(HERE))
 from evidence_guards import commonest_answer
 from evidence_methods import _ci
 from evidence_real_methods import LIMIT, NAME
-from evidence_recipe import Sweep, _pct, _sweep, _trials, _value, _verdict, choose
+from evidence_recipe import (
+    Sweep,
+    _pct,
+    _sweep,
+    _trials,
+    _value,
+    _verdict,
+    choose,
+    task_floor,
+)
 
 from retain.io import atomic_write_json, atomic_write_text
 
@@ -157,18 +166,17 @@ def _tradeoff(result: dict) -> str:
     beyond both the commonest label and the base's, by two standard errors)."""
     from retain.evaluation.task import no_better_than_majority
 
-    _, share, count = result["chance"]["validation"]
+    chance = tuple(result["chance"]["validation"])
     checks, learned = [], []
     for name, sweep in result["sweeps"].items():
         for trial in sweep["trials"]:
-            steps = trial["checks"]
-            floor = max(share, steps[0]["task_accuracy"]) if steps and steps[0]["step"] == 0 else share
-            for check in steps:
+            floor = task_floor(trial, chance)
+            for check in trial["checks"]:
                 if check["step"] == 0 or check["forgetting"] is None:
                     continue
                 seen = (check["forgetting"], check.get("task_accuracy"), name, trial["number"], check["step"])
                 checks.append(seen)
-                if seen[1] is not None and not no_better_than_majority(seen[1], floor, count):
+                if seen[1] is not None and not no_better_than_majority(seen[1], floor, chance[2]):
                     learned.append(seen)
     if not checks:
         return ""

@@ -118,11 +118,15 @@ def learned_at_last_check(trial: dict, chance: tuple[str, float, int]) -> bool:
     from retain.evaluation.task import no_better_than_majority
 
     checks = [check for check in trial["checks"] if check.get("task_accuracy") is not None]
-    if not checks:
-        return False
-    _, share, count = chance
-    floor = max(share, checks[0]["task_accuracy"]) if checks[0]["step"] == 0 else share
-    return checks[-1]["step"] > 0 and not no_better_than_majority(checks[-1]["task_accuracy"], floor, count)
+    return (bool(checks) and checks[-1]["step"] > 0
+            and not no_better_than_majority(checks[-1]["task_accuracy"], task_floor(trial, chance), chance[2]))
+
+
+def task_floor(trial: dict, chance: tuple[str, float, int]) -> float:
+    """The accuracy a trial's checks must beat to have learned the task: the commonest
+    label's share, or the base model's accuracy (the check at step 0) where that is higher."""
+    start = next((check.get("task_accuracy") for check in trial["checks"] if check["step"] == 0), None)
+    return max(chance[1], start) if start is not None else chance[1]
 
 
 def _run_sweeps(runs: Path, sweeps: dict[str, Sweep]) -> None:
