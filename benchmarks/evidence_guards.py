@@ -268,9 +268,9 @@ def render() -> str:
     from sections import sections
 
     return "\n".join(["# Results\n",
-                      "Evidence measured on the lab and on SmolLM2-135M-Instruct by commands in the repo; each "
-                      "section names its command. Figures are from one machine (2 CPU cores) and one run unless "
-                      "stated.\n",
+                      ("Evidence measured on the lab and on SmolLM2-135M-Instruct by commands in the repo; each "
+                       "section names its command. Figures are from one machine (2 CPU cores) and one run unless "
+                       "stated.\n"),
                       HISTORY, LAB_AND_REAL, *sections("evidence", "evidence_")])
 
 
