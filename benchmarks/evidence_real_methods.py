@@ -88,6 +88,8 @@ def run(seeds: int, parts: tuple[str, ...], previous: dict | None, pubmedqa: Pat
         started = time.perf_counter()
         result["guards"] = {"seeds": seeds, "first_seed": FIRST_SEED,
                             "stories": {str(seed): _story(seed) for seed in range(FIRST_SEED, FIRST_SEED + seeds)},
+                            "story_seconds": {str(seed): _story_seconds(seed)
+                                              for seed in range(FIRST_SEED, FIRST_SEED + seeds)},
                             "wall_seconds": round(time.perf_counter() - started, 1)}
     if "pubmedqa" in parts:
         measured = _pubmedqa(model, pubmedqa)
@@ -128,6 +130,13 @@ def _story(seed: int) -> dict:
             "action": (figures.get("stopped_by") or {}).get("action"), "step": (figures.get("stopped_by") or {}).get("step"),
             "restored_step": figures.get("restored_step"), "steps": figures["steps"], "ship": figures["ship"]}
     return trainings
+
+
+def _story_seconds(seed: int) -> float:
+    """The seconds a story's steps took, as each step recorded them: unlike the wall time
+    of this script, they stay true when a finished story is read back."""
+    steps = (RUNS / "story" / f"seed-{seed}" / "steps").glob("*.json")
+    return round(sum(json.loads(path.read_text())["seconds"] for path in steps), 1)
 
 
 PUBMEDQA_SEED = 1
@@ -226,8 +235,7 @@ def _guards_lines(guards: dict) -> list[str]:
     lines = [
         "\n### The guards on SmolLM2: the story's trainings over seeds\n",
         (f"Command: `python benchmarks/evidence_real_methods.py --parts guards` (`retain lab --model {NAME}` at "
-         f"seeds {_seed_range(guards)}, each a whole `make real` story; wall time {guards['wall_seconds'] / 60:.0f} "
-         "min). Forgetting is relative, by generation, on the general suite calibrated to the base (no "
+         f"seeds {_seed_range(guards)}, each a whole `make real` story; {_story_minutes(guards)}). Forgetting is relative, by generation, on the general suite calibrated to the base (no "
          "training row states a probe item): \"deepest\" is the largest any guard check saw, \"final\" the "
          "saved model's, after any roll-back. One row per seed.\n"),
         "| training | seed | guard that acted | deepest forgetting at a check | final forgetting | task (base) | verdict |",
@@ -245,17 +253,25 @@ def _guards_lines(guards: dict) -> list[str]:
     return lines
 
 
+def _story_minutes(guards: dict) -> str:
+    seconds = guards.get("story_seconds")
+    if not seconds:  # saved before the steps' seconds were kept
+        return f"wall time {guards['wall_seconds'] / 60:.0f} min"
+    return "the stories took " + ", ".join(f"{value / 60:.0f}" for value in seconds.values()) + " min on 2 CPU cores"
+
+
 def _guards_reading(guards: dict) -> str:
     """Whether each guard did its job on every seed, computed from the table."""
     stories = list(guards["stories"].values())
     count = len(stories)
-    trap = sum(story["pad = EOS trap, forced"]["stopped_by"] == "smoke" for story in stories)
+    traps = [story["pad = EOS trap, forced"]["stopped_by"] for story in stories]
     naive = [story["full, lr 1e-4, guards off"]["forgetting"] for story in stories]
     caught = sum(story["full, lr 1e-4, guarded"]["stopped_by"] is not None for story in stories)
     within = sum((story["full, lr 1e-4, guarded"]["forgetting"] or 0.0) <= 0.03 for story in stories)
     recipe = [story["recipe, guarded"] for story in stories]
     shipped = sum(run["ship"] for run in recipe)
-    return (f"The smoke guard stopped the forced trap on {trap} of {count} seeds. Naive full fine-tuning forgot "
+    return (f"A guard stopped the forced trap on {sum(guard is not None for guard in traps)} of {count} seeds "
+            f"(the smoke guard, which watches what the trap breaks, on {traps.count('smoke')}). Naive full fine-tuning forgot "
             f"{min(naive):.1%}-{max(naive):.1%} with the guards off; guarded, a guard stopped it on {caught} of "
             f"{count} seeds and the saved model was within the 3% limit on {within}. The recipe shipped on "
             f"{shipped} of {count} seeds.")
