@@ -235,8 +235,9 @@ def _guards_lines(guards: dict) -> list[str]:
     lines = [
         "\n### The guards on SmolLM2: the story's trainings over seeds\n",
         (f"Command: `python benchmarks/evidence_real_methods.py --parts guards` (`retain lab --model {NAME}` at "
-         f"seeds {_seed_range(guards)}, each a whole `make real` story; {_story_minutes(guards)}). Forgetting is relative, by generation, on the general suite calibrated to the base (no "
-         "training row states a probe item): \"deepest\" is the largest any guard check saw, \"final\" the "
+         f"seeds {_seed_range(guards)}, each a whole `make real` story; {_story_minutes(guards)}). Forgetting "
+         "is relative, by generation, on the general suite calibrated to the base (no training row states a "
+         "probe item): \"deepest\" is the largest any guard check saw, \"final\" the "
          "saved model's, after any roll-back. One row per seed.\n"),
         "| training | seed | guard that acted | deepest forgetting at a check | final forgetting | task (base) | verdict |",
         "| --- | --- | --- | --- | --- | --- | --- |",
@@ -271,8 +272,8 @@ def _guards_reading(guards: dict) -> str:
     recipe = [story["recipe, guarded"] for story in stories]
     shipped = sum(run["ship"] for run in recipe)
     return (f"A guard stopped the forced trap on {sum(guard is not None for guard in traps)} of {count} seeds "
-            f"(the smoke guard, which watches what the trap breaks, on {traps.count('smoke')}). Naive full fine-tuning forgot "
-            f"{min(naive):.1%}-{max(naive):.1%} with the guards off; guarded, a guard stopped it on {caught} of "
+            f"(the smoke guard, which watches what the trap breaks, on {traps.count('smoke')}). Naive full "
+            f"fine-tuning forgot {min(naive):.1%}-{max(naive):.1%} with the guards off; guarded, a guard stopped it on {caught} of "
             f"{count} seeds and the saved model was within the 3% limit on {within}. The recipe shipped on "
             f"{shipped} of {count} seeds.")
 

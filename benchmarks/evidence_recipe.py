@@ -96,7 +96,7 @@ def choose(grids: dict[str, list[dict]], chance: tuple[str, float, int]) -> tupl
     """Chooses the recipe from the search trials, on validation figures only: the setting
     that shipped with the best validation accuracy; when none shipped, the one whose last
     check (before any restore) forgot least among those that learned the task there
-    (:func:`learned`). Returns (grid, setting, why), or None."""
+    (:func:`learned_at_last_check`). Returns (grid, setting, why), or None."""
     trials = [(grid, trial) for grid, found in grids.items() for trial in found]
     shipped = [(grid, trial) for grid, trial in trials if _verdict(trial, chance) == "ship"]
     if shipped:
