@@ -49,3 +49,18 @@ def test_choose_prefers_a_shipped_setting_then_the_least_forgetting_that_learned
                                  "b": [learned_less_forgetting]}, CHANCE)
     assert (grid, setting) == ("b", learned_less_forgetting["params"]) and "least forgetting" in why
     assert choose({"a": [unlearned_no_forgetting]}, CHANCE) is None
+
+
+def test_the_real_recipe_reading_names_the_best_trade_off_and_the_missed_target():
+    from evidence_real_recipe import _tradeoff
+
+    result = {"chance": {"validation": list(CHANCE)}, "sweeps": {
+        "grid": {"trials": [trial(1, [(0, 0.0, 0.55), (15, 0.06, 0.46), (30, 0.09, 0.74)]),
+                            trial(2, [(0, 0.0, 0.55), (30, 0.071, 0.76), (60, 0.12, 0.80)])]}}}
+    text = _tradeoff(result)
+    assert "the least forgetting was 6.0% (`grid` trial 1, step 15" in text
+    assert "3 checks saw the task learned" in text and "at 7.1% to 12.0% forgetting" in text
+    assert "`grid` trial 2 at step 30, task 76.0% with 7.1% forgetting" in text
+    assert "No setting learned the task within the 3% limit" in text
+    within = {"chance": result["chance"], "sweeps": {"grid": {"trials": [trial(3, [(0, 0.0, 0.55), (30, 0.02, 0.8)])]}}}
+    assert "within the 3% limit" not in _tradeoff(within) and "task 80.0% with 2.0% forgetting" in _tradeoff(within)
