@@ -306,9 +306,9 @@ LAB_AND_REAL = """**The lab beside SmolLM2 (read 2026-12-07; every figure is in 
 they agree: naive full fine-tuning learns the task and forgets in every category on both (the
 lab's `make lab`: 90.0%; SmolLM2's `make real`: 78.8%, arithmetic all of it); the doctor refuses
 the pad = EOS trap on both, and the guards stop and roll back the aggressive run on both. Forced
-past the doctor, the trap was stopped on SmolLM2 by the smoke guard at seed 0 (what the trap
-breaks: answers that do not end) but by the forgetting guard at seeds 1 and 2 (7-8% at step 20,
-the size every LoRA run's first checks showed), before the smoke guard saw anything.
+past the doctor, the trap was stopped on SmolLM2 by the smoke guard at seeds 0 and 3 (what the
+trap breaks: answers that do not end) but by the forgetting guard at seeds 1 and 2 (7-8% at step
+20, the size every LoRA run's first checks showed), before the smoke guard saw anything.
 Where they disagree, which is the most useful thing here: on the lab, LoRA with replay learns
 the task and ships on every held-out seed, its early checks dipping 2-15% and recovering below
 zero over its 3 epochs. On SmolLM2, no setting of LoRA with self-rehearsal that the search
