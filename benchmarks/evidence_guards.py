@@ -308,19 +308,19 @@ lab's `make lab`: 90.0%; SmolLM2's `make real`: 78.8%, arithmetic all of it); th
 the pad = EOS trap on both, and the guards stop and roll back the aggressive run on both. Forced
 past the doctor, the trap was stopped on SmolLM2 by the smoke guard at seeds 0 and 3 (what the
 trap breaks: answers that do not end) but by the forgetting guard at seeds 1 and 2 (7-8% at step
-20, the size every LoRA run's first checks showed), before the smoke guard saw anything.
+20, about what the LoRA runs' checks showed), before the smoke guard saw anything.
 Where they disagree, which is the most useful thing here: on the lab, LoRA with replay learns
 the task and ships on every held-out seed, its early checks dipping 2-15% and recovering below
 zero over its 3 epochs. On SmolLM2, no setting of LoRA with self-rehearsal that the search
 tried came under 6.2% forgetting at any check, the checks that saw the task learned forgot
 7.1-11.5%, and the guards rolled every run back, so the real story's recipe ends as the base
-model: issue 26's 3% target was NOT met. SmolLM2's trainings are capped at 60 steps (to keep
-`make real` near 20 minutes); in two held-out seeds forgetting fell from 14-16% at step 15 to
+model: issue 26's 3% target was NOT met. SmolLM2's trainings are capped at 60 steps (a cost
+cap set for `make real`); in two held-out seeds forgetting fell from 14-16% at step 15 to
 7.1-8.8% at step 60 while the task was learned, and whether it keeps falling with more steps, as
 on the lab, was not measured. Nor was the floor: the forgetting any LoRA training of this size
-causes on 113 calibrated items, where 3% is 3 or 4 items. SmolLM2 also answers the task above
-the commonest label before any training (55-69% zero-shot on the test split against 42-44%; the lab's base
-answers 0%), so a recipe there must beat the base, not the label.
+causes on 113 calibrated items, where 3% is 3 or 4 items. SmolLM2 also answers the task before
+any training, 51-69% zero-shot on the test split at seeds 0-3, above the commonest label at three
+of the four (the lab's base answers 0%), so a recipe there must beat the base, not only the label.
 """
 
 
