@@ -319,8 +319,9 @@ cap set for `make real`); in two held-out seeds forgetting fell from 14-16% at s
 7.1-8.8% at step 60 while the task was learned, and whether it keeps falling with more steps, as
 on the lab, was not measured. Nor was the floor: the forgetting any LoRA training of this size
 causes on 113 calibrated items, where 3% is 3 or 4 items. SmolLM2 also answers the task before
-any training, 51-69% zero-shot on the test split at seeds 0-3, above the commonest label at three
-of the four (the lab's base answers 0%), so a recipe there must beat the base, not only the label.
+any training (the base's accuracy in the guards table: 51-69% on the test split at seeds 1-3; at
+seed 0, `make real`'s baseline, 55.0% against 44.0% for the commonest label), where the lab's
+base answers 0%, so a recipe there must beat the base, not only the label.
 """
 
 
