@@ -64,3 +64,33 @@ def test_the_real_recipe_reading_names_the_best_trade_off_and_the_missed_target(
     assert "No setting learned the task within the 3% limit" in text
     within = {"chance": result["chance"], "sweeps": {"grid": {"trials": [trial(3, [(0, 0.0, 0.55), (30, 0.02, 0.8)])]}}}
     assert "within the 3% limit" not in _tradeoff(within) and "task 80.0% with 2.0% forgetting" in _tradeoff(within)
+
+
+def test_the_floor_reading_follows_the_rule_declared_with_it():
+    from evidence_real_recipe import _floor
+
+    def floor(*paths: list[float]) -> dict:
+        return {"probe_items": 113, "controls": {"real-floor": {"overrides": ["method=[lora]", "data.train=x.jsonl"],
+                "trials": [trial(n, [(0, 0.0, 0.55)] + [(10 * (i + 1), f, 0.55) for i, f in enumerate(path)])
+                           | {"forgetting": path[-1], "seconds": 300.0} for n, path in enumerate(paths)]}}}
+
+    quiet = "\n".join(_floor(floor([0.0, 0.009], [0.018, 0.009])))
+    assert "Of the floor's 4 checks after the start, 0 forgot 3% or more (range 0.0% to 1.8%" in quiet
+    assert "the task training's own" in quiet and "one item is 0.9%" in quiet
+    assert "`method=[lora]`" in quiet and "x.jsonl" not in quiet and "(2 trials, 10 min on 2 CPU cores)" in quiet
+    noisy = "\n".join(_floor(floor([0.0, 0.009], [0.035, 0.018])))
+    assert "1 forgot 3% or more" in noisy and "read against this floor, not against zero" in noisy
+    assert _floor({"controls": {}}) == [] and _floor({}) == []
+
+
+def test_the_probe_items_are_the_measurable_known_ones(tmp_path):
+    import json
+
+    from evidence_real_recipe import _probe_items
+
+    trial_dir = tmp_path / "sweep-a" / "trials" / "trial-0000"
+    trial_dir.mkdir(parents=True)
+    (trial_dir / "calibration.json").write_text(json.dumps([{"known": {"arithmetic": 9, "instruction": 3},
+                                                             "not_measurable": ["instruction"]}]))
+    assert _probe_items(tmp_path) == 9
+    assert _probe_items(tmp_path / "none") is None

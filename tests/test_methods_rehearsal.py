@@ -340,3 +340,33 @@ def test_self_augment_answers_are_generated_once_per_base_model(tmp_path, tokeni
     cache.write_text("{not json")
     blend(0)
     assert len(fake.calls) == 3 and len(list(cache.parent.glob("answers-*.json"))) == 2
+
+
+def test_weights_digest_is_the_same_on_any_thread_count_and_moved_by_one_element():
+    # Caches of the base model's answers and Fisher are keyed by this digest: a float sum
+    # of a large tensor differs between 1 and 2 threads, which made every run with another
+    # thread count miss them.
+    import hashlib
+
+    from retain.methods.base import weights_digest
+
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4096, 1024).to(torch.float32)
+    for dtype in (torch.float32, torch.bfloat16):
+        model = model.to(dtype)
+        threads = torch.get_num_threads()
+        keys = []
+        try:
+            for count in (1, 2):
+                torch.set_num_threads(count)
+                digest = hashlib.sha256()
+                weights_digest(model, digest)
+                keys.append(digest.hexdigest())
+        finally:
+            torch.set_num_threads(threads)
+        assert keys[0] == keys[1]
+        with torch.no_grad():  # one weight moved by its last bit
+            model.weight.view(torch.int32 if dtype == torch.float32 else torch.int16)[7, 9] += 1
+        moved = hashlib.sha256()
+        weights_digest(model, moved)
+        assert moved.hexdigest() != keys[0]

@@ -45,16 +45,25 @@ if TYPE_CHECKING:
 logger = logging.getLogger("retain.methods")
 
 
+# The integer type as wide as each element, to read a tensor's bits as integers.
+_BITS = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
+
+
 def weights_digest(model: torch.nn.Module, digest: Any, skip: Collection[int] = frozenset()) -> None:
     """Feeds ``digest`` (a ``hashlib`` hash) the identity of ``model``'s weights: each
-    tensor's name, shape, dtype, sum and norm, cheap on any model and moved by any real
-    change; parameters whose ``id`` is in ``skip`` are left out (adapters' random start)."""
+    tensor's name, shape, dtype and the sum of its elements' bits read as integers, cheap on
+    any model and moved by any real change; parameters whose ``id`` is in ``skip`` are left
+    out (adapters' random start).
+
+    The sum is an integer one because integer addition is exact: a float sum's last bits
+    follow the order of the reduction, which changes with the number of threads, so a
+    cache keyed by it missed whenever a run used another thread count."""
     for name, parameter in model.named_parameters():
         if id(parameter) in skip:
             continue
-        statistics = (parameter.detach().sum(dtype=torch.float32).item(),
-                      torch.linalg.vector_norm(parameter.detach(), dtype=torch.float32).item())
-        digest.update(f"{name}:{tuple(parameter.shape)}:{parameter.dtype}:{statistics!r}\0".encode())
+        data = parameter.detach().contiguous()
+        bits = data.view(_BITS[data.element_size()]).sum(dtype=torch.int64).item()
+        digest.update(f"{name}:{tuple(parameter.shape)}:{parameter.dtype}:{bits}\0".encode())
 
 
 ParamGroup = dict[str, Any]

@@ -222,7 +222,7 @@ class SelfAugment(Method):
         cut = general_source(self.config) != INSTRUCTIONS
         prompts = list(dict.fromkeys(filter(None, map(rehearsal_prompt, texts) if cut else texts)))
         random.Random(self.config.train.seed).shuffle(prompts)
-        answers, generated = (self._healthy_answers(model, context, prompts, needed)
+        answers, generated = (self.healthy_answers(model, context, prompts, needed)
                               if needed else ([], 0))
         general = self._encode(answers, context)
         short = f" (fewer than the {needed} that method.self_augment.ratio asks for)" if len(general) < needed else ""
@@ -230,11 +230,12 @@ class SelfAugment(Method):
                      f"{len(general)} rows into {tasks} task rows{short}")
         return blend(rows, general, self.config.train.seed)
 
-    def _healthy_answers(self, model: PreTrainedModel, context: MethodContext, prompts: list[str],
-                         needed: int) -> tuple[list[tuple[str, Generation]], int]:
+    def healthy_answers(self, model: PreTrainedModel, context: MethodContext, prompts: list[str],
+                        needed: int) -> tuple[list[tuple[str, Generation]], int]:
         """Generates for ``prompts`` in order, round by round, until ``needed`` answers are
         healthy; returns them (at most ``needed``) with their prompts, and the number of
-        prompts generated for."""
+        prompts generated for. Answers are read from and kept in the cache of this base
+        model (:class:`AnswerCache`); the real-model evidence's floor control reads them."""
         prompt_format = context.prompt_format
         cache = AnswerCache.for_model(model, context, self.settings.max_new_tokens)
         kept: list[tuple[str, Generation]] = []
