@@ -162,7 +162,7 @@ BAD_LINES = [
         {"messages": [{"role": "human", "content": "hi"}, {"role": "assistant", "content": "x"}]},
         "messages[0].role",
     ),
-    ({"messages": [{"from": "human", "value": "hi"}]}, "messages[0].role"),
+    ({"messages": [{"from": "alien", "value": "hi"}]}, "messages[0].from"),
     ({"messages": ["hi"]}, "messages[0]"),
     ({"messages": [{"role": "user", "content": None}]}, "messages[0].content"),
     (
@@ -184,7 +184,7 @@ def test_every_malformed_row_is_a_problem_and_reading_goes_on(tmp_path: Path) ->
         (2 + 2 * i, field) for i, (_, field) in enumerate(BAD_LINES)
     ]
     assert all(p.file == str(path) and p.message and p.fix for p in problems)
-    assert "ShareGPT" in problems[12].fix
+    assert "human, gpt or system" in problems[12].fix
     assert "bad.jsonl:2:" in problems[0].as_error().render()
 
 

@@ -17,7 +17,7 @@ from typing import Any
 
 from retain.audit.findings import MAX_EXAMPLES, Finding, excerpt
 from retain.config.schema import DOMAIN_MULTIPLIERS, TASK_MULTIPLIERS
-from retain.data.rows import Example
+from retain.data.rows import Example, describe_schemas
 from retain.evaluation.labels import infer_label_set, normalize_label
 
 SIZE_SOURCE = (
@@ -198,6 +198,21 @@ def format_consistency(examples: Sequence[Example]) -> list[Finding]:
     findings = [_mixed_formats(examples), _chat_role_order(examples)]
     findings += _label_findings(examples)
     return [finding for finding in findings if finding is not None]
+
+
+def row_formats(examples: Sequence[Example]) -> Finding | None:
+    """Returns which formats the rows were recognised in (info): Alpaca, ShareGPT, ..., so
+    a file read in another format than its author meant is seen before training."""
+    if not examples:
+        return None
+    counts = Counter(str(example.schema) for example in examples)
+    return Finding(
+        code="row_formats", severity="info",
+        title=f"{len(examples):,} rows, {describe_schemas(examples)}",
+        count=len(examples), fix="none needed; set data.prompt_field, data.response_field or "
+        "data.messages_field if a row was read in another format than you meant",
+        details={"formats": dict(counts)},
+    )
 
 
 def _mixed_formats(examples: Sequence[Example]) -> Finding | None:

@@ -90,7 +90,7 @@ def run_doctor(config: RetainConfig, *, parts: ModelParts | None = None) -> Doct
     tokenizer = parts.tokenizer
     prepare_tokenizer(tokenizer, config.model.pad_token)
     prompt_format = PromptFormat.for_tokenizer(tokenizer, config.model.chat_template)
-    examples, _ = read_examples_for(config.data, config.data.train)  # bad rows: `retain audit`
+    examples, _ = read_examples_for(config.data, config.data.train, "data.train")  # bad rows: `retain audit`
     examples = examples[: config.data.size] if config.data.size else examples
     encoded, unrenderable = encode_examples(
         examples, tokenizer, prompt_format, max_length=config.data.max_length,

@@ -13,7 +13,12 @@ from pathlib import Path
 
 from transformers import PreTrainedTokenizerBase
 
-from retain.audit.checks import dataset_size, degenerate_responses, format_consistency
+from retain.audit.checks import (
+    dataset_size,
+    degenerate_responses,
+    format_consistency,
+    row_formats,
+)
 from retain.audit.contamination import blended_contamination, contamination
 from retain.audit.findings import SEVERITIES, Finding, Verdict
 from retain.audit.lengths import token_lengths
@@ -98,7 +103,7 @@ def run_audit(
     examples, problems = read_examples_for(config.data, data)
     report = AuditReport(data=str(data), rows=len(examples), malformed=problems,
                          eval_data=str(eval_data) if eval_data else None)
-    findings: list[Finding | None] = [_malformed(problems, len(examples) + len(problems))]
+    findings: list[Finding | None] = [_malformed(problems, len(examples) + len(problems)), row_formats(examples)]
     settings = config.audit
     findings.append(dataset_size(
         len(examples), task=task or settings.task, domain=domain or settings.domain,

@@ -77,8 +77,11 @@ class DataConfig(Section):
 
     train: PathText | None = Field(
         None,
-        description="Training data: a JSONL, CSV or Parquet file, or a dataset id/directory with "
-        "`format: datasets`.",
+        description="Training data: a JSONL, JSON (an array of rows), CSV or Parquet file, a "
+        "`save_to_disk` directory, or `hf:NAME[:SPLIT]`, a dataset of the local Hugging Face datasets "
+        "cache (never downloaded). Rows are prompt/response, OpenAI chat (`messages`), ShareGPT "
+        "(`conversations`), Alpaca (`instruction`/`input`/`output`), TRL `prompt`/`completion` or plain "
+        "`text`, recognised row by row (the same for eval, validation and ood).",
     )
     eval: PathText | None = Field(
         None, description="Held-out examples of the new task, to measure what fine-tuning gained."
@@ -92,17 +95,20 @@ class DataConfig(Section):
         None,
         description="Out-of-distribution examples, to measure forgetting beyond the probe suites.",
     )
-    format: Literal["auto", "jsonl", "csv", "parquet", "datasets"] = Field(
-        "auto", description="Data format; `auto` infers it from the file extension."
+    format: Literal["auto", "jsonl", "json", "csv", "parquet", "datasets"] = Field(
+        "auto", description="File format; `auto` infers it from the file extension (a directory is "
+        "`datasets`); `hf:` datasets ignore it."
     )
     prompt_field: str = Field(
-        "prompt", description="Column holding the prompt in prompt/response data."
+        "prompt", description="Column holding the prompt in prompt/response data; the configured "
+        "columns are tried before the other row formats."
     )
     response_field: str = Field(
         "response", description="Column holding the answer in prompt/response data."
     )
     messages_field: str = Field(
-        "messages", description="Column holding the chat turns in conversational data."
+        "messages", description="Column holding the chat turns in conversational data (OpenAI "
+        "`{role, content}` or ShareGPT `{from, value}` turns)."
     )
     max_length: int = Field(
         512, gt=0, description="Maximum tokens per example, prompt and answer together."

@@ -1,9 +1,14 @@
-"""The file formats rows are read from: JSONL, CSV, Parquet and ``datasets`` folders, each
-yielding (line, row) pairs, with a clear error for a file that cannot be read."""
+"""The file formats rows are read from: JSONL, JSON, CSV, Parquet and ``datasets`` folders,
+each yielding (line, row) pairs, with a clear error for a file that cannot be read.
+
+JSON and JSONL are read by hand, not by ``datasets``: its JSON loader casts every row to
+one Arrow schema, so a single row with a number where the others hold text fails the
+whole file, with no line number; here each bad row is its own problem, with its line."""
 
 from __future__ import annotations
 
 import csv
+import json
 import re
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -13,16 +18,24 @@ from retain.errors import DataError
 from retain.io import decode_json, file_kind
 
 CHAT_EXAMPLE = '[{"role": "user", "content": "..."}, {"role": "assistant", "content": "..."}]'
-FORMATS = ("jsonl", "csv", "parquet", "datasets")
+FORMATS = ("jsonl", "json", "csv", "parquet", "datasets")
 
 _EXTENSIONS = {
-    ".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv", ".parquet": "parquet", ".pq": "parquet",
+    ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".csv": "csv", ".parquet": "parquet",
+    ".pq": "parquet",
 }
 
 LINE_BREAK = re.compile(r"\r\n|\r|\n")
 
 
 FIELD_SETTINGS = "data.prompt_field, data.response_field or data.messages_field"
+FORMATS_READ = (
+    "prompt/response, messages (OpenAI chat), conversations (ShareGPT), "
+    "instruction/input/output (Alpaca), prompt/completion (TRL) or text (plain text)"
+)
+TURN_COLUMNS = ("conversations",)  # columns of chat turns besides data.messages_field (ShareGPT's)
+# The columns that make a table's rows readable, besides the configured fields.
+_SCHEMA_COLUMNS = ({"prompt", "completion"}, {"conversations"}, {"instruction", "output"}, {"text"})
 
 
 class Fields(NamedTuple):
@@ -67,7 +80,7 @@ def resolve_format(path: Path, format: str) -> str:
         if path.suffix.lower() not in _EXTENSIONS:
             raise DataError(
                 f"cannot tell the format from the extension '{path.suffix}'", file=path,
-                fix="name the file .jsonl, .csv or .parquet, or set data.format "
+                fix="name the file .jsonl, .json, .csv or .parquet, or set data.format "
                 "(jsonl for one JSON object per line)",
             )
         return _EXTENSIONS[path.suffix.lower()]
@@ -84,20 +97,24 @@ def resolve_format(path: Path, format: str) -> str:
     return format
 
 
-def _check_columns(columns: Sequence[str], fields: Fields, path: Path) -> None:
+def check_columns(columns: Sequence[str], fields: Fields, path: Path | str) -> None:
     """Raises :class:`DataError` if a table has a column twice (a reader would keep one and
-    drop the other without a word) or the columns of neither kind of row."""
+    drop the other without a word) or the columns of no format retain reads."""
     repeated = sorted({name for name in columns if columns.count(name) > 1})
     if repeated:
         raise DataError(f"the column '{repeated[0]}' appears twice in the header", file=path, line=1,
                         field=repeated[0], fix="rename or remove one of them")
-    if fields.messages in columns or {fields.prompt, fields.response} <= set(columns):
+    present = set(columns)
+    if fields.messages in present or {fields.prompt, fields.response} <= present:
+        return
+    if any(needed <= present for needed in _SCHEMA_COLUMNS):
         return
     missing = " or ".join(repr(name) for name in fields[:2] if name not in columns)
     raise DataError(
-        f"no column {missing} for prompt/response data and no '{fields.messages}' column "
-        f"for chat data; the columns are: {', '.join(columns) or 'none'}",
-        file=path, fix=f"rename the columns, or set {FIELD_SETTINGS} to the names you use",
+        f"no column {missing} for prompt/response data, nor the columns of another format "
+        f"retain reads; the columns are: {', '.join(columns) or 'none'}",
+        file=path, fix=f"name the columns as one of {FORMATS_READ}, or set {FIELD_SETTINGS} to "
+        "the names you use",
     )
 
 
@@ -135,6 +152,71 @@ def _decode_json_line(raw: bytes) -> object:
         )
 
 
+def _json_rows(path: Path, fields: Fields) -> Iterator[tuple[int, object]]:
+    """Yields (line, row) per row of a ``.json`` file: a JSON array of rows, each at the line
+    where it starts, or JSON Lines, which people save as ``.json`` too."""
+    try:
+        text = path.read_bytes().decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        raise DataError(f"the file is not UTF-8 text (byte {error.start})", file=path,
+                        fix="save it as UTF-8") from error
+    except OSError as error:
+        raise _unreadable(path, error) from error
+    if not text.lstrip().startswith("["):
+        _refuse_one_object(text, path)
+        yield from _jsonl_rows(path, fields)
+        return
+    try:
+        rows = decode_json(text)
+    except ValueError as error:
+        raise DataError(
+            f"invalid JSON: {error}", file=path, line=getattr(error, "line", None),
+            fix="make the file one JSON array of rows ([{...}, {...}]), or one JSON object per line "
+            "(JSON Lines)",
+        ) from None
+    yield from zip(_element_lines(text), rows, strict=True)  # type: ignore[arg-type]
+
+
+def _refuse_one_object(text: str, path: Path) -> None:
+    """Raises :class:`DataError` when ``text`` is one JSON object written over several lines:
+    no row per line, and no array of rows (often the rows sit under a key, ``{"data": [...]}``)."""
+    if len([line for line in LINE_BREAK.split(text.strip()) if line.strip()]) < 2:
+        return
+    try:
+        value = decode_json(text)
+    except ValueError:
+        return  # JSON Lines, or broken lines that the JSONL reader names one by one
+    if not isinstance(value, dict):
+        return
+    lists = [key for key, item in value.items() if isinstance(item, list)]
+    raise DataError(
+        "the file holds one JSON object over several lines, neither an array of rows nor one row per line",
+        file=path, line=1,
+        fix="write the rows as a JSON array ([{...}, {...}]) or one object per line (JSON Lines)"
+        + (f"; the rows seem to be under '{lists[0]}': save that list alone" if lists else ""),
+    )
+
+
+_JSON_SPACE = re.compile(r"[ \t\n\r]*")
+
+
+def _element_lines(text: str) -> list[int]:
+    """Returns the line each element of the JSON array ``text`` starts on (``text`` is valid
+    JSON, already decoded)."""
+    decoder = json.JSONDecoder()
+    index = _JSON_SPACE.match(text, text.index("[") + 1).end()
+    line, counted, lines = 1, 0, []
+    while text[index] != "]":
+        line += text.count("\n", counted, index)
+        counted = index
+        lines.append(line)
+        _, index = decoder.raw_decode(text, index)
+        index = _JSON_SPACE.match(text, index).end()
+        if text[index] == ",":
+            index = _JSON_SPACE.match(text, index + 1).end()
+    return lines
+
+
 def _csv_rows(path: Path, fields: Fields) -> Iterator[tuple[int, object]]:
     """Yields (line, row) per CSV record, the line where it starts; the header is line 1."""
     # Long contexts exceed the csv module's 128 KiB default cell limit.
@@ -144,7 +226,7 @@ def _csv_rows(path: Path, fields: Fields) -> Iterator[tuple[int, object]]:
         with path.open(newline="", encoding="utf-8-sig") as handle:
             # strict: a quote left open is an error, not a cell that swallows the file.
             reader = csv.DictReader(handle, strict=True)
-            _check_columns(reader.fieldnames or [], fields, path)
+            check_columns(reader.fieldnames or [], fields, path)
             ended = reader.line_num
             for record in reader:
                 # line_num is where the record ends; quoted cells may hold line breaks.
@@ -171,15 +253,16 @@ def _csv_row(record: dict[Any, Any], fields: Fields) -> object:
             "quote cells that contain commas",
         )
     row = {key: (value if value != "" else None) for key, value in record.items()}
-    turns = row.get(fields.messages)
-    if isinstance(turns, str):
-        try:
-            row[fields.messages] = decode_json(turns)
-        except ValueError as error:
-            return BadRow(
-                fields.messages, f"the chat turns are not valid JSON: {error}",
-                f"write the cell as a JSON list: {CHAT_EXAMPLE}",
-            )
+    for column in (fields.messages, *TURN_COLUMNS):
+        turns = row.get(column)
+        if isinstance(turns, str):
+            try:
+                row[column] = decode_json(turns)
+            except ValueError as error:
+                return BadRow(
+                    column, f"the chat turns are not valid JSON: {error}",
+                    f"write the cell as a JSON list: {CHAT_EXAMPLE}",
+                )
     return row
 
 
@@ -190,7 +273,7 @@ def _parquet_rows(path: Path, fields: Fields) -> Iterator[tuple[int, object]]:
 
     try:
         table = pq.ParquetFile(path)
-        _check_columns(table.schema_arrow.names, fields, path)
+        check_columns(table.schema_arrow.names, fields, path)
         number = 0
         for batch in table.iter_batches():
             for row in _batch_rows(batch):
@@ -246,10 +329,10 @@ def _datasets_rows(path: Path, fields: Fields) -> Iterator[tuple[int, object]]:
             file=path,
             fix=f"point to one split, e.g. {path / splits[0]}" if splits else "save one split with save_to_disk",
         )
-    _check_columns(dataset.column_names, fields, path)
+    check_columns(dataset.column_names, fields, path)
     yield from enumerate(dataset, start=1)
 
 
 READERS = {
-    "jsonl": _jsonl_rows, "csv": _csv_rows, "parquet": _parquet_rows, "datasets": _datasets_rows,
+    "jsonl": _jsonl_rows, "json": _json_rows, "csv": _csv_rows, "parquet": _parquet_rows, "datasets": _datasets_rows,
 }

@@ -1,7 +1,8 @@
-"""Reading user examples from JSONL, CSV, Parquet or a ``datasets`` directory.
+"""Reading user examples from JSONL, JSON, CSV, Parquet, a ``datasets`` directory or a
+dataset of the local Hugging Face cache (``hf:NAME[:SPLIT]``).
 
-A row is prompt/response data (two text columns) or chat data (a list of
-``{"role": ..., "content": ...}`` turns, the OpenAI format); one file may mix both.
+Each row is recognised by its fields (:mod:`retain.data.schemas`): prompt/response, OpenAI
+chat, ShareGPT, Alpaca, TRL prompt/completion or plain text; one file may mix them.
 A malformed row does not stop reading: it becomes a :class:`Problem` naming its line,
 field and fix, so one pass shows every mistake. Commands that need clean data call
 :func:`load_examples`, which turns any problem into a :class:`~retain.errors.DataError`.
@@ -9,20 +10,29 @@ field and fix, so one pass shows every mistake. Commands that need clean data ca
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections import Counter
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from retain.data.formats import CHAT_EXAMPLE, FIELD_SETTINGS, READERS, BadRow, Fields, resolve_format
+from retain.data.formats import READERS, BadRow, Fields, resolve_format
+from retain.data.hub import HF_PREFIX, hub_rows
+from retain.data.schemas import (
+    CHAT_ROLES,
+    RowSchema,
+    chat_prompt_text,
+    json_type,
+    parse_row,
+    prompt_response_schema,
+)
 from retain.errors import DataError
 
-CHAT_ROLES = ("system", "user", "assistant", "tool")
-_JSON_TYPES = (
-    (type(None), "null"), (bool, "boolean"), ((int, float), "number"), (str, "string"),
-    (Mapping, "object"), ((list, tuple), "array"),
-)
+__all__ = ["CHAT_ROLES", "Example", "Problem", "chat_prompt_text", "describe_schemas", "load_examples",
+           "load_examples_for", "read_examples", "read_examples_for", "read_text"]
+
 _PROBLEMS_NAMED = 3
+_PROMPT_RESPONSE = prompt_response_schema(Fields("prompt", "response", "messages"))
 
 
 @dataclass(frozen=True)
@@ -38,6 +48,9 @@ class Example:
         line: Where the row is: the 1-based line in JSONL and CSV (the header is line 1),
             the 1-based row number in Parquet and ``datasets`` data.
         fields: The row's other columns (an ``id``, a ``label``, ...), unchanged.
+        schema: The format the row was written in. Alpaca, ShareGPT and TRL's
+            conversational prompt/completion rows are chat rows; plain-text rows have an
+            empty prompt and their whole text as the response.
     """
 
     prompt: str
@@ -45,6 +58,7 @@ class Example:
     messages: tuple[dict[str, Any], ...] | None = None
     line: int = 0
     fields: dict[str, Any] = field(default_factory=dict)
+    schema: RowSchema = _PROMPT_RESPONSE
 
     @property
     def is_chat(self) -> bool:
@@ -76,37 +90,49 @@ def read_examples(
     prompt_field: str = "prompt",
     response_field: str = "response",
     messages_field: str = "messages",
+    setting: str | None = None,
 ) -> tuple[list[Example], list[Problem]]:
     """Reads every example of a data file, collecting malformed rows instead of stopping.
 
     Args:
-        path: A ``.jsonl``/``.ndjson``, ``.csv`` or ``.parquet``/``.pq`` file, or a
-            directory written by ``datasets.Dataset.save_to_disk``.
-        format: ``auto`` (by extension; a directory is ``datasets``), ``jsonl``, ``csv``,
-            ``parquet`` or ``datasets``.
+        path: A ``.jsonl``/``.ndjson``, ``.json`` (an array of rows, or JSON Lines),
+            ``.csv`` or ``.parquet``/``.pq`` file, a directory written by
+            ``datasets.Dataset.save_to_disk``, or ``hf:NAME[:SPLIT]``, a dataset of the
+            local Hugging Face datasets cache (split ``train`` by default).
+        format: ``auto`` (by extension; a directory is ``datasets``), ``jsonl``, ``json``,
+            ``csv``, ``parquet`` or ``datasets``; ignored for ``hf:`` datasets.
         prompt_field: Column holding the prompt of prompt/response rows.
         response_field: Column holding the answer of prompt/response rows.
         messages_field: Column holding the turns of chat rows; a row where it is set is
-            read as chat, whatever else it holds.
+            read as chat, whatever else it holds. The configured columns are tried before
+            the other formats (:mod:`retain.data.schemas`).
+        setting: The config setting that names the file (``data.train``), for errors
+            that concern the whole source.
 
     Returns:
         The good examples in file order, and one :class:`Problem` per malformed row.
 
     Raises:
-        DataError: If the file is missing, of unknown format or unreadable, or if it has
-            no usable example at all (empty, or every row malformed).
+        DataError: If the file is missing, of unknown format or unreadable, if an ``hf:``
+            dataset is not in the local cache, or if it has no usable example at all
+            (empty, or every row malformed).
     """
-    path = Path(path)
     fields = Fields(prompt_field, response_field, messages_field)
+    source = str(path)
+    if source.startswith(HF_PREFIX):
+        rows: Iterable[tuple[int, object]] = hub_rows(source, fields, setting)
+    else:
+        path = Path(path)
+        rows = READERS[resolve_format(path, format)](path, fields)
     examples: list[Example] = []
     problems: list[Problem] = []
-    for line, row in READERS[resolve_format(path, format)](path, fields):
+    for line, row in rows:
         try:
             examples.append(_parse_row(row, line, fields))
         except BadRow as bad:
-            problems.append(Problem(str(path), line, bad.field, bad.message, bad.fix))
+            problems.append(Problem(source, line, bad.field, bad.message, bad.fix))
     if not examples:
-        raise _nothing_usable(path, problems)
+        raise _nothing_usable(source, problems)
     return examples, problems
 
 
@@ -117,6 +143,7 @@ def load_examples(
     prompt_field: str = "prompt",
     response_field: str = "response",
     messages_field: str = "messages",
+    setting: str | None = None,
 ) -> list[Example]:
     """Returns every example of a data file that must be clean.
 
@@ -128,7 +155,7 @@ def load_examples(
     """
     examples, problems = read_examples(
         path, format=format, prompt_field=prompt_field, response_field=response_field,
-        messages_field=messages_field,
+        messages_field=messages_field, setting=setting,
     )
     if not problems:
         return examples
@@ -139,6 +166,17 @@ def load_examples(
         more = ", ..." if len(problems) > 1 + _PROBLEMS_NAMED else ""
         message += f" (also lines {named}{more})"
     raise DataError(message, fix=first.fix, file=first.file, line=first.line, field=first.field)
+
+
+def describe_schemas(examples: Iterable[Example]) -> str:
+    """Returns the formats of ``examples`` in a few words, for the line that reports a file:
+    ``Alpaca format (instruction/input/output)``, or, for a file that mixes formats,
+    ``mixed formats: 900 Alpaca (instruction/input/output), 100 OpenAI chat (messages)``."""
+    counts = Counter(example.schema for example in examples)
+    if len(counts) == 1:
+        return str(next(iter(counts)))
+    return "mixed formats: " + ", ".join(f"{count:,} {schema.name} ({schema.columns})"
+                                         for schema, count in counts.most_common())
 
 
 class RowFormat(Protocol):
@@ -152,24 +190,25 @@ class RowFormat(Protocol):
 
 
 def read_examples_for(
-    data: RowFormat, path: str | Path
+    data: RowFormat, path: str | Path, setting: str | None = None
 ) -> tuple[list[Example], list[Problem]]:
     """Returns :func:`read_examples` of ``path``, read as the ``data`` config section says.
 
     Args:
         data: The config's ``data`` section; its format and field names are used.
         path: The file to read, e.g. ``data.train``.
+        setting: The setting that names ``path`` (``data.train``), for errors.
 
     Raises:
         DataError: As :func:`read_examples` does.
     """
     return read_examples(
         path, format=data.format, prompt_field=data.prompt_field,
-        response_field=data.response_field, messages_field=data.messages_field,
+        response_field=data.response_field, messages_field=data.messages_field, setting=setting,
     )
 
 
-def load_examples_for(data: RowFormat, path: str | Path) -> list[Example]:
+def load_examples_for(data: RowFormat, path: str | Path, setting: str | None = None) -> list[Example]:
     """Returns :func:`load_examples` of ``path``, read as the ``data`` config section says.
 
     Raises:
@@ -177,7 +216,7 @@ def load_examples_for(data: RowFormat, path: str | Path) -> list[Example]:
     """
     return load_examples(
         path, format=data.format, prompt_field=data.prompt_field,
-        response_field=data.response_field, messages_field=data.messages_field,
+        response_field=data.response_field, messages_field=data.messages_field, setting=setting,
     )
 
 
@@ -202,16 +241,6 @@ def read_text(path: str | Path, what: str) -> str:
                         fix=f"check the path and permissions of {what}") from None
 
 
-def chat_prompt_text(turns: Sequence[Mapping[str, Any]]) -> str:
-    """Returns ``turns`` as plain text ending in an ``Assistant:`` cue.
-
-    This is the fallback prompt of chat examples (``User: hi\\nAssistant: hello\\n...``),
-    for labels and for models without a chat template.
-    """
-    lines = [f"{str(turn['role']).capitalize()}: {turn['content']}" for turn in turns]
-    return "\n".join([*lines, "Assistant:"])
-
-
 # --- rows -----------------------------------------------------------------------------
 
 
@@ -221,114 +250,16 @@ def _parse_row(row: object, line: int, fields: Fields) -> Example:
         raise row
     if not isinstance(row, Mapping):
         raise BadRow(
-            None, f"the row is a JSON {_json_type(row)}, not an object",
+            None, f"the row is a JSON {json_type(row)}, not an object",
             f'write one object per line: {{"{fields.prompt}": ..., "{fields.response}": ...}}',
         )
-    others = {key: value for key, value in row.items() if key not in fields}
-    if row.get(fields.messages) is not None:
-        prompt, response, turns = _chat(row[fields.messages], fields.messages)
-        return Example(prompt, response, turns, line, others)
-    prompt, response = _prompt_response(row, fields)
-    return Example(prompt, response, None, line, others)
+    parsed = parse_row(row, fields)
+    read = set(parsed.columns) | set(fields)
+    others = {key: value for key, value in row.items() if key not in read}
+    return Example(parsed.prompt, parsed.response, parsed.turns, line, others, parsed.schema)
 
 
-def _prompt_response(row: Mapping[str, Any], fields: Fields) -> tuple[str, str]:
-    """Returns the prompt and response of a prompt/response row; raises :class:`BadRow`."""
-    if row.get(fields.prompt) is None and row.get(fields.response) is None:
-        raise BadRow(
-            fields.prompt,
-            f"the row has neither '{fields.prompt}'/'{fields.response}' nor '{fields.messages}'",
-            f"add '{fields.prompt}' and '{fields.response}', or chat turns under "
-            f"'{fields.messages}'; if your columns have other names, set {FIELD_SETTINGS}",
-        )
-    prompt = _text(row, fields.prompt, "data.prompt_field")
-    response = _text(row, fields.response, "data.response_field")
-    if not response.strip():
-        raise BadRow(fields.response, "the response is empty", "give the row an answer or drop it")
-    return prompt, response
-
-
-def _text(row: Mapping[str, Any], name: str, setting: str) -> str:
-    """Returns the text in column ``name``; raises :class:`BadRow` if missing or not text."""
-    value = row.get(name)
-    if value is None:
-        raise BadRow(
-            name, f"missing field '{name}'",
-            f"add '{name}' to the row, or set {setting} to the column that holds it",
-        )
-    if not isinstance(value, str):
-        raise BadRow(
-            name, f"'{name}' must be text, got a JSON {_json_type(value)}",
-            "write it as a string (in quotes)",
-        )
-    return value
-
-
-def _chat(turns: object, name: str) -> tuple[str, str, tuple[dict[str, Any], ...]]:
-    """Returns the prompt text, the last assistant answer and the turns of a chat row.
-
-    Turns after the last assistant turn are kept in the turns but are not in the prompt.
-
-    Raises:
-        BadRow: Unless ``turns`` is a non-empty list of valid turns with an answer.
-    """
-    if not isinstance(turns, (list, tuple)):
-        raise BadRow(
-            name, f"'{name}' must be a list of turns, got a JSON {_json_type(turns)}",
-            f"write it as {CHAT_EXAMPLE}",
-        )
-    if not turns:
-        raise BadRow(name, f"'{name}' is empty", f"write the conversation as {CHAT_EXAMPLE}")
-    for index, turn in enumerate(turns):
-        _check_turn(turn, f"{name}[{index}]")
-    answers = [index for index, turn in enumerate(turns) if turn["role"] == "assistant"]
-    if not answers:
-        raise BadRow(
-            name, "the conversation has no assistant turn",
-            "end the conversation with the answer as an assistant turn",
-        )
-    last = answers[-1]
-    if not turns[last]["content"].strip():
-        raise BadRow(
-            f"{name}[{last}].content", "the last assistant turn is empty",
-            "give the conversation an answer or drop it",
-        )
-    turns_kept = tuple(dict(turn) for turn in turns)
-    return chat_prompt_text(turns[:last]), turns[last]["content"], turns_kept
-
-
-def _check_turn(turn: object, where: str) -> None:
-    """Raises :class:`BadRow` unless ``turn`` has a known role and text content."""
-    if not isinstance(turn, Mapping):
-        raise BadRow(
-            where, f"a turn must be an object, got a JSON {_json_type(turn)}",
-            'write it as {"role": "user", "content": "..."}',
-        )
-    role = turn.get("role")
-    if role not in CHAT_ROLES:
-        fix = f"use one of {', '.join(CHAT_ROLES)}"
-        if "from" in turn and "value" in turn:
-            fix = (
-                "convert ShareGPT turns {from, value} to {role, content}, "
-                "human to user and gpt to assistant"
-            )
-        problem = "missing role" if role is None else f"unknown role {role!r}"
-        raise BadRow(f"{where}.role", problem, fix)
-    content = turn.get("content")
-    if not isinstance(content, str):
-        raise BadRow(
-            f"{where}.content", f"the content must be text, got a JSON {_json_type(content)}",
-            "write the turn's text as a string",
-        )
-
-
-def _json_type(value: object) -> str:
-    """Returns the JSON name of ``value``'s type, for messages."""
-    names = (name for kind, name in _JSON_TYPES if isinstance(value, kind))
-    return next(names, type(value).__name__)
-
-
-def _nothing_usable(path: Path, problems: list[Problem]) -> DataError:
+def _nothing_usable(path: str, problems: list[Problem]) -> DataError:
     """Returns the error for a file without a single usable example."""
     if not problems:
         return DataError("the file has no examples", file=path, fix="add at least one row")

@@ -16,7 +16,8 @@ Sources:
 - a file: ``.txt`` with one text per line (``\\n`` inside a text written as a literal
   backslash-n, as ``retain lab data`` writes ``general.txt``), or a table (``.jsonl``,
   ``.csv``, ``.parquet``) with a text column or prompt/response columns;
-- ``hf:NAME[:SPLIT]``: a ``datasets`` dataset (the user's choice; it may need the network).
+- ``hf:NAME[:SPLIT]``: a dataset of the local Hugging Face datasets cache, read as every
+  ``hf:`` source is (:mod:`retain.data.hub`: from the cache only, never downloaded).
 """
 
 from __future__ import annotations
@@ -25,12 +26,12 @@ from importlib import resources
 from pathlib import Path
 
 from retain.config import RetainConfig
+from retain.data.hub import HF_PREFIX, load_hub_dataset
 from retain.data.prompting import PromptFormat, render_example
 from retain.data.rows import load_examples_for, read_text
 from retain.errors import ConfigError, DataError
 from retain.sources import base_of, family_of, model_family
 
-HF_PREFIX = "hf:"
 INSTRUCTIONS = "instructions"
 READERS = ("replay", "self_augment", "ewc")  # the methods that read method.general
 
@@ -67,7 +68,7 @@ def load_general_texts(config: RetainConfig) -> list[str]:
                               field="method.general.source", fix="name a general-text file instead")
         texts = family.general_texts(base_of(name))
     elif source.startswith(HF_PREFIX):
-        texts = _dataset_texts(source[len(HF_PREFIX):], settings.text_field, settings.limit)
+        texts = _dataset_texts(source, settings.text_field, settings.limit)
     else:
         texts = _file_texts(Path(source), settings.text_field, config)
     texts = [text for text in texts if text.strip()][: settings.limit]
@@ -132,17 +133,9 @@ def _table_texts(path: Path, text_field: str) -> list[str]:
     return [str(text) for text in table[text_field]]
 
 
-def _dataset_texts(spec: str, text_field: str, limit: int) -> list[str]:
-    import datasets
-
-    name, _, split = spec.partition(":")
-    try:
-        table = datasets.load_dataset(name, split=f"{split or 'train'}[:{limit}]")
-    except Exception as error:  # noqa: BLE001 - datasets raises many kinds for a bad name or no network
-        raise ConfigError(f"cannot load the dataset {name!r}: {str(error).splitlines()[0]}",
-                          field="method.general.source",
-                          fix="check the name and split, and that the hub (or its cache) is reachable") from None
+def _dataset_texts(source: str, text_field: str, limit: int) -> list[str]:
+    table = load_hub_dataset(source, setting="method.general.source", limit=limit)
     if text_field not in table.column_names:
-        raise ConfigError(f"dataset {name!r} has no column {text_field!r}", field="method.general.text_field",
+        raise ConfigError(f"dataset {source!r} has no column {text_field!r}", field="method.general.text_field",
                           fix=f"use one of: {', '.join(table.column_names)}")
     return [str(text) for text in table[text_field]]
