@@ -8,6 +8,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import torch
 from transformers import PreTrainedTokenizerBase
 
 from retain.audit.findings import MAX_EXAMPLES, Finding
@@ -28,11 +29,12 @@ class RowCheck:
         supervised: Tokens carrying a loss.
         eos_masked: The row ends with EOS, and EOS carries no loss.
         no_eos: The row, not truncated, does not end with EOS.
-        prompt_trained: Prompt tokens (after the first) that carry a loss.
+        prompt_trained: Prompt tokens (after the first) that carry a loss, the earlier
+            assistant turns that ``data.train_turns: all`` trains left out.
         padding_trained: Padding positions that carry a loss.
         prompt_differs: The batch's prompt ids differ from the ids evaluation uses.
-        early_eos: EOS tokens before the row's end that carry a loss: the model learns to
-            stop there.
+        early_eos: EOS tokens before the row's end that carry a loss, but for those that
+            end an earlier assistant turn: the model learns to stop there.
     """
 
     line: int
@@ -70,17 +72,21 @@ def inspect_batches(
             length = int(real.sum())
             ends_with_eos = eos is not None and length > 0 and int(ids[length - 1]) == eos
             prompt_end = min(row.prompt_tokens, length)
+            # Earlier assistant turns are trained on purpose (data.train_turns: all), end-of-turn included.
+            answer_turn = torch.zeros(len(ids), dtype=torch.bool)
+            for start, end in row.earlier_answers:
+                answer_turn[start:end] = True
+            trained = labels != IGNORE_INDEX
             checks.append(RowCheck(
                 line=row.line,
-                supervised=int((labels[real] != IGNORE_INDEX).sum()),
+                supervised=int(trained[real].sum()),
                 eos_masked=ends_with_eos and int(labels[length - 1]) == IGNORE_INDEX,
                 no_eos=not ends_with_eos and not row.truncated,
                 # Position 0 is never a target (labels shift by one), so it is not counted.
-                prompt_trained=int((labels[1:prompt_end] != IGNORE_INDEX).sum()),
-                padding_trained=int((labels[~real] != IGNORE_INDEX).sum()),
+                prompt_trained=int((trained & ~answer_turn)[1:prompt_end].sum()),
+                padding_trained=int(trained[~real].sum()),
                 prompt_differs=ids[:prompt_end].tolist() != row.input_ids[:prompt_end],
-                early_eos=0 if eos is None else int(((ids[: length - 1] == eos)
-                                                     & (labels[: length - 1] != IGNORE_INDEX)).sum()),
+                early_eos=0 if eos is None else int(((ids == eos) & trained & ~answer_turn)[: length - 1].sum()),
             ))
     return checks
 
@@ -151,6 +157,24 @@ def eos_checks(
             examples=example_lines(missing, "no EOS"),
         )
     return None
+
+
+def untrained_turns(encoded: Sequence[Encoded]) -> Finding | None:
+    """Rows whose earlier assistant turns ``data.train_turns: all`` cannot train: the chat
+    template renders them differently once the conversation goes on, so they are not in
+    the prompt the model is given as they were written."""
+    rows = [row for row in encoded if row.untrained_turns]
+    if not rows:
+        return None
+    return Finding(
+        code="earlier_turns_untrained", severity="warning",
+        title=f"{len(rows):,} chat rows train their last assistant turn only: the chat template "
+        f"renders their {sum(row.untrained_turns for row in rows):,} earlier assistant turns "
+        "differently later in the conversation",
+        count=len(rows),
+        fix="split such conversations into one row per assistant turn, or set data.train_turns: last",
+        examples=example_lines(rows, lambda row: f"{row.untrained_turns} earlier turns untrained"),
+    )
 
 
 def prompt_masking(rows: Sequence[RowCheck], loss_on: str) -> Finding | None:

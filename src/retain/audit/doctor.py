@@ -26,6 +26,7 @@ from retain.audit.batches import (
     masked_labels,
     padding_trained,
     prompt_masking,
+    untrained_turns,
 )
 from retain.audit.findings import MAX_EXAMPLES, SEVERITIES, Finding, Verdict
 from retain.audit.lengths import context_window_exceeded, too_long
@@ -94,7 +95,7 @@ def run_doctor(config: RetainConfig, *, parts: ModelParts | None = None) -> Doct
     examples = examples[: config.data.size] if config.data.size else examples
     encoded, unrenderable = encode_examples(
         examples, tokenizer, prompt_format, max_length=config.data.max_length,
-        loss_on=config.train.loss_on,
+        loss_on=config.train.loss_on, train_turns=config.data.train_turns,
     )
     rejected = {problem.line for problem in unrenderable}
     kept = [example for example in examples if example.line not in rejected]
@@ -105,6 +106,7 @@ def run_doctor(config: RetainConfig, *, parts: ModelParts | None = None) -> Doct
         masked_labels(rows),
         eos_checks(rows, tokenizer, config),
         prompt_masking(rows, config.train.loss_on),
+        untrained_turns(encoded),
         padding_trained(rows),
         early_eos(rows, tokenizer),
         template_checks(rows, encoded, examples, tokenizer, prompt_format, config.model.chat_template),

@@ -110,6 +110,12 @@ class DataConfig(Section):
         "messages", description="Column holding the chat turns in conversational data (OpenAI "
         "`{role, content}` or ShareGPT `{from, value}` turns)."
     )
+    train_turns: Literal["all", "last"] = Field(
+        "all",
+        description="Assistant turns of a multi-turn chat row that carry a loss: `all` (every "
+        "assistant turn, each with its end-of-turn token) or `last` (the final answer only). "
+        "Evaluation and the audit score the last assistant turn either way.",
+    )
     max_length: int = Field(
         512, gt=0, description="Maximum tokens per example, prompt and answer together."
     )
@@ -165,7 +171,8 @@ class TrainConfig(Section):
     )
     loss_on: Literal["response", "all"] = Field(
         "response",
-        description="Tokens the loss is computed on: `response` (answer tokens only) or `all`.",
+        description="Tokens the loss is computed on: `response` (answer tokens only: every assistant "
+        "turn of a chat row per `data.train_turns`, the whole text of a plain-text row) or `all`.",
     )
     seed: int = Field(
         0, ge=0, lt=2**32,  # numpy's seeds end at 2**32 - 1

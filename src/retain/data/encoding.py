@@ -9,9 +9,14 @@ prompt a model is trained on is token for token the prompt it is asked at evalua
   where the two disagree at the seam (a prompt ending in a space), the answer tokenised
   alone after the prompt's own tokens;
 - EOS is appended, so the model learns to stop;
+- with ``data.train_turns: all`` (the default) every assistant turn of a chat row is
+  trained, not the last alone: the earlier ones, which sit in the prompt, keep their
+  labels, their end-of-turn markup included (:attr:`Rendered.earlier_answers`), found by
+  tokenising the prompt up to where each starts and ends;
 - rows longer than ``data.max_length`` lose their end (answer first, as every SFT
   trainer truncates), which the audit and the doctor report;
-- with ``train.loss_on: response`` the prompt's labels are -100.
+- with ``train.loss_on: response`` the prompt's other labels are -100. A plain-text row
+  (``{"text": ...}``) has an empty prompt, so its whole text is trained either way.
 
 Padding is the collator's job: ``completion`` pads labels with -100 by position
 (transformers' ``DataCollatorForSeq2Seq``), so a pad token equal to EOS is harmless;
@@ -57,6 +62,11 @@ class Encoded:
             are tokenised together, so the answer was tokenised on its own.
         negative_labels: Tokens a method trains against (token-level forgetting), -100
             elsewhere; None when no method marks any.
+        earlier_answers: The (start, end) token spans of the earlier assistant turns that
+            carry labels inside the prompt (``data.train_turns: all``); empty otherwise.
+        untrained_turns: Earlier assistant turns left untrained because the chat template
+            renders them differently later in the conversation (see
+            :attr:`Rendered.unlocated_answers`).
         source: Where the row comes from: ``task`` for ``data.train``, else the method
             that blended it in (``replay``, ``self_augment``); batches mix the sources
             (:mod:`retain.training.sampling`).
@@ -70,6 +80,8 @@ class Encoded:
     prompt_tokens: int
     full_tokens: int
     split_seam: bool = False
+    earlier_answers: tuple[tuple[int, int], ...] = ()
+    untrained_turns: int = 0
     negative_labels: list[int] | None = None
     source: str = "task"
     text: str | None = None
@@ -126,6 +138,7 @@ def encode_examples(
     *,
     max_length: int,
     loss_on: str = "response",
+    train_turns: str = "all",
 ) -> tuple[list[Encoded], list[Problem]]:
     """Encodes rows for training, in batches.
 
@@ -135,6 +148,8 @@ def encode_examples(
         prompt_format: How prompts are rendered (the one evaluation uses).
         max_length: ``data.max_length``: tokens kept per row.
         loss_on: ``response`` masks the prompt's labels; ``all`` keeps them.
+        train_turns: ``all`` trains every assistant turn of a chat row; ``last`` only the
+            last one (the answer evaluation scores).
 
     Returns:
         The encoded rows, in order, and the rows the chat template rejected (a template
@@ -162,17 +177,52 @@ def encode_examples(
     for i, ids in zip(seams, alone, strict=True):
         answers[i] = ids
     split = set(seams)
+    earlier = (_earlier_answer_tokens([item for _, item in rendered], prompts, tokenizer)
+               if train_turns == "all" else [() for _ in rendered])
     eos = tokenizer.eos_token_id
     encoded = []
-    for i, (example, _) in enumerate(rendered):
+    for i, (example, item) in enumerate(rendered):
         answer = answers[i] + ([eos] if eos is not None and answers[i][-1:] != [eos] else [])
         ids = prompts[i] + answer
-        labels = ([IGNORE_INDEX] * len(prompts[i]) if loss_on == "response" else prompts[i]) + answer
+        prompt_labels = list(prompts[i]) if loss_on == "all" else [IGNORE_INDEX] * len(prompts[i])
+        for start, end in earlier[i]:
+            prompt_labels[start:end] = prompts[i][start:end]
+        labels = prompt_labels + answer
         encoded.append(Encoded(
             line=example.line, input_ids=ids[:max_length], labels=labels[:max_length],
             prompt_tokens=len(prompts[i]), full_tokens=len(ids), split_seam=i in split,
+            earlier_answers=earlier[i], untrained_turns=item.unlocated_answers if train_turns == "all" else 0,
         ))
     return encoded, problems
+
+
+def _earlier_answer_tokens(
+    rendered: Sequence[Rendered], prompts: Sequence[list[int]], tokenizer: PreTrainedTokenizerBase
+) -> list[tuple[tuple[int, int], ...]]:
+    """Returns the token spans of each row's earlier assistant turns in its prompt ids.
+
+    A character offset becomes the number of prompt tokens that the prompt's text up to it
+    tokenises to (the tokens the two share: a token that straddles a turn's start belongs
+    to the turn, one that straddles its end does not), so the prompt keeps the very ids
+    generation gives it.
+    """
+    cuts = [(row, offset) for row, item in enumerate(rendered) for span in item.earlier_answers for offset in span]
+    heads = tokenize_texts([rendered[row].prompt[:offset] for row, offset in cuts],
+                           [rendered[row].add_special_tokens for row, _ in cuts], tokenizer)
+    positions: list[list[int]] = [[] for _ in rendered]
+    for (row, _), head in zip(cuts, heads, strict=True):
+        positions[row].append(_shared_length(head, prompts[row]))
+    return [tuple(zip(found[::2], found[1::2], strict=True)) for found in positions]
+
+
+def _shared_length(head: list[int], ids: list[int]) -> int:
+    """Returns how many leading tokens ``head`` and ``ids`` have in common."""
+    shared = 0
+    for mine, theirs in zip(head, ids):
+        if mine != theirs:
+            break
+        shared += 1
+    return shared
 
 
 def encode_texts(texts: Sequence[str], tokenizer: PreTrainedTokenizerBase, *,

@@ -114,7 +114,8 @@ class TokenForget(Method):
         path = self.settings.reference_data
         examples = load_examples_for(self.config.data, path)
         rows, _ = encode_examples(examples, context.tokenizer, context.prompt_format,
-                                  max_length=self.config.data.max_length, loss_on=self.config.train.loss_on)
+                                  max_length=self.config.data.max_length, loss_on=self.config.train.loss_on,
+                                  train_turns=self.config.data.train_turns)
         rows = [row for row in rows if row.supervised]
         if not rows:
             raise DataError("no row has an answer token to fine-tune the reference model on", file=path,

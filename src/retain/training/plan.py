@@ -89,7 +89,7 @@ def encode_split(config: RetainConfig, examples: list[Example], path: str, token
     """Encodes the rows of a data file for training; rows with no supervised token are
     dropped (logged)."""
     rows, rejected = encode_examples(examples, tokenizer, prompt_format, max_length=config.data.max_length,
-                                     loss_on=config.train.loss_on)
+                                     loss_on=config.train.loss_on, train_turns=config.data.train_turns)
     kept = [row for row in rows if row.supervised > 0]
     if rejected or len(kept) < len(rows):
         logger.warning("%s: %d rows dropped (%d the chat template rejects, %d with no supervised token)",
