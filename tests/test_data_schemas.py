@@ -12,7 +12,12 @@ from typer.testing import CliRunner
 
 from retain.cli import app
 from retain.config import DataConfig
-from retain.data.rows import describe_schemas, load_examples, load_examples_for, read_examples
+from retain.data.rows import (
+    describe_schemas,
+    load_examples,
+    load_examples_for,
+    read_examples,
+)
 from retain.errors import DataError
 
 ALPACA = [
@@ -292,3 +297,35 @@ def test_retain_audit_reports_the_format_it_read(tmp_path: Path, rows: list[dict
 def test_retain_audit_reads_an_hf_dataset(hub_cache: Path) -> None:
     title = _audit("hf:someone/alpaca-toy", hub_cache.parent / "audit.json")
     assert title == "3 rows, Alpaca format (instruction/input/output)"
+
+
+def test_retain_train_prints_the_format_of_each_data_file(tmp_path: Path, hub_cache: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """The line `retain train` echoes per data file before its audit (the audit and the doctor,
+    tested on their own, are stubbed out: their reports here have no finding)."""
+    from retain.audit.findings import Verdict
+    from retain.config import RetainConfig
+    from retain.rundir import RunDir
+    from retain.training import preflight as preflight_module
+
+    class Empty(Verdict):
+        def __init__(self) -> None:
+            self.findings = []
+
+        def to_dict(self) -> dict:
+            return {}
+
+    monkeypatch.setattr(preflight_module, "run_audit", lambda *args, **kwargs: Empty())
+    monkeypatch.setattr(preflight_module, "run_doctor", lambda *args, **kwargs: Empty())
+    train = tmp_path / "train.json"
+    train.write_text(json.dumps(ALPACA))
+    config = RetainConfig.model_validate({"data": {"train": str(train), "ood": "hf:someone/general-toy"}})
+    lines: list[str] = []
+    (tmp_path / "run").mkdir()
+    preflight_module.preflight(config, RunDir(tmp_path / "run"), [], force=False, echo=lines.append)
+    assert lines[:2] == ["data.train: 3 rows, Alpaca format (instruction/input/output)",
+                         "data.ood: 3 rows, plain text format (text)"]
+    config.data.ood = "hf:nobody/absent"
+    with pytest.raises(DataError) as caught:
+        preflight_module.check_inputs(config, memory=False)
+    assert caught.value.field == "data.ood" and caught.value.file == "hf:nobody/absent"

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
+from tiny_models import CHATML
 from transformers import PreTrainedTokenizerFast
 from typer.testing import CliRunner
 
@@ -16,8 +17,6 @@ from retain.data.encoding import IGNORE_INDEX, Encoded, encode_examples
 from retain.data.prompting import PromptFormat, render_example
 from retain.data.rows import Example
 from retain.lab.tokenizer import train_tokenizer
-
-from tiny_models import CHATML
 
 TURNS = ({"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"},
          {"role": "assistant", "content": "Hello!"}, {"role": "user", "content": "Is the sky blue?"},
