@@ -1,28 +1,15 @@
 """The Markdown summary: the cards, the tables and the findings, without plots.
 
 Markdown passes raw HTML through to most renderers, so text from data is HTML-escaped
-here too, and table cells lose their pipes and line breaks.
+here too, and table cells lose their pipes and line breaks (:func:`retain.markdown.cell`).
 """
 
 from __future__ import annotations
 
-import html
 from typing import Any
 
+from retain.markdown import cell
 from retain.report.page import Page, RunSection, SweepSection
-
-
-def cell(value: Any, limit: int = 160) -> str:
-    """Returns ``value`` as safe Markdown table-cell text: escaped, one line, no pipes."""
-    text = " ".join(str("" if value is None else value).split())
-    if len(text) > limit:
-        text = text[: limit - 1] + "…"
-    # Outside tags, <, > and & are all HTML needs escaped; quotes stay readable. Escaped
-    # brackets make no link or image of a label such as ![x](https://...) or [x](javascript:...).
-    escaped = html.escape(text, quote=False)
-    for char in "\\|`[]":
-        escaped = escaped.replace(char, "\\" + char)
-    return escaped
 
 
 def _table(header: list[str], rows: list[list[Any]]) -> list[str]:
