@@ -3,6 +3,7 @@ restore, refusal by the doctor, resume after kill -9, and the run directory's co
 
 from __future__ import annotations
 
+import html
 import json
 import os
 import signal
@@ -13,6 +14,8 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
+from huggingface_hub import ModelCard
 from typer.testing import CliRunner
 
 from retain.checkpoints import STATE_FILE
@@ -24,6 +27,7 @@ from retain.io import read_jsonl
 from retain.lab.export import export_lab_data
 from retain.models import load_model
 from retain.rundir import RunDir
+from retain.summary import RunSummary
 from retain.training.run import run_train
 
 pytestmark = pytest.mark.slow
@@ -68,6 +72,40 @@ def checks(run_dir: Path) -> list[dict]:
     return [record for record in read_jsonl(run_dir / "metrics.jsonl") if record.get("event") == "check"]
 
 
+def model_card(folder: Path) -> ModelCard:
+    """Returns the card retain wrote into a saved model folder, checked against the run's
+    summary.json and meta.json: the base, every data file with its SHA-256, the methods,
+    task accuracy and forgetting per category (base -> final), the verdict, the restore."""
+    run_dir = folder.parent
+    summary = RunSummary.read(run_dir)
+    card = ModelCard.load(folder / "README.md")
+    text = card.text
+    assert "[More Information Needed]" not in text  # peft's blank template is gone
+    assert card.data.tags[0] == "retain" and card.data.tags[1:] == list(summary.method)
+    assert card.data.base_model is None  # a local folder is no Hub id
+    config = RetainConfig.model_validate(yaml.safe_load((run_dir / "config.yaml").read_text()))
+    assert f"- base model: {config.model.name_or_path}" in text
+    recorded = json.loads((run_dir / "meta.json").read_text())["data"]
+    assert {"train", "probes.suites.0"} <= set(recorded)
+    for field, digest in recorded.items():
+        assert f"| {field} | " in text and f" | {digest} |" in text
+    for split in summary.task:
+        assert (f"| task accuracy ({split}) | {summary.base_task_accuracy(split):.1%} | "
+                f"{summary.task_accuracy(split):.1%} |") in text
+    for report in summary.forgetting.values():
+        for category, figures in report["categories"].items():
+            name = f"**{category}**" if category == "overall" else category
+            relative = "n/a" if figures["relative_drop"] is None else f"{figures['relative_drop']:+.1%}"
+            assert (f"| {name} | {figures['items']} | {figures['accuracy_before']:.1%} | "
+                    f"{figures['accuracy_after']:.1%} | {relative} | {figures['absolute_drop'] * 100:+.1f} |") in text
+    verdict = "## Verdict: safe to ship" if summary.verdict.ship else "## Verdict: not safe to ship"
+    shown = html.unescape(text)  # text from the run is HTML-escaped, as in the report's Markdown
+    assert verdict in text and all(f"- {reason}\n" in shown for reason in summary.verdict.reasons)
+    for event in summary.guard_events:
+        assert f"| {event['step']} | {event['guard']} | {event['action']} |" in text
+    return card
+
+
 def test_a_healthy_lora_run_leaves_a_complete_run_directory_and_no_alarm(lab, tmp_path) -> None:
     # The micro model's loss stays near 3 on this task; the high-loss warning is not what is tested.
     cfg = config(lab, tmp_path, train={"lr": 1e-5}, guards={"loss": {"max_loss_after_warmup": 5.0}})
@@ -99,6 +137,11 @@ def test_a_healthy_lora_run_leaves_a_complete_run_directory_and_no_alarm(lab, tm
     assert loaded.is_adapter
     merged = load_model(str(run_dir / "merged"), device="cpu")
     assert not merged.is_adapter
+    # Both saved models carry retain's card, not peft's blank template.
+    adapters, full = model_card(run_dir / "model"), model_card(run_dir / "merged")
+    assert adapters.data.library_name == "peft" and "LoRA adapters (peft) for the base model" in adapters.text
+    assert full.data.library_name == "transformers" and "merged into the weights" in full.text
+    assert "No guard acted over the run's 3 checks." in adapters.text and "Checkpoint restored: none." in adapters.text
 
 
 def test_the_forgetting_guard_restores_the_best_checkpoint(lab, tmp_path) -> None:
@@ -112,6 +155,10 @@ def test_the_forgetting_guard_restores_the_best_checkpoint(lab, tmp_path) -> Non
     assert best["forgetting"] <= 0.1
     # The restored weights are the best check's weights: the same greedy answers, the same accuracy.
     assert summary["final_probe_accuracy"] == pytest.approx(best["probe_accuracy"])
+    card = model_card(tmp_path / "guarded" / "run" / "model")  # ... and the card says they are
+    restored = summary["restored_step"]
+    assert (f"the checkpoint of step {restored}, restored, not those of step" if restored else
+            "and rolled it back to its starting weights") in card.text
     blind = dict(aggressive, guards={"enabled": False})
     unguarded = quiet_train(config(lab, tmp_path / "blind", **blind)).summary.to_dict()
     assert unguarded["status"] == "completed" and unguarded["steps"] == 16
@@ -145,6 +192,9 @@ def test_when_every_check_forgets_too_much_the_run_rolls_back_to_its_start(lab, 
     assert summary["final_probe_accuracy"] == pytest.approx(summary["base_probe_accuracy"])
     assert summary["forgetting_relative"] == 0.0 and not summary["verdict"]["ship"]
     assert any("rolled back to the starting weights" in reason for reason in summary["verdict"]["reasons"])
+    card = model_card(outcome.run_dir / "model")  # the card says so before any figure
+    assert card.text.index("> **Rolled back.**") < card.text.index("## Results")
+    assert "Checkpoint restored: the starting weights (rolled back)." in card.text
 
 
 def test_the_smoke_guard_stops_a_model_that_answers_nothing(lab, tmp_path, monkeypatch) -> None:

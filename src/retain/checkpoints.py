@@ -34,6 +34,7 @@ from retain.rundir import RunDir
 logger = logging.getLogger("retain.train")
 
 STATE_FILE = "retain_state.json"  # a checkpoint's seal, written last: guard state and file sizes
+MODEL_CARD = "README.md"  # a model folder's card: peft's blank template, or retain's (training.card)
 HASHED_BYTES = 64 * 2**20  # files up to this size are hashed in the seal; larger ones (full weights) by size
 
 
@@ -45,10 +46,15 @@ def start_folder(run: RunDir) -> Path:
 def save_model(model: PreTrainedModel, target: Path, tokenizer: PreTrainedTokenizerBase | None = None) -> None:
     """Saves ``model`` (its adapters, or all its weights) and the tokenizer, if given, into
     ``target``: written beside it, flushed to disk, then renamed, so the folder is complete
-    or absent."""
+    or absent.
+
+    The blank model card peft writes beside adapters is dropped: it claims nothing true of
+    the run, and retain writes its own once the run is judged (:mod:`retain.training.card`).
+    """
     staging = target.with_name(target.name + ".partial")
     shutil.rmtree(staging, ignore_errors=True)
     model.save_pretrained(staging, safe_serialization=True)
+    (staging / MODEL_CARD).unlink(missing_ok=True)
     if tokenizer is not None:
         tokenizer.save_pretrained(staging)
     fsync_tree(staging)

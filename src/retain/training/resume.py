@@ -57,11 +57,11 @@ def _same_data(meta: Path, config: RetainConfig) -> bool:
     """True when the data hashes a run recorded in ``meta`` are those of the files
     ``config`` names now (also when it recorded none: a run from before they were kept);
     False when ``meta`` is missing or unreadable."""
-    recorded = _recorded_data(meta)
+    recorded = recorded_data(meta)
     return recorded is not None and not _changed_data(recorded, config)
 
 
-def _recorded_data(meta: Path) -> dict[str, str] | None:
+def recorded_data(meta: Path) -> dict[str, str] | None:
     """Returns the data hashes a run recorded in ``meta`` (``{}`` when it recorded none);
     None when ``meta`` is missing or unreadable."""
     try:
@@ -83,7 +83,7 @@ def check_same_data(run: RunDir, config: RetainConfig) -> None:
     Runs that recorded no hashes (``meta.json`` missing or from before they were kept)
     resume unchecked.
     """
-    recorded = _recorded_data(run.path / "meta.json") or {}
+    recorded = recorded_data(run.path / "meta.json") or {}
     changed = _changed_data(recorded, config)
     if not changed:
         return

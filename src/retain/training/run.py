@@ -15,14 +15,16 @@ In order, into one run directory (:class:`retain.rundir.RunDir`):
 6. the final model in ``model/`` (adapters, or the full model; ``--merge`` adds ``merged/``);
 7. ``final_eval.json``: probes per category, task accuracy (held-out, OOD), drift, health
    (for a run rolled back to its starting weights, the base model's evaluation);
-8. ``summary.json``: the verdict and the numbers behind it.
+8. ``summary.json``: the verdict and the numbers behind it;
+9. the model card (``README.md``) in ``model/`` and ``merged/``: what the run did to those
+   weights, from the summary (:mod:`~retain.training.card`).
 
 :func:`_train` runs these as numbered steps; each step's work lives in a module of its
 own: :mod:`~retain.training.preflight` (1-2), :mod:`~retain.training.baseline` (3),
 :mod:`~retain.training.plan` (the data and step counts), :mod:`retain.guards` (4),
-:mod:`~retain.training.finish` (5-8); :mod:`~retain.training.resume` and
-:mod:`retain.checkpoints` make a killed run continue, :mod:`~retain.training.disk` makes
-a full disk one clear error.
+:mod:`~retain.training.finish` (5-8), :mod:`~retain.training.card` (9);
+:mod:`~retain.training.resume` and :mod:`retain.checkpoints` make a killed run continue,
+:mod:`~retain.training.disk` makes a full disk one clear error.
 
 ``--resume`` continues a killed run from its last complete checkpoint, with the trainer's
 data order, optimizer and random state and the guards' state as they were saved.
@@ -73,6 +75,7 @@ from retain.progress import quiet_trainer, shown
 from retain.rundir import RunDir, default_run_name, validate_run_name
 from retain.summary import RunSummary
 from retain.training.baseline import measure_base
+from retain.training.card import write_model_card
 from retain.training.disk import disk_full
 from retain.training.finish import (
     load_weights,
@@ -84,7 +87,13 @@ from retain.training.finish import (
 )
 from retain.training.plan import VALIDATION_LIMIT, Plan, TrainingRows, check_blended_rows, training_args
 from retain.training.preflight import check_inputs, doctor_passed, preflight
-from retain.training.resume import check_same_config, check_same_data, data_hashes, same_threads_note
+from retain.training.resume import (
+    check_same_config,
+    check_same_data,
+    data_hashes,
+    recorded_data,
+    same_threads_note,
+)
 from retain.training.sampling import SeededEpochOrder
 from retain.training.trainer import RetainTrainer
 
@@ -284,6 +293,11 @@ def _train(config: RetainConfig, run: RunDir, *, resume: bool, force: bool, merg
                          seconds=time.perf_counter() - started, train_output=train_metrics,
                          rehearsal=rehearsal)
     run.write_summary(summary.to_dict())
+    # 9. The model cards, once the verdict is known: the data hashes the run recorded at its start.
+    hashes = recorded_data(run.meta_path) or {}
+    write_model_card(run.path / "model", config, summary, hashes)
+    if (run.path / "merged").is_dir():
+        write_model_card(run.path / "merged", config, summary, hashes, merged=True)
     return TrainOutcome(run_dir=run.path, summary=summary)
 
 
