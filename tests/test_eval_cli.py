@@ -75,6 +75,34 @@ def test_comparing_a_model_with_itself_shows_no_forgetting(micro_base, files, tm
     assert forgetting_cell(figure) == "+44.0% (+19.6 pts [+12.1, +27.0])"
 
 
+def test_max_forgetting_exits_0_within_the_limit_and_1_over_it_naming_the_categories(
+        micro_base, files, tmp_path) -> None:
+    base, _ = micro_base
+    args = ["--suite", str(files["probes"]), "--no-drift", "--set", "eval.perturbations=[]", *FAST]
+    first = tmp_path / "first.json"
+    assert invoke("eval", str(base.path), "--json", str(first), *args).exit_code == 0
+    result = invoke("eval", str(base.path), "--compare-to", str(first), "--max-forgetting", "3%", *args)
+    assert result.exit_code == 0, result.output
+    assert ("forgetting within --max-forgetting 3% (by generation): lab-small +0.0% relative (+0.0 points)"
+            in result.output)
+    # Against a base that answered every item right, the model forgot every item it gets wrong.
+    data = json.loads(first.read_text())
+    wrong = {item["category"] for item in data["probes"]["lab-small"]["generation"]["items"] if not item["correct"]}
+    right = {item["category"] for item in data["probes"]["lab-small"]["generation"]["items"]} - wrong
+    assert wrong and right  # the check below names the one and not the other
+    for score in data["probes"]["lab-small"].values():
+        for item in score["items"]:
+            item["correct"] = True
+    perfect = tmp_path / "perfect.json"
+    perfect.write_text(json.dumps(data))
+    result = invoke("eval", str(base.path), "--compare-to", str(perfect), "--max-forgetting", "0.03", *args)
+    assert result.exit_code == 1, result.output
+    (line,) = [line for line in result.output.splitlines() if "--max-forgetting" in line]
+    assert line.startswith("forgetting over --max-forgetting 3% (by generation): lab-small +")
+    named = line.split("categories over the limit: ")[1]
+    assert {part.split(" ")[0] for part in named.split(", ")} == {f"lab-small/{name}" for name in wrong}
+
+
 def test_adapter_is_compared_with_its_own_base_without_a_second_copy(micro_base, files, tmp_path) -> None:
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
@@ -135,6 +163,9 @@ def test_baseline_generates_at_the_generation_batch_size(micro_base, files, tmp_
         (["--suite", "nonsense"], "no probe suite named 'nonsense'"),
         (["--compare-to", "missing.json"], "missing.json"),
         (["--set", "eval.perturbations=[shout]"], "unknown perturbation 'shout'"),
+        (["--max-forgetting", "3"], "--max-forgetting: '3' is not a share of accuracy below 100%"),
+        (["--max-forgetting", "lots"], "Fix: write a percentage or a fraction, e.g. 3% or 0.03"),
+        (["--max-forgetting", "3%"], "there is no base model to measure forgetting against"),
     ],
 )
 def test_eval_mistakes_are_one_line_and_exit_2(micro_base, args, words, tmp_path, monkeypatch) -> None:

@@ -258,6 +258,37 @@ def test_train_cli_refusal_is_one_line_with_exit_code_2(lab, tmp_path) -> None:
     assert "blocker" in result.stderr and "Traceback" not in result.stderr
 
 
+def test_fail_on_exits_1_with_the_verdicts_reasons_and_0_for_a_run_that_ships(lab, tmp_path) -> None:
+    quick = {"train": {"lr": 1e-5, "max_steps": 4},
+             "guards": {"every_steps": 4, "loss": {"max_loss_after_warmup": 5.0}}}
+
+    def train(name: str, *args: str, **sections) -> tuple:
+        path = tmp_path / f"{name}.yaml"
+        values = settings(lab, tmp_path / name, **(quick | sections))
+        path.write_text(json.dumps(values))  # JSON is YAML
+        result = CliRunner().invoke(app, ["-q", "train", str(path), *args], catch_exceptions=False)
+        return result, RunSummary.read(tmp_path / name / "run")
+
+    every = ["--fail-on", "not-ship", "--fail-on", "forgetting", "--fail-on", "guard-stop"]
+    # No task data to judge, 4 steps at lr 1e-5: nothing speaks against this run.
+    result, summary = train("ships", *every, data={"eval": None, "ood": None})
+    assert summary.verdict.ship and result.exit_code == 0, result.output
+    assert "verdict: safe to ship" in result.output and "failed --fail-on" not in result.output
+    assert "## Verdict: safe to ship" in model_card(tmp_path / "ships" / "run" / "model").text
+    # With its task data, the same run learned nothing of it: the verdict says not to ship.
+    result, summary = train("refused", "--fail-on", "not-ship")
+    assert not summary.verdict.ship and summary.verdict.reasons
+    assert result.exit_code == 1, result.output
+    (line,) = [line for line in result.output.splitlines() if "--fail-on" in line]
+    assert line == "failed --fail-on: not-ship: not safe to ship: " + "; ".join(summary.verdict.reasons)
+    # Without --fail-on a finished run exits 0 whatever its verdict, as before; --fail-on
+    # guard-stop does not fail a run no guard stopped.
+    result, summary = train("refused", "--overwrite", "--fail-on", "guard-stop")
+    assert not summary.verdict.ship and result.exit_code == 0, result.output
+    result, summary = train("refused", "--overwrite")
+    assert not summary.verdict.ship and result.exit_code == 0, result.output
+
+
 def test_config_mistakes_fail_before_training(lab, tmp_path) -> None:
     with pytest.raises(ConfigError, match="data.train"):
         quiet_train(RetainConfig.model_validate({"output": {"dir": str(tmp_path)}}))

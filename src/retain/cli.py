@@ -1,7 +1,9 @@
 """The ``retain`` command line: parse, call the library, print. No logic lives here.
 
 User mistakes (:class:`~retain.errors.RetainError`) become one line on stderr and exit
-code 2; ``--debug`` shows the traceback instead.
+code 2; ``--debug`` shows the traceback instead. A check the user asked for that fails
+(``train --fail-on``, ``eval --max-forgetting``, ``--strict``) exits 1 with one line
+saying why (:data:`~retain.console.CHECK_FAILED`).
 """
 
 from __future__ import annotations
@@ -18,8 +20,10 @@ from rich.text import Text
 
 import retain
 from retain.console import (
+    CHECK_FAILED,
     INTERRUPTED,
     STATE,
+    USER_ERROR,
     console,
     errors,
     output_file,
@@ -28,12 +32,14 @@ from retain.console import (
     print_eval,
     print_findings,
     report_file,
+    share_option,
     visible,
     write_output,
 )
 from retain.errors import ConfigError, RetainError
 from retain.io import to_json
 from retain.lab.app import lab_app
+from retain.training.gate import FailOn, failures
 
 app = typer.Typer(
     name="retain",
@@ -232,13 +238,15 @@ def train(
     resume: Annotated[bool, typer.Option("--resume", help="Continue the named run from its last complete checkpoint.")] = False,
     force: Annotated[bool, typer.Option("--force", help="Train even when the audit or the doctor finds blockers.")] = False,
     merge: Annotated[bool, typer.Option("--merge", help="Also save the model with LoRA adapters merged in (merged/).")] = False,
+    fail_on: Annotated[Optional[list[FailOn]], typer.Option("--fail-on", help="Exit 1 with the reason when the finished run meets this (repeatable): not-ship (the verdict says not to ship), forgetting (the final model forgets more than guards.forgetting.threshold), guard-stop (a guard stopped the run). Without it a finished run exits 0 whatever its verdict.")] = None,
 ) -> None:
     """Fine-tune with guards: audit, doctor, baseline, training, final evaluation, verdict."""
     from retain.config import load_config
     from retain.training.run import run_train
 
     overrides = list(set_ or []) + ([f"output.name={name}"] if name else [])
-    outcome = run_train(load_config(config, overrides), overwrite=overwrite, resume=resume, force=force,
+    resolved = load_config(config, overrides)
+    outcome = run_train(resolved, overwrite=overwrite, resume=resume, force=force,
                         merge=merge, progress=not STATE["quiet"],
                         echo=lambda line: console.print(line, markup=False, highlight=False))
     summary = outcome.summary
@@ -261,6 +269,10 @@ def train(
     verdict = summary.verdict
     console.print("verdict: safe to ship" if verdict.ship else "verdict: not safe to ship: " + "; ".join(verdict.reasons),
                   markup=False, highlight=False)
+    failed = failures(summary, fail_on or [], resolved.guards.forgetting.threshold)
+    if failed:
+        errors.print("failed --fail-on: " + "; ".join(failed), markup=False, highlight=False, soft_wrap=True)
+        raise typer.Exit(CHECK_FAILED)
 
 
 # --- eval and baseline ----------------------------------------------------------------
@@ -282,6 +294,7 @@ def eval_(
     no_drift: Annotated[bool, typer.Option("--no-drift", help="Skip KL and perplexity.")] = False,
     calibrate: Annotated[bool, typer.Option("--calibrate", help="Measure on the items the base (else this model) answers right by generation, also paraphrased; categories it cannot do are reported as not measurable (probes.calibrate).")] = False,
     save_suites: Annotated[Optional[Path], typer.Option("--save-suites", callback=output_folder, help="With --calibrate: write each calibrated suite into this folder, for probes.suites.")] = None,
+    max_forgetting: Annotated[Optional[str], typer.Option("--max-forgetting", callback=share_option, help="Exit 1, naming the categories over it, when forgetting (relative to the base, by guards.forgetting.method, as the guard measures it) is above this: 3% or 0.03. Needs a base: --base, --compare-to, or adapters.")] = None,
     json_out: Annotated[Optional[Path], typer.Option("--json", callback=output_file, help="Write the full result, per item, as JSON.")] = None,
     config: ConfigOption = None,
     set_: SetOption = None,
@@ -289,13 +302,18 @@ def eval_(
     """Measure a model: probe accuracy per category, task accuracy, drift, generation health."""
     from retain.config import load_config
     from retain.evaluation.commands import run_eval
+    from retain.evaluation.limit import check_base_known, check_forgetting
     from retain.rundir import own_config
 
     if save_suites is not None and not calibrate:
         raise ConfigError("--save-suites writes calibrated suites", file="--save-suites", fix="add --calibrate")
-    if config is None and (config := own_config(model)) is not None:
+    run_config = own_config(model) if config is None else None
+    if run_config is not None:
+        config = run_config
         errors.print(f"using the run's own config: {config}", markup=False, highlight=False, soft_wrap=True)
     resolved = load_config(config, set_ or [])
+    if max_forgetting is not None:
+        check_base_known(model, base, compare_to, resolved.model.name_or_path if run_config else None)
     outcome = run_eval(
         resolved, model, suites=suite, task=task, ood=ood, reference=reference, drift=not no_drift,
         base=base, compare_to=compare_to, calibrate=calibrate, progress=not STATE["quiet"],
@@ -305,6 +323,11 @@ def eval_(
         _save_calibrated_suites(outcome.calibrations, save_suites)
     if json_out is not None:
         write_output(json_out, to_json(outcome.to_dict(), indent=2) + "\n")
+    if max_forgetting is not None:  # a float by now: share_option read the text
+        limit = check_forgetting(outcome.forgetting, resolved.guards.forgetting.method, max_forgetting)
+        (errors if limit.over else console).print(limit.line, markup=False, highlight=False, soft_wrap=True)
+        if limit.over:
+            raise typer.Exit(CHECK_FAILED)
 
 
 def _save_calibrated_suites(calibrations: list, folder: Path) -> None:
@@ -405,7 +428,8 @@ def main() -> None:
     """Entry point of the ``retain`` script.
 
     A user mistake, in the files or on the command line, is one ``error:`` line on stderr
-    and exit code 2 (``retain`` alone still prints the help).
+    and exit code 2 (``retain`` alone still prints the help); a check the user asked for
+    that fails exits 1; Ctrl-C exits 130.
     """
     try:
         code = app(prog_name="retain", standalone_mode=False)
@@ -433,7 +457,7 @@ def main() -> None:
 
 def _fail(error: RetainError) -> None:
     errors.print(f"error: {error.render()}", markup=False, highlight=False, soft_wrap=True)
-    sys.exit(2)
+    sys.exit(USER_ERROR)
 
 
 if __name__ == "__main__":

@@ -16,6 +16,9 @@ from rich.text import Text
 from retain.errors import ConfigError
 from retain.io import atomic_write_text, folder_problem, output_problem
 
+# Exit codes, one scheme for every command (README.md lists them).
+CHECK_FAILED = 1  # a check the user asked for failed: --fail-on, --max-forgetting, --strict warnings
+USER_ERROR = 2  # a user mistake or a refusal: bad config, option or input, blockers, no base to compare with
 INTERRUPTED = 130  # the exit code of Ctrl-C (typer turns KeyboardInterrupt into it)
 
 # Control characters other than newline and tab: an ESC in a label could hide the rest of
@@ -70,6 +73,28 @@ def output_folder(param: typer.CallbackParam, value: Optional[Path]) -> Optional
         raise ConfigError(problem, file=param.opts[0] if param.opts else param.name,
                           fix="give a folder you can write to (it is created if absent)")
     return value
+
+
+def share_option(param: typer.CallbackParam, value: str | None) -> float | None:
+    """Reads a share of accuracy written as a percentage (``3%``) or a fraction (``0.03``).
+
+    Raises:
+        ConfigError: The value is not a number, not finite, negative, or 1 (100%) or more
+            (``3`` alone is refused: it reads as 300%).
+    """
+    if value is None:
+        return None
+    text = value.strip()
+    number = text[:-1].strip() if text.endswith("%") else text
+    try:
+        share = float(number) / (100 if text.endswith("%") else 1)
+    except ValueError:
+        share = None
+    if share is None or not 0 <= share < 1:  # NaN fails the comparison too
+        raise ConfigError(f"{value!r} is not a share of accuracy below 100%",
+                          file=param.opts[0] if param.opts else param.name,
+                          fix="write a percentage or a fraction, e.g. 3% or 0.03")
+    return share
 
 
 def report_file(param: typer.CallbackParam, value: Optional[Path]) -> Optional[Path]:
