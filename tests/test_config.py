@@ -316,3 +316,61 @@ def test_a_leading_tilde_is_the_home_folder_in_every_path_setting(tmp_path, monk
     assert config.probes.suites == ["lab", str(tmp_path / "s.yaml")]
     assert config.method.general.source == str(tmp_path / "general.txt")
     assert load_config(None, ["output.name=~x"]).output.name == "~x"  # only a leading ~ or ~/ in a path
+
+
+# --- Hugging Face's names, and TrainingArguments passed through ------------------------
+
+
+def test_hugging_face_names_set_retains_settings_in_a_file_and_in_overrides(tmp_path: Path) -> None:
+    path = tmp_path / "config.yaml"
+    path.write_text("model:\n  model_name_or_path: lab\n  torch_dtype: float32\ntrain:\n  learning_rate: 2e-4\n"
+                    "  num_train_epochs: 3\n  gradient_accumulation_steps: 2\ndata:\n  max_seq_length: 256\n")
+    config = load_config(path, ["train.per_device_train_batch_size=4", "method.lora.lora_alpha=8",
+                                "train.lr_scheduler_type=linear", "train.save_steps=5"])
+    assert (config.train.lr, config.train.epochs, config.train.grad_accum, config.train.batch_size) == (2e-4, 3, 2, 4)
+    assert (config.model.dtype, config.data.max_length, config.method.lora.alpha) == ("float32", 256, 8)
+    assert (config.train.lr_scheduler, config.train.save_every) == ("linear", 5)
+    dumped = dump_config(config)  # a run's config.yaml keeps retain's names
+    assert "learning_rate" not in dumped and "lr: 0.0002" in dumped
+
+
+def test_a_setting_given_under_both_names_is_refused_at_its_line(tmp_path: Path) -> None:
+    error = config_error(tmp_path, "train:\n  lr: 1e-4\n  learning_rate: 2e-4\n")
+    assert (error.line, error.field) == (3, "train.learning_rate")
+    assert "'learning_rate' and 'lr' are the same setting" in error.message and "keep one" in error.fix
+
+
+@pytest.mark.parametrize(("text", "override"), [("train:\n  learing_rate: 1\n", None), (None, "train.learing_rate=1")])
+def test_a_misspelt_hugging_face_name_suggests_it(tmp_path: Path, text: str | None, override: str | None) -> None:
+    if text is not None:
+        error = config_error(tmp_path, text)
+        assert error.fix.startswith("did you mean 'learning_rate' (lr)?")
+    else:
+        with pytest.raises(ConfigError) as caught:
+            load_config(None, [override])
+        assert caught.value.fix == "did you mean 'train.learning_rate' (train.lr)?"
+
+
+def test_trainer_args_reach_training_arguments_and_refuse_what_retain_sets(tmp_path: Path) -> None:
+    from types import SimpleNamespace
+
+    from retain.training.plan import check_trainer_args, training_args
+
+    run, plan = SimpleNamespace(checkpoints_dir=tmp_path), SimpleNamespace(interval=5, total_steps=20)
+    config = load_config(None, ["train.trainer_args.optim=adafactor", "train.trainer_args.adam_beta2=0.99",
+                                "model.device=cpu"])
+    args = training_args(config, run, plan)
+    assert (args.optim, args.adam_beta2, args.learning_rate, args.logging_steps) == ("adafactor", 0.99, 1e-4, 1)
+    refused = {"learning_rate": "set train.lr", "logging_steps": "the loss guard reads every step's loss",
+               "load_best_model_at_end": "guards.forgetting.action"}
+    for name, fix in refused.items():
+        with pytest.raises(ConfigError) as caught:
+            check_trainer_args(load_config(None, [f"train.trainer_args.{name}=1"]))
+        assert caught.value.field == f"train.trainer_args.{name}" and fix in caught.value.fix
+    with pytest.raises(ConfigError) as caught:
+        check_trainer_args(load_config(None, ["train.trainer_args.gradient_checkpoint=true"]))
+    assert "not a setting of transformers' TrainingArguments" in caught.value.message
+    assert caught.value.fix.startswith("did you mean 'gradient_checkpointing'?")
+    with pytest.raises(ConfigError) as caught:  # transformers' own check of a value, as one line
+        training_args(load_config(None, ["train.trainer_args.optim=no_such_optimizer", "model.device=cpu"]), run, plan)
+    assert caught.value.field == "train.trainer_args" and "no_such_optimizer" in caught.value.message

@@ -19,7 +19,7 @@ from retain.config.messages import OVERRIDE_SOURCE, config_error, yaml_kind
 from retain.config.methods import expand_method_shorthand
 from retain.config.registry import discover_methods
 from retain.config.schema import RetainConfig
-from retain.config.walk import dotted_fields, field_at, plain_type, valid_paths
+from retain.config.walk import aliases, dotted_fields, field_at, plain_type, valid_paths
 from retain.errors import ConfigError
 from retain.yamlfile import YamlProblem
 
@@ -185,7 +185,8 @@ def _parse_override(text: str) -> tuple[str, Any]:
             file=OVERRIDE_SOURCE,
             fix="write it as section.key=value, e.g. --set train.lr=1e-4",
         )
-    if key not in valid_paths():
+    key = aliases().get(key, key)  # Hugging Face's name of a setting sets retain's
+    if key not in valid_paths() and not _inside_mapping(key):
         raise ConfigError(
             f"unknown setting '{key}' in override '{text}'",
             file=OVERRIDE_SOURCE,
@@ -252,14 +253,25 @@ def _set_path(raw: dict[str, Any], key: str, value: Any, text: str) -> dict[str,
     return result
 
 
+def _inside_mapping(key: str) -> bool:
+    """Returns whether ``key`` names an entry of a free mapping setting, such as
+    ``train.trainer_args.optim`` (checked where the mapping is used)."""
+    parts = key.split(".")
+    return any(get_origin(plain_type(field.annotation)) is dict
+               for field in (field_at(parts[:end]) for end in range(1, len(parts))) if field is not None)
+
+
 def _unknown_path_fix(key: str) -> str:
-    """Returns a "did you mean" fix for an override of an unknown dotted name."""
-    valid = valid_paths()
+    """Returns a "did you mean" fix for an override of an unknown dotted name, among
+    retain's names and Hugging Face's (:func:`aliases`)."""
+    other_names = aliases()
+    valid = [*valid_paths(), *other_names]
     guesses = difflib.get_close_matches(key, valid, n=1, cutoff=0.6)
     last = key.rsplit(".", 1)[-1]
     guesses += [name for name in valid if name.rsplit(".", 1)[-1] == last and name not in guesses]
     if guesses:
-        return f"did you mean '{guesses[0]}'?"
+        guess = guesses[0]
+        return f"did you mean '{guess}'" + (f" ({other_names[guess]})?" if guess in other_names else "?")
     examples = ", ".join(dotted_fields()[:6])
     return f"valid settings include {examples}, ...; see the configuration reference"
 

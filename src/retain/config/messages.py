@@ -15,7 +15,17 @@ import yaml
 from pydantic import ValidationError
 from pydantic.fields import FieldInfo
 
-from retain.config.walk import BOUNDS, bounds, choices, default, field_at, model_at, section_model, valid_paths
+from retain.config.walk import (
+    BOUNDS,
+    bounds,
+    choices,
+    default,
+    field_at,
+    model_at,
+    section_aliases,
+    section_model,
+    valid_paths,
+)
 from retain.errors import ConfigError
 
 #: Shown as the "file" of errors that come from ``--set`` overrides.
@@ -102,6 +112,11 @@ def _describe(error: Any, parts: Sequence[str]) -> tuple[str, str]:
     """Returns (message, fix) in plain words for one pydantic error."""
     kind, ctx, got = error["type"], error.get("ctx") or {}, _show(error["input"])
     if kind == "extra_forbidden":
+        name = section_aliases(parts[:-1]).get(parts[-1])
+        if name is not None:  # an alias is unknown only when the setting's own name is set too
+            message = (f"'{parts[-1]}' and '{name}' are the same setting ('{parts[-1]}' is another name "
+                       f"for '{name}'), set twice")
+            return message, f"keep one of them, e.g. '{name}'"
         return f"unknown key '{parts[-1]}'", _unknown_key_fix(parts[:-1], parts[-1])
     if kind == "retain":
         return error["msg"], ctx["fix"]
@@ -144,9 +159,12 @@ def _unknown_key_fix(section: Sequence[str], key: str) -> str:
     valid = list(model.model_fields) if model else []
     where = f"in {'.'.join(section)}" if section else "at the top level"
     listing = f"valid keys {where}: {', '.join(valid)}"
-    guesses = difflib.get_close_matches(key, valid, n=1, cutoff=0.6)
+    other_names = section_aliases(section)
+    guesses = difflib.get_close_matches(key, [*valid, *other_names], n=1, cutoff=0.6)
     if guesses:
-        return f"did you mean '{guesses[0]}'? {listing}"
+        guess = guesses[0]
+        named = f" ({other_names[guess]})" if guess in other_names else ""
+        return f"did you mean '{guess}'{named}? {listing}"
     elsewhere = [name for name in valid_paths() if name.rsplit(".", 1)[-1] == key]
     if elsewhere:
         section_name = elsewhere[0].rsplit(".", 1)[0]

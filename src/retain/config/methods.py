@@ -6,7 +6,7 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from retain.config.section import PathText, Section, invalid
+from retain.config.section import PathText, Section, also, invalid
 
 _ATTENTION_AND_MLP = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
@@ -61,9 +61,11 @@ class LoraConfig(Section):
         "retain grew from.",
     )
     alpha: float = Field(
-        32.0, gt=0, description="LoRA alpha; updates are scaled by alpha / r, i.e. 2 by default."
+        32.0, gt=0, validation_alias=also("alpha", "lora_alpha"),
+        description="LoRA alpha; updates are scaled by alpha / r, i.e. 2 by default."
     )
-    dropout: float = Field(0.05, ge=0, lt=1, description="Dropout applied to the LoRA input.")
+    dropout: float = Field(0.05, ge=0, lt=1, validation_alias=also("dropout", "lora_dropout"),
+                           description="Dropout applied to the LoRA input.")
     lr_ratio: float = Field(
         1.0,
         gt=0,

@@ -22,6 +22,9 @@ def config_reference_markdown() -> str:
             if section_model(leaf.annotation) is None:
                 default_text = inline(default(leaf))
                 description = (leaf.description or "").replace("|", "\\|")
+                others = [name for name in getattr(leaf.validation_alias, "choices", ()) if name != dotted.rsplit(".", 1)[-1]]
+                if others:  # Hugging Face's, peft's or TRL's name for it
+                    description += " Also read as " + ", ".join(f"`{name}`" for name in others) + "."
                 rows.append(
                     f"| `{dotted}` | {_type_text(leaf)} | `{default_text}` | {description} |"
                 )
@@ -57,6 +60,8 @@ def config_reference_document() -> str:
     return ("# Configuration reference\n\n"
             "Every setting of a retain config, generated from the pydantic models by\n"
             "`retain config reference --write docs/CONFIG.md` (a test fails when this file is out of\n"
-            "date). Any setting can be given on the command line as `--set section.key=value`.\n\n"
+            "date). Any setting can be given on the command line as `--set section.key=value`, and a\n"
+            "setting that Hugging Face's `TrainingArguments`, peft or TRL name otherwise is also read\n"
+            "under that name (`train.learning_rate` sets `train.lr`; both at once are refused).\n\n"
             + config_reference_markdown())
 

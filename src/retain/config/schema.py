@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import re
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
 from retain.config.guards import GuardsConfig
 from retain.config.methods import MethodConfig
-from retain.config.section import PathText, Section, invalid
+from retain.config.section import PathText, Section, also, invalid
 from retain.data.perturb import PERTURBATIONS
 
 _DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
@@ -29,6 +29,7 @@ class ModelConfig(Section):
 
     name_or_path: PathText = Field(
         "lab",
+        validation_alias=also("name_or_path", "model_name_or_path"),
         description="Base model: `lab` for retain's built-in lab model, a Hugging Face Hub id, "
         "or a local directory.",
     )
@@ -37,6 +38,7 @@ class ModelConfig(Section):
     )
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         "auto",
+        validation_alias=also("dtype", "torch_dtype"),
         description="Dtype the weights are loaded in; `auto` picks one that suits the device.",
     )
     device: str = Field(
@@ -117,7 +119,8 @@ class DataConfig(Section):
         "Evaluation and the audit score the last assistant turn either way.",
     )
     max_length: int = Field(
-        512, gt=0, description="Maximum tokens per example, prompt and answer together."
+        512, gt=0, validation_alias=also("max_length", "max_seq_length"),
+        description="Maximum tokens per example, prompt and answer together."
     )
     size: int | None = Field(
         None, gt=0, description="Use only the first N training rows; null uses them all."
@@ -128,10 +131,11 @@ class TrainConfig(Section):
     """Optimisation settings."""
 
     lr: float = Field(
-        1e-4, gt=0, description="Peak learning rate; 1e-4 is the usual starting point for LoRA."
+        1e-4, gt=0, validation_alias=also("lr", "learning_rate"), description="Peak learning rate; 1e-4 is the usual starting point for LoRA."
     )
     epochs: float = Field(
         2.0,
+        validation_alias=also("epochs", "num_train_epochs"),
         gt=0,
         description="Passes over the training data (fractions allowed); ignored when "
         "max_steps is set.",
@@ -139,9 +143,11 @@ class TrainConfig(Section):
     max_steps: int | None = Field(
         None, gt=0, description="Total optimizer steps; overrides epochs when set."
     )
-    batch_size: int = Field(8, gt=0, description="Examples per device in each forward pass.")
+    batch_size: int = Field(8, gt=0, validation_alias=also("batch_size", "per_device_train_batch_size"),
+                            description="Examples per device in each forward pass.")
     grad_accum: int = Field(
         1,
+        validation_alias=also("grad_accum", "gradient_accumulation_steps"),
         gt=0,
         description="Forward passes per optimizer step; effective batch = batch_size x grad_accum.",
     )
@@ -152,7 +158,7 @@ class TrainConfig(Section):
         description="Fraction of all steps spent ramping the learning rate up from 0.",
     )
     lr_scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup"] = Field(
-        "cosine", description="Learning-rate schedule after warmup."
+        "cosine", validation_alias=also("lr_scheduler", "lr_scheduler_type"), description="Learning-rate schedule after warmup."
     )
     max_grad_norm: float | None = Field(
         1.0, gt=0, description="Clip the gradient norm to this value; null disables clipping."
@@ -180,6 +186,7 @@ class TrainConfig(Section):
     )
     save_every: int | None = Field(
         None,
+        validation_alias=also("save_every", "save_steps"),
         gt=0,
         description="Save a checkpoint every N optimizer steps (what `--resume` continues "
         "from); null saves at every guard check.",
@@ -195,6 +202,14 @@ class TrainConfig(Section):
     group_by_length: bool = Field(
         True,
         description="Batch rows of similar length together, so that little padding is computed.",
+    )
+    trainer_args: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Further `transformers.TrainingArguments` for what retain does not model "
+        "(optim, gradient_checkpointing, torch_compile, deepspeed, fsdp, fsdp_config, "
+        "dataloader_num_workers, ...), passed as given, e.g. `--set "
+        "train.trainer_args.optim=adafactor`. One that retain sets itself is refused with the "
+        "setting to use (learning_rate: train.lr).",
     )
 
 

@@ -7,7 +7,15 @@ import os
 import types
 from typing import Annotated, Any, Union, get_args, get_origin
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, ValidationInfo, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    AliasChoices,
+    BaseModel,
+    ConfigDict,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from pydantic_core import PydanticCustomError
 
 
@@ -27,6 +35,13 @@ def expand_home(value: str) -> str:
     """Returns ``value`` with a leading ``~`` or ``~/`` spelled out as the home folder, as a
     shell would have (a YAML value or a quoted --set reaches retain unexpanded)."""
     return os.path.expanduser(value) if value == "~" or value.startswith("~/") else value
+
+
+def also(name: str, *others: str) -> AliasChoices:
+    """Returns the names a setting is read under: its own, then ``others`` (the name
+    Hugging Face's ``TrainingArguments``, peft or TRL give it), for ``validation_alias``.
+    A file that sets both names is refused (pydantic: the second is an unknown key)."""
+    return AliasChoices(name, *others)
 
 
 PathText = Annotated[str, AfterValidator(expand_home)]

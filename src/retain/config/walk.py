@@ -46,6 +46,25 @@ def valid_paths() -> list[str]:
     return [name for name, _ in walk()]
 
 
+def aliases() -> dict[str, str]:
+    """Returns every other name a setting is read under, dotted, with the setting's own:
+    ``{"train.learning_rate": "train.lr", ...}`` (Hugging Face's names, :func:`retain.config.section.also`)."""
+    found = {}
+    for dotted, field in walk():
+        choices = getattr(field.validation_alias, "choices", ())
+        section = dotted.rpartition(".")[0]
+        found |= {f"{section}.{name}" if section else name: dotted for name in choices
+                  if isinstance(name, str) and name != dotted.rpartition(".")[2]}
+    return found
+
+
+def section_aliases(section: Sequence[str]) -> dict[str, str]:
+    """Returns the other names of the settings of one section: ``{"learning_rate": "lr"}``."""
+    prefix = ".".join(section) + "." if section else ""
+    return {alias[len(prefix):]: name[len(prefix):] for alias, name in aliases().items()
+            if alias.startswith(prefix) and "." not in alias[len(prefix):]}
+
+
 def model_at(parts: Sequence[str]) -> type[BaseModel] | None:
     """Returns the section model at ``parts`` (``()`` is the top level), or None."""
     model: type[BaseModel] | None = RetainConfig

@@ -5,6 +5,8 @@ and the ``TrainingArguments`` that carry them to the trainer."""
 
 from __future__ import annotations
 
+import dataclasses
+import difflib
 import logging
 import math
 from collections.abc import Callable
@@ -22,7 +24,7 @@ from retain.data.encoding import (
 )
 from retain.data.prompting import PromptFormat
 from retain.data.rows import Example, load_examples_for
-from retain.errors import TrainRefused
+from retain.errors import ConfigError, TrainRefused
 from retain.hardware import resolve_precision
 from retain.paths import process_count
 from retain.rundir import RunDir
@@ -127,7 +129,68 @@ def check_blended_rows(rows: list[Encoded], suites: list, config: RetainConfig,
             "items": {suite: sorted(ids) for suite, ids in items.items()}}
 
 
+# TrainingArguments that retain sets from its own settings, or needs as it sets them:
+# train.trainer_args refuses them, saying what to set instead.
+OWNED_TRAINER_ARGS = {
+    "learning_rate": "train.lr", "num_train_epochs": "train.epochs", "max_steps": "train.max_steps",
+    "per_device_train_batch_size": "train.batch_size", "gradient_accumulation_steps": "train.grad_accum",
+    "warmup_steps": "train.warmup_ratio", "lr_scheduler_type": "train.lr_scheduler",
+    "max_grad_norm": "train.max_grad_norm", "weight_decay": "train.weight_decay", "bf16": "train.precision",
+    "fp16": "train.precision", "seed": "train.seed", "data_seed": "train.seed", "save_steps": "train.save_every",
+    "save_total_limit": "train.save_total_limit", "report_to": "train.report_to",
+    "train_sampling_strategy": "train.group_by_length", "use_cpu": "model.device",
+    "output_dir": "output.dir and the run's name (retain train --name)",
+    "save_strategy": "train.save_every (checkpoints are saved at the guard checks)",
+    "logging_steps": "nothing: the loss guard reads every step's loss",
+    "logging_nan_inf_filter": "nothing: the loss guard must see a NaN or infinite loss",
+    "remove_unused_columns": "nothing: retain's collator reads columns transformers would drop",
+    "disable_tqdm": "nothing: retain shows its own progress",
+    "eval_strategy": "guards.every_steps (the guards run the checks)",
+    "load_best_model_at_end": "guards.forgetting.action (the forgetting guard restores the best checkpoint)",
+    "metric_for_best_model": "guards.forgetting (the forgetting guard chooses the checkpoint kept)",
+    "resume_from_checkpoint": "retain train --resume",
+}
+
+
+def check_trainer_args(config: RetainConfig) -> None:
+    """Refuses a ``train.trainer_args`` entry that is not a ``TrainingArguments`` setting
+    (naming the nearest) or that retain sets itself (naming the setting to use).
+
+    Raises:
+        ConfigError: On the first such entry.
+    """
+    known = [field.name for field in dataclasses.fields(TrainingArguments) if field.init]
+    for name in config.train.trainer_args:
+        where = f"train.trainer_args.{name}"
+        if name in OWNED_TRAINER_ARGS:
+            raise ConfigError(f"retain sets '{name}' itself", field=where,
+                              fix=f"remove it from train.trainer_args; set {OWNED_TRAINER_ARGS[name]}")
+        if name not in known:
+            nearest = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
+            raise ConfigError(f"'{name}' is not a setting of transformers' TrainingArguments", field=where,
+                              fix=(f"did you mean '{nearest[0]}'? " if nearest else "")
+                              + "see the TrainingArguments reference of transformers")
+
+
 def training_args(config: RetainConfig, run: RunDir, plan: Plan) -> TrainingArguments:
+    """The ``TrainingArguments`` of a run: retain's settings, then ``train.trainer_args``.
+
+    Raises:
+        ConfigError: If ``train.trainer_args`` names a setting it may not, or transformers
+            refuses one of its values.
+    """
+    check_trainer_args(config)
+    try:
+        return _training_args(config, run, plan)
+    except (ValueError, TypeError) as error:  # transformers' own checks of a passed-through value
+        if not config.train.trainer_args:
+            raise
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ConfigError(f"transformers refused the training arguments: {first}", field="train.trainer_args",
+                          fix="correct or remove the value in train.trainer_args") from None
+
+
+def _training_args(config: RetainConfig, run: RunDir, plan: Plan) -> TrainingArguments:
     train = config.train
     interval, total_steps = plan.interval, plan.total_steps
     device = config.model.device
@@ -159,4 +222,5 @@ def training_args(config: RetainConfig, run: RunDir, plan: Plan) -> TrainingArgu
         dataloader_num_workers=0,
         disable_tqdm=True,
         use_cpu=device == "cpu" or (device == "auto" and not torch.cuda.is_available()),
+        **train.trainer_args,
     )

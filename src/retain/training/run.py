@@ -85,7 +85,14 @@ from retain.training.finish import (
     starting_evaluation,
     summary_of,
 )
-from retain.training.plan import VALIDATION_LIMIT, Plan, TrainingRows, check_blended_rows, training_args
+from retain.training.plan import (
+    VALIDATION_LIMIT,
+    Plan,
+    TrainingRows,
+    check_blended_rows,
+    check_trainer_args,
+    training_args,
+)
 from retain.training.preflight import check_inputs, doctor_passed, preflight
 from retain.training.resume import (
     check_same_config,
@@ -143,7 +150,8 @@ def run_train(
     if resume and not config.output.name:
         raise ConfigError("--resume needs the name of the run to continue", field="output.name",
                           fix="pass --name NAME (the run directory's name) or set output.name")
-    process_count()  # a WORLD_SIZE that counts no processes, and a bad run name, before any loading
+    process_count()  # a WORLD_SIZE that counts no processes, a bad run name or trainer_args, before any loading
+    check_trainer_args(config)
     if config.output.name:
         validate_run_name(config.output.name)
     if not resume:
