@@ -86,6 +86,11 @@ def _train_runs(base, root: Path, done: Path) -> dict[str, Path]:
                                   "smoke": {"action": "warn"}}},
         "small": {"method": {"use": ["lora"]}, "data": {"size": 32},
                   "train": {"lr": 1e-3, "max_steps": 8, "batch_size": 8}},
+        # The aggressive run under a forgetting guard that acts: stopped and rolled back.
+        "rollback": {"method": {"use": ["full"]}, "data": {"size": 32},
+                     "train": {"lr": 1e-2, "max_steps": 8, "batch_size": 8},
+                     "guards": {"every_steps": 4, "forgetting": {"threshold": 0.01, "patience": 0},
+                                "smoke": {"action": "warn"}}},
     }
     from retain.config import RetainConfig
 
@@ -463,3 +468,22 @@ def test_task_answers_before_and_after_are_shown(runs) -> None:
     # retain train keeps the first task answers of the base model and of the trained one.
     assert all(sample.before is not None and sample.after is not None and sample.expected for sample in samples)
 
+
+
+def test_a_rolled_back_run_shows_the_peak_it_reached_and_the_checkpoint_kept(runs) -> None:
+    # After a roll-back the final model's figures are the restored checkpoint's: the cards
+    # must also say what training reached, or a run that forgot reads as a green "+0.0%".
+    from retain.report.content import cards
+    from retain.report.sources import read_run
+
+    run = read_run(runs["rollback"])
+    summary = json.loads((runs["rollback"] / "summary.json").read_text())
+    assert summary["restored_step"] is not None and summary["stopped_by"]["guard"] == "forgetting"
+    peak = max(check["forgetting"] for check in run.checks)
+    assert peak > 0.01 >= summary["forgetting_relative"]
+    probe = next(card for card in cards(run) if card.title == "General probes: forgetting")
+    assert f"(peak +{peak:.1%})" in probe.value and probe.tone == "warn"
+    assert probe.lines[0].startswith(f"peak +{peak:.1%} at step ")
+    assert f"the final model is the checkpoint of step {summary['restored_step']}" in probe.lines[0]
+    health = next(card for card in cards(run) if card.title == "Generation health")
+    assert health.lines[0] == f"smoke prompts: the final model's answers (the checkpoint of step {summary['restored_step']})"

@@ -110,3 +110,13 @@ def test_the_browser_client_reports_console_errors_and_requests(tmp_path) -> Non
 @pytest.fixture(autouse=True, scope="module")
 def _clean_screenshots() -> None:
     shutil.rmtree(SCREENSHOTS, ignore_errors=True)
+
+
+def test_a_rolled_back_run_shows_its_peak_forgetting_and_the_limit_in_chromium(runs, tmp_path) -> None:
+    summary = json.loads((runs["rollback"] / "summary.json").read_text())
+    peak = max(json.loads(line)["forgetting"] for line in (runs["rollback"] / "metrics.jsonl").read_text().splitlines()
+               if json.loads(line).get("event") == "check")
+    files = build_report([runs["rollback"]], tmp_path / "rollback.html")
+    text = visit(files.html, "rollback")["text"]
+    assert f"(peak +{peak:.1%})" in text and "over the 1% limit" in text and "limit 1%" in text
+    assert f"the final model is the checkpoint of step {summary['restored_step']}" in text

@@ -12,10 +12,17 @@ from typing import Any
 
 from retain.errors import RetainError
 from retain.evaluation.suites import load_suite
-from retain.report.views import RunView, as_dict, as_number, dotted, summary_of
+from retain.report.views import (
+    RunView,
+    as_dict,
+    as_number,
+    dotted,
+    forgetting_limit,
+    peak,
+    summary_of,
+)
 from retain.summary import RunSummary
 
-FORGETTING_LIMIT = 0.03  # guards.forgetting.threshold's default, for runs whose config lacks it
 SMOKE_LIMIT = 0.5  # guards.smoke.fail_share's default
 SILENT_SHARE = 0.5  # a task split where this share of answers is no label at all is flagged
 SAMPLES_PER_CATEGORY = 4
@@ -55,11 +62,6 @@ class Card:
     value: str
     lines: list[str] = field(default_factory=list)
     tone: str = "neutral"
-
-
-def forgetting_limit(run: RunView) -> float:
-    """Returns the run's forgetting threshold (relative drop), the default if unset."""
-    return as_number(dotted(run.config, "guards.forgetting.threshold")) or FORGETTING_LIMIT
 
 
 def last_check(run: RunView) -> dict[str, Any]:
@@ -142,7 +144,16 @@ def _probe_card(run: RunView, summary: RunSummary, check: dict) -> Card:
     note = summary.rehearsal_note().strip(" ()")
     if note:  # rows were blended in: forgetting on the items they stated and on the rest
         lines.append(note)
-    return Card("General probes: forgetting", signed_pct(drop), lines, "bad" if drop > limit else "good")
+    value, tone = signed_pct(drop), "bad" if drop > limit else "good"
+    highest = peak(run, "forgetting")
+    if run.summary is not None and highest is not None and highest[0] > max(drop, limit):
+        # The final model is what a roll-back restored: the card says what training reached.
+        value = f"{signed_pct(drop)} (peak {signed_pct(highest[0])})"
+        lines.insert(0, f"peak {signed_pct(highest[0])} at step {highest[1]}, over the {limit:.0%} limit"
+                     + (f"; the final model is the checkpoint of step {summary.restored_step}"
+                        if summary.restored_step is not None else ""))
+        tone = "bad" if drop > limit else "warn"
+    return Card("General probes: forgetting", value, lines, tone)
 
 
 def overall_interval(run: RunView) -> tuple[float, float] | None:
@@ -199,8 +210,15 @@ def _health_card(run: RunView, summary: RunSummary, check: dict) -> Card:
                    for score in as_dict(summary.task).values()]
     bad = (smoke_share is not None and smoke_share >= limit) or any(
         share is not None and share >= limit for share in task_broken)
-    return Card("Generation health", f"{pct(smoke_share, 0)} smoke answers broken", lines,
-                "bad" if bad else "good")
+    tone = "bad" if bad else "good"
+    if smoke_share is not None and run.summary is not None:
+        lines.insert(0, "smoke prompts: the final model's answers" + (
+            f" (the checkpoint of step {summary.restored_step})" if summary.restored_step is not None else ""))
+        highest = peak(run, "smoke_fail_share")
+        if highest is not None and highest[0] > smoke_share:  # what the checks saw before a roll-back
+            lines.insert(1, f"at the checks: up to {pct(highest[0], 0)} broken (step {highest[1]})")
+            tone = "bad" if bad else ("warn" if highest[0] >= limit else tone)
+    return Card("Generation health", f"{pct(smoke_share, 0)} smoke answers broken", lines, tone)
 
 
 def _training_card(run: RunView, summary: RunSummary) -> Card:

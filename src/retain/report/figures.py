@@ -21,7 +21,14 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator, NullFormatter, ScalarFormatter
 
 from retain.report.analysis import SizeCurve
-from retain.report.views import RunView, Trial, as_dict, as_number, summary_of
+from retain.report.views import (
+    RunView,
+    Trial,
+    as_dict,
+    as_number,
+    forgetting_limit,
+    summary_of,
+)
 
 MAX_LEGEND = 12  # more lines than this and the legend would hide the plot
 GUARD_COLOR = "#c0392b"
@@ -146,6 +153,15 @@ def probe_figure(run: RunView) -> str | None:
     if overall:
         overall = _from_start(overall, base_overall)
         axis.plot(*zip(*overall, strict=True), color="black", linewidth=2, label="all probes")
+    if base_overall is not None:  # the forgetting guard's limit, on all probes
+        limit = forgetting_limit(run)
+        axis.axhline(base_overall * (1 - limit), color=GUARD_COLOR, linestyle=":", linewidth=1,
+                     label=f"limit: {limit:.0%} below the base")
+    restored = summary_of(run).restored_step
+    kept = next((point for point in overall if point[0] == restored), None) if restored is not None else None
+    if kept is not None:
+        axis.plot(*kept, marker="*", markersize=12, color=GUARD_COLOR, linestyle="none",
+                  label=f"restored: step {restored}")
     task = [(c["step"], c["task_accuracy"]) for c in checks if as_number(c.get("task_accuracy")) is not None]
     if task:
         axis.plot(*zip(*task, strict=True), color="grey", linestyle="--", marker="s", markersize=3,

@@ -16,7 +16,18 @@ import yaml
 import retain
 from retain.report import content, figures
 from retain.report.analysis import describe, format_value, pareto_front, size_curves
-from retain.report.views import RunView, SweepView, Trial, as_dict, as_number, dotted, summary_of, varying_settings
+from retain.report.views import (
+    FORGETTING_LIMIT,
+    RunView,
+    SweepView,
+    Trial,
+    as_dict,
+    as_number,
+    dotted,
+    forgetting_limit,
+    summary_of,
+    varying_settings,
+)
 
 # What training does not save yet, said where the report would show it.
 MISSING_GENERATIONS = (
@@ -159,7 +170,7 @@ def comparison(runs: Sequence[RunView], anchors: Sequence[str]) -> Comparison:
             task=content.pct(content.task_accuracy(run, "eval")), ood=content.pct(content.task_accuracy(run, "ood")),
             probes=f"{content.pct(summary.base_probe_accuracy)} → {content.pct(summary.final_probe_accuracy)}",
             forgetting=content.signed_pct(drop),
-            forgetting_bad=(drop or 0) > content.forgetting_limit(run) if isinstance(drop, (int, float)) else False,
+            forgetting_bad=(drop or 0) > forgetting_limit(run) if isinstance(drop, (int, float)) else False,
             kl=content.num(as_dict(summary.drift).get("kl")),
             smoke=content.pct(as_dict(summary.smoke).get("failures"), 0),
             ship=ship, reasons="; ".join(reasons),
@@ -171,7 +182,7 @@ def comparison(runs: Sequence[RunView], anchors: Sequence[str]) -> Comparison:
         "Drift over steps, all runs": figures.drift_figure(runs),
         "Task accuracy against forgetting": figures.pareto_figure(
             trials, pareto_front([(t.task_accuracy, t.forgetting) for t in trials]),
-            content.forgetting_limit(runs[0])),
+            forgetting_limit(runs[0])),
         "Data-size curves": figures.size_figure(size_curves(trials)),
     }
     return Comparison(rows=rows, varying=varying, figures={k: v for k, v in plots.items() if v})
@@ -193,7 +204,7 @@ def sweep_section(sweep: SweepView, anchor: str) -> SweepSection:
     else:
         front = pareto_front([(t.task_accuracy, t.forgetting) for t in trials])
     runs = sweep.runs
-    limit = sweep.forgetting_limit or (content.forgetting_limit(runs[0]) if runs else content.FORGETTING_LIMIT)
+    limit = sweep.forgetting_limit or (forgetting_limit(runs[0]) if runs else FORGETTING_LIMIT)
     param_keys = list(dict.fromkeys(key for trial in trials for key in trial.params))
     rows = [{
         "number": trial.number, "name": trial.name, "state": trial.state,

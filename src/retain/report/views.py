@@ -97,6 +97,24 @@ def dotted(config: dict[str, Any], key: str) -> Any:
     return value
 
 
+FORGETTING_LIMIT = 0.03  # guards.forgetting.threshold's default, for runs whose config lacks it
+
+
+def forgetting_limit(run: RunView) -> float:
+    """Returns the run's forgetting threshold (relative drop), the default if unset."""
+    return as_number(dotted(run.config, "guards.forgetting.threshold")) or FORGETTING_LIMIT
+
+
+def peak(run: RunView, key: str) -> tuple[float, int] | None:
+    """Returns the highest value of ``key`` (``forgetting``, ``smoke_fail_share``) any guard
+    check recorded, with the step of the first check that reached it; None if none did.
+    After a roll-back the final model's figures are the restored checkpoint's; this is what
+    training reached on the way."""
+    seen = [(value, int(as_number(check.get("step")) or 0)) for check in run.checks
+            if (value := as_number(check.get(key))) is not None]
+    return max(seen, key=lambda item: (item[0], -item[1])) if seen else None
+
+
 # --- runs --------------------------------------------------------------------------------
 
 def flatten(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
