@@ -218,3 +218,13 @@ _READERS: Mapping[str, Any] = {
     "trainer": _optional_mapping,
 }
 _NULLABLE = frozenset({"stopped_by", "restored_step", "best_step", "drift", "smoke", "run_dir", "verdict"})
+
+
+def percent(value: float | None) -> str:
+    """Returns a share as a percentage with one decimal, or ``n/a``."""
+    return "n/a" if value is None else f"{value:.1%}"
+
+
+def signed(value: float | None) -> str:
+    """Returns a change as a signed percentage with one decimal, or ``n/a``."""
+    return "n/a" if value is None else f"{value:+.1%}"

@@ -169,4 +169,7 @@ class GuardsConfig(Section):
         default_factory=LossGuardConfig, description="Loss health."
     )
 
-
+    def interval(self, steps_per_epoch: int) -> int:
+        """Returns the optimizer steps between checks: ``every_steps``, else
+        ``checks_per_epoch`` checks spread over an epoch of ``steps_per_epoch`` steps."""
+        return self.every_steps or max(1, steps_per_epoch // self.checks_per_epoch)

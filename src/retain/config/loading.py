@@ -6,7 +6,7 @@ import copy
 import difflib
 import re
 import types
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Union, get_args, get_origin
 
@@ -56,6 +56,22 @@ def load_config(path: str | Path | None, overrides: Sequence[str] = ()) -> Retai
     return _load(path, overrides)
 
 
+def resolve_config(
+    source: str | Path | RetainConfig | Mapping[str, Any] | None, overrides: Sequence[str] = ()
+) -> RetainConfig:
+    """Returns the configuration ``source`` names, with ``overrides`` applied on top: a
+    YAML file (as :func:`load_config`), a :class:`RetainConfig`, a mapping of the same
+    sections, or None for all defaults.
+
+    Raises:
+        ConfigError: As :func:`load_config`; a mapping's mistakes name the dotted field.
+    """
+    if source is None or isinstance(source, (str, Path)):
+        return load_config(source, overrides)
+    raw = source.model_dump(mode="json") if isinstance(source, RetainConfig) else dict(source)
+    return _validated(apply_overrides(raw, overrides), None, {}, overrides)
+
+
 def _load(path: str | Path | None, overrides: Sequence[str]) -> RetainConfig:
     raw: dict[str, Any] = {}
     lines: dict[str, int] = {}
@@ -63,7 +79,11 @@ def _load(path: str | Path | None, overrides: Sequence[str]) -> RetainConfig:
         text = read_text_file(Path(path))
         lines = key_lines(text, path)
         raw = parse_yaml(text, path)
-    raw = apply_overrides(raw, overrides)
+    return _validated(apply_overrides(raw, overrides), path, lines, overrides)
+
+
+def _validated(raw: dict[str, Any], path: str | Path | None, lines: dict[str, int],
+               overrides: Sequence[str]) -> RetainConfig:
     # (dotted key, override text), so validation errors can blame the override.
     sources = [(override.partition("=")[0].strip(), override) for override in overrides]
     try:

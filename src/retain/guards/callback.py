@@ -4,13 +4,13 @@ At each scheduled check (every ``guards.every_steps`` optimizer steps, or
 ``guards.checks_per_epoch`` times per epoch, and at the end of every epoch) the callback
 measures the model (:class:`~retain.guards.measure.Probe`), asks each guard of :mod:`retain.guards.rules` for
 its decision, writes every decision with its numbers to ``metrics.jsonl`` and the log,
-and acts: a stop ends training after this step; a new best check makes the trainer save
-a checkpoint now and protects it from rotation (``state.best_global_step``), so that a
-stop, by any guard, can load it back. Every logged training loss passes the loss guard.
+and acts: a stop ends training after this step; a new best check hands the model to the
+keeper (:mod:`retain.guards.keep`), so that a stop, by any guard, can come back to it.
+Every logged training loss passes the loss guard.
 
-
-Every checkpoint is sealed with the guard state (:mod:`retain.checkpoints`), so
-``--resume`` continues with the guards where they were.
+``retain train`` keeps the best check as a trainer checkpoint, and every checkpoint is
+sealed with the guard state (:mod:`retain.checkpoints`), so ``--resume`` continues with
+the guards where they were; :class:`retain.RetainCallback` keeps it in memory.
 """
 
 import logging
@@ -26,8 +26,8 @@ from transformers import (
     TrainingArguments,
 )
 
-from retain.checkpoints import save_model, start_folder
 from retain.config.guards import GuardsConfig
+from retain.guards.keep import CheckpointKeeper, Keeper
 from retain.guards.measure import Baseline, Probe
 from retain.guards.rules import (
     LOSS_WINDOW,
@@ -58,12 +58,16 @@ class GuardCallback(TrainerCallback):
         config: The guards' settings.
         probe: What checks measure with.
         baseline: The base model's numbers.
-        run: The run directory (metrics and log).
+        run: The run directory (metrics and log), or None to keep the records in
+            :attr:`state` only.
         interval: Steps between checks.
         settle_steps: Steps before a high training loss is judged: warmup, and at least a tenth
             of the run (early losses are high in every healthy run).
         state: Guard state to continue from (``--resume``), else a fresh one.
         echo: Called with each decision's line, for the console.
+        pipeline_checked: The doctor found the labels right (no blocker).
+        keeper: Where the best check's weights are kept; by default the run directory's
+            checkpoints (:class:`~retain.guards.keep.CheckpointKeeper`).
     """
 
     def __init__(
@@ -71,16 +75,17 @@ class GuardCallback(TrainerCallback):
         config: GuardsConfig,
         probe: Probe,
         baseline: Baseline,
-        run: RunDir,
+        run: RunDir | None,
         *,
         interval: int,
         settle_steps: int = 0,
         state: GuardState | None = None,
         echo: Callable[[str], None] | None = None,
         pipeline_checked: bool = False,
+        keeper: Keeper | None = None,
     ) -> None:
         self.config = config
-        self.pipeline_checked = pipeline_checked  # the doctor found the labels right (no blocker)
+        self.pipeline_checked = pipeline_checked
         self.probe = probe
         self.baseline = baseline
         self.run = run
@@ -88,6 +93,9 @@ class GuardCallback(TrainerCallback):
         self.settle_steps = settle_steps
         self.state = state or GuardState()
         self.echo = echo
+        if keeper is None and run is None:
+            raise ValueError("without a run directory, the guards need a keeper for the best weights")
+        self.keeper = keeper or CheckpointKeeper(run)
         # Set to ``Trainer.log`` by the caller: checks then reach report_to trackers too.
         self.log: Callable[[dict[str, float]], None] | None = None
         self._last_checked = self.state.checks[-1].step if self.state.checks else 0
@@ -98,7 +106,7 @@ class GuardCallback(TrainerCallback):
                logs: dict[str, float] | None = None, model: PreTrainedModel | None = None, **kwargs: Any) -> None:
         if not logs or all(key.startswith(TRACKER_PREFIX) for key in logs if key != "epoch"):
             return  # a check sent to the trackers: metrics.jsonl has it as a check already
-        self.run.append_metrics({"event": "log", "step": state.global_step, "epoch": state.epoch, **logs})
+        self._write({"event": "log", "step": state.global_step, "epoch": state.epoch, **logs})
         loss = logs.get("loss")
         if loss is None:
             return
@@ -130,8 +138,7 @@ class GuardCallback(TrainerCallback):
 
         It starts the timeline, and it is a candidate of the selection rule like any other
         check: when no later check stays within the forgetting limit, a stop rolls the run
-        back to these weights, saved for that in ``checkpoints/start`` (a complete folder
-        or none).
+        back to these weights, which the keeper keeps for that.
         """
         if model is None or self.state.checks or state.global_step != 0:
             return
@@ -149,13 +156,13 @@ class GuardCallback(TrainerCallback):
         if base.logprobs is not None:
             check.kl, check.perplexity_ratio = 0.0, 1.0
         self.state.checks.append(check)
-        self.run.append_metrics({"event": "check", **check.to_dict()})
-        if self.echo is not None and self.run.writer:
+        self._write({"event": "check", **check.to_dict()})
+        if self.echo is not None and self._main:
             self.echo(describe(check) + " (the starting model)")
-        if check.forgetting is not None or self.baseline.probe_accuracy is None:
-            self.state.best_step = 0
-        if self.run.writer:  # every stop may come back here (see _stop)
-            save_model(model, start_folder(self.run))
+        # Its forgetting is 0 whenever there is a base accuracy: it is always the first best,
+        # and every stop may come back here (see _stop).
+        self.state.best_step = 0
+        self.keeper.keep(model, 0, state, control)
 
     def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
                     model: PreTrainedModel | None = None, **kwargs: Any) -> None:
@@ -178,8 +185,8 @@ class GuardCallback(TrainerCallback):
         self._last_checked = state.global_step
         check = self.measure(model, state.global_step, float(state.epoch or 0.0), due)
         self.state.checks.append(check)
-        self.run.append_metrics({"event": "check", **check.to_dict()})
-        if self.echo is not None and self.run.writer:
+        self._write({"event": "check", **check.to_dict()})
+        if self.echo is not None and self._main:
             self.echo(describe(check))
         if self.log is not None:
             should_log = control.should_log  # Trainer.log clears it; this step's loss must still log
@@ -199,8 +206,7 @@ class GuardCallback(TrainerCallback):
         measured = check.forgetting is not None or self.baseline.probe_accuracy is None
         if measured and better(check, self.state.best(), self.config):
             self.state.best_step = check.step
-            state.best_global_step = check.step  # the trainer keeps this checkpoint from rotation
-            control.should_save = True
+            self.keeper.keep(model, check.step, state, control)
 
     def measure(self, model: PreTrainedModel, step: int, epoch: float,
                 due: set[str] = frozenset({"smoke", "forgetting", "drift", "validation"})) -> Check:
@@ -241,7 +247,7 @@ class GuardCallback(TrainerCallback):
 
     def _record(self, decision: Decision, control: TrainerControl, *, stop: bool = True) -> None:
         self.state.decisions.append(decision)
-        self.run.append_metrics({"event": "guard", **decision.to_dict()})
+        self._write({"event": "guard", **decision.to_dict()})
         line = f"step {decision.step} {decision.guard}: {decision.message}"
         if decision.triggered:
             line += f" -> {decision.action}"
@@ -254,12 +260,21 @@ class GuardCallback(TrainerCallback):
     def _stop(self, decision: Decision, control: TrainerControl) -> None:
         """Stops the run for ``decision``. Whatever the guard and its action (``stop`` or
         ``restore_best``), the run ends on the best checkpoint within the forgetting limit,
-        or the starting weights (:func:`retain.training.finish.restore_if_asked`): the
+        or the starting weights (:func:`retain.guards.keep.restore_target`): the
         weights that tripped a guard (a silent model, a NaN loss, forgetting past the
         limit) are never the ones saved."""
         self.state.stopped_by = decision
         self.state.restore = True
         control.should_training_stop = True
+
+    @property
+    def _main(self) -> bool:
+        """Whether this process speaks: the one that writes the run directory, or the only one."""
+        return self.run is None or self.run.writer
+
+    def _write(self, record: dict[str, Any]) -> None:
+        if self.run is not None:
+            self.run.append_metrics(record)
 
 
 def tracker_values(check: Check) -> dict[str, float]:

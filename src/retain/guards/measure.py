@@ -17,7 +17,7 @@ from transformers import (
 from retain.data.encoding import IGNORE_INDEX, Collator, Encoded
 from retain.data.prompting import PromptFormat
 from retain.data.rows import Example
-from retain.evaluation.base_logprobs import BaseLogprobs
+from retain.evaluation.base_logprobs import BaseLogprobs, compute_base_logprobs
 from retain.evaluation.drift import drift_report
 from retain.evaluation.engine import EvalSettings, score_suite
 from retain.evaluation.generation import generate_greedy
@@ -208,6 +208,20 @@ class Probe:
         base_perplexity = base.check_perplexity if self.drift_tokens is not None else base.perplexity
         ratio = report.perplexity / base_perplexity if base_perplexity else None
         return report.kl, ratio
+
+    def baseline(self, model: PreTrainedModel) -> Baseline:
+        """Returns ``model``'s figures as the base the checks are judged against, measured
+        here as a check measures them (no cache, no validation rows: what a callback in
+        someone else's trainer knows; ``retain train`` measures its base with the full
+        evaluation, :func:`retain.training.baseline.measure_base`)."""
+        accuracy, _ = self.probes(model)
+        fail_share, _, _, stopped = self.smoke(model)
+        logprobs = compute_base_logprobs(model, self.tokenizer, self.reference) if self.reference else None
+        whole = (drift_report(model, self.tokenizer, self.reference, logprobs).perplexity
+                 if self.reference and self.drift_tokens is None else None)
+        return Baseline(probe_accuracy=accuracy, smoke_fail_share=fail_share, perplexity=whole,
+                        logprobs=logprobs, smoke_stopped=stopped,
+                        check_perplexity=self.check_perplexity(model, logprobs))
 
     def check_perplexity(self, model: PreTrainedModel, logprobs: BaseLogprobs | None) -> float | None:
         """Returns ``model``'s perplexity on the part of the reference text a check scores

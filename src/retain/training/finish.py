@@ -22,26 +22,27 @@ from retain.config.methods import method_names
 from retain.errors import RetainError
 from retain.evaluation.engine import forgetting, forgetting_by_rehearsal
 from retain.evaluation.task import no_better_than_majority
-from retain.guards.rules import unsound
+from retain.guards.keep import (
+    ROLLED_BACK,
+    describe_restore,
+    restore_target,
+    stop_reason,
+)
 from retain.guards.state import GuardState
 from retain.rundir import RunDir
-from retain.summary import RunSummary, Verdict
+from retain.summary import RunSummary, Verdict, percent, signed  # noqa: F401 - training/card.py reads them from here
 
 logger = logging.getLogger("retain.train")
 
 
 def restore_if_asked(model: PreTrainedModel, state: GuardState, run: RunDir, config: GuardsConfig,
                       echo: Callable[[str], None]) -> int | None:
-    """Loads the best checkpoint back when a guard that stopped the run asked for ``restore_best``."""
-    if state.stopped_by is None or not state.restore:
-        return None
-    best = state.best()
+    """Loads the best checkpoint (or the starting weights) back when a guard stopped the
+    run (:func:`~retain.guards.keep.restore_target`); returns its step, or None."""
+    best, problem = restore_target(state, config)
     if best is None:
-        echo("restore_best: no check had completed, so there is no checkpoint to restore")
-        return None
-    if unsound(best, config):
-        echo("restore_best: no checkpoint passed the smoke test with finite losses, so none is "
-             f"worth restoring; the model is left as it was at step {state.stopped_by.step}")
+        if problem:
+            echo(problem)
         return None
     folder = start_folder(run) if best.step == 0 else run.checkpoints_dir / f"checkpoint-{best.step}"
     if not folder.is_dir():
@@ -54,19 +55,7 @@ def restore_if_asked(model: PreTrainedModel, state: GuardState, run: RunDir, con
              f"as it was at step {state.stopped_by.step}")
         return None
     load_weights(model, folder)
-    figures = (f"probe accuracy {percent(best.probe_accuracy)}, forgetting {signed(best.forgetting)}, "
-               f"task accuracy {percent(best.task_accuracy)}")
-    threshold = config.forgetting.threshold
-    if best.step == 0:
-        echo(f"every check after the start forgot more than the limit of {threshold:.0%}, so the run was "
-             f"rolled back to its starting weights ({figures}): lower train.lr, check more often "
-             "(guards.every_steps) or use a mitigation")
-    elif best.forgetting is not None and best.forgetting > threshold:
-        echo(f"no checkpoint stayed within the forgetting limit of {threshold:.0%}; restored the one "
-             f"that forgot least, step {best.step} ({figures}): lower train.lr, check more often "
-             "(guards.every_steps) or use a mitigation")
-    else:
-        echo(f"restored the checkpoint of step {best.step} ({figures})")
+    echo(describe_restore(best, config))
     return best.step
 
 
@@ -161,12 +150,12 @@ def summary_of(config: RetainConfig, state: GuardState, base: dict[str, Any], fi
     smoke = final.get("smoke")
     if smoke is not None and smoke["failures"] >= config.guards.smoke.fail_share:
         reasons.append(f"{smoke['failures']:.0%} of smoke answers are broken")
-    if state.stopped_by is not None and state.stopped_by.guard in ("loss", "smoke"):
-        reasons.append(f"stopped by the {state.stopped_by.guard} guard: {state.stopped_by.message}")
+    stopped = stop_reason(state)
+    if stopped:
+        reasons.append(stopped)
     reasons += task_reasons(base.get("task") or {}, final.get("task") or {}, config.guards.smoke.fail_share)
     if restored == 0:
-        reasons.append("rolled back to the starting weights: the model learned nothing that could be "
-                       "kept within the forgetting limit")
+        reasons.append(ROLLED_BACK)
     return RunSummary(
         status="stopped" if state.stopped_by else "completed",
         stopped_by=state.stopped_by.to_dict() if state.stopped_by else None,
@@ -236,11 +225,3 @@ def overall_accuracy(result: dict[str, Any], method: str) -> float | None:
     scores = [methods[method] for methods in result.get("probes", {}).values() if method in methods]
     total = sum(len(score["items"]) for score in scores)
     return sum(sum(item["correct"] for item in score["items"]) for score in scores) / total if total else None
-
-
-def percent(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.1%}"
-
-
-def signed(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:+.1%}"

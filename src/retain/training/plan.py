@@ -78,7 +78,7 @@ class Plan:
         steps_per_epoch = max(1, math.ceil(len(train_rows) / (settings.batch_size * settings.grad_accum
                                                                * processes)))
         total_steps = settings.max_steps or max(1, math.ceil(steps_per_epoch * settings.epochs))
-        interval = config.guards.every_steps or max(1, steps_per_epoch // config.guards.checks_per_epoch)
+        interval = config.guards.interval(steps_per_epoch)
         # Smoke-test task prompts: held-out rows if there are any, else training rows.
         count = config.guards.smoke.task_prompts
         task_prompts = (validation or train)[:count]
