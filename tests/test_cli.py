@@ -149,3 +149,17 @@ def test_an_abort_is_one_line_and_exit_1(monkeypatch, capsys) -> None:
     with pytest.raises(SystemExit) as stop:
         cli.main()
     assert stop.value.code == 1 and capsys.readouterr().err.strip() == "Aborted!"
+
+
+def test_markdown_tables_print_as_rich_tables_with_whole_cells() -> None:
+    from rich.console import Console
+
+    from retain.console import table_of_markdown
+
+    table = table_of_markdown("| model | verdict |\n| --- | --- |\n| full \\| lora, lr 5e-4 | do not ship |\n"
+                              "| recipe | ship |\n")
+    assert [column.header for column in table.columns] == ["model", "verdict"] and table.row_count == 2
+    wide = Console(width=120, record=True, file=open("/dev/null", "w"))  # noqa: SIM115
+    wide.print(table)
+    text = wide.export_text()
+    assert "│ full | lora, lr 5e-4 │ do not ship │" in text and "---" not in text

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -63,7 +64,11 @@ def test_the_lab_tells_the_whole_story_at_micro_size(lab_run) -> None:
     # 7. the table and a report that names every training
     rows = _step(run, "report")["figures"]["rows"]
     assert [row["model"].split(",")[0] for row in rows][:2] == ["base model", "pad = EOS trap"]
-    assert len(rows) == 5 and "| full fine-tuning, lr 5e-4, guards off |" in stdout
+    assert len(rows) == 5 and "full fine-tuning" in stdout and "┃" in stdout  # a rich table, not raw Markdown
+    assert not [line for line in stdout.splitlines() if line.startswith("| ")]
+    # every training's checks, printed under its step (trainings in worker processes print theirs when they end)
+    assert re.search(r"^    aggressive-guarded: step \d+, probes \d", stdout, re.MULTILINE)
+    assert re.search(r"^    recipe: step \d+, probes \d", stdout, re.MULTILINE)
     html = (run / "report.html").read_text()
     assert all(Path(row["run_dir"]).name in html for row in rows[1:])
     summary = json.loads((run / "summary.json").read_text())

@@ -222,3 +222,18 @@ def print_accuracy(title: str, accuracy: dict[str, float], counts: dict[str, int
             table.add_row(name, str(counts.get(name, "")), f"{value:.1%}")
     table.add_row("overall", str(sum(counts.values())), f"{accuracy['overall']:.1%}", style="bold")
     console.print(table)
+
+
+def table_of_markdown(markdown: str, title: str | None = None) -> Table:
+    """Returns a Markdown table (a header row, its rule, then rows of ``|`` cells) as a rich
+    table, so that a narrow terminal wraps text inside its cells instead of breaking the
+    rows mid-cell; the Markdown stays what files and the docs get."""
+    rows = [[visible(cell.strip().replace("\\|", "|")) for cell in re.split(r"(?<!\\)\|", line.strip()[1:-1])]
+            for line in markdown.strip().splitlines() if line.strip().startswith("|")]
+    header, body = rows[0], [row for row in rows[1:] if not all(set(cell) <= set("-: ") for cell in row)]
+    table = Table(title=title, show_lines=False)
+    for name in header:
+        table.add_column(name, overflow="fold")
+    for row in body:
+        table.add_row(*row)
+    return table

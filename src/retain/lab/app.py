@@ -13,6 +13,7 @@ from retain.console import (
     console,
     errors,
     print_accuracy,
+    table_of_markdown,
 )
 from retain.errors import ConfigError
 from retain.lab.domain import TRAIN_ROWS
@@ -137,7 +138,7 @@ def _run_lab_steps(open_run, steps, size: str, seed: int, cache_dir: Optional[Pa
             print_accuracy("general ability of the base model (greedy exact match)",
                             result.figures["accuracy"], result.figures["counts"])
         if result.step == "report":
-            console.print(markdown_table(result.figures["rows"]), markup=False)
+            console.print(table_of_markdown(markdown_table(result.figures["rows"])))
     console.print(f"lab run directory: {run.path}", markup=False, highlight=False, soft_wrap=True)
 
 
@@ -271,5 +272,5 @@ def lab_compare(
                      "(a finished run is read back, not trained again)", markup=False, highlight=False,
                      soft_wrap=True)
         raise
-    console.print(markdown_table(rows), markup=False)
+    console.print(table_of_markdown(markdown_table(rows)))
     console.print(f"table data: {out_dir / 'compare.json'}")

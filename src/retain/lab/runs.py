@@ -202,17 +202,29 @@ class Lab:
             TrainRefused: When the audit or the doctor refused it (a RetainError keeps
                 its message across the process boundary).
         """
-        return self._outcome(training.name, f"training {training.name}", _train, training, self.resume)
+        echo = self._indented(training.name)
+        if training.name in self.pending:  # in a worker process: its checks are printed once it ends
+            summary = self._outcome(training.name, f"training {training.name}", _train, training, self.resume)
+            for line in check_lines(Path(summary.run_dir)):
+                echo(line)
+            return summary
+        return self._outcome(training.name, f"training {training.name}", _train, training, self.resume, echo=echo)
+
+    def _indented(self, name: str) -> Callable[[str], None]:
+        """Returns an echo for the lines of training ``name``, indented under its step."""
+        return lambda line: self.echo(f"    {name}: {line}")
 
     def baseline(self) -> dict[str, Any]:
         """Returns the base model's few-shot scores (:func:`_baseline`): from the worker
         process it was sent to, or measured here."""
         return self._outcome(BASELINE_JOB, "few-shot baseline", _baseline)
 
-    def _outcome(self, name: str, what: str, job: Callable[..., dict[str, Any]], *args: Any) -> dict[str, Any]:
+    def _outcome(self, name: str, what: str, job: Callable[..., Any], *args: Any, **here: Any) -> Any:
+        """Returns the result of ``job``: from the worker process it was sent to, or run here
+        (with ``here``, the keyword arguments that only a job in this process takes)."""
         future = self.pending.pop(name, None)
         if future is None:
-            return job(self.root, self.scale, self.seed, self.cache_dir, *args, progress=self.progress)
+            return job(self.root, self.scale, self.seed, self.cache_dir, *args, progress=self.progress, **here)
         if not self.progress:
             return future.result()
         from rich.console import Console
@@ -222,9 +234,11 @@ class Lab:
 
 
 def _train(root: Path, scale: Scale, seed: int, cache_dir: Path | None, training: Training,
-           resume: bool = False, *, progress: bool = False) -> dict[str, Any]:
-    """Runs one training of the story, in this process or a worker's; resuming, a training
-    that finished with the same config is read back instead (one cut short starts again)."""
+           resume: bool = False, *, progress: bool = False,
+           echo: Callable[[str], None] | None = None) -> RunSummary:
+    """Runs one training of the story, in this process or a worker's, ``echo`` printing
+    its lines (each check's, each guard that acts); resuming, a training that finished
+    with the same config is read back instead (one cut short starts again)."""
     from retain.training.resume import finished_summary
     from retain.training.run import run_train
 
@@ -233,8 +247,24 @@ def _train(root: Path, scale: Scale, seed: int, cache_dir: Path | None, training
     summary = finished_summary(config) if resume else None
     if summary is not None:
         return replace(summary, run_dir=str(Path(config.output.dir) / training.name))
-    outcome = run_train(config, overwrite=True, force=training.force, progress=progress, echo=lambda line: None)
+    outcome = run_train(config, overwrite=True, force=training.force, progress=progress,
+                        echo=echo or (lambda line: None))
     return replace(outcome.summary, run_dir=str(outcome.run_dir))
+
+
+def check_lines(run_dir: Path) -> list[str]:
+    """Returns the line of each guard check a finished training recorded (``metrics.jsonl``),
+    as ``retain train`` prints them while it runs."""
+    from dataclasses import fields
+
+    from retain.guards.callback import describe
+    from retain.guards.rules import Check
+    from retain.io import read_jsonl
+
+    names = {field.name for field in fields(Check)}
+    records = [record for record in read_jsonl(run_dir / "metrics.jsonl") if record.get("event") == "check"]
+    return [describe(Check(**{key: value for key, value in record.items() if key in names and key != "smoke_examples"}))
+            for record in records]
 
 
 def _baseline(root: Path, scale: Scale, seed: int, cache_dir: Path | None, *,
