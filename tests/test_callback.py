@@ -24,7 +24,6 @@ from transformers import (
 from retain.errors import ConfigError, DataError
 from retain.guards.dropin import SUMMARY_FILE, RetainCallback
 from retain.io import read_jsonl
-from retain.lab.export import export_lab_data
 
 pytestmark = pytest.mark.slow
 needs_trl = pytest.mark.skipif(sys.version_info < (3, 11), reason="TRL 1.16 and later need Python 3.11")
@@ -33,12 +32,9 @@ needs_trl = pytest.mark.skipif(sys.version_info < (3, 11), reason="TRL 1.16 and 
 EVERY_STEP = {"every_steps": 1, "forgetting": {"patience": 0}}
 
 
-@pytest.fixture(scope="module")
-def lab(micro_base, tmp_path_factory) -> dict[str, Path]:
-    base, _ = micro_base
-    root = tmp_path_factory.mktemp("callback-data")
-    export_lab_data(root, size="micro", n_train=64, n_eval=16)
-    return {"model": base.path, "probes": root / "probes.jsonl", "train": root / "train.jsonl"}
+@pytest.fixture
+def lab(micro_lab) -> dict[str, Path]:
+    return micro_lab
 
 
 def rows(lab: dict[str, Path]) -> list[dict]:

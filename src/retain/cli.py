@@ -187,18 +187,10 @@ def audit(
     json_out: Annotated[Optional[Path], typer.Option("--json", callback=output_file, help="Write the machine-readable report.")] = None,
 ) -> None:
     """Audit training data before training: exit 0 go, 1 warnings (--strict), 2 blockers."""
-    from retain.audit.runner import run_audit
-    from retain.config import load_config
-    from retain.evaluation.commands import default_suites
-    from retain.evaluation.suites import load_suite
+    from retain.api import audit as audit_data
 
-    resolved = load_config(config, set_ or [])
-    suites = [load_suite(name) for name in (resolved.probes.suites or default_suites(resolved.model.name_or_path))]
-    try:
-        report = run_audit(resolved, data, eval_data=eval_data, task=task, domain=domain,
-                           allow_small=allow_small_data, probes=suites)
-    except ValueError as error:
-        raise ConfigError(str(error), fix="see retain audit --help for the valid names") from None
+    report = audit_data(data, config, eval_data=eval_data, task=task, domain=domain, allow_small=allow_small_data,
+                        overrides=set_ or [])
     code = print_findings(f"audit of {data}: {report.rows:,} rows", report, strict)
     if json_out is not None:
         write_output(json_out, to_json(report.to_dict(), indent=2) + "\n")
