@@ -15,7 +15,8 @@ source evenly over the epoch: the k-th of a source's n rows goes to the position
 of each source, and any run of consecutive batches holds each source in its share of the
 set to within one row per source.
 
-The interleaving is ours (no library sampler mixes sources at a fixed share); the
+The interleaving is ours (no library sampler mixes sources at a fixed share;
+:func:`retain.methods.mixing.spread_evenly`, which :func:`retain.replay` shares); the
 length grouping is transformers'.
 """
 
@@ -27,6 +28,8 @@ from typing import Any
 import torch
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 from transformers.trainer_pt_utils import LengthGroupedSampler, get_length_grouped_indices
+
+from retain.methods.mixing import spread_evenly
 
 TASK = "task"
 """``Encoded.source`` of the rows of ``data.train``."""
@@ -71,12 +74,8 @@ class MixedSourceSampler(torch.utils.data.Sampler[int]):
 
     def __iter__(self) -> Iterator[int]:
         generator = torch.Generator().manual_seed(self.seed + self.epoch)
-        keyed: list[tuple[float, int, int]] = []
-        for rank, members in enumerate(self.members.values()):
-            order = self._order(members, generator)
-            keyed += [((position + 0.5) / len(order), rank, members[local]) for position, local in enumerate(order)]
-        keyed.sort()
-        return iter([index for _, _, index in keyed])
+        orders = [[members[local] for local in self._order(members, generator)] for members in self.members.values()]
+        return iter(spread_evenly(orders))
 
     def _order(self, members: list[int], generator: torch.Generator) -> list[int]:
         """Returns positions into ``members``: shuffled, and grouped by length if asked."""
