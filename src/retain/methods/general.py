@@ -22,6 +22,7 @@ Sources:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
 
@@ -71,11 +72,20 @@ def load_general_texts(config: RetainConfig) -> list[str]:
         texts = _dataset_texts(source, settings.text_field, settings.limit)
     else:
         texts = _file_texts(Path(source), settings.text_field, config)
-    texts = [text for text in texts if text.strip()][: settings.limit]
-    if not texts:
+    return usable_texts(texts, settings.limit, source)
+
+
+def usable_texts(texts: Sequence[str], limit: int, source: str) -> list[str]:
+    """Returns the first ``limit`` texts that are not blank.
+
+    Raises:
+        DataError: If none is left (``source`` names where they came from).
+    """
+    usable = [text for text in texts if text.strip()][:limit]
+    if not usable:
         raise DataError("no general text found", file=source,
                         fix="give a source with at least one non-empty text")
-    return texts
+    return usable
 
 
 def general_source(config: RetainConfig) -> str | None:

@@ -116,7 +116,7 @@ def weighted_squared_deviation(weights: list[TrainedWeight], importance: list[to
     return total
 
 
-class _Penalty(Method):
+class Penalty(Method):
     """A method that adds ``strength/2 * sum importance * (w_eff - w_start)^2`` to each
     batch's loss, ``strength`` from its settings; subclasses set ``weights`` (and
     ``importance``) in ``prepare_model``."""
@@ -148,7 +148,7 @@ class _Penalty(Method):
 
 
 @register
-class L2Sp(_Penalty):
+class L2Sp(Penalty):
     """L2-SP: ``alpha/2 * sum ||w_eff - w_start||^2`` over the trained weights is added to
     each batch's loss, pulling them towards the starting point rather than towards zero
     (Li, Grandvalet & Davoine, 2018, Explicit Inductive Bias for Transfer Learning with
@@ -171,7 +171,7 @@ class L2Sp(_Penalty):
 
 
 @register
-class Ewc(_Penalty):
+class Ewc(Penalty):
     """Elastic weight consolidation: ``lambda/2 * sum F * (w_eff - w_start)^2`` is added to
     each batch's loss, ``F`` the diagonal Fisher information of the base model on general
     data, so the weights general knowledge depends on most move least (Kirkpatrick et al.,

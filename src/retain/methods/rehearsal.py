@@ -16,9 +16,11 @@ import random
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
+from typing import TypeVar
 
 from transformers import PreTrainedModel
 
+from retain.config import RetainConfig
 from retain.data.encoding import Encoded, encode_examples, encode_texts
 from retain.data.prompting import PromptFormat, render_example
 from retain.data.rows import Example, chat_prompt_text
@@ -30,6 +32,8 @@ from retain.methods.general import INSTRUCTIONS, general_source
 from retain.methods.registry import register
 
 logger = logging.getLogger("retain.methods")
+
+T = TypeVar("T")
 
 TASK_ROWS = "rehearsal.task_rows"
 """``MethodContext.store`` key: the task rows before any rehearsal method blended rows in."""
@@ -70,15 +74,23 @@ def blend(task: Sequence[Encoded], general: Sequence[Encoded], seed: int) -> lis
     return rows
 
 
-def pick_texts(texts: Sequence[str], count: int, rng: random.Random) -> list[str]:
-    """Returns ``count`` texts sampled without replacement, or, when there are fewer texts
-    than that, the texts shuffled once and cycled through (logged: texts repeat)."""
+def pick_texts(texts: Sequence[T], count: int, rng: random.Random) -> list[T]:
+    """Returns ``count`` texts (or rows) sampled without replacement, or, when there are
+    fewer than that, all of them shuffled once and cycled through (logged: they repeat)."""
     if count <= len(texts):
         return rng.sample(list(texts), count)
     logger.warning("replay: %d general rows asked but only %d general texts; texts repeat up to %d times",
                    count, len(texts), math.ceil(count / len(texts)))
     shuffled = rng.sample(list(texts), len(texts))
     return [shuffled[index % len(shuffled)] for index in range(count)]
+
+
+def replay_texts(general: Sequence[T], task_rows: int, ratio: float, seed: int) -> list[T]:
+    """Returns the general texts (or rows) replay blends into ``task_rows`` task rows so
+    that they are ``ratio`` of the blend (:func:`general_count`), drawn by ``seed``
+    (:func:`pick_texts`): the one choice ``retain train`` and :func:`retain.replay` make."""
+    count = general_count(task_rows, ratio)
+    return pick_texts(general, count, random.Random(seed)) if count else []
 
 
 @register
@@ -103,9 +115,8 @@ class Replay(Method):
     def transform_rows(self, rows: list[Encoded], model: PreTrainedModel,
                        context: MethodContext) -> list[Encoded]:
         tasks = task_row_count(rows, context)
-        count = general_count(tasks, self.settings.ratio)
         seed = self.config.train.seed
-        texts = pick_texts(context.general_texts(), count, random.Random(seed)) if count else []
+        texts = replay_texts(context.general_texts(), tasks, self.settings.ratio, seed)
         general = encode_texts(texts, context.tokenizer, max_length=self.config.data.max_length,
                                source=self.name)
         context.echo(f"replay: blended {len(general)} general rows into {tasks} task rows "
@@ -124,6 +135,16 @@ def rehearsal_prompt(text: str) -> str | None:
         return text[: text.index(ANSWER_CUE) + len(ANSWER_CUE)]
     words = text.split()
     return " ".join(words[: len(words) // 2]) or None
+
+
+def rehearsal_prompts(texts: Sequence[str], config: RetainConfig) -> list[str]:
+    """Returns the prompts self-augmentation asks the base model, each once, shuffled by
+    ``train.seed``: the shipped instructions as they are, and from any other general
+    texts the prompt :func:`rehearsal_prompt` cuts."""
+    cut = general_source(config) != INSTRUCTIONS
+    prompts = list(dict.fromkeys(filter(None, map(rehearsal_prompt, texts) if cut else texts)))
+    random.Random(config.train.seed).shuffle(prompts)
+    return prompts
 
 
 def rehearsal_example(prompt: str, answer: str, line: int, prompt_format: PromptFormat) -> Example:
@@ -217,11 +238,7 @@ class SelfAugment(Method):
                        context: MethodContext) -> list[Encoded]:
         tasks = task_row_count(rows, context)
         needed = general_count(tasks, self.settings.ratio)
-        texts = context.general_texts()
-        # The shipped instructions are prompts already; other texts give the prompt cut from them.
-        cut = general_source(self.config) != INSTRUCTIONS
-        prompts = list(dict.fromkeys(filter(None, map(rehearsal_prompt, texts) if cut else texts)))
-        random.Random(self.config.train.seed).shuffle(prompts)
+        prompts = rehearsal_prompts(context.general_texts(), self.config)
         answers, generated = (self.healthy_answers(model, context, prompts, needed)
                               if needed else ([], 0))
         general = self._encode(answers, context)
