@@ -23,7 +23,8 @@ def examples() -> list[str]:
 def test_the_doc_has_an_example_of_each_function_and_trainer() -> None:
     text = "\n".join(examples())
     for call in ("retain.audit(", "retain.doctor(", "retain.evaluate(", "retain.train(", "Trainer(",
-                 "SFTTrainer(", "DPOTrainer(", "peft_config="):
+                 "SFTTrainer(", "DPOTrainer(", "peft_config=", "retain.replay(", "retain.check_rehearsal(",
+                 "retain.self_rehearsal(", "retain.ewc(", "retain.l2sp("):
         assert call in text, call
 
 
