@@ -1,7 +1,7 @@
 """How rows of several sources are interleaved so that every stretch of the order holds
 each source in its share: one function, used by ``retain train``'s sampler of blended rows
 (:class:`retain.training.sampling.MixedSourceSampler`) and by :func:`retain.replay`, the
-blend handed to a trainer of your own (:mod:`retain.methods.dropin_rows`).
+blend handed to a trainer of your own (:mod:`retain.dropin.rows`).
 """
 
 from __future__ import annotations
