@@ -31,11 +31,13 @@ LINE_BREAK = re.compile(r"\r\n|\r|\n")
 FIELD_SETTINGS = "data.prompt_field, data.response_field or data.messages_field"
 FORMATS_READ = (
     "prompt/response, messages (OpenAI chat), conversations (ShareGPT), "
-    "instruction/input/output (Alpaca), prompt/completion (TRL) or text (plain text)"
+    "instruction/input/output (Alpaca), prompt/completion (TRL), prompt/chosen/rejected (preference) "
+    "or text (plain text)"
 )
 TURN_COLUMNS = ("conversations",)  # columns of chat turns besides data.messages_field (ShareGPT's)
 # The columns that make a table's rows readable, besides the configured fields.
-_SCHEMA_COLUMNS = ({"prompt", "completion"}, {"conversations"}, {"instruction", "output"}, {"text"})
+_SCHEMA_COLUMNS = ({"prompt", "completion"}, {"conversations"}, {"instruction", "output"}, {"text"},
+                   {"chosen", "rejected"})
 
 
 class Fields(NamedTuple):

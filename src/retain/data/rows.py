@@ -2,7 +2,8 @@
 dataset of the local Hugging Face cache (``hf:NAME[:SPLIT]``).
 
 Each row is recognised by its fields (:mod:`retain.data.schemas`): prompt/response, OpenAI
-chat, ShareGPT, Alpaca, TRL prompt/completion or plain text; one file may mix them.
+chat, ShareGPT, Alpaca, TRL prompt/completion, preference pairs (prompt/chosen/rejected)
+or plain text; one file may mix them.
 A malformed row does not stop reading: it becomes a :class:`Problem` naming its line,
 field and fix, so one pass shows every mistake. Commands that need clean data call
 :func:`load_examples`, which turns any problem into a :class:`~retain.errors.DataError`.
@@ -51,6 +52,10 @@ class Example:
         schema: The format the row was written in. Alpaca, ShareGPT and TRL's
             conversational prompt/completion rows are chat rows; plain-text rows have an
             empty prompt and their whole text as the response.
+        rejected: For a preference row (prompt/chosen/rejected), the rejected answer;
+            ``response`` and ``messages`` hold the chosen one. None for other rows.
+        rejected_messages: For a conversational preference row, the prompt's turns
+            followed by the rejected answer's turn.
     """
 
     prompt: str
@@ -59,11 +64,29 @@ class Example:
     line: int = 0
     fields: dict[str, Any] = field(default_factory=dict)
     schema: RowSchema = _PROMPT_RESPONSE
+    rejected: str | None = None
+    rejected_messages: tuple[dict[str, Any], ...] | None = None
 
     @property
     def is_chat(self) -> bool:
         """Returns whether the row was chat data."""
         return self.messages is not None
+
+    @property
+    def is_preference(self) -> bool:
+        """Returns whether the row is a preference pair (it has a rejected answer)."""
+        return self.rejected is not None
+
+    def rejected_example(self) -> Example:
+        """Returns the row with its rejected answer in place of the chosen one (rendered
+        and encoded as any row is).
+
+        Raises:
+            ValueError: If the row is not a preference pair.
+        """
+        if self.rejected is None:
+            raise ValueError(f"line {self.line} is not a preference row: it has no rejected answer")
+        return Example(self.prompt, self.rejected, self.rejected_messages, self.line, self.fields, self.schema)
 
 
 @dataclass(frozen=True)
@@ -256,7 +279,8 @@ def _parse_row(row: object, line: int, fields: Fields) -> Example:
     parsed = parse_row(row, fields)
     read = set(parsed.columns) | set(fields)
     others = {key: value for key, value in row.items() if key not in read}
-    return Example(parsed.prompt, parsed.response, parsed.turns, line, others, parsed.schema)
+    return Example(parsed.prompt, parsed.response, parsed.turns, line, others, parsed.schema, parsed.rejected,
+                   parsed.rejected_turns)
 
 
 def _nothing_usable(path: str, problems: list[Problem]) -> DataError:

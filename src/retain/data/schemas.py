@@ -13,7 +13,12 @@ A row is recognised by its fields, row by row, so one file may mix formats:
 - TRL prompt/completion: ``prompt`` and ``completion``, both text (a continuation, as
   prompt/response) or both lists of chat turns (TRL's conversational variant);
 - plain text: ``text``, language modelling: the whole text is the answer, with an
-  empty prompt, so every token of it is trained.
+  empty prompt, so every token of it is trained;
+- preference (TRL's, for ``train.objective: dpo``): ``prompt``, ``chosen`` and
+  ``rejected``, three texts, or TRL's conversational form: ``prompt`` a list of turns and
+  ``chosen`` and ``rejected`` each one assistant turn (``prompt`` may be left out when
+  ``chosen`` and ``rejected`` are whole conversations that share every turn but the
+  last). The row reads as the chosen answer's row, with the rejected answer beside it.
 
 The configured fields are tried first, so ``data.prompt_field`` and friends win over
 detection. This per-row mapping is written by hand: ``datasets`` reads files, but no
@@ -34,7 +39,8 @@ SHAREGPT_TOOL_SPEAKERS = ("function_call", "observation", "tool")
 SHAREGPT_COLUMN = "conversations"
 FORMATS_READ = (
     "prompt/response, messages (OpenAI chat), conversations (ShareGPT), "
-    "instruction/input/output (Alpaca), prompt/completion (TRL) or text (plain text)"
+    "instruction/input/output (Alpaca), prompt/completion (TRL), prompt/chosen/rejected (preference) "
+    "or text (plain text)"
 )
 _JSON_TYPES = (
     (type(None), "null"), (bool, "boolean"), ((int, float), "number"), (str, "string"),
@@ -55,6 +61,9 @@ class RowSchema(NamedTuple):
 ALPACA = RowSchema("Alpaca", "instruction/input/output")
 PROMPT_COMPLETION = RowSchema("TRL prompt/completion", "prompt/completion")
 TEXT = RowSchema("plain text", "text")
+PREFERENCE = RowSchema("preference", "prompt/chosen/rejected")
+PREFERENCE_CHAT = RowSchema("conversational preference", "prompt/chosen/rejected")
+PREFERENCE_COLUMNS = ("chosen", "rejected")
 
 
 def prompt_response_schema(fields: Fields) -> RowSchema:
@@ -71,6 +80,10 @@ class Parsed(NamedTuple):
         turns: The chat turns in OpenAI form, or None for text rows.
         schema: The format the row was written in.
         columns: The row's columns this format read; the others are kept as fields.
+        rejected: For a preference row, the rejected answer (its assistant turn's text);
+            ``response`` is the chosen one.
+        rejected_turns: For a conversational preference row, the prompt's turns and the
+            rejected answer's turn, as ``turns`` holds them with the chosen one.
     """
 
     prompt: str
@@ -78,6 +91,8 @@ class Parsed(NamedTuple):
     turns: tuple[dict[str, Any], ...] | None
     schema: RowSchema
     columns: tuple[str, ...]
+    rejected: str | None = None
+    rejected_turns: tuple[dict[str, Any], ...] | None = None
 
 
 def parse_row(row: Mapping[str, Any], fields: Fields) -> Parsed:
@@ -88,6 +103,8 @@ def parse_row(row: Mapping[str, Any], fields: Fields) -> Parsed:
     """
     if row.get(fields.messages) is not None:
         return _chat_column(row, fields.messages)
+    if any(row.get(name) is not None for name in PREFERENCE_COLUMNS):
+        return _preference(row, fields)
     has_prompt, has_response = row.get(fields.prompt) is not None, row.get(fields.response) is not None
     if has_response or (has_prompt and row.get("completion") is None):
         prompt, response = _prompt_response(row, fields)
@@ -157,6 +174,80 @@ def _prompt_completion(row: Mapping[str, Any]) -> Parsed:
     if not answer.strip():
         raise BadRow("completion", "the completion is empty", "give the row an answer or drop it")
     return Parsed(prompt_text, answer, None, PROMPT_COMPLETION, columns)
+
+
+# --- preference pairs (DPO) ----------------------------------------------------------
+
+
+def _preference(row: Mapping[str, Any], fields: Fields) -> Parsed:
+    """Returns a preference row: its prompt with the chosen answer, and the rejected answer
+    beside it; three texts, or TRL's conversational form (module docstring).
+
+    Raises:
+        BadRow: If ``chosen`` or ``rejected`` is missing, empty or not text (or not one
+            assistant turn), or the two are the same answer.
+    """
+    for name in PREFERENCE_COLUMNS:
+        if row.get(name) is None:
+            other = "rejected" if name == "chosen" else "chosen"
+            raise BadRow(name, f"a preference row (prompt/chosen/rejected) without '{name}'",
+                         f"add the answer to prefer {'more' if name == 'chosen' else 'less'} as '{name}' "
+                         f"beside '{other}', or drop the row")
+    chosen, rejected = row["chosen"], row["rejected"]
+    if isinstance(chosen, (list, tuple)) and isinstance(rejected, (list, tuple)):
+        return _conversational_preference(row, chosen, rejected)
+    if isinstance(chosen, (list, tuple)) or isinstance(rejected, (list, tuple)):
+        raise BadRow("rejected", "'chosen' and 'rejected' must both be text or both be chat turns",
+                     'write both as strings, or both as [{"role": "assistant", "content": "..."}]')
+    prompt = _text(row, fields.prompt, "data.prompt_field")
+    chosen_text, rejected_text = _text(row, "chosen", "data.response_field"), _text(row, "rejected", "data.response_field")
+    _distinct_answers(chosen_text, rejected_text)
+    return Parsed(prompt, chosen_text, None, PREFERENCE, (fields.prompt, *PREFERENCE_COLUMNS), rejected_text)
+
+
+def _conversational_preference(row: Mapping[str, Any], chosen: Sequence[object],
+                               rejected: Sequence[object]) -> Parsed:
+    """Returns a conversational preference row: the prompt's turns, then one assistant turn
+    each for the chosen and the rejected answer. Without ``prompt``, the turns both
+    conversations share before their last one are the prompt (TRL's implicit prompt)."""
+    chosen_turns, rejected_turns = _turns(chosen, "chosen"), _turns(rejected, "rejected")
+    prompt = row.get("prompt")
+    if prompt is None:
+        shared = chosen_turns[:-1]
+        if not shared or rejected_turns[:-1] != shared:
+            raise BadRow("prompt", "a conversational preference row without 'prompt' whose chosen and rejected "
+                         "conversations differ before their last turn",
+                         "add 'prompt' (the turns before the answer), with 'chosen' and 'rejected' one "
+                         "assistant turn each")
+        prompt_turns, chosen_turns, rejected_turns = shared, chosen_turns[-1:], rejected_turns[-1:]
+    elif isinstance(prompt, (list, tuple)):
+        prompt_turns = _turns(prompt, "prompt")
+    else:
+        raise BadRow("prompt", f"'prompt' must be a list of turns when 'chosen' and 'rejected' are, got a JSON "
+                     f"{json_type(prompt)}", f"write the prompt as turns ({CHAT_EXAMPLE}), or all three as text")
+    for name, turns in (("chosen", chosen_turns), ("rejected", rejected_turns)):
+        if len(turns) != 1 or turns[0]["role"] != "assistant":
+            raise BadRow(name, f"'{name}' must be one assistant turn, got {len(turns)} turn(s)",
+                         'write it as [{"role": "assistant", "content": "..."}]')
+        if not turns[0]["content"].strip():
+            raise BadRow(f"{name}[0].content", f"the {name} answer is empty", "give the row both answers or drop it")
+    if not prompt_turns or prompt_turns[-1]["role"] == "assistant":
+        raise BadRow("prompt", "the prompt must end with a user (or system) turn for the answers to follow",
+                     "end 'prompt' with the user's turn")
+    _distinct_answers(chosen_turns[0]["content"], rejected_turns[0]["content"])
+    return Parsed(chat_prompt_text(prompt_turns), chosen_turns[0]["content"], (*prompt_turns, *chosen_turns),
+                  PREFERENCE_CHAT, ("prompt", *PREFERENCE_COLUMNS), rejected_turns[0]["content"],
+                  (*prompt_turns, *rejected_turns))
+
+
+def _distinct_answers(chosen: str, rejected: str) -> None:
+    """Raises :class:`BadRow` for an empty answer, or two answers that are the same."""
+    for name, text in (("chosen", chosen), ("rejected", rejected)):
+        if not text.strip():
+            raise BadRow(name, f"the {name} answer is empty", "give the row both answers or drop it")
+    if chosen.strip() == rejected.strip():
+        raise BadRow("rejected", "'chosen' and 'rejected' are the same answer: the pair teaches nothing",
+                     "give the row a rejected answer that differs from the chosen one, or drop the row")
 
 
 # --- Alpaca and plain text ------------------------------------------------------------
