@@ -127,8 +127,58 @@ class DataConfig(Section):
     )
 
 
+DPO_LOSSES = ("sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "bco_pair", "sppo_hard", "aot",
+              "aot_unpaired", "apo_zero", "apo_down", "discopop", "sigmoid_norm")
+"""The preference losses of TRL's ``DPOTrainer`` (``DPOConfig.loss_type``) retain passes on."""
+
+
+class DpoConfig(Section):
+    """Direct preference optimisation (Rafailov et al., 2023, https://arxiv.org/abs/2305.18290)
+    with TRL's ``DPOTrainer``; read when ``train.objective`` is `dpo`. The defaults are TRL's."""
+
+    beta: float = Field(
+        0.1, gt=0,
+        description="How far the policy may move from the reference model (the model as training "
+        "starts): a higher beta keeps it closer. TRL's `DPOConfig.beta`; for `loss_type: ipo`, the "
+        "paper's tau.",
+    )
+    loss_type: Literal[DPO_LOSSES] = Field(  # type: ignore[valid-type]
+        "sigmoid",
+        description="The preference loss, as TRL names it: `sigmoid` (the DPO paper's), `ipo`, "
+        "`hinge`, `robust`, ... (TRL's `DPOConfig.loss_type`; its `sft` term is not offered: "
+        "train SFT rows with `train.objective: sft`).",
+    )
+    label_smoothing: float = Field(
+        0.0, ge=0, lt=0.5,
+        description="The probability that a pair's preference is flipped, for `loss_type: robust` "
+        "(the paper suggests 0.1) and `exo_pair` (which needs it above 0, e.g. 1e-3).",
+    )
+    disable_dropout: bool = Field(
+        True,
+        description="Turn dropout off in the policy and the reference (TRL's default), so the two "
+        "compute the same log-probabilities at the start.",
+    )
+
+    @model_validator(mode="after")
+    def _exo_needs_smoothing(self) -> DpoConfig:
+        if self.loss_type == "exo_pair" and self.label_smoothing == 0:
+            raise invalid("loss_type exo_pair needs label_smoothing above 0", "set train.dpo.label_smoothing, "
+                          "e.g. 1e-3 (the EXO paper's)", field="label_smoothing")
+        return self
+
+
 class TrainConfig(Section):
     """Optimisation settings."""
+
+    objective: Literal["sft", "dpo"] = Field(
+        "sft",
+        description="What training optimises: `sft` (supervised fine-tuning: the loss of each "
+        "row's answer) or `dpo` (direct preference optimisation with TRL's DPOTrainer on "
+        "prompt/chosen/rejected rows, settings in train.dpo; the reference is the model as "
+        "training starts: under LoRA the base with the adapters off, else a frozen copy). "
+        "See docs/TRAINING.md, \"Preference tuning (DPO)\".",
+    )
+    dpo: DpoConfig = Field(default_factory=DpoConfig, description="DPO's settings (train.objective: dpo).")
 
     lr: float = Field(
         1e-4, gt=0, validation_alias=also("lr", "learning_rate"), description="Peak learning rate; 1e-4 is the usual starting point for LoRA."
@@ -211,6 +261,17 @@ class TrainConfig(Section):
         "train.trainer_args.optim=adafactor`. One that retain sets itself is refused with the "
         "setting to use (learning_rate: train.lr).",
     )
+
+    @model_validator(mode="after")
+    def _dpo_batches_are_trl_s(self) -> TrainConfig:
+        if self.objective != "dpo":
+            return self
+        for name, value, default in (("collator", self.collator, "completion"), ("loss_on", self.loss_on, "response")):
+            if value != default:
+                raise invalid(f"train.{name}: {value} does not apply under train.objective: dpo, whose batches are "
+                              "TRL's (the loss is on the chosen and rejected answers only, padding masked by position)",
+                              f"remove train.{name} (or set it to {default})", field=name)
+        return self
 
 
 class ProbesConfig(Section):
