@@ -24,6 +24,7 @@ from retain.evaluation.forgetting import ForgettingReport, ItemResults, compare
 from retain.evaluation.generation import score_probes_by_generation
 from retain.evaluation.health import HealthReport, smoke_test
 from retain.evaluation.loglik import score_probes_by_loglik
+from retain.evaluation.preference import PreferenceScore, is_preference_set, score_preferences
 from retain.evaluation.probes import ProbeScore, ProbeSuite
 from retain.evaluation.task import (
     Brittleness,
@@ -83,7 +84,9 @@ class EvalResult:
     Attributes:
         model: What was evaluated (name or path).
         probes: ``{suite: {method: ProbeScore}}``.
-        task: ``{"eval": TaskScore, "ood": TaskScore}`` as given.
+        task: ``{"eval": TaskScore, "ood": TaskScore}`` as given; a split of preference
+            pairs is a :class:`~retain.evaluation.preference.PreferenceScore` (ranked by
+            log-likelihood, not generated).
         brittleness: One entry per applicable perturbation of the eval set.
         drift: KL to base and perplexity on the reference text.
         smoke: Health of the answers to the smoke prompts.
@@ -92,7 +95,7 @@ class EvalResult:
 
     model: str
     probes: dict[str, dict[str, ProbeScore]] = field(default_factory=dict)
-    task: dict[str, TaskScore] = field(default_factory=dict)
+    task: dict[str, TaskScore | PreferenceScore] = field(default_factory=dict)
     brittleness: list[Brittleness] = field(default_factory=list)
     drift: DriftReport | None = None
     smoke: HealthReport | None = None
@@ -146,13 +149,16 @@ def evaluate(
         result.probes[suite.name] = score_suite(model, tokenizer, suite, prompt_format, settings)
     prompt_format = PromptFormat.for_tokenizer(tokenizer, chat_template)
     for split, examples in (("eval", task), ("ood", ood)):
-        if examples:
+        if examples and is_preference_set(examples):  # pairs are ranked, not answered
+            result.task[split] = score_preferences(model, tokenizer, examples, prompt_format, name=split,
+                                                   batch_size=settings.batch_size)
+        elif examples:
             result.task[split] = score_task(
                 model, tokenizer, examples, prompt_format, name=split,
                 max_new_tokens=settings.task_max_new_tokens, batch_size=settings.batch_size,
                 generation_batch_size=settings.generation_batch_size,
             )
-    if task and settings.perturbations:
+    if task and settings.perturbations and not is_preference_set(task):
         subset = list(task[: settings.perturb_limit])
         original = result.task["eval"]
         if len(subset) < len(task):

@@ -22,6 +22,7 @@ from retain.evaluation.drift import drift_report
 from retain.evaluation.engine import EvalSettings, score_suite
 from retain.evaluation.generation import generate_greedy
 from retain.evaluation.health import check_generation
+from retain.evaluation.preference import PreferenceValidation
 from retain.evaluation.probes import ProbeSuite
 from retain.evaluation.task import score_task
 from retain.hardware import batches_with_backoff
@@ -79,6 +80,9 @@ class Probe:
         batch_size: Rows per validation-loss batch.
         drift_tokens: Reference-text tokens a check scores (``guards.drift.check_tokens``);
             None for all of it.
+        preferences: Under DPO with preference validation rows: the pairs whose DPO loss
+            is the validation loss and whose ranking is the task accuracy (both measured
+            by one pass, :meth:`validation_loss`); None otherwise.
     """
 
     tokenizer: PreTrainedTokenizerBase
@@ -95,6 +99,8 @@ class Probe:
     collate: Collator | None = None
     batch_size: int = 8
     drift_tokens: int | None = None
+    preferences: PreferenceValidation | None = None
+    _ranking: float | None = None  # the task accuracy the last preference validation pass measured
 
     def probes(self, model: PreTrainedModel) -> tuple[float | None, dict[str, float]]:
         """Returns overall accuracy (items pooled over suites) and accuracy per category."""
@@ -161,7 +167,12 @@ class Probe:
         return share, counts, examples, [g.stopped for g in generations]
 
     def validation_loss(self, model: PreTrainedModel) -> float | None:
-        """Returns the mean loss per supervised token on the validation rows."""
+        """Returns the mean loss per supervised token on the validation rows (under DPO with
+        preference rows, the DPO loss on the pairs; its ranking accuracy is kept for
+        :meth:`task_accuracy`)."""
+        if self.preferences is not None:
+            loss, self._ranking = self.preferences.measure(model)
+            return loss
         if not self.validation_encoded or self.collate is None:
             return None
         device = next(model.parameters()).device
@@ -190,7 +201,11 @@ class Probe:
     def task_accuracy(self, model: PreTrainedModel) -> float | None:
         """Returns accuracy by generation on the validation rows (the labels are not
         ranked: a check reads only what the model says, and each answer stops once its
-        label is settled)."""
+        label is settled). Under DPO with preference rows: the share of validation pairs
+        whose chosen answer is likelier than the rejected one."""
+        if self.preferences is not None:
+            ranking, self._ranking = self._ranking, None
+            return ranking if ranking is not None else self.preferences.measure(model)[1]
         if not self.validation:
             return None
         prompt_format = PromptFormat.for_tokenizer(self.tokenizer, self.chat_template)
