@@ -1,6 +1,7 @@
-"""A run's data and step counts: the encoded rows (the methods' blended rows in), the
-validation rows the guards read, the steps per epoch, the total and the check interval,
-and the ``TrainingArguments`` that carry them to the trainer."""
+"""A run's data and step counts: the encoded rows (the methods' blended rows in), or under
+``train.objective: dpo`` the encoded preference pairs, the validation rows the guards
+read, the steps per epoch, the total and the check interval, and the
+``TrainingArguments`` that carry them to the trainer."""
 
 
 from __future__ import annotations
@@ -22,9 +23,11 @@ from retain.data.encoding import (
     Encoded,
     encode_examples,
 )
+from retain.data.pairs import EncodedPair, encode_pairs
 from retain.data.prompting import PromptFormat
 from retain.data.rows import Example, load_examples_for
 from retain.errors import ConfigError, TrainRefused
+from retain.evaluation.preference import is_preference_set
 from retain.hardware import resolve_precision
 from retain.paths import process_count
 from retain.rundir import RunDir
@@ -54,7 +57,15 @@ class TrainingRows(torch.utils.data.Dataset):
 
 @dataclass
 class Plan:
-    """The encoded data and the step counts of a run."""
+    """The encoded data and the step counts of a run.
+
+    Attributes:
+        train_rows: The SFT rows (``train.objective: sft``), blended rows included.
+        train_pairs: The preference pairs (``train.objective: dpo``) that kept both answers.
+        validation: The validation rows as read.
+        validation_rows: The validation rows encoded for the SFT loss (empty for pairs).
+        validation_pairs: The validation pairs, when ``data.validation`` holds pairs.
+    """
 
     train_rows: list[Encoded]
     validation: list[Example]
@@ -63,27 +74,70 @@ class Plan:
     total_steps: int
     interval: int
     task_prompts: list[Example]
+    train_pairs: list[EncodedPair] = dataclasses.field(default_factory=list)
+    validation_pairs: list[EncodedPair] = dataclasses.field(default_factory=list)
+
+    @property
+    def rows(self) -> int:
+        """Training rows (or pairs) per epoch."""
+        return len(self.train_pairs) if self.train_pairs else len(self.train_rows)
+
+    @property
+    def tokens_per_epoch(self) -> int:
+        """Tokens one epoch computes (a pair: the prompt with each answer)."""
+        if self.train_pairs:
+            return sum(2 * len(pair.prompt_ids) + len(pair.chosen_ids) + len(pair.rejected_ids)
+                       for pair in self.train_pairs)
+        return sum(len(row.input_ids) for row in self.train_rows)
 
     @classmethod
     def of(cls, config: RetainConfig, tokenizer, prompt_format: PromptFormat,
            transform: Callable[[list[Encoded]], list[Encoded]]) -> Plan:
         train = load_examples_for(config.data, config.data.train)[: config.data.size]  # size None: all
-        # The methods may blend rows in (replay) or mark tokens (token-level forgetting).
-        train_rows = transform(encode_split(config, train, config.data.train, tokenizer, prompt_format))
+        train_rows: list[Encoded] = []
+        train_pairs: list[EncodedPair] = []
+        if config.train.objective == "dpo":
+            train_pairs = encode_pair_split(config, train, config.data.train, tokenizer, prompt_format)
+        else:
+            # The methods may blend rows in (replay) or mark tokens (token-level forgetting).
+            train_rows = transform(encode_split(config, train, config.data.train, tokenizer, prompt_format))
         validation = load_examples_for(config.data, config.data.validation) if config.data.validation else []
+        pairs = is_preference_set(validation)
         validation_rows = (encode_split(config, validation, config.data.validation, tokenizer, prompt_format)
-                           if validation else [])
+                           if validation and not pairs else [])
+        validation_pairs = (encode_pair_split(config, validation[:VALIDATION_LIMIT], config.data.validation,
+                                              tokenizer, prompt_format) if pairs else [])
         settings = config.train
         processes = process_count()  # `accelerate launch` splits each batch
-        steps_per_epoch = max(1, math.ceil(len(train_rows) / (settings.batch_size * settings.grad_accum
-                                                               * processes)))
+        rows = len(train_pairs) if train_pairs else len(train_rows)
+        steps_per_epoch = max(1, math.ceil(rows / (settings.batch_size * settings.grad_accum * processes)))
         total_steps = settings.max_steps or max(1, math.ceil(steps_per_epoch * settings.epochs))
         interval = config.guards.interval(steps_per_epoch)
         # Smoke-test task prompts: held-out rows if there are any, else training rows.
         count = config.guards.smoke.task_prompts
         task_prompts = (validation or train)[:count]
         return cls(train_rows, validation, validation_rows, steps_per_epoch, total_steps, interval,
-                   task_prompts)
+                   task_prompts, train_pairs, validation_pairs)
+
+
+def encode_pair_split(config: RetainConfig, examples: list[Example], path: str, tokenizer,
+                      prompt_format: PromptFormat) -> list[EncodedPair]:
+    """Encodes the preference rows of a data file for DPO; pairs that truncation leaves
+    without an answer are dropped (logged).
+
+    Raises:
+        TrainRefused: If no pair keeps both answers.
+    """
+    pairs, rejected = encode_pairs(examples, tokenizer, prompt_format, max_length=config.data.max_length)
+    kept = [pair for pair in pairs if pair.trainable]
+    if rejected or len(kept) < len(pairs):
+        logger.warning("%s: %d pairs dropped (%d the chat template rejects, %d whose prompt fills "
+                       "data.max_length)", path, len(rejected) + len(pairs) - len(kept), len(rejected),
+                       len(pairs) - len(kept))
+    if not kept:
+        raise TrainRefused(f"no pair of {path} keeps an answer within data.max_length", file=path,
+                           fix="run retain doctor on this config: raise data.max_length or shorten the prompts")
+    return kept
 
 
 def encode_split(config: RetainConfig, examples: list[Example], path: str, tokenizer,
@@ -172,8 +226,15 @@ def check_trainer_args(config: RetainConfig) -> None:
                               + "see the TrainingArguments reference of transformers")
 
 
-def training_args(config: RetainConfig, run: RunDir, plan: Plan) -> TrainingArguments:
+def training_args(config: RetainConfig, run: RunDir, plan: Plan,
+                  build: Callable[[dict[str, Any]], TrainingArguments] = lambda values: TrainingArguments(**values)
+                  ) -> TrainingArguments:
     """The ``TrainingArguments`` of a run: retain's settings, then ``train.trainer_args``.
+
+    Args:
+        build: Makes the arguments from their values: ``TrainingArguments`` itself, or
+            TRL's ``DPOConfig`` with DPO's settings added
+            (:func:`retain.training.preference.dpo_config`).
 
     Raises:
         ConfigError: If ``train.trainer_args`` names a setting it may not, or transformers
@@ -181,7 +242,7 @@ def training_args(config: RetainConfig, run: RunDir, plan: Plan) -> TrainingArgu
     """
     check_trainer_args(config)
     try:
-        return _training_args(config, run, plan)
+        return build(_argument_values(config, run, plan))
     except (ValueError, TypeError) as error:  # transformers' own checks of a passed-through value
         if not config.train.trainer_args:
             raise
@@ -190,12 +251,12 @@ def training_args(config: RetainConfig, run: RunDir, plan: Plan) -> TrainingArgu
                           fix="correct or remove the value in train.trainer_args") from None
 
 
-def _training_args(config: RetainConfig, run: RunDir, plan: Plan) -> TrainingArguments:
+def _argument_values(config: RetainConfig, run: RunDir, plan: Plan) -> dict[str, Any]:
     train = config.train
     interval, total_steps = plan.interval, plan.total_steps
     device = config.model.device
     precision = resolve_precision(train.precision, None if device == "auto" else device)
-    return TrainingArguments(
+    return dict(
         output_dir=str(run.checkpoints_dir),
         per_device_train_batch_size=train.batch_size,
         gradient_accumulation_steps=train.grad_accum,

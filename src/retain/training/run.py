@@ -7,7 +7,8 @@ In order, into one run directory (:class:`retain.rundir.RunDir`):
 3. ``base_eval.json``: the base model on the probe suites, the task (held-out and OOD),
    the smoke prompts and the reference text (what forgetting, drift and the task's gain
    are measured against);
-4. training with the Hugging Face ``Trainer`` and the methods of ``method.use``
+4. training with the Hugging Face ``Trainer`` (``train.objective: dpo``: TRL's
+   ``DPOTrainer``, :mod:`~retain.training.preference`) and the methods of ``method.use``
    (:mod:`retain.methods`: LoRA, replay, EWC, ...), watched by the guards
    (:mod:`retain.guards`), checkpoints in ``checkpoints/``;
 5. the best checkpoint restored when a guard with ``restore_best`` stopped the run, then
@@ -32,6 +33,7 @@ data order, optimizer and random state and the guards' state as they were saved.
 
 from __future__ import annotations
 
+import importlib
 import logging
 import math
 import pickle
@@ -63,6 +65,7 @@ from retain.evaluation.engine import (
     default_reference_text,
     evaluate,
 )
+from retain.evaluation.preference import PreferenceValidation
 from retain.guards.callback import GuardCallback
 from retain.guards.measure import Probe
 from retain.guards.state import GuardState, read_guard_state
@@ -93,7 +96,7 @@ from retain.training.plan import (
     check_trainer_args,
     training_args,
 )
-from retain.training.preflight import check_inputs, doctor_passed, preflight
+from retain.training.preflight import check_inputs, check_objective, doctor_passed, preflight
 from retain.training.resume import (
     check_same_config,
     check_same_data,
@@ -207,6 +210,7 @@ def _train(config: RetainConfig, run: RunDir, *, resume: bool, force: bool, merg
     started = time.perf_counter()
     # 1. The methods refuse what cannot run here; the probe suites are read.
     methods = methods_for(config)
+    check_objective(config, methods)
     for method in methods:
         method.check()
     suites = config_suites(config)
@@ -230,9 +234,14 @@ def _train(config: RetainConfig, run: RunDir, *, resume: bool, force: bool, merg
     #    blended rows checked for probe items.
     plan = Plan.of(config, tokenizer, prompt_format, lambda rows: _transform(rows, methods, loaded.model, context))
     rehearsal = check_blended_rows(plan.train_rows, suites, config, echo)
-    # 5. What the guards measure, and the base model measured once (or read back).
+    # 5. What the guards measure, and the base model measured once (or read back); under
+    #    DPO, the validation pairs' reference log-likelihoods, the base's.
     collate = build_collator(tokenizer, config.train.collator)
     probe = _probe(config, suites, tokenizer, prompt_format, plan, collate)
+    if plan.validation_pairs:
+        probe.preferences = PreferenceValidation(plan.validation_pairs, tokenizer.pad_token_id or 0,
+                                                 config.train.dpo.beta, config.train.batch_size)
+        probe.preferences.measure_reference(loaded.model)
     task, ood = _read(config, config.data.eval), _read(config, config.data.ood)  # before and after
     with shown(progress):  # the bars of the base measurement; the guards' checks stay silent
         base_result, baseline = measure_base(config, run, loaded, probe, task, ood, resume=resume, echo=echo)
@@ -257,14 +266,22 @@ def _train(config: RetainConfig, run: RunDir, *, resume: bool, force: bool, merg
         pipeline_checked=doctor_passed(run),
     )
     seal = CheckpointSeal((lambda: guard.state.to_dict()) if config.guards.enabled else None)
-    trainer = RetainTrainer(model=model, args=training_args(config, run, plan),
-                            train_dataset=TrainingRows(plan.train_rows), data_collator=collate,
-                            callbacks=[guard if config.guards.enabled else _MetricsOnly(run), seal,
-                                       SeededEpochOrder(plan.steps_per_epoch)],
-                            methods=methods, context=context)
+    callbacks = [guard if config.guards.enabled else _MetricsOnly(run), seal, SeededEpochOrder(plan.steps_per_epoch)]
+    if config.train.objective == "dpo":
+        preference = preference_module()
+        trainer = preference.PreferenceTrainer(
+            model=model, ref_model=preference.reference_model(model),
+            args=training_args(config, run, plan, lambda values: preference.dpo_config(config, values)),
+            train_dataset=preference.preference_dataset(plan.train_pairs), processing_class=tokenizer,
+            callbacks=callbacks, methods=methods, context=context)
+    else:
+        trainer = RetainTrainer(model=model, args=training_args(config, run, plan),
+                                train_dataset=TrainingRows(plan.train_rows), data_collator=collate,
+                                callbacks=callbacks, methods=methods, context=context)
     guard.log = trainer.log
     quiet_trainer(trainer, f"training ({'+'.join(method.name for method in methods)})" if progress else None)
-    echo(f"training {len(plan.train_rows):,} rows, {plan.total_steps:,} steps, checks every "
+    unit = "preference pairs (dpo)" if config.train.objective == "dpo" else "rows"
+    echo(f"training {plan.rows:,} {unit}, {plan.total_steps:,} steps, checks every "
          f"{plan.interval} steps" + (f", resuming from {checkpoint.name}" if checkpoint else "")
          + ("" if config.guards.enabled else " (guards off)"))
     train_started = time.perf_counter()
@@ -293,11 +310,13 @@ def _train(config: RetainConfig, run: RunDir, *, resume: bool, force: bool, merg
             final = evaluate(model, tokenizer, name=str(run.path / "model"), chat_template=config.model.chat_template,
                              suites=probe.suites, task=task, ood=ood, reference=probe.reference,
                              base_logprobs=baseline.logprobs, settings=probe.settings).to_dict()
+    if config.train.objective == "dpo":
+        preference_module().add_reward_figures(final, base_result, config.train.dpo.beta)
     run.write_json("final_eval.json", final)
     epochs_done = trainer.state.global_step / plan.steps_per_epoch
     summary = summary_of(config, guard.state, base_result, final, restored=restored,
                          steps=trainer.state.global_step, train_seconds=train_seconds,
-                         tokens=sum(len(row.input_ids) for row in plan.train_rows) * epochs_done,
+                         tokens=plan.tokens_per_epoch * epochs_done,
                          seconds=time.perf_counter() - started, train_output=train_metrics,
                          rehearsal=rehearsal)
     run.write_summary(summary.to_dict())
@@ -307,6 +326,21 @@ def _train(config: RetainConfig, run: RunDir, *, resume: bool, force: bool, merg
     if (run.path / "merged").is_dir():
         write_model_card(run.path / "merged", config, summary, hashes, merged=True)
     return TrainOutcome(run_dir=run.path, summary=summary)
+
+
+def preference_module():
+    """Returns :mod:`retain.training.preference`, imported for ``train.objective: dpo`` runs
+    only: TRL, which it builds on, is an optional dependency.
+
+    Raises:
+        ConfigError: If TRL is not installed.
+    """
+    try:
+        return importlib.import_module("retain.training.preference")
+    except ImportError as error:
+        raise ConfigError(f"train.objective dpo trains with TRL's DPOTrainer, which cannot be imported ({error})",
+                          field="train.objective", fix="pip install 'trl>=1.16,<2' (Python 3.11 or later), "
+                          "or set train.objective: sft") from None
 
 
 def _transform(rows: list[Encoded], methods: list, model, context: MethodContext) -> list[Encoded]:

@@ -16,16 +16,12 @@ EXTRA_INPUTS = ("negative_labels",)
 """Batch keys that methods read and the model must not be given."""
 
 
-class RetainTrainer(Trainer):
-    """``Trainer`` whose parameter groups and loss pass through the run's methods.
-
-    In training, the model's vocabulary projection and cross-entropy run only at the
-    positions whose next token is trained (``logits_to_keep`` with the shifted labels as
-    ``shift_labels``, both transformers' own arguments), when the model takes them, no
-    method reads every logit (:meth:`Method.needs_every_logit`) and the trainer computes
-    the loss from the labels itself: the same loss and gradients, without the logits of
-    the prompt, which on a short answer are most of them (SmolLM2's 49,152-word
-    vocabulary: about a fifth of a LoRA step's time).
+class MethodHooks:
+    """The methods' hooks in a ``Trainer`` subclass: the optimizer's parameter groups, the
+    terms each method adds to a batch's loss, the figures it logs, and batches that mix
+    the methods' blended rows. :class:`RetainTrainer` (SFT) and
+    :class:`retain.training.preference.PreferenceTrainer` (TRL's ``DPOTrainer``) put it
+    before their trainer class, so both objectives run the same methods the same way.
 
     Args:
         methods: The run's methods, in hook order.
@@ -33,34 +29,13 @@ class RetainTrainer(Trainer):
             before each batch's loss.
     """
 
+    methods: list[Method]
+    context: MethodContext
+
     def __init__(self, *args: Any, methods: list[Method], context: MethodContext, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.methods = methods
         self.context = context
-        self.trained_logits_only = (
-            not any(method.needs_every_logit() for method in methods)
-            and "logits_to_keep" in inspect.signature(type(self._base_model()).forward).parameters)
-
-    def _base_model(self) -> torch.nn.Module:
-        """The transformers model under peft's wrappers, if any."""
-        model = self.model
-        while hasattr(model, "get_base_model") and model.get_base_model() is not model:
-            model = model.get_base_model()
-        return model
-
-    def _keep_trained_logits(self, model: torch.nn.Module, inputs: dict[str, Any]) -> None:
-        """Adds ``logits_to_keep`` (the positions at which any row's next token is trained)
-        and ``shift_labels`` (their targets) to a training batch, where that saves work."""
-        labels = inputs.get("labels")
-        if (not self.trained_logits_only or not model.training or labels is None or labels.ndim != 2
-                or "shift_labels" in inputs or self.label_smoother is not None
-                or self.compute_loss_func is not None):
-            return
-        shifted = torch.nn.functional.pad(labels, (0, 1), value=IGNORE_INDEX)[:, 1:]
-        keep = (shifted != IGNORE_INDEX).any(dim=0).nonzero().squeeze(1)
-        if 0 < keep.numel() < labels.shape[1]:
-            inputs["logits_to_keep"] = keep
-            inputs["shift_labels"] = shifted[:, keep].contiguous()
 
     def _get_train_sampler(self, train_dataset: Any = None) -> torch.utils.data.Sampler | None:
         """Mixes every batch when methods blended rows of other sources in (a dataset with
@@ -106,25 +81,78 @@ class RetainTrainer(Trainer):
                 logs.update(method.logs())
         super().log(logs, start_time)
 
-    def compute_loss(self, model: torch.nn.Module, inputs: dict[str, Any], return_outputs: bool = False,
-                     num_items_in_batch: torch.Tensor | int | None = None) -> Any:
-        """The trainer's loss, then each method's ``loss`` hook in turn."""
-        extra = {key: inputs.pop(key) for key in EXTRA_INPUTS if key in inputs}
-        self._keep_trained_logits(model, inputs)
-        # The trainer divides a micro-batch's loss by the accumulation steps unless it was
-        # already normalised over the whole accumulated batch; terms the methods add per
-        # micro-batch are scaled to match (``batch_share``), so each counts once per step.
+    def _set_batch_context(self, num_items_in_batch: torch.Tensor | int | None) -> None:
+        """Sets the methods' step and ``batch_share`` for the coming batch.
+
+        The trainer divides a micro-batch's loss by the accumulation steps unless it was
+        already normalised over the whole accumulated batch; terms the methods add per
+        micro-batch are scaled to match (``batch_share``), so each counts once per step.
+        """
         scaled = self.loss_is_scaled_for_ga if self.loss_is_scaled_for_ga is not None else (
             (self.model_accepts_loss_kwargs and num_items_in_batch is not None)
             or self.compute_loss_func is not None)
         self.context.batch_share = 1.0 / self.current_gradient_accumulation_steps if scaled else 1.0
         self.context.step = self.state.global_step
         self.context.max_steps = max(1, self.state.max_steps)
+
+    def _methods_loss(self, loss: torch.Tensor, model: torch.nn.Module, inputs: dict[str, Any],
+                      outputs: Any) -> torch.Tensor:
+        """Returns ``loss`` after each method's ``loss`` hook in turn."""
+        for method in self.methods:
+            loss = method.loss(loss, model, inputs, outputs, self.context)
+        return loss
+
+
+class RetainTrainer(MethodHooks, Trainer):
+    """``Trainer`` whose parameter groups and loss pass through the run's methods
+    (:class:`MethodHooks`): supervised fine-tuning, ``train.objective: sft``.
+
+    In training, the model's vocabulary projection and cross-entropy run only at the
+    positions whose next token is trained (``logits_to_keep`` with the shifted labels as
+    ``shift_labels``, both transformers' own arguments), when the model takes them, no
+    method reads every logit (:meth:`Method.needs_every_logit`) and the trainer computes
+    the loss from the labels itself: the same loss and gradients, without the logits of
+    the prompt, which on a short answer are most of them (SmolLM2's 49,152-word
+    vocabulary: about a fifth of a LoRA step's time).
+    """
+
+    def __init__(self, *args: Any, methods: list[Method], context: MethodContext, **kwargs: Any) -> None:
+        super().__init__(*args, methods=methods, context=context, **kwargs)
+        self.trained_logits_only = (
+            not any(method.needs_every_logit() for method in methods)
+            and "logits_to_keep" in inspect.signature(type(self._base_model()).forward).parameters)
+
+    def _base_model(self) -> torch.nn.Module:
+        """The transformers model under peft's wrappers, if any."""
+        model = self.model
+        while hasattr(model, "get_base_model") and model.get_base_model() is not model:
+            model = model.get_base_model()
+        return model
+
+    def _keep_trained_logits(self, model: torch.nn.Module, inputs: dict[str, Any]) -> None:
+        """Adds ``logits_to_keep`` (the positions at which any row's next token is trained)
+        and ``shift_labels`` (their targets) to a training batch, where that saves work."""
+        labels = inputs.get("labels")
+        if (not self.trained_logits_only or not model.training or labels is None or labels.ndim != 2
+                or "shift_labels" in inputs or self.label_smoother is not None
+                or self.compute_loss_func is not None):
+            return
+        shifted = torch.nn.functional.pad(labels, (0, 1), value=IGNORE_INDEX)[:, 1:]
+        keep = (shifted != IGNORE_INDEX).any(dim=0).nonzero().squeeze(1)
+        if 0 < keep.numel() < labels.shape[1]:
+            inputs["logits_to_keep"] = keep
+            inputs["shift_labels"] = shifted[:, keep].contiguous()
+
+    def compute_loss(self, model: torch.nn.Module, inputs: dict[str, Any], return_outputs: bool = False,
+                     num_items_in_batch: torch.Tensor | int | None = None) -> Any:
+        """The trainer's loss, then each method's ``loss`` hook in turn."""
+        extra = {key: inputs.pop(key) for key in EXTRA_INPUTS if key in inputs}
+        self._keep_trained_logits(model, inputs)
+        self._set_batch_context(num_items_in_batch)
         loss, outputs = super().compute_loss(model, inputs, return_outputs=True,
                                              num_items_in_batch=num_items_in_batch)
         inputs.pop("logits_to_keep", None)
         inputs.pop("shift_labels", None)
         inputs.update(extra)
-        for method in self.methods:
-            loss = method.loss(loss, model, inputs, outputs, self.context)
+        loss = self._methods_loss(loss, model, inputs, outputs)
         return (loss, outputs) if return_outputs else loss
