@@ -53,14 +53,17 @@ def inspect_batches(
     *,
     collator: str,
     batch_size: int,
+    collate: Callable[[list[dict[str, Any]]], dict[str, torch.Tensor]] | None = None,
 ) -> list[RowCheck]:
     """Collates ``encoded`` in training batches and checks each row of each batch.
 
     The encoded prompt ids are the ids evaluation gives the model (they are tokenised by
     the call generation makes, see :func:`retain.data.encoding.encode_examples`),
     so a batch whose prompt ids differ from them was changed by the collator.
+    ``collate`` replaces the collator ``collator`` names (DPO's, which returns the labels
+    its loss reads: the ids with everything but the answer masked).
     """
-    collate = build_collator(tokenizer, collator)
+    collate = collate or build_collator(tokenizer, collator)
     eos = tokenizer.eos_token_id
     checks = []
     for start in range(0, len(encoded), batch_size):

@@ -56,7 +56,7 @@ def contamination(
     items = [(suite, item) for suite in probes for item in suite.items]
     if items:
         seen = probe_matches([row_text(example) for example in train], [item for _, item in items],
-                             raw=[f"{example.prompt}\n{example.response}" for example in train],
+                             raw=[_raw_text(example) for example in train],
                              prompts=[example.prompt for example in train], threshold=threshold,
                              num_perm=num_perm, shingle=shingle)
         if seen:
@@ -148,6 +148,14 @@ def probe_matches(
         for index, row in prompt_corpus.matches([normalize_text(item.prompt) for item in items]).items():
             seen.setdefault(index, row)
     return dict(sorted(seen.items()))
+
+
+def _raw_text(example: Example) -> str:
+    """Returns a row's text as written, where stated facts are looked for: the prompt and
+    the answer, and a preference pair's rejected answer too (a probe fact a training row
+    holds is seen, whichever side of the pair it is on)."""
+    text = f"{example.prompt}\n{example.response}"
+    return text if example.rejected is None else f"{text}\n{example.rejected}"
 
 
 def _sentences(text: str) -> list[str]:

@@ -27,7 +27,8 @@ def token_lengths(
     Rows are encoded exactly as training encodes them
     (:func:`retain.data.encoding.encode_examples`: chat rows through the tokenizer's
     chat template when it has one, EOS appended); rows the template rejects are left to
-    :func:`format_consistency`.
+    :func:`format_consistency`. A preference pair counts with the longer of its chosen
+    and rejected answers (:mod:`retain.data.pairs` encodes each the same way).
 
     Args:
         examples: The training rows.
@@ -51,6 +52,11 @@ def token_lengths(
     rendered = {row.line for row in encoded}
     examples = [example for example in examples if example.line in rendered]
     total_tokens = [row.full_tokens for row in encoded]
+    pairs = [example.rejected_example() for example in examples if example.is_preference]
+    if pairs:  # a preference row is as long as the longer of its two answers
+        rejected, _ = encode_examples(pairs, tokenizer, prompt_format, max_length=max_length)
+        longer = {row.line: row.full_tokens for row in rejected}
+        total_tokens = [max(row.full_tokens, longer.get(row.line, 0)) for row in encoded]
     findings = [
         too_long(examples, [row.prompt_tokens for row in encoded], total_tokens, max_length),
         _length_summary(total_tokens, max_length),

@@ -161,6 +161,44 @@ def _is_conflict(first: tuple[str, str], second: tuple[str, str], shingle: int) 
     return first[0] == second[0] or jaccard_of_texts(first[0], second[0], shingle) >= CONFLICT_THRESHOLD
 
 
+# --- reversed preference pairs ------------------------------------------------------
+
+
+def reversed_pairs(examples: Sequence[Example]) -> Finding | None:
+    """Finds preference pairs that another pair contradicts: the same prompt (after
+    :func:`normalize_text`) with the chosen and rejected answers swapped. DPO pushes the two
+    rows' margins in opposite directions, so together they teach nothing.
+
+    Returns:
+        A ``reversed_pairs`` finding (a blocker above 1% of rows, else a warning), or None.
+    """
+    seen: dict[tuple[str, str, str], int] = {}
+    reversed_rows: list[tuple[int, int]] = []
+    for index, example in enumerate(examples):
+        if example.rejected is None:
+            continue
+        prompt, chosen, rejected = (normalize_text(text) for text in (example.prompt, example.response,
+                                                                      example.rejected))
+        if (prompt, rejected, chosen) in seen:
+            reversed_rows.append((seen[(prompt, rejected, chosen)], index))
+        seen.setdefault((prompt, chosen, rejected), index)
+    if not reversed_rows:
+        return None
+    share = len(reversed_rows) / len(examples)
+    return Finding(
+        code="reversed_pairs",
+        severity="blocker" if share > BLOCKER_SHARE else "warning",
+        title=f"{len(reversed_rows)} preference pair(s) ({share:.1%}) reverse an earlier pair: the same prompt with "
+        "chosen and rejected swapped",
+        count=len(reversed_rows),
+        fix="decide which answer is preferred for each prompt and drop or correct the other pair: DPO is "
+        "trained both ways",
+        examples=tuple({"line": examples[later].line, "text": examples[later].prompt[-120:],
+                        "reverses_line": examples[earlier].line} for earlier, later in reversed_rows[:MAX_EXAMPLES]),
+        details={"share": share},
+    )
+
+
 # --- conflicting labels ----------------------------------------------------------------
 
 
@@ -255,11 +293,16 @@ def _conflict_example(
 
 
 def _row_key(example: Example) -> tuple[str, str]:
-    """Returns the normalised (prompt, response) of a row."""
+    """Returns the normalised (prompt, response) of a row; a preference pair's response is
+    its chosen answer then its rejected one, so that two pairs are one row only when both
+    answers are the same (and a probe item stated in either is found)."""
+    if example.rejected is not None:
+        return normalize_text(example.prompt), normalize_text(f"{example.response} {example.rejected}")
     return normalize_text(example.prompt), normalize_text(example.response)
 
 
 def row_text(example: Example) -> str:
-    """Returns the normalised prompt and response of a row as one text."""
+    """Returns the normalised prompt and response of a row as one text (for a preference
+    pair, both answers)."""
     prompt, response = _row_key(example)
     return f"{prompt} {response}"

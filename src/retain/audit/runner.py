@@ -22,7 +22,12 @@ from retain.audit.checks import (
 from retain.audit.contamination import blended_contamination, contamination
 from retain.audit.findings import SEVERITIES, Finding, Verdict
 from retain.audit.lengths import token_lengths
-from retain.audit.overlap import conflicting_labels, exact_duplicates, near_duplicates
+from retain.audit.overlap import (
+    conflicting_labels,
+    exact_duplicates,
+    near_duplicates,
+    reversed_pairs,
+)
 from retain.config import RetainConfig
 from retain.data.rows import Problem, read_examples_for
 from retain.errors import RetainError
@@ -111,8 +116,11 @@ def run_audit(
         multipliers={"task": settings.task_multipliers, "domain": settings.domain_multipliers},
     ))
     findings += [degenerate_responses(examples), exact_duplicates(examples),
-                 near_duplicates(examples, settings.near_duplicate_threshold),
-                 conflicting_labels(examples, settings.conflict_threshold)]
+                 near_duplicates(examples, settings.near_duplicate_threshold)]
+    # Preference pairs share prompts by design (several pairs per prompt): what contradicts
+    # is a pair reversed, not a second answer.
+    findings.append(reversed_pairs(examples) if any(example.is_preference for example in examples)
+                    else conflicting_labels(examples, settings.conflict_threshold))
     findings += format_consistency(examples)
     window = None
     if tokenizer is None:
