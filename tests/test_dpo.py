@@ -125,18 +125,18 @@ def test_preference_rows_are_read_as_text_or_turns_and_bad_ones_named(tmp_path) 
 
 
 @pytest.mark.parametrize(("row", "named"), [
-    ({"prompt": "Q: 1+1?\nA:", "chosen": " 2"}, "line 2: rejected: a preference row (prompt/chosen/rejected) without"),
-    ({"prompt": "Q: 1+1?\nA:", "chosen": " 2", "rejected": " 2"}, "line 2: rejected: 'chosen' and 'rejected' are the same"),
-    ({"prompt": "Q: 1+1?\nA:", "chosen": ["2"], "rejected": " 3"}, "line 2: rejected: 'chosen' and 'rejected' must both"),
-    ({"prompt": "Q: 1+1?\nA:", "chosen": " 2", "rejected": None, "response": " 2"}, "line 2: rejected: train.objective dpo"),
+    ({"prompt": "Q: 1+1?\nA:", "chosen": " 2"}, "a preference row (prompt/chosen/rejected) without 'rejected'"),
+    ({"prompt": "Q: 1+1?\nA:", "chosen": " 2", "rejected": " 2"}, "'chosen' and 'rejected' are the same answer"),
+    ({"prompt": "Q: 1+1?\nA:", "chosen": ["2"], "rejected": " 3"}, "'chosen' and 'rejected' must both be text or both be chat turns"),
+    ({"prompt": "Q: 1+1?\nA:", "response": " 2"}, "train.objective dpo trains on preference rows"),
 ], ids=["missing-rejected", "same-answers", "text-and-turns", "not-a-pair"])
 def test_a_bad_preference_row_is_one_line_naming_file_line_field_and_fix(lab, tmp_path, row, named) -> None:
     good = {"prompt": "Q: 2+2?\nA:", "chosen": " 4", "rejected": " 5"}
     data = write_rows(tmp_path / "pairs.jsonl", [good, row, good])
-    code, _, err = train_cli(lab, tmp_path, data={"train": str(data), "validation": None, "eval": None})
+    code, _, err, _ = train_cli(lab, tmp_path, data={"train": str(data), "validation": None, "eval": None})
     lines = [line for line in err.splitlines() if line.strip()]
     assert code == 2 and len(lines) == 1 and "Traceback" not in err, err
-    assert lines[0].startswith(f"error: {data}:") and named in lines[0] and "Fix:" in lines[0]
+    assert lines[0].startswith(f"error: {data}:2: rejected: ") and named in lines[0] and " Fix: " in lines[0]
     assert not (tmp_path / "runs" / "run").exists()  # refused before the run directory
 
 
