@@ -10,50 +10,13 @@ can get wrong raises a :class:`~retain.errors.RetainError` (``ConfigError``,
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
 
 from retain.audit.doctor import DoctorReport, run_doctor
-from retain.audit.runner import AuditReport, run_audit
-from retain.config import RetainConfig
-from retain.config.loading import resolve_config
-from retain.errors import ConfigError
-from retain.evaluation.commands import EvalOutcome, config_suites, run_eval
+from retain.config.loading import ConfigSource, resolve_config
+from retain.evaluation.commands import EvalOutcome, run_eval
 from retain.training.run import TrainOutcome, run_train
-
-ConfigSource = str | Path | RetainConfig | Mapping[str, Any] | None
-
-
-def audit(data: str | Path, config: ConfigSource = None, *, eval_data: str | Path | None = None,
-          task: str | None = None, domain: str | None = None, allow_small: bool = False,
-          overrides: Sequence[str] = ()) -> AuditReport:
-    """Audits training data before training (``retain audit``).
-
-    Args:
-        data: The training file.
-        config: Data format and fields, ``data.max_length``, the model whose tokenizer
-            counts tokens, the probe suites checked for contamination, the ``audit`` settings.
-        eval_data: An evaluation file, checked for overlap with training.
-        task: Task kind for the size rule (``classification``, ``qa``, ``generation``,
-            ``chat``); None uses ``audit.task``.
-        domain: Domain for the size rule; None uses ``audit.domain``.
-        allow_small: Too little data is a warning, not a blocker.
-        overrides: ``section.key=value`` settings applied on top of ``config``.
-
-    Returns:
-        The report; ``report.count("blocker")`` says whether to train.
-
-    Raises:
-        ConfigError: An invalid config, task or domain.
-        DataError: A file that cannot be read at all.
-    """
-    resolved = resolve_config(config, overrides)
-    try:
-        return run_audit(resolved, data, eval_data=eval_data, task=task, domain=domain, allow_small=allow_small,
-                         probes=config_suites(resolved, whole=True))
-    except ValueError as error:
-        raise ConfigError(str(error), fix="see retain audit --help for the valid names") from None
 
 
 def doctor(config: ConfigSource, *, overrides: Sequence[str] = ()) -> DoctorReport:

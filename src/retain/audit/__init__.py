@@ -1,7 +1,7 @@
 """Pre-flight data audit: what is wrong with the training data before a GPU hour is spent.
 
 This package is also the function of the Python API: ``retain.audit(data, config, ...)``
-calls :func:`retain.api.audit`. One name cannot be a package and a separate function (the
+calls :func:`retain.audit.runner.audit`. One name cannot be a package and a separate function (the
 import system sets ``retain.audit`` to the package whenever a module under it is
 imported), so the package itself is callable.
 """
@@ -11,10 +11,10 @@ import types
 
 
 class _CallablePackage(types.ModuleType):
-    """The ``retain.audit`` package, which runs :func:`retain.api.audit` when called."""
+    """The ``retain.audit`` package, which runs :func:`retain.audit.runner.audit` when called."""
 
     def __call__(self, *args, **kwargs):
-        from retain.api import audit
+        from retain.audit.runner import audit
 
         return audit(*args, **kwargs)
 

@@ -29,8 +29,10 @@ from retain.audit.overlap import (
     reversed_pairs,
 )
 from retain.config import RetainConfig
+from retain.config.loading import ConfigSource, resolve_config
 from retain.data.rows import Problem, read_examples_for
-from retain.errors import RetainError
+from retain.errors import ConfigError, RetainError
+from retain.evaluation.commands import config_suites
 from retain.evaluation.probes import ProbeSuite
 from retain.methods.general import general_source, load_general_texts
 from retain.models import load_model_parts
@@ -214,3 +216,33 @@ def _tokenizer(config: RetainConfig) -> tuple[PreTrainedTokenizerBase | None, in
         logger.warning("token lengths not checked: cannot load the tokenizer of %s (%s)", name, error)
         return None, None
 
+
+def audit(data: str | Path, config: ConfigSource = None, *, eval_data: str | Path | None = None,
+          task: str | None = None, domain: str | None = None, allow_small: bool = False,
+          overrides: Sequence[str] = ()) -> AuditReport:
+    """Audits training data before training (``retain audit``).
+
+    Args:
+        data: The training file.
+        config: Data format and fields, ``data.max_length``, the model whose tokenizer
+            counts tokens, the probe suites checked for contamination, the ``audit`` settings.
+        eval_data: An evaluation file, checked for overlap with training.
+        task: Task kind for the size rule (``classification``, ``qa``, ``generation``,
+            ``chat``); None uses ``audit.task``.
+        domain: Domain for the size rule; None uses ``audit.domain``.
+        allow_small: Too little data is a warning, not a blocker.
+        overrides: ``section.key=value`` settings applied on top of ``config``.
+
+    Returns:
+        The report; ``report.count("blocker")`` says whether to train.
+
+    Raises:
+        ConfigError: An invalid config, task or domain.
+        DataError: A file that cannot be read at all.
+    """
+    resolved = resolve_config(config, overrides)
+    try:
+        return run_audit(resolved, data, eval_data=eval_data, task=task, domain=domain, allow_small=allow_small,
+                         probes=config_suites(resolved, whole=True))
+    except ValueError as error:
+        raise ConfigError(str(error), fix="see retain audit --help for the valid names") from None

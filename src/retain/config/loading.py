@@ -56,9 +56,11 @@ def load_config(path: str | Path | None, overrides: Sequence[str] = ()) -> Retai
     return _load(path, overrides)
 
 
-def resolve_config(
-    source: str | Path | RetainConfig | Mapping[str, Any] | None, overrides: Sequence[str] = ()
-) -> RetainConfig:
+ConfigSource = str | Path | RetainConfig | Mapping[str, Any] | None
+"""What the Python API takes as a config: a YAML path, a config, its sections, or None."""
+
+
+def resolve_config(source: ConfigSource, overrides: Sequence[str] = ()) -> RetainConfig:
     """Returns the configuration ``source`` names, with ``overrides`` applied on top: a
     YAML file (as :func:`load_config`), a :class:`RetainConfig`, a mapping of the same
     sections, or None for all defaults.
