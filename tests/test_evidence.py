@@ -94,3 +94,20 @@ def test_the_probe_items_are_the_measurable_known_ones(tmp_path):
                                                              "not_measurable": ["instruction"]}]))
     assert _probe_items(tmp_path) == 9
     assert _probe_items(tmp_path / "none") is None
+
+
+def test_the_real_methods_reading_judges_the_target_against_the_label_and_the_base():
+    from evidence_real_methods import REAL_RECIPE, REFERENCE, _reading
+
+    def row(name: str, forgetting: float, task: tuple[float, float]) -> dict:
+        return {"recipe": name, "forgetting": [forgetting, 0.01], "forgetting_not_rehearsed": [forgetting, 0.01],
+                "task_accuracy": list(task)}
+
+    rows = [row(REFERENCE, 0.75, (0.80, 0.03)), row(REAL_RECIPE, 0.02, (0.66, 0.115)),
+            row("full + fapm", 0.025, (0.69, 0.08))]
+    text = _reading(rows, 0.44, 0.55)
+    # 0.66 - 0.115 clears the label (44%) but not the base (55%); 0.69 - 0.08 clears both
+    assert "The base model answers 55.0%" in text and "): NOT met; forgetting" in text
+    assert "Methods that meet it: `full + fapm`." in text
+    assert "): met; forgetting" in _reading(rows, 0.44, None)  # without the base, the label alone
+    assert "No other method meets that target either." in _reading(rows[:2], 0.44, 0.55)

@@ -14,9 +14,14 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from retain.audit.doctor import DoctorReport, run_doctor
+
+# retain.audit's function lives in its package (retain.audit is callable); re-exported here.
+from retain.audit.runner import audit
 from retain.config.loading import ConfigSource, resolve_config
 from retain.evaluation.commands import EvalOutcome, run_eval
 from retain.training.run import TrainOutcome, run_train
+
+__all__ = ["audit", "doctor", "evaluate", "train"]
 
 
 def doctor(config: ConfigSource, *, overrides: Sequence[str] = ()) -> DoctorReport:
