@@ -52,7 +52,10 @@ def test_quick_compare_trains_each_recipe_and_resumes(micro_base, tmp_path, monk
     assert [row["recipe"] for row in saved["rows"]] == [recipe.name for recipe in compare.QUICK_RECIPES]
     for row in saved["rows"]:
         assert row["seeds"] == 1 and row["forgetting"][0] is not None and row["task_accuracy"][0] is not None
-    assert "| full (aggressive) |" in result.output
+    # the table as a rich table (cells whole), not raw Markdown
+    assert not [line for line in result.output.splitlines() if line.startswith("| ")]
+    table = result.output[result.output.index(" method"):]
+    assert "full" in table and "(aggressive)" in table and "lora" in table  # words whole
     # A second run reads every finished run back instead of training again.
     monkeypatch.setattr("retain.training.run.run_train", lambda *a, **k: pytest.fail("trained again"))
     again = CliRunner().invoke(app, ["lab", "compare", str(out), "--quick"])

@@ -64,7 +64,7 @@ def test_the_lab_tells_the_whole_story_at_micro_size(lab_run) -> None:
     # 7. the table and a report that names every training
     rows = _step(run, "report")["figures"]["rows"]
     assert [row["model"].split(",")[0] for row in rows][:2] == ["base model", "pad = EOS trap"]
-    assert len(rows) == 5 and "full fine-tuning" in stdout and "┃" in stdout  # a rich table, not raw Markdown
+    assert len(rows) == 5 and "full fine-tuning" in stdout and " model " in stdout  # a rich table, not raw Markdown
     assert not [line for line in stdout.splitlines() if line.startswith("| ")]
     # every training's checks, printed under its step (trainings in worker processes print theirs when they end)
     assert re.search(r"^    aggressive-guarded: step \d+, probes \d", stdout, re.MULTILINE)

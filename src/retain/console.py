@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Optional
 
 import typer
+from rich import box
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
@@ -231,9 +232,12 @@ def table_of_markdown(markdown: str, title: str | None = None) -> Table:
     rows = [[visible(cell.strip().replace("\\|", "|")) for cell in re.split(r"(?<!\\)\|", line.strip()[1:-1])]
             for line in markdown.strip().splitlines() if line.strip().startswith("|")]
     header, body = rows[0], [row for row in rows[1:] if not all(set(cell) <= set("-: ") for cell in row)]
-    table = Table(title=title, show_lines=False)
-    for name in header:
-        table.add_column(name, overflow="fold")
+    table = Table(title=title, box=box.SIMPLE_HEAD)
+    for index, name in enumerate(header):
+        # a column as wide as its longest word (up to 20 characters): a narrow terminal wraps
+        # at spaces, and folds inside a word only when even that does not fit
+        longest = max((len(word) for row in [header, *body] for word in row[index].split()), default=1)
+        table.add_column(name, overflow="fold", min_width=min(longest, 20))
     for row in body:
         table.add_row(*row)
     return table
