@@ -41,7 +41,8 @@ these probes when there is nothing to learn? LoRA is trained on the base model's
 complete answers to the shipped instructions alone (greedy, up to 128 tokens, healthy and
 ended by EOS; :func:`own_answers`), no task row, for the same 60 steps of 8 rows at the
 story's learning rate and the chosen setting's (2e-4, 5e-4), seeds 0 and 1, every guard set
-to warn so that all six checks are recorded. The reading rule, fixed with it: if a floor
+to warn so that all six checks are recorded (the audit's near-prompt contradiction check set
+to exact prompts, see :data:`CONTROLS`: its first run was refused by it). The reading rule, fixed with it: if a floor
 check forgets 3% or more, the target sits within what training that learns nothing moves
 on these items, and the recipe's figures are read against the floor, not against zero; if
 every floor check stays under 3%, the recipe's forgetting is the task training's own. The
@@ -97,7 +98,11 @@ FLOOR_TOKENS = 128  # the rehearsed answers' length in real-sa-128: few are cut,
 WARN_ONLY = ("guards.forgetting.action=warn", "guards.smoke.action=warn", "guards.drift.action=warn",
              "guards.overfitting.action=warn")
 CONTROLS: dict[str, Sweep] = {
-    "real-floor": (["method=[lora]", "data.train={floor}", "data.eval={validation}", *WARN_ONLY],
+    # audit.conflict_threshold=1.0: the shipped instructions hold arithmetic questions that
+    # differ only in their numbers (3 packets of 8 sweets, of 6, ...), which the audit's
+    # near-prompt check (Jaccard 0.9) takes for one prompt with contradicting answers.
+    "real-floor": (["method=[lora]", "data.train={floor}", "data.eval={validation}", "audit.conflict_threshold=1.0",
+                    *WARN_ONLY],
                    {"train.lr": [2.0e-4, 5.0e-4], "train.seed": [0, 1]}),
 }
 HELDOUT_SEEDS = [1, 2, 3]  # seed 0 chose the setting and tells make real's story
