@@ -60,6 +60,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -109,7 +110,7 @@ HELDOUT_SEEDS = [1, 2, 3]  # seed 0 chose the setting and tells make real's stor
 THREADS = 2  # one sweep at a time: a real model keeps both cores busy
 
 
-def run(grids: list[str], previous: dict | None) -> dict:
+def run(grids: list[str], previous: dict | None, collect: bool = False) -> dict:
     """Runs ``grids``; when a search grid is among them, chooses the setting and trains it
     on the held-out seeds. The floor control alone keeps the search's saved results
     (``previous``) as they are."""
@@ -126,10 +127,11 @@ def run(grids: list[str], previous: dict | None) -> dict:
         own_answers(model, paths["floor"])
     sweeps = {name: ([*common, *(item.format(**paths) for item in overrides)], space)
               for name, (overrides, space) in (SEARCH | CONTROLS).items()}
-    _run({name: sweeps[name] for name in grids})
+    if not collect:
+        _run({name: sweeps[name] for name in grids})
     result = dict(previous or {}) if not set(grids) & set(SEARCH) else _search({name: sweeps[name] for name in SEARCH})
     controls = {name: {"overrides": _shown(sweeps[name][0])} | _trials(RUNS / "runs" / f"sweep-{name}")
-                for name in CONTROLS if (RUNS / "runs" / f"sweep-{name}" / "sweep.json").is_file()}
+                for name in CONTROLS if (RUNS / "runs" / f"sweep-{name}" / "trials").is_dir()}
     return result | {"controls": (result.get("controls") or {}) | controls,
                      "probe_items": _probe_items(RUNS / "runs") or result.get("probe_items")}
 
@@ -266,6 +268,10 @@ def _floor(result: dict) -> list[str]:
         after += seen
         lines.append(f"| {trial['number']} | {settings} | {' '.join(_pct(c['forgetting']) for c in trial['checks'])} | "
                      f"{_pct(max(seen) if seen else None)} | {_pct(trial['forgetting'])} |")
+    if floor.get("stopped_early"):
+        grid = math.prod(len(values) for values in CONTROLS["real-floor"][1].values())
+        lines.append(f"\nThe control was stopped after {len(floor['trials'])} of its {grid} trials, for time; the "
+                     "settings missing above did not run.")
     if not after:
         return [*lines, "\nNo floor trial recorded a check after the start.\n"]
     over = sum(value >= LIMIT for value in after)
@@ -347,6 +353,8 @@ def _target(result: dict) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--collect", action="store_true",
+                        help="read the grids' finished trials back without running (a sweep stopped early)")
     parser.add_argument("--render", action="store_true", help="only rebuild docs/RESULTS.md")
     parser.add_argument("--grids", nargs="+", choices=[*SEARCH, *CONTROLS], default=list(SEARCH),
                         help="the search grids to run (all by default), or the floor control (real-floor)")
@@ -359,7 +367,7 @@ def main() -> None:
         hf_logging.disable_progress_bar()
         previous = json.loads(SAVED.read_text()) if SAVED.is_file() else None
         started = time.perf_counter()
-        result = run(args.grids, previous)
+        result = run(args.grids, previous, collect=args.collect)
         if set(args.grids) & set(SEARCH):  # the search's date and time; the floor's are its trials'
             result["date"] = time.strftime("%Y-%m-%d", time.gmtime())
             result["wall_seconds"] = round(time.perf_counter() - started, 1)

@@ -153,7 +153,9 @@ def _sweep(runs: Path, name: str, sweep: Sweep, threads: int = 1) -> int:
 
 
 def _trials(folder: Path) -> dict:
-    index = json.loads((folder / "sweep.json").read_text())
+    """Returns a sweep's trials with each one's guard checks: from ``sweep.json``, or, for
+    a sweep stopped before it wrote one, from its finished trial folders."""
+    index = json.loads((folder / "sweep.json").read_text()) if (folder / "sweep.json").is_file() else _unindexed(folder)
     trials = []
     for record in index["trials"]:
         run_dir = folder / "trials" / f"trial-{record['number']:04d}"
@@ -172,7 +174,30 @@ def _trials(folder: Path) -> dict:
                            for c in guard_checks(run_dir)],
             }
         trials.append(trial)
-    return {"objectives": index.get("objectives"), "recommended": index.get("recommended"), "trials": trials}
+    return {"objectives": index.get("objectives"), "recommended": index.get("recommended"), "trials": trials,
+            "stopped_early": bool(index.get("stopped_early"))}
+
+
+def _unindexed(folder: Path) -> dict:
+    """The index of a sweep stopped before it wrote ``sweep.json``: its finished trials
+    (those with a ``summary.json``), their grid settings read from their configs."""
+    space = yaml.safe_load((folder.parent.parent / f"{folder.name.removeprefix('sweep-')}.yaml").read_text())["space"]
+    trials = []
+    for run_dir in sorted((folder / "trials").glob("trial-*")):
+        if not (run_dir / "summary.json").is_file():
+            continue
+        summary = json.loads((run_dir / "summary.json").read_text())
+        config = yaml.safe_load((run_dir / "config.yaml").read_text())
+        params = {}
+        for key in space:
+            value = config
+            for part in key.split("."):
+                value = value[part]
+            params[key] = value
+        trials.append({"number": int(run_dir.name.removeprefix("trial-")), "params": params, "state": "complete",
+                       "task_accuracy": ((summary.get("task") or {}).get("eval") or {}).get("accuracy"),
+                       "forgetting": summary.get("forgetting_relative"), "seconds": summary.get("seconds")})
+    return {"trials": trials, "stopped_early": True}
 
 
 def _pct(value: float | None) -> str:

@@ -111,3 +111,31 @@ def test_the_real_methods_reading_judges_the_target_against_the_label_and_the_ba
     assert "Methods that meet it: `full + fapm`." in text
     assert "): met; forgetting" in _reading(rows, 0.44, None)  # without the base, the label alone
     assert "No other method meets that target either." in _reading(rows[:2], 0.44, 0.55)
+
+
+def test_a_sweep_stopped_before_its_index_is_read_from_its_finished_trials(tmp_path):
+    import json
+
+    import yaml
+    from evidence_real_recipe import _floor
+    from evidence_recipe import _trials
+
+    runs = tmp_path / "runs"
+    (tmp_path / "real-floor.yaml").write_text(yaml.safe_dump({"space": {"train.lr": [2e-4, 5e-4], "train.seed": [0, 1]}}))
+    for number, seed in ((0, 0), (1, 1)):
+        trial = runs / "sweep-real-floor" / "trials" / f"trial-{number:04d}"
+        trial.mkdir(parents=True)
+        (trial / "config.yaml").write_text(yaml.safe_dump({"train": {"lr": 2e-4, "seed": seed}}))
+        (trial / "metrics.jsonl").write_text("".join(json.dumps({"event": "check", "step": step, "forgetting": f,
+                                                                 "task_accuracy": 0.59}) + "\n"
+                                                     for step, f in ((0, 0.0), (8, 0.053), (16, 0.088))))
+        if number == 0:  # the second was cut short: no summary
+            (trial / "summary.json").write_text(json.dumps({
+                "verdict": {"ship": False}, "stopped_by": None, "restored_step": None, "steps": 60,
+                "guard_events": [], "task": {"eval": {"accuracy": 0.58}}, "forgetting_relative": 0.088,
+                "seconds": 770.0}))
+    floor = _trials(runs / "sweep-real-floor")
+    assert floor["stopped_early"] and [t["params"] for t in floor["trials"]] == [{"train.lr": 2e-4, "train.seed": 0}]
+    assert [c["forgetting"] for c in floor["trials"][0]["checks"]] == [0.0, 0.053, 0.088]
+    text = "\n".join(_floor({"probe_items": 113, "controls": {"real-floor": floor | {"overrides": []}}}))
+    assert "stopped after 1 of its 4 trials" in text and "2 forgot 3% or more" in text
