@@ -298,7 +298,12 @@ whose run folders were lost (all rolled back), a second grid (`real-sa-128`: sel
 answers up to 128 tokens instead of 32) was declared, and both grids were then run from scratch.
 Before those runs, the rule for "learned the task" was made to ask for more than the base
 model's own accuracy (known from `make real`'s baseline to beat the commonest label); the
-probes, the guards' limits and the metrics were not changed.
+probes, the guards' limits and the metrics were not changed. After the search's results had been
+read (every check at 6.2% forgetting or more), a control was declared with its reading rule
+before it ran (committed first): the floor (`real-floor`, LoRA trained on the base model's own
+answers alone), which measures what training that learns nothing moves on the calibrated items;
+it is a control, not a candidate, and changed neither the choice nor the metric. Its first run
+was refused by the audit (see its section), and it was stopped early for time.
 """
 
 # A reading across sections, so written by hand; each figure is in a section below.
@@ -317,8 +322,12 @@ tried came under 6.2% forgetting at any check, the checks that saw the task lear
 model: issue 26's 3% target was NOT met. SmolLM2's trainings are capped at 60 steps (a cost
 cap set for `make real`); in two held-out seeds forgetting fell from 14-16% at step 15 to
 7.1-8.8% at step 60 while the task was learned, and whether it keeps falling with more steps, as
-on the lab, was not measured. Nor was the floor: the forgetting any LoRA training of this size
-causes on 113 calibrated items, where 3% is 3 or 4 items. SmolLM2 also answers the task before
+on the lab, was not measured. The floor control says why 3% may be out of reach here: LoRA
+trained on the base model's own answers alone, with nothing to learn, forgot 5.3% at its first
+check and 14.2-15.0% by step 60 (lr 2e-4, seeds 0 and 1), as much as or more than the recipe's
+checks; on these 113 items (one item is 0.9%), greedy answers change under any training at this
+rate, whatever it learns, so the target sits below what this measurement separates from the
+effect of training itself. Which answers change, and why, was not measured. SmolLM2 also answers the task before
 any training (the base's accuracy in the guards table: 51-69% on the test split at seeds 1-3; at
 seed 0, `make real`'s baseline, 55.0% against 44.0% for the commonest label), where the lab's
 base answers 0%, so a recipe there must beat the base, not only the label.

@@ -251,7 +251,7 @@ def _floor(result: dict) -> list[str]:
     items = result.get("probe_items")
     lines = ["### The floor: LoRA trained on the base model's own answers alone (a control)\n",
              (f"Measured {result.get('floor_date', '?')}. Command: `python benchmarks/evidence_real_recipe.py --grids "
-              f"real-floor` ({len(floor['trials'])} trials, "
+              f"real-floor`{', then `--collect`' if floor.get('stopped_early') else ''} ({len(floor['trials'])} trials, "
               f"{sum(trial['seconds'] or 0.0 for trial in floor['trials']) / 60:.0f} min on 2 CPU cores). "
               "Declared after the search, before it ran; never a candidate for the choice. No task row: the training "
               "data are the base model's own complete answers to the shipped instructions (greedy, up to "
