@@ -9,7 +9,7 @@ answer, its question as a prompt, or another wording of its fact (:func:`probe_m
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from retain.audit.findings import MAX_EXAMPLES, Finding, excerpt
 from retain.audit.minhash import NUM_PERM, SHINGLE, Shingles, similar_pairs
@@ -166,6 +166,31 @@ def _sentences(text: str) -> list[str]:
 def rehearsed_ids(finding: Finding | None) -> dict[str, list[str]]:
     """Returns the ids of the probe items a ``probe_contamination`` finding holds, by suite."""
     return dict(finding.details.get("items", {})) if finding is not None else {}
+
+
+def contamination_by_source(
+    texts: Mapping[str, Sequence[str]], probes: Sequence[ProbeSuite], threshold: float
+) -> tuple[dict[str, Finding], dict[str, list[str]]]:
+    """Runs :func:`blended_contamination` on the rows each source blended in.
+
+    Args:
+        texts: The blended rows' texts by source (``replay``, ``self_augment``, ...).
+        probes: The probe suites.
+        threshold: Jaccard similarity at which a row counts as stating an item.
+
+    Returns:
+        The finding of each source that stated a probe item, and every such item's id by
+        suite (all sources together), sorted.
+    """
+    findings: dict[str, Finding] = {}
+    items: dict[str, set[str]] = {}
+    for source, blended in texts.items():
+        finding = blended_contamination(blended, probes, f"the {len(blended):,} rows {source} blended in", threshold)
+        if finding is not None:
+            findings[source] = finding
+            for suite, ids in rehearsed_ids(finding).items():
+                items.setdefault(suite, set()).update(ids)
+    return findings, {suite: sorted(ids) for suite, ids in items.items()}
 
 
 def _eval_overlap(

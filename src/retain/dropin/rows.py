@@ -8,7 +8,7 @@ general sources (:func:`retain.methods.general.load_general_texts`), the same co
 draw (:func:`retain.methods.rehearsal.replay_texts`), the same prompts, generation, health
 filter and answer cache (:class:`retain.methods.rehearsal.SelfAugment`), the same even
 interleaving as the sampler of blended rows (:func:`retain.methods.mixing.spread_evenly`),
-and the audit's probe check (:func:`retain.audit.contamination.blended_contamination`).
+and the audit's probe check (:func:`retain.audit.contamination.contamination_by_source`).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from typing import Any
 
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from retain.audit.contamination import blended_contamination, rehearsed_ids
+from retain.audit.contamination import contamination_by_source
 from retain.audit.findings import Finding
 from retain.config import RetainConfig
 from retain.config.loading import resolve_config
@@ -281,14 +281,7 @@ def check_rehearsal(rows: Rows, probes: str | Path | Sequence[str | Path] = "gen
         source = row.get(source_column) or "rehearsal"
         if source != TASK:
             texts.setdefault(source, []).append(row_text(row))
-    findings: dict[str, Finding] = {}
-    items: dict[str, list[str]] = {}
-    for source, blended in texts.items():
-        finding = blended_contamination(blended, suites, f"the {len(blended):,} rows {source} blended in", limit)
-        if finding is not None:
-            findings[source] = finding
-            for suite, ids in rehearsed_ids(finding).items():
-                items[suite] = sorted({*items.get(suite, []), *ids})
+    findings, items = contamination_by_source(texts, suites, limit)
     return RehearsalCheck(rows={source: len(blended) for source, blended in texts.items()},
                           findings=findings, items=items)
 

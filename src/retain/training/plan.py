@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from transformers import TrainingArguments
 
-from retain.audit.contamination import blended_contamination, rehearsed_ids
+from retain.audit.contamination import contamination_by_source
 from retain.config import RetainConfig
 from retain.data.encoding import (
     Encoded,
@@ -169,18 +169,11 @@ def check_blended_rows(rows: list[Encoded], suites: list, config: RetainConfig,
     for row in rows:
         if row.source != TASK:
             texts.setdefault(row.source, []).append(row.text or "")
-    items: dict[str, set[str]] = {}
+    findings, items = contamination_by_source(texts, suites, config.audit.near_duplicate_threshold)
     for source, blended in texts.items():
-        finding = blended_contamination(blended, suites, f"the {len(blended):,} rows {source} blended in",
-                                        config.audit.near_duplicate_threshold)
-        if finding is None:
-            echo(f"{source}: no probe item in the {len(blended):,} rows it blended in")
-            continue
-        echo(f"warning: {finding.title}; forgetting is reported on them apart")
-        for suite, ids in rehearsed_ids(finding).items():
-            items.setdefault(suite, set()).update(ids)
-    return {"rows": {source: len(blended) for source, blended in texts.items()},
-            "items": {suite: sorted(ids) for suite, ids in items.items()}}
+        echo(f"warning: {findings[source].title}; forgetting is reported on them apart" if source in findings
+             else f"{source}: no probe item in the {len(blended):,} rows it blended in")
+    return {"rows": {source: len(blended) for source, blended in texts.items()}, "items": items}
 
 
 # TrainingArguments that retain sets from its own settings, or needs as it sets them:
