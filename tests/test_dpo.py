@@ -15,6 +15,7 @@ import pytest
 import torch
 import yaml
 from safetensors.torch import load_file
+from test_train import settings as train_settings
 
 from retain import cli
 from retain.audit.doctor import run_doctor
@@ -55,20 +56,10 @@ def write_rows(path: Path, rows: list) -> Path:
 
 
 def settings(lab: dict[str, Path], out: Path, **sections) -> dict:
-    root = lab["root"]
-    values = {
-        "model": {"name_or_path": str(lab["model"])},
-        "data": {"train": str(root / "train.jsonl"), "validation": str(root / "validation.jsonl"),
-                 "eval": str(root / "test.jsonl")},
-        "probes": {"suites": [str(lab["probes"])]},
-        "train": {"objective": "dpo", "max_steps": 8, "batch_size": 8},
-        "guards": {"every_steps": 4},
-        "eval": {"perturbations": []},
-        "audit": {"allow_small_data": True, "task": "classification"},
-        "output": {"dir": str(out), "name": "run"},
-    }
-    for section, extra in sections.items():
-        values[section] = values.get(section, {}) | extra
+    """test_train's settings with the DPO objective and no OOD split (the pairs have none)."""
+    values = train_settings(lab, out, **sections | {"train": {"objective": "dpo", **sections.get("train", {})}})
+    if "ood" not in sections.get("data", {}):
+        del values["data"]["ood"]
     return values
 
 

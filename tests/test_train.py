@@ -24,7 +24,6 @@ from retain.cli import app
 from retain.config import RetainConfig
 from retain.errors import ConfigError, RunDirError, TrainRefused
 from retain.io import read_jsonl
-from retain.lab.export import export_lab_data
 from retain.models import load_model
 from retain.rundir import RunDir
 from retain.summary import RunSummary
@@ -34,12 +33,9 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def lab(micro_base, tmp_path_factory) -> dict[str, Path]:
-    """The micro lab model with a small domain task and its own probe suite."""
-    base, _ = micro_base
-    root = tmp_path_factory.mktemp("train-data")
-    export_lab_data(root, size="micro", n_train=64, n_eval=16)
-    return {"root": root, "model": base.path}
+def lab(micro_lab) -> dict[str, Path]:
+    """The micro lab model with a small domain task and its own probe suite (conftest's)."""
+    return micro_lab
 
 
 def settings(lab: dict[str, Path], out: Path, **sections) -> dict:
@@ -48,7 +44,7 @@ def settings(lab: dict[str, Path], out: Path, **sections) -> dict:
         "model": {"name_or_path": str(lab["model"])},
         "data": {"train": str(root / "train.jsonl"), "validation": str(root / "validation.jsonl"),
                  "eval": str(root / "test.jsonl"), "ood": str(root / "ood.jsonl")},
-        "probes": {"suites": [str(root / "probes.jsonl")]},
+        "probes": {"suites": [str(lab["probes"])]},
         "train": {"max_steps": 8, "batch_size": 8},
         "guards": {"every_steps": 4},
         "eval": {"perturbations": []},
@@ -369,7 +365,7 @@ def test_resuming_after_a_data_file_changed_is_refused_with_the_file_named(lab, 
     root.mkdir()
     for name in ("train.jsonl", "validation.jsonl", "test.jsonl", "ood.jsonl", "probes.jsonl"):
         (root / name).write_bytes((lab["root"] / name).read_bytes())
-    moved = {**lab, "root": root}
+    moved = {**lab, "root": root, "probes": root / "probes.jsonl"}
     quiet_train(config(moved, tmp_path, train={"max_steps": 4}))
     train = root / "train.jsonl"
     rows = train.read_text().splitlines()
