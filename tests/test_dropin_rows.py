@@ -155,11 +155,24 @@ def test_sft_trainer_trains_on_the_blend_general_rows_included(tokenizer, tmp_pa
     trainer.train()
 
 
-def test_self_rehearsal_returns_the_base_models_healthy_answers_as_rows(tokenizer) -> None:
+def test_self_rehearsal_returns_the_base_models_healthy_answers_as_rows(tokenizer, monkeypatch) -> None:
+    from dataclasses import replace
+
+    from retain.methods.rehearsal import SelfAugment
+
+    generate = SelfAugment.healthy_answers
+
+    def half_complete(self, *args, **kwargs):  # a random tiny model never says EOS: mark every other answer ended
+        answers, tried = generate(self, *args, **kwargs)
+        return [(prompt, replace(answer, stopped=index % 2 == 0)) for index, (prompt, answer) in enumerate(answers)], tried
+
+    monkeypatch.setattr(SelfAugment, "healthy_answers", half_complete)
     torch.manual_seed(0)
     model = tiny_llama(tokenizer)
-    rows = retain.self_rehearsal(model, tokenizer, n=6, general=GENERAL, max_new_tokens=8, echo=None)
-    assert 0 < len(rows) <= 6
+    lines = []
+    rows = retain.self_rehearsal(model, tokenizer, n=6, general=GENERAL, max_new_tokens=8, echo=lines.append)
+    # answers cut by max_new_tokens are left out: a trainer would append EOS to them
+    assert len(rows) == 3 and "3 cut by max_new_tokens left out" in lines[-1]
     for row in rows:
         assert set(row) == {"prompt", "completion", "source"} and row["source"] == "self_augment"
         assert row["completion"].strip()  # the health filter dropped empty answers

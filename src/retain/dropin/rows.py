@@ -297,7 +297,8 @@ def self_rehearsal(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, n
     Args:
         model: The base model, before training.
         tokenizer: Its tokenizer.
-        n: Healthy answers wanted (fewer come back, with a warning, when the prompts run out).
+        n: Healthy answers wanted (fewer come back, with a warning, when the prompts run
+            out, and fewer when some were cut by ``max_new_tokens``: those are left out).
         general: Where the prompts come from (as :func:`replay`); None: the 329 shipped
             ``instructions``.
         seed: Shuffles the prompts (``train.seed``).
@@ -320,7 +321,14 @@ def self_rehearsal(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, n
     method = SelfAugment(config)
     prompts = rehearsal_prompts(general_texts(source, config), config)
     answers, generated = method.healthy_answers(model, context, prompts, n)
-    context.echo(f"self_augment: generated {generated}, kept {len(answers)} healthy answers")
+    # A trainer appends EOS to every completion, so an answer cut by max_new_tokens would
+    # teach stopping mid-sentence; retain train trains such answers without EOS, which a row
+    # cannot say: here they are left out.
+    complete = [(prompt, answer) for prompt, answer in answers if answer.stopped]
+    context.echo(f"self_augment: generated {generated}, kept {len(complete)} healthy, complete answers"
+                 + (f" ({len(answers) - len(complete)} cut by max_new_tokens left out)" if len(complete) < len(answers)
+                    else ""))
+    answers = complete
     chat = prompt_format.is_chat
     return [({"prompt": [{"role": "user", "content": prompt}],
               "completion": [{"role": "assistant", "content": answer.text}]} if chat
