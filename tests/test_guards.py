@@ -207,3 +207,12 @@ def test_an_answer_that_runs_a_little_past_the_cap_is_not_one_that_never_stops(m
     share, counts, examples, _ = probe.smoke(None, stopped)
     assert calls[-1] == (["a little longer", "never ends"], 64)  # only the overruns, asked again
     assert counts == {"never_stops": 1} and share == pytest.approx(1 / 3) and examples[0][0] == "never ends"
+
+
+def test_a_check_reads_back_from_its_metrics_record() -> None:
+    from retain.guards.rules import Check
+
+    check = Check(step=8, epoch=0.5, probe_accuracy=0.9, forgetting=0.05, smoke_examples=[("hi", "hello")])
+    record = {"event": "check", **check.to_dict(), "time": 1.0}  # as metrics.jsonl holds it (JSON: lists)
+    record["smoke_examples"] = [list(pair) for pair in record["smoke_examples"]]
+    assert Check.from_dict(record) == check

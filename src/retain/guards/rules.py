@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from retain.config.guards import GuardsConfig
@@ -62,6 +62,15 @@ class Check:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    @classmethod
+    def from_dict(cls, record: dict[str, Any]) -> Check:
+        """Returns the check a :meth:`to_dict` record holds (a ``metrics.jsonl`` line or a
+        saved guard state); keys that are not fields (``event``, ``time``) are ignored."""
+        names = {item.name for item in fields(cls)}
+        values = {key: value for key, value in record.items() if key in names}
+        values["smoke_examples"] = [tuple(pair) for pair in values.get("smoke_examples", [])]
+        return cls(**values)
 
 
 @dataclass(frozen=True)

@@ -41,14 +41,9 @@ class GuardState:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> GuardState:
-        checks = []
-        for item in data.get("checks", []):
-            item = dict(item)
-            item["smoke_examples"] = [tuple(pair) for pair in item.get("smoke_examples", [])]
-            checks.append(Check(**item))
         stopped = data.get("stopped_by")
         return cls(
-            checks=checks,
+            checks=[Check.from_dict(item) for item in data.get("checks", [])],
             decisions=[Decision(**item) for item in data.get("decisions", [])],
             warned=set(data.get("warned", [])),
             best_step=data.get("best_step"),

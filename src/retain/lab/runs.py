@@ -255,16 +255,12 @@ def _train(root: Path, scale: Scale, seed: int, cache_dir: Path | None, training
 def check_lines(run_dir: Path) -> list[str]:
     """Returns the line of each guard check a finished training recorded (``metrics.jsonl``),
     as ``retain train`` prints them while it runs."""
-    from dataclasses import fields
-
     from retain.guards.callback import describe
     from retain.guards.rules import Check
     from retain.io import read_jsonl
 
-    names = {field.name for field in fields(Check)}
-    records = [record for record in read_jsonl(run_dir / "metrics.jsonl") if record.get("event") == "check"]
-    return [describe(Check(**{key: value for key, value in record.items() if key in names and key != "smoke_examples"}))
-            for record in records]
+    return [describe(Check.from_dict(record)) for record in read_jsonl(run_dir / "metrics.jsonl")
+            if record.get("event") == "check"]
 
 
 def _baseline(root: Path, scale: Scale, seed: int, cache_dir: Path | None, *,
